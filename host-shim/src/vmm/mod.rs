@@ -1,0 +1,9 @@
+//! Virtual machine monitors. Each backend starts one VM from a [`VmSpec`],
+//! and the rest of the shim cannot tell them apart.
+//!
+//! - `qemu`: development, CI, hosts without Firecracker.
+//! - `firecracker`: production, always through the jailer.
+
+pub mod spec;
+
+pub use spec::{VmSpec, VmSpecError};
