@@ -1,1 +1,29 @@
-fn main() {}
+//! `cargo xtask <command>`: Kiln's build and test automation.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, test and image tasks for Kiln")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything CI checks: fmt, clippy, guest builds for x86_64 and aarch64, all tests.
+    Ci(xtask::ci::Args),
+    /// Bake the guest image: rootfs, kernel, initramfs, manifest.
+    Image(xtask::image::Args),
+    /// Build the production guest kernel from kernel/ config fragments.
+    Kernel(xtask::kernel_build::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Ci(a) => xtask::ci::run(a),
+        Command::Image(a) => xtask::image::run(a),
+        Command::Kernel(a) => xtask::kernel_build::run(a),
+    }
+}

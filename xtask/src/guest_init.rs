@@ -1,0 +1,1 @@
+//! TODO(harness): see lib.rs.
