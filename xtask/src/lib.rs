@@ -16,3 +16,12 @@ pub mod image;
 pub mod initramfs;
 pub mod kernel_build;
 pub mod kmod;
+
+/// The workspace's root directory (xtask lives one level below it).
+pub fn workspace_root() -> std::path::PathBuf {
+    let xtask_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask_dir
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| xtask_dir.to_path_buf())
+}
