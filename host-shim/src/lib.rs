@@ -1,5 +1,7 @@
 //! `kiln`: the host side of Kiln. Every GitHub Actions job in a fresh microVM.
 //!
 //! - [`vmm`] — backends that boot one VM (QEMU, Firecracker through its jailer).
+//! - [`vsock`] — Firecracker's hybrid vsock, host side: listeners and the CONNECT client.
 
 pub mod vmm;
+pub mod vsock;

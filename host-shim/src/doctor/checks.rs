@@ -1,0 +1,192 @@
+//! The individual checks, each taking the path or binary it inspects so
+//! tests can point them at a temporary directory.
+
+use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Command;
+
+use super::{Finding, Level};
+
+/// `KVM_GET_API_VERSION`: `_IO(KVMIO, 0x00)`; every KVM since 2.6.22 answers 12.
+const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+const KVM_API_VERSION: libc::c_int = 12;
+
+pub fn check_kvm(device: &Path) -> Finding {
+    let file = match OpenOptions::new().read(true).write(true).open(device) {
+        Ok(f) => f,
+        Err(e) => {
+            return Finding::problem(
+                "kvm",
+                Level::Warn,
+                format!("cannot open {}: {e}", device.display()),
+                "enable virtualisation (VT-x/AMD-V, or nested virtualisation on a cloud VM) and load kvm_intel or kvm_amd; without KVM only QEMU with TCG works, slowly",
+            )
+        }
+    };
+    // SAFETY: the fd is open for the duration of the call and this ioctl takes no argument.
+    let version = unsafe { libc::ioctl(file.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
+    if version != KVM_API_VERSION {
+        return Finding::problem(
+            "kvm",
+            Level::Warn,
+            format!(
+                "{} answers KVM API version {version}, expected {KVM_API_VERSION}",
+                device.display()
+            ),
+            "use a host kernel with a working KVM module",
+        );
+    }
+    Finding::ok(
+        "kvm",
+        format!(
+            "{} opens, API version {version} (QEMU still probes whether KVM can run the guest)",
+            device.display()
+        ),
+    )
+}
+
+/// Runs `binary args` and reports the first line it prints.
+pub fn check_tool(
+    name: &'static str,
+    binary: &str,
+    args: &[&str],
+    missing: Level,
+    fix: &str,
+) -> Finding {
+    match Command::new(binary).args(args).output() {
+        Ok(out) if out.status.success() => {
+            let text = if out.stdout.is_empty() {
+                out.stderr
+            } else {
+                out.stdout
+            };
+            let first = String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            Finding::ok(name, first)
+        }
+        Ok(out) => Finding::problem(
+            name,
+            missing,
+            format!("`{binary} {}` failed ({})", args.join(" "), out.status),
+            fix,
+        ),
+        Err(e) => Finding::problem(name, missing, format!("`{binary}` not runnable: {e}"), fix),
+    }
+}
+
+/// The files `cargo xtask image` writes and `kiln run` boots.
+pub const IMAGE_FILES: [&str; 4] = ["rootfs.ext4", "vmlinuz", "initrd", "manifest.json"];
+
+pub fn check_image(dir: &Path) -> Finding {
+    let missing: Vec<&str> = IMAGE_FILES
+        .iter()
+        .copied()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if missing.is_empty() {
+        Finding::ok("image", format!("{} is complete", dir.display()))
+    } else {
+        Finding::problem(
+            "image",
+            Level::Fail,
+            format!("{} lacks {}", dir.display(), missing.join(", ")),
+            "run `cargo xtask image` (or pass --image DIR)",
+        )
+    }
+}
+
+/// cgroup v2 with the controllers a VM's limits use.
+pub fn check_cgroup(root: &Path) -> Finding {
+    let path = root.join("cgroup.controllers");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Finding::problem(
+                "cgroup v2",
+                Level::Warn,
+                format!("cannot read {}: {e} (no unified cgroup hierarchy)", path.display()),
+                "the Firecracker backend's jailer needs cgroup v2: boot the host with systemd.unified_cgroup_hierarchy=1",
+            )
+        }
+    };
+    let have: Vec<&str> = text.split_whitespace().collect();
+    let lacking: Vec<&str> = ["cpu", "memory", "pids"]
+        .into_iter()
+        .filter(|c| !have.contains(c))
+        .collect();
+    if lacking.is_empty() {
+        Finding::ok("cgroup v2", format!("controllers: {}", have.join(" ")))
+    } else {
+        Finding::problem(
+            "cgroup v2",
+            Level::Warn,
+            format!("controllers {} are not available", lacking.join(", ")),
+            "enable them in the parent's cgroup.subtree_control; without them VM limits are not enforced",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn missing_tool_names_the_fix() {
+        let f = check_tool("x", "/nonexistent/kiln-tool", &["--version"], Level::Warn, "install x");
+        assert_eq!(f.level, Level::Warn);
+        assert!(f.detail.contains("/nonexistent/kiln-tool"), "{}", f.detail);
+        assert_eq!(f.fix.as_deref(), Some("install x"));
+    }
+
+    #[test]
+    fn present_tool_reports_its_first_line() {
+        let f = check_tool("sh", "sh", &["-c", "echo v1.2; echo more"], Level::Fail, "");
+        assert_eq!(f.level, Level::Ok);
+        assert_eq!(f.detail, "v1.2");
+    }
+
+    #[test]
+    fn failing_tool_is_a_problem() {
+        let f = check_tool("sh", "sh", &["-c", "exit 3"], Level::Fail, "fix it");
+        assert_eq!(f.level, Level::Fail);
+        assert!(f.detail.contains("exit status: 3"), "{}", f.detail);
+    }
+
+    #[test]
+    fn image_lists_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vmlinuz"), b"k").unwrap();
+        let f = check_image(dir.path());
+        assert_eq!(f.level, Level::Fail);
+        assert!(f.detail.contains("rootfs.ext4, initrd, manifest.json"), "{}", f.detail);
+        for name in IMAGE_FILES {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(check_image(dir.path()).level, Level::Ok);
+    }
+
+    #[test]
+    fn cgroup_v1_or_missing_controllers() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(check_cgroup(dir.path()).level, Level::Warn);
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpuset cpu io\n").unwrap();
+        let f = check_cgroup(dir.path());
+        assert_eq!(f.level, Level::Warn);
+        assert!(f.detail.contains("memory, pids"), "{}", f.detail);
+        std::fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        assert_eq!(check_cgroup(dir.path()).level, Level::Ok);
+    }
+
+    #[test]
+    fn kvm_that_cannot_open_is_a_warning() {
+        let f = check_kvm(Path::new("/nonexistent/kvm"));
+        assert_eq!(f.level, Level::Warn);
+        assert!(f.fix.is_some());
+    }
+}
