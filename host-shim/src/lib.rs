@@ -1,7 +1,9 @@
 //! `kiln`: the host side of Kiln. Every GitHub Actions job in a fresh microVM.
 //!
+//! - [`doctor`] — `kiln doctor`: what this host lacks, and how to fix it.
 //! - [`vmm`] — backends that boot one VM (QEMU, Firecracker through its jailer).
 //! - [`vsock`] — Firecracker's hybrid vsock, host side: listeners and the CONNECT client.
 
+pub mod doctor;
 pub mod vmm;
 pub mod vsock;
