@@ -4,6 +4,8 @@
 //! - `qemu`: development, CI, hosts without Firecracker.
 //! - `firecracker`: production, always through the jailer.
 
+pub mod firecracker;
+pub mod qemu;
 pub mod spec;
 
 pub use spec::{VmSpec, VmSpecError};

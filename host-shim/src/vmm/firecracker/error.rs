@@ -1,0 +1,63 @@
+//! What can go wrong with a Firecracker VM, each error naming the path or
+//! value involved and, where there is one, what to do about it.
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use super::api::ApiError;
+use crate::vmm::VmSpecError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirecrackerError {
+    #[error(transparent)]
+    Spec(#[from] VmSpecError),
+    #[error("Firecracker setting `{field}`: {problem}")]
+    Settings {
+        field: &'static str,
+        problem: String,
+    },
+    #[error("no free jail uid in {start}..={end} ({in_use} held by running VMs): widen the uid range or run fewer VMs")]
+    UidsExhausted { start: u32, end: u32, in_use: usize },
+    #[error("{path} already exists: VM {id:?} is running or was not cleaned up; remove it or use another id")]
+    AlreadyExists { path: PathBuf, id: String },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not readable by the jail's uid and is hard-linked with its mode: make it world-readable (chmod o+r)")]
+    NotReadable { path: PathBuf },
+    #[error("socket path {path} is {len} bytes, more than the 107 Unix sockets allow: shorten the chroot base or the VM id")]
+    SocketPathTooLong { path: PathBuf, len: usize },
+    #[error("starting the jailer {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Firecracker exited with {status} before its API socket answered; see {log}")]
+    ExitedEarly { status: ExitStatus, log: PathBuf },
+    #[error("Firecracker's API socket {path} did not answer within {after:?}; see {log}")]
+    ApiSocketTimeout {
+        path: PathBuf,
+        after: Duration,
+        log: PathBuf,
+    },
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("waiting for Firecracker (pid {pid}): {source}")]
+    Wait {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Firecracker (pid {pid}) was still alive {after:?} after SIGKILL")]
+    KillTimeout { pid: u32, after: Duration },
+    #[error("the VM has no Firecracker process")]
+    NoProcess,
+    #[error("teardown of VM {id:?} left something behind: {problems}")]
+    Teardown { id: String, problems: String },
+}

@@ -1,0 +1,155 @@
+//! Host-wide settings of the Firecracker backend, checked once when the
+//! backend is built so that a bad path fails at start-up, not at the first job.
+
+use std::ops::RangeInclusive;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use super::FirecrackerError;
+
+/// Where the binaries are, where jails and cgroups live, and the bounds on
+/// every wait.
+#[derive(Debug, Clone)]
+pub struct FirecrackerSettings {
+    /// The `jailer` binary, run as root.
+    pub jailer: PathBuf,
+    /// The `firecracker` binary; the jailer copies it into each jail. Its
+    /// canonical file name names the jail directory.
+    pub firecracker: PathBuf,
+    /// The jailer's `--chroot-base-dir`: each VM's jail is
+    /// `<chroot_base>/<firecracker file name>/<id>/root`. Put it on the same
+    /// filesystem as the kernel and base image so they are hard-linked, not copied.
+    pub chroot_base: PathBuf,
+    /// Each VM runs as its own uid (gid = uid) taken from this range, which no
+    /// other user on the host may use.
+    pub uid_range: RangeInclusive<u32>,
+    /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`). The jailer
+    /// finds it in /proc/mounts by itself; Kiln needs it to remove the VM's
+    /// cgroup at teardown.
+    pub cgroup_root: PathBuf,
+    /// The jailer's `--parent-cgroup`: VM cgroups are `<cgroup_root>/<parent_cgroup>/<id>`.
+    pub parent_cgroup: String,
+    /// When set, each VM joins the network namespace `<netns_dir>/<id>`
+    /// (`--netns`), which the network layer creates with the VM's tap inside.
+    pub netns_dir: Option<PathBuf>,
+    /// Added to the guest memory for `memory.max`: the VMM's own memory and
+    /// the page cache of its disk I/O.
+    pub memory_overhead_mib: u32,
+    /// How long the jailer may take until Firecracker's API socket answers.
+    pub api_socket_timeout: Duration,
+    /// How long one API request may take.
+    pub api_request_timeout: Duration,
+    /// How long Firecracker may take to die after SIGKILL before teardown
+    /// reports it (a process stuck in the kernel cannot be killed sooner).
+    pub kill_timeout: Duration,
+    /// The most bytes of Firecracker's own log (and the jailer's stderr) kept.
+    pub vmm_log_limit_bytes: u64,
+}
+
+impl FirecrackerSettings {
+    /// Defaults for everything but the two binaries.
+    pub fn new(jailer: impl Into<PathBuf>, firecracker: impl Into<PathBuf>) -> Self {
+        Self {
+            jailer: jailer.into(),
+            firecracker: firecracker.into(),
+            chroot_base: PathBuf::from("/srv/jailer"),
+            uid_range: 900_000..=900_999,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            parent_cgroup: "kiln".to_owned(),
+            netns_dir: None,
+            memory_overhead_mib: 64,
+            api_socket_timeout: Duration::from_secs(5),
+            api_request_timeout: Duration::from_secs(5),
+            kill_timeout: Duration::from_secs(10),
+            vmm_log_limit_bytes: 1 << 20,
+        }
+    }
+
+    /// Checks the settings and resolves the name the jailer gives the jail
+    /// directory (the canonical file name of the Firecracker binary).
+    pub(crate) fn check(&self) -> Result<String, FirecrackerError> {
+        let bad =
+            |field: &'static str, problem: String| FirecrackerError::Settings { field, problem };
+        if !self.jailer.is_file() {
+            return Err(bad(
+                "jailer",
+                format!(
+                    "{} is not a file; install Firecracker's jailer or fix the path",
+                    self.jailer.display()
+                ),
+            ));
+        }
+        // The jailer canonicalizes --exec-file and names the jail after the
+        // target's file name, so a symlink `firecracker -> firecracker-v1.x`
+        // yields a `firecracker-v1.x/` jail directory.
+        let exec = std::fs::canonicalize(&self.firecracker).map_err(|e| {
+            bad(
+                "firecracker",
+                format!(
+                    "{}: {e}; install Firecracker or fix the path",
+                    self.firecracker.display()
+                ),
+            )
+        })?;
+        if !exec.is_file() {
+            return Err(bad(
+                "firecracker",
+                format!("{} is not a file", exec.display()),
+            ));
+        }
+        let exec_name = exec
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| {
+                bad(
+                    "firecracker",
+                    format!("{} has no UTF-8 file name", exec.display()),
+                )
+            })?
+            .to_owned();
+        if !self.chroot_base.is_absolute() {
+            return Err(bad(
+                "chroot_base",
+                format!("{} must be an absolute path", self.chroot_base.display()),
+            ));
+        }
+        if !self.cgroup_root.is_absolute() {
+            return Err(bad(
+                "cgroup_root",
+                format!("{} must be an absolute path", self.cgroup_root.display()),
+            ));
+        }
+        let parent = Path::new(&self.parent_cgroup);
+        if self.parent_cgroup.is_empty()
+            || !parent
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(bad(
+                "parent_cgroup",
+                format!(
+                    "{:?} must be a relative path without `.` or `..`, like \"kiln\"",
+                    self.parent_cgroup
+                ),
+            ));
+        }
+        if self.uid_range.is_empty() || *self.uid_range.start() == 0 {
+            return Err(bad(
+                "uid_range",
+                format!(
+                    "{:?} must be a non-empty range of unused uids above 0",
+                    self.uid_range
+                ),
+            ));
+        }
+        if let Some(dir) = &self.netns_dir {
+            if !dir.is_absolute() {
+                return Err(bad(
+                    "netns_dir",
+                    format!("{} must be an absolute path", dir.display()),
+                ));
+            }
+        }
+        Ok(exec_name)
+    }
+}
