@@ -1,0 +1,428 @@
+//! QEMU's command line and the guest kernel's, built from a [`VmSpec`].
+//! Pure functions, so every flag is checked by unit tests.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use super::accel::Accel;
+use super::QemuError;
+use crate::vmm::VmSpec;
+
+/// The QEMU machine type. `microvm` boots faster and has only virtio-mmio
+/// devices; `q35` is a PC with PCI, for kernels without virtio-mmio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Machine {
+    #[default]
+    Microvm,
+    Q35,
+}
+
+impl Machine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Microvm => "microvm",
+            Machine::Q35 => "q35",
+        }
+    }
+
+    fn device(self, kind: &str) -> String {
+        match self {
+            Machine::Microvm => format!("{kind}-device"),
+            Machine::Q35 => format!("{kind}-pci"),
+        }
+    }
+
+    /// Modules a modular guest kernel (Debian's cloud kernel) must load, in
+    /// order, for what `spec` attaches. A kernel with these built in needs none.
+    pub fn guest_modules(self, spec: &VmSpec) -> Vec<&'static str> {
+        let mut m = vec!["virtio_ring", "virtio"];
+        match self {
+            Machine::Microvm => m.push("virtio_mmio"),
+            Machine::Q35 => m.extend([
+                "virtio_pci_legacy_dev",
+                "virtio_pci_modern_dev",
+                "virtio_pci",
+            ]),
+        }
+        m.extend([
+            "vsock",
+            "vmw_vsock_virtio_transport_common",
+            "vmw_vsock_virtio_transport",
+        ]);
+        if spec.base_image.is_some() || spec.scratch_disk.is_some() {
+            m.push("virtio_blk");
+        }
+        if spec.scratch_disk.is_some() {
+            m.push("overlay");
+        }
+        if spec.tap.is_some() {
+            m.extend(["failover", "net_failover", "virtio_net"]);
+        }
+        m
+    }
+}
+
+impl FromStr for Machine {
+    type Err = QemuError;
+    fn from_str(s: &str) -> Result<Self, QemuError> {
+        match s {
+            "microvm" => Ok(Machine::Microvm),
+            "q35" => Ok(Machine::Q35),
+            _ => Err(QemuError::BadMachine {
+                value: s.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Where a VM's files live inside its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// vhost-device-vsock's control socket; QEMU connects to it.
+    pub vhost_socket: PathBuf,
+    /// The hybrid-vsock socket: host-to-guest CONNECTs go here, and guest
+    /// connections to port P arrive at `<vsock_uds>_P`.
+    pub vsock_uds: PathBuf,
+    pub console_log: PathBuf,
+}
+
+impl Layout {
+    pub fn of(dir: &Path) -> Layout {
+        Layout {
+            vhost_socket: dir.join("vhost.sock"),
+            vsock_uds: dir.join("v.sock"),
+            console_log: dir.join("console.log"),
+        }
+    }
+}
+
+/// The block devices in attach order; the guest names them vda, vdb, ...
+/// in that order (checked for microvm and q35 with QEMU 7.2 and Linux 6.1).
+fn disks(spec: &VmSpec) -> Vec<Disk<'_>> {
+    let mut d = Vec::new();
+    if let Some(p) = &spec.base_image {
+        d.push(Disk {
+            id: "base",
+            path: p,
+            read_only: true,
+            arg: "kiln.root",
+        });
+    }
+    if let Some(p) = &spec.scratch_disk {
+        d.push(Disk {
+            id: "scratch",
+            path: p,
+            read_only: false,
+            arg: "kiln.scratch",
+        });
+    }
+    d
+}
+
+struct Disk<'a> {
+    id: &'static str,
+    path: &'a Path,
+    read_only: bool,
+    arg: &'static str,
+}
+
+/// The guest kernel's command line. Never holds secrets: `spec.kernel_args`
+/// is validated, and nothing else here comes from a job.
+pub fn kernel_cmdline(spec: &VmSpec, accel: Accel, tsc_khz: Option<u64>) -> String {
+    let mut args: Vec<String> = ["console=ttyS0", "reboot=k", "panic=1"]
+        .map(String::from)
+        .to_vec();
+    if let (Accel::Tcg, Some(khz)) = (accel, tsc_khz) {
+        args.push(format!("tsc_early_khz={khz}"));
+    }
+    for (i, disk) in disks(spec).iter().enumerate() {
+        args.push(format!(
+            "{}=/dev/vd{}",
+            disk.arg,
+            char::from(b'a' + i as u8)
+        ));
+    }
+    args.extend(spec.kernel_args.iter().cloned());
+    args.join(" ")
+}
+
+/// QEMU's argv (without the program name).
+pub fn qemu_args(
+    spec: &VmSpec,
+    machine: Machine,
+    accel: Accel,
+    tsc_khz: Option<u64>,
+    layout: &Layout,
+) -> Result<Vec<OsString>, QemuError> {
+    let mut a = Args::default();
+    let mem = format!("{}M", spec.memory_mib);
+    a.flag("-no-user-config")
+        .flag("-nodefaults")
+        .flag("-nographic")
+        .flag("-no-reboot")
+        .opt("-name", &spec.id)
+        .opt("-machine", format!("{},memory-backend=mem", machine.name()))
+        .opt("-accel", accel.as_str())
+        .opt("-cpu", accel.cpu_model())
+        .opt("-smp", spec.vcpus.to_string())
+        .opt("-m", &mem)
+        // vhost-user needs guest memory the daemon can map: a shared memfd.
+        .opt(
+            "-object",
+            format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        )
+        .opt(
+            "-chardev",
+            join(&[
+                "socket,id=vsock,path=".as_ref(),
+                &escape(&layout.vhost_socket),
+            ]),
+        )
+        .opt(
+            "-device",
+            format!("{},chardev=vsock", machine.device("vhost-user-vsock")),
+        );
+    for disk in disks(spec) {
+        let ro = if disk.read_only { ",readonly=on" } else { "" };
+        a.opt(
+            "-drive",
+            join(&[
+                format!("id={},format=raw,if=none{ro},file=", disk.id).as_ref(),
+                &escape(disk.path),
+            ]),
+        )
+        .opt(
+            "-device",
+            format!("{},drive={}", machine.device("virtio-blk"), disk.id),
+        );
+    }
+    if let Some(tap) = &spec.tap {
+        if tap.is_empty()
+            || tap.len() > 15
+            || !tap
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(QemuError::BadTap { name: tap.clone() });
+        }
+        a.opt(
+            "-netdev",
+            format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+        )
+        .opt(
+            "-device",
+            format!("{},netdev=net0", machine.device("virtio-net")),
+        );
+    }
+    a.opt("-kernel", escape_free(&spec.kernel));
+    if let Some(initrd) = &spec.initrd {
+        a.opt("-initrd", escape_free(initrd));
+    }
+    a.opt("-append", kernel_cmdline(spec, accel, tsc_khz))
+        // The console goes to QEMU's stdout, a pipe the console task drains.
+        .opt("-serial", "stdio");
+    Ok(a.0)
+}
+
+#[derive(Default)]
+struct Args(Vec<OsString>);
+
+impl Args {
+    fn flag(&mut self, f: &str) -> &mut Self {
+        self.0.push(f.into());
+        self
+    }
+    fn opt(&mut self, f: &str, v: impl Into<OsString>) -> &mut Self {
+        self.0.push(f.into());
+        self.0.push(v.into());
+        self
+    }
+}
+
+fn join(parts: &[&OsStr]) -> OsString {
+    let mut s = OsString::new();
+    for p in parts {
+        s.push(p);
+    }
+    s
+}
+
+/// A path inside a QEMU `key=value,...` option: commas are doubled.
+fn escape(p: &Path) -> OsString {
+    let bytes = p.as_os_str().as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        out.push(b);
+        if b == b',' {
+            out.push(b',');
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// `-kernel` and `-initrd` take a plain file name, not an option list.
+fn escape_free(p: &Path) -> OsString {
+    p.as_os_str().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: "t-1".into(),
+            dir: "/run/kiln/t-1".into(),
+            kernel: "/k/vmlinuz".into(),
+            initrd: Some("/k/initrd.cpio".into()),
+            base_image: None,
+            scratch_disk: None,
+            kernel_args: vec!["kiln.modules=virtio,vsock".into()],
+            vcpus: 2,
+            memory_mib: 512,
+            guest_cid: 3,
+            tap: None,
+            console_limit_bytes: 1 << 20,
+        }
+    }
+
+    fn strings(v: &[OsString]) -> Vec<String> {
+        v.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn microvm_tcg_command_line() {
+        let s = spec();
+        let args = strings(
+            &qemu_args(
+                &s,
+                Machine::Microvm,
+                Accel::Tcg,
+                Some(2_600_000),
+                &Layout::of(&s.dir),
+            )
+            .expect("args"),
+        );
+        for f in ["-nographic", "-no-reboot", "-nodefaults", "-no-user-config"] {
+            assert!(args.iter().any(|a| a == f), "{f} missing: {args:?}");
+        }
+        assert_eq!(value_of(&args, "-machine"), ["microvm,memory-backend=mem"]);
+        assert_eq!(value_of(&args, "-accel"), ["tcg"]);
+        assert_eq!(value_of(&args, "-cpu"), ["max"]);
+        assert_eq!(value_of(&args, "-smp"), ["2"]);
+        assert_eq!(value_of(&args, "-m"), ["512M"]);
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-memfd,id=mem,size=512M,share=on"]
+        );
+        assert_eq!(
+            value_of(&args, "-chardev"),
+            ["socket,id=vsock,path=/run/kiln/t-1/vhost.sock"]
+        );
+        assert_eq!(
+            value_of(&args, "-device"),
+            ["vhost-user-vsock-device,chardev=vsock"]
+        );
+        assert_eq!(value_of(&args, "-kernel"), ["/k/vmlinuz"]);
+        assert_eq!(value_of(&args, "-initrd"), ["/k/initrd.cpio"]);
+        assert_eq!(value_of(&args, "-serial"), ["stdio"]);
+        assert_eq!(
+            value_of(&args, "-append"),
+            ["console=ttyS0 reboot=k panic=1 tsc_early_khz=2600000 kiln.modules=virtio,vsock"]
+        );
+    }
+
+    #[test]
+    fn q35_kvm_with_disks_and_tap() {
+        let mut s = spec();
+        s.base_image = Some("/img/base,v1.ext4".into());
+        s.scratch_disk = Some("/run/kiln/t-1/scratch.ext4".into());
+        s.tap = Some("kiln-tap0".into());
+        s.initrd = None;
+        let args = strings(
+            &qemu_args(
+                &s,
+                Machine::Q35,
+                Accel::Kvm,
+                Some(2_600_000),
+                &Layout::of(&s.dir),
+            )
+            .expect("args"),
+        );
+        assert_eq!(value_of(&args, "-cpu"), ["host"]);
+        assert_eq!(value_of(&args, "-machine"), ["q35,memory-backend=mem"]);
+        assert_eq!(
+            value_of(&args, "-drive"),
+            [
+                "id=base,format=raw,if=none,readonly=on,file=/img/base,,v1.ext4",
+                "id=scratch,format=raw,if=none,file=/run/kiln/t-1/scratch.ext4"
+            ]
+        );
+        assert_eq!(
+            value_of(&args, "-device"),
+            [
+                "vhost-user-vsock-pci,chardev=vsock",
+                "virtio-blk-pci,drive=base",
+                "virtio-blk-pci,drive=scratch",
+                "virtio-net-pci,netdev=net0"
+            ]
+        );
+        assert_eq!(
+            value_of(&args, "-netdev"),
+            ["tap,id=net0,ifname=kiln-tap0,script=no,downscript=no"]
+        );
+        assert!(value_of(&args, "-initrd").is_empty());
+        // KVM: no TSC hint; disks named in attach order.
+        assert_eq!(
+            value_of(&args, "-append"),
+            ["console=ttyS0 reboot=k panic=1 kiln.root=/dev/vda kiln.scratch=/dev/vdb kiln.modules=virtio,vsock"]
+        );
+    }
+
+    #[test]
+    fn scratch_alone_is_vda() {
+        let mut s = spec();
+        s.scratch_disk = Some("/s.ext4".into());
+        let line = kernel_cmdline(&s, Accel::Tcg, None);
+        assert!(line.contains("kiln.scratch=/dev/vda"), "{line}");
+        assert!(!line.contains("kiln.root"), "{line}");
+    }
+
+    #[test]
+    fn bad_tap_names_are_refused() {
+        let mut s = spec();
+        s.tap = Some("tap,id=x".into());
+        let err = qemu_args(&s, Machine::Microvm, Accel::Tcg, None, &Layout::of(&s.dir))
+            .expect_err("bad tap");
+        assert!(err.to_string().contains("tap,id=x"), "{err}");
+    }
+
+    #[test]
+    fn module_lists_follow_the_devices() {
+        let mut s = spec();
+        assert_eq!(
+            Machine::Microvm.guest_modules(&s),
+            [
+                "virtio_ring",
+                "virtio",
+                "virtio_mmio",
+                "vsock",
+                "vmw_vsock_virtio_transport_common",
+                "vmw_vsock_virtio_transport"
+            ]
+        );
+        s.scratch_disk = Some("/s".into());
+        let q = Machine::Q35.guest_modules(&s);
+        assert!(q.contains(&"virtio_pci") && q.contains(&"virtio_blk") && q.contains(&"overlay"));
+        assert!(!q.contains(&"virtio_mmio"));
+    }
+}

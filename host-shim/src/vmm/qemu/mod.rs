@@ -1,0 +1,518 @@
+//! The QEMU backend: development, CI, and hosts without Firecracker.
+//!
+//! One VM is one `qemu-system-x86_64` process plus one `vhost-device-vsock`
+//! daemon that gives it a vsock device with Firecracker's hybrid-vsock Unix
+//! socket on the host side, so [`crate::vsock`] serves both backends.
+//!
+//! Start order: the caller binds the vsock listener at
+//! `<Layout::vsock_uds>_<port>` first; then [`QemuVm::start`] picks the
+//! accelerator ([`accel`]), starts vhost-device-vsock and waits for its
+//! socket, then starts QEMU with the console on a pipe that [`console`]
+//! copies into a bounded log. QEMU runs with `-no-reboot`, so the guest's
+//! `reboot(RB_AUTOBOOT)` (or a panic, with `panic=1`) ends the process.
+//! Both processes are killed when the [`QemuVm`] is dropped.
+
+pub mod accel;
+pub mod args;
+pub mod console;
+mod tail;
+pub mod tools;
+pub mod vhost;
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+pub use accel::{Accel, AccelChoice, AccelDecision};
+pub use args::{Layout, Machine};
+pub use console::ConsoleStats;
+
+use super::{VmSpec, VmSpecError};
+use crate::vsock::MAX_UDS_PATH;
+use vhost::VhostVsock;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("{tool} not found (looked in {searched}); install it with `{install}`")]
+    ToolMissing {
+        tool: &'static str,
+        searched: String,
+        install: &'static str,
+    },
+    #[error("{what} {path} does not exist")]
+    FileMissing { what: &'static str, path: PathBuf },
+    #[error(transparent)]
+    Spec(#[from] VmSpecError),
+    #[error("KILN_ACCEL={value:?} is not one of auto, kvm, tcg")]
+    BadAccel { value: String },
+    #[error("machine type {value:?} is not one of microvm, q35")]
+    BadMachine { value: String },
+    #[error("KVM was asked for (KILN_ACCEL=kvm) but {reason}")]
+    KvmUnavailable { reason: String },
+    #[error("tap device name {name:?} must be 1 to 15 letters, digits, '-' or '_'")]
+    BadTap { name: String },
+    #[error("{path}: {why}")]
+    UnusablePath { path: PathBuf, why: &'static str },
+    #[error("socket path {path} is {len} bytes, over the {MAX_UDS_PATH}-byte limit of Unix sockets; use a shorter VM directory")]
+    PathTooLong { path: PathBuf, len: usize },
+    #[error("could not start {what} ({binary}): {source}")]
+    Spawn {
+        what: &'static str,
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vhost-device-vsock exited ({status}) before creating {socket}: {stderr}")]
+    VhostExited {
+        socket: PathBuf,
+        status: String,
+        stderr: String,
+    },
+    #[error("vhost-device-vsock did not create {socket} within {timeout:?}")]
+    VhostTimeout { socket: PathBuf, timeout: Duration },
+    #[error("could not create the console log {path}: {source}")]
+    Console {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for {what} failed: {source}")]
+    Wait {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `tsc_early_khz=` for TCG guests. Under TCG on `microvm` (no HPET, no ACPI
+/// PM timer, no kvmclock) the kernel calibrates the TSC against the PIT,
+/// which fails on a loaded host and hangs the boot after "Marking TSC
+/// unstable" (seen here with Debian's 6.1 cloud kernel). TCG's TSC is the
+/// host's, so the host's frequency is the right answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TscHint {
+    /// The host's TSC frequency, on `microvm` under TCG only.
+    #[default]
+    Auto,
+    Off,
+    Khz(u64),
+}
+
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// A name searched in `PATH`, or a path.
+    pub qemu: PathBuf,
+    /// A name searched in `PATH` and cargo's bin directories, or a path.
+    pub vhost_vsock: PathBuf,
+    pub machine: Machine,
+    pub accel: AccelChoice,
+    /// Remembers the KVM probe's answer until the host reboots.
+    pub accel_cache: Option<PathBuf>,
+    pub kvm_device: PathBuf,
+    pub probe_timeout: Duration,
+    pub tsc: TscHint,
+    /// How long vhost-device-vsock may take to create its socket.
+    pub vhost_timeout: Duration,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            qemu: tools::QEMU.name.into(),
+            vhost_vsock: tools::VHOST_VSOCK.name.into(),
+            machine: Machine::Microvm,
+            accel: AccelChoice::Auto,
+            accel_cache: None,
+            kvm_device: "/dev/kvm".into(),
+            probe_timeout: Duration::from_secs(10),
+            tsc: TscHint::Auto,
+            vhost_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl QemuConfig {
+    /// The defaults, with the accelerator from `KILN_ACCEL`.
+    pub fn from_env() -> Result<Self, QemuError> {
+        Ok(QemuConfig {
+            accel: AccelChoice::from_env()?,
+            ..QemuConfig::default()
+        })
+    }
+
+    fn tsc_khz(&self, accel: Accel) -> Option<u64> {
+        match (self.tsc, accel, self.machine) {
+            (TscHint::Off, _, _) | (_, Accel::Kvm, _) => None,
+            (TscHint::Khz(k), Accel::Tcg, _) => Some(k),
+            (TscHint::Auto, Accel::Tcg, Machine::Microvm) => host_tsc_khz(),
+            (TscHint::Auto, Accel::Tcg, Machine::Q35) => None,
+        }
+    }
+}
+
+/// The host's TSC frequency as the kernel reports it in `/proc/cpuinfo`.
+/// On the hosts where this matters (TCG, usually a cloud VM) "cpu MHz" is
+/// the TSC frequency.
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    parse_cpu_khz(&info)
+}
+
+fn parse_cpu_khz(cpuinfo: &str) -> Option<u64> {
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+/// How a VM ended.
+#[derive(Debug)]
+pub struct VmExit {
+    pub status: ExitStatus,
+    /// True when the host killed QEMU rather than the guest ending it.
+    pub killed: bool,
+    pub console: ConsoleStats,
+    /// The end of QEMU's own error output.
+    pub qemu_stderr: String,
+    pub vhost_stderr: String,
+    /// From QEMU's start to its exit.
+    pub ran_for: Duration,
+}
+
+impl VmExit {
+    /// The guest powered off (or rebooted, or panicked) and QEMU exited 0.
+    pub fn by_itself(&self) -> bool {
+        !self.killed && self.status.success()
+    }
+}
+
+/// One running VM.
+pub struct QemuVm {
+    id: String,
+    layout: Layout,
+    accel: AccelDecision,
+    qemu: Child,
+    vhost: VhostVsock,
+    console: Option<JoinHandle<std::io::Result<ConsoleStats>>>,
+    stderr: Option<JoinHandle<String>>,
+    started: Instant,
+    status: Option<ExitStatus>,
+}
+
+/// QEMU's stderr kept for error messages.
+const QEMU_STDERR_TAIL: usize = 8 * 1024;
+
+impl QemuVm {
+    /// Starts the VM. The caller has bound its vsock listener at
+    /// `<layout.vsock_uds>_<port>` already (see [`Layout::of`]).
+    pub async fn start(spec: &VmSpec, cfg: &QemuConfig) -> Result<QemuVm, QemuError> {
+        spec.validate()?;
+        require_file("VM directory", &spec.dir)?;
+        require_file("guest kernel", &spec.kernel)?;
+        if let Some(p) = &spec.initrd {
+            require_file("initrd", p)?;
+        }
+        if let Some(p) = &spec.base_image {
+            require_file("base image", p)?;
+        }
+        if let Some(p) = &spec.scratch_disk {
+            require_file("scratch disk", p)?;
+        }
+        let layout = Layout::of(&spec.dir);
+        for p in [&layout.vhost_socket, &layout.vsock_uds] {
+            // The listener adds "_<port>": leave room for a 10-digit port.
+            let len = p.as_os_str().len() + 11;
+            if len > MAX_UDS_PATH {
+                return Err(QemuError::PathTooLong {
+                    path: p.clone(),
+                    len,
+                });
+            }
+        }
+        let qemu_bin = tools::find(tools::QEMU, &cfg.qemu, &[])?;
+        let vhost_bin = tools::find(
+            tools::VHOST_VSOCK,
+            &cfg.vhost_vsock,
+            &tools::cargo_bin_dirs(),
+        )?;
+
+        let accel = accel::decide(
+            cfg.accel,
+            &accel::Probe {
+                qemu: qemu_bin.clone(),
+                kernel: spec.kernel.clone(),
+                machine: cfg.machine,
+                kvm_device: cfg.kvm_device.clone(),
+                timeout: cfg.probe_timeout,
+                cache_file: cfg.accel_cache.clone(),
+            },
+        )
+        .await?;
+        tracing::info!(
+            vm = %spec.id,
+            accel = accel.accel.as_str(),
+            why = %accel.reason,
+            machine = cfg.machine.name(),
+            "QEMU accelerator chosen"
+        );
+
+        let mut vhost = VhostVsock::start(
+            &vhost_bin,
+            spec.guest_cid,
+            &layout.vhost_socket,
+            &layout.vsock_uds,
+            cfg.vhost_timeout,
+        )
+        .await?;
+
+        let argv = args::qemu_args(
+            spec,
+            cfg.machine,
+            accel.accel,
+            cfg.tsc_khz(accel.accel),
+            &layout,
+        )?;
+        tracing::debug!(vm = %spec.id, ?argv, "starting QEMU");
+        let spawned = Command::new(&qemu_bin)
+            .args(&argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut qemu = match spawned {
+            Ok(c) => c,
+            Err(source) => {
+                vhost.stop().await;
+                return Err(QemuError::Spawn {
+                    what: "QEMU",
+                    binary: qemu_bin,
+                    source,
+                });
+            }
+        };
+        let started = Instant::now();
+        let stderr = qemu.stderr.take().map(|e| tail::spawn(e, QEMU_STDERR_TAIL));
+        let console = match qemu.stdout.take() {
+            Some(out) => {
+                match console::spawn(out, layout.console_log.clone(), spec.console_limit_bytes) {
+                    Ok(task) => Some(task),
+                    Err(source) => {
+                        let _ = qemu.start_kill();
+                        let _ = qemu.wait().await;
+                        vhost.stop().await;
+                        return Err(QemuError::Console {
+                            path: layout.console_log.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+            None => None,
+        };
+        tracing::info!(vm = %spec.id, pid = qemu.id(), cid = spec.guest_cid, "QEMU started");
+        Ok(QemuVm {
+            id: spec.id.clone(),
+            layout,
+            accel,
+            qemu,
+            vhost,
+            console,
+            stderr,
+            started,
+            status: None,
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn accel(&self) -> &AccelDecision {
+        &self.accel
+    }
+
+    /// QEMU's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.qemu.id()
+    }
+
+    /// Waits for QEMU to exit. Cancel-safe, so it can sit in a `select!`
+    /// beside the guest conversation.
+    pub async fn exited(&mut self) -> Result<ExitStatus, QemuError> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let s = self.qemu.wait().await.map_err(|source| QemuError::Wait {
+            what: "QEMU",
+            source,
+        })?;
+        self.status = Some(s);
+        Ok(s)
+    }
+
+    /// Waits at most `timeout` for QEMU to exit by itself, kills it if it
+    /// has not, and tears the VM's processes down.
+    pub async fn finish(mut self, timeout: Duration) -> Result<VmExit, QemuError> {
+        let killed = match tokio::time::timeout(timeout, self.exited()).await {
+            Ok(r) => {
+                r?;
+                false
+            }
+            Err(_) => {
+                tracing::warn!(vm = %self.id, ?timeout, "QEMU did not exit in time; killing it");
+                true
+            }
+        };
+        self.teardown(killed).await
+    }
+
+    /// Kills QEMU now and tears the VM's processes down.
+    pub async fn kill(self) -> Result<VmExit, QemuError> {
+        self.teardown(true).await
+    }
+
+    async fn teardown(mut self, kill: bool) -> Result<VmExit, QemuError> {
+        let mut killed = false;
+        if kill && self.status.is_none() {
+            if let Err(e) = self.qemu.start_kill() {
+                tracing::debug!(vm = %self.id, error = %e, "QEMU already gone");
+            }
+            killed = true;
+        }
+        let status = self.exited().await?;
+        let ran_for = self.started.elapsed();
+        let vhost_stderr = self.vhost.stop().await;
+        let console = match self.console.take() {
+            Some(t) => match t.await {
+                Ok(Ok(stats)) => stats,
+                Ok(Err(e)) => {
+                    tracing::warn!(vm = %self.id, error = %e, "console log incomplete");
+                    ConsoleStats::default()
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %self.id, error = %e, "console task failed");
+                    ConsoleStats::default()
+                }
+            },
+            None => ConsoleStats::default(),
+        };
+        let qemu_stderr = match self.stderr.take() {
+            Some(t) => t.await.unwrap_or_default(),
+            None => String::new(),
+        };
+        tracing::info!(vm = %self.id, %status, killed, ms = ran_for.as_millis() as u64, console_bytes = console.kept, "QEMU exited");
+        Ok(VmExit {
+            status,
+            killed,
+            console,
+            qemu_stderr,
+            vhost_stderr,
+            ran_for,
+        })
+    }
+}
+
+fn require_file(what: &'static str, p: &Path) -> Result<(), QemuError> {
+    if p.exists() {
+        Ok(())
+    } else {
+        Err(QemuError::FileMissing {
+            what,
+            path: p.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_mhz_to_khz() {
+        let info = "processor\t: 0\ncpu MHz\t\t: 2596.128\ncache size\t: 1 KB\n";
+        assert_eq!(parse_cpu_khz(info), Some(2_596_128));
+        assert_eq!(parse_cpu_khz("processor: 0\n"), None);
+    }
+
+    #[test]
+    fn tsc_hint_only_for_tcg() {
+        let cfg = QemuConfig {
+            tsc: TscHint::Khz(1000),
+            ..QemuConfig::default()
+        };
+        assert_eq!(cfg.tsc_khz(Accel::Tcg), Some(1000));
+        assert_eq!(cfg.tsc_khz(Accel::Kvm), None);
+        let q35 = QemuConfig {
+            machine: Machine::Q35,
+            ..QemuConfig::default()
+        };
+        assert_eq!(q35.tsc_khz(Accel::Tcg), None);
+    }
+
+    #[tokio::test]
+    async fn missing_kernel_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = VmSpec {
+            id: "k".into(),
+            dir: dir.path().to_owned(),
+            kernel: dir.path().join("no-vmlinuz"),
+            initrd: None,
+            base_image: None,
+            scratch_disk: None,
+            kernel_args: vec![],
+            vcpus: 1,
+            memory_mib: 256,
+            guest_cid: 3,
+            tap: None,
+            console_limit_bytes: 1024,
+        };
+        let err = QemuVm::start(&spec, &QemuConfig::default())
+            .await
+            .err()
+            .expect("must fail");
+        assert!(err.to_string().contains("no-vmlinuz"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn missing_qemu_names_the_package() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kernel = dir.path().join("vmlinuz");
+        std::fs::write(&kernel, b"k").expect("kernel");
+        let spec = VmSpec {
+            id: "k".into(),
+            dir: dir.path().to_owned(),
+            kernel,
+            initrd: None,
+            base_image: None,
+            scratch_disk: None,
+            kernel_args: vec![],
+            vcpus: 1,
+            memory_mib: 256,
+            guest_cid: 3,
+            tap: None,
+            console_limit_bytes: 1024,
+        };
+        let cfg = QemuConfig {
+            qemu: dir.path().join("qemu-system-x86_64"),
+            ..QemuConfig::default()
+        };
+        let err = QemuVm::start(&spec, &cfg).await.err().expect("must fail");
+        assert!(
+            err.to_string().contains("apt-get install qemu-system-x86"),
+            "{err}"
+        );
+    }
+}
