@@ -1,1 +1,139 @@
-fn main() {}
+//! kiln-init: PID 1 of every Kiln microVM. It prepares the VM, fetches the
+//! job from the host over vsock, runs it, reports, and powers off.
+
+// Tests may unwrap; the init itself may not.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod cgroup;
+mod channel;
+mod cmdline;
+mod configure;
+mod console;
+mod error;
+mod kmod;
+mod mounts;
+mod netlink;
+mod reaper;
+mod root;
+mod runner;
+mod shutdown;
+mod supervise;
+mod timing;
+
+use std::io::Write;
+use std::time::Instant;
+
+use kiln_protocol::{BootPhase, GuestMessage, Hello, HostMessage, RunnerStarted, PROTOCOL_VERSION};
+
+use crate::channel::Channel;
+use crate::console::say;
+use crate::error::{Fatal, Step};
+use crate::timing::Timeline;
+
+fn main() {
+    let mut timeline = Timeline::new();
+    timeline.mark(BootPhase::InitStart);
+    if std::process::id() != 1 {
+        let _ = writeln!(
+            std::io::stderr(),
+            "kiln-init is the init (PID 1) of a Kiln VM; it refuses to run as pid {}.",
+            std::process::id()
+        );
+        std::process::exit(2);
+    }
+    shutdown::install_panic_hook();
+    let mut channel = None;
+    match boot_and_run(&mut timeline, &mut channel) {
+        Ok(()) => shutdown::power_off(),
+        Err(e) => shutdown::fatal(&e, channel.as_mut()),
+    }
+}
+
+fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), Fatal> {
+    supervise::block_signals().step("block signals")?;
+    shutdown::disable_ctrl_alt_del();
+
+    mounts::mount_all().step("mount filesystems")?;
+    console::attach();
+    t.mark(BootPhase::Mounted);
+
+    let cfg = cmdline::read().step("read the kernel command line")?;
+    let release = kernel_release();
+    kmod::load(&cfg.modules, &release).step("load kernel modules")?;
+    t.mark(BootPhase::ModulesLoaded);
+
+    root::prepare(&cfg).step("build the root filesystem")?;
+    mounts::mount_all().step("mount filesystems in the new root")?;
+    mounts::open_up_devices().step("open up device nodes")?;
+    mounts::make_root_shared().step("share the root's mounts")?;
+    t.mark(BootPhase::RootReady);
+
+    let controllers = cgroup::setup_root().step("set up cgroups")?;
+    t.mark(BootPhase::CgroupsReady);
+
+    let chan =
+        channel.insert(Channel::connect(channel::CONNECT_BUDGET).step("connect to the host")?);
+    t.mark(BootPhase::ChannelOpen);
+    say!(
+        "connected to the host {:.3} s after the kernel started",
+        secs(t)
+    );
+    chan.send(&GuestMessage::Hello(Hello {
+        protocol_version: PROTOCOL_VERSION,
+        init_version: env!("CARGO_PKG_VERSION").into(),
+        kernel_release: release,
+        boot: t.all(),
+    }))
+    .step("send Hello")?;
+
+    let job = match chan.read_opening().step("read the job")? {
+        HostMessage::Job(job) => job,
+        HostMessage::Cancel(_) => return Err(Fatal::new("read the job", "got Cancel instead")),
+    };
+    let received = Instant::now();
+    t.mark(BootPhase::JobReceived);
+    job.validate().step("check the job")?;
+
+    configure::apply(&job).step("configure the VM")?;
+    t.mark(BootPhase::JobConfigured);
+
+    let cgroup = cgroup::delegate(&controllers, job.user.uid, job.user.gid)
+        .step("delegate the runner's cgroup")?;
+    say!(
+        "starting {} as {} (uid {})",
+        job.command.program,
+        job.user.name,
+        job.user.uid
+    );
+    let runner = runner::spawn(&job, &cgroup).step("start the job")?;
+    t.mark(BootPhase::RunnerSpawned);
+    let pid = u32::try_from(runner.pid.as_raw()).unwrap_or(0);
+    chan.send(&GuestMessage::RunnerStarted(RunnerStarted {
+        pid,
+        phases: t.from(BootPhase::JobReceived),
+    }))
+    .step("send RunnerStarted")?;
+
+    let exited =
+        supervise::run(chan, runner, &job, received, cfg.debug).step("supervise the job")?;
+    say!(
+        "job ended: {:?} after {} ms",
+        exited.status,
+        exited.duration_ms
+    );
+    if let Err(e) = chan.send(&GuestMessage::RunnerExited(exited)) {
+        say!("could not send RunnerExited: {e}");
+    }
+    shutdown::end_processes(shutdown::LEFTOVER_GRACE);
+    Ok(())
+}
+
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn secs(t: &Timeline) -> f64 {
+    t.all().last().map_or(0.0, |s| s.at_ns as f64 / 1e9)
+}

@@ -1,0 +1,271 @@
+//! The vsock connection to the host: dial with backoff, then frames both
+//! ways. Writes are bounded by a send timeout so a host that stops reading
+//! cannot hang PID 1.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use kiln_protocol::frame::{self, FrameError, HEADER_LEN};
+use kiln_protocol::{blocking, GuestMessage, HostMessage, HOST_CID, MAX_FRAME_LEN, VSOCK_PORT};
+use nix::errno::Errno;
+use nix::sys::socket::{
+    connect, recv, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockType,
+    VsockAddr,
+};
+use nix::sys::time::TimeVal;
+
+/// How long the host has to start listening.
+pub const CONNECT_BUDGET: Duration = Duration::from_secs(60);
+/// How long one write may block on a host that does not read.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("connect to vsock CID {cid} port {port}: {errno} (gave up after {tries} tries in {secs:.1} s)")]
+    Connect {
+        cid: u32,
+        port: u32,
+        errno: Errno,
+        tries: u32,
+        secs: f64,
+    },
+    #[error("the kernel has no vsock support ({0}): build it in, or load vsock and vmw_vsock_virtio_transport with kiln.modules=")]
+    NoVsock(Errno),
+}
+
+pub struct Channel {
+    sock: File,
+}
+
+impl Channel {
+    /// Dials the host, retrying while its side is not up yet.
+    pub fn connect(budget: Duration) -> Result<Channel, ChannelError> {
+        let start = Instant::now();
+        let mut backoff = Backoff::new(budget);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let err = match dial() {
+                Ok(fd) => {
+                    return Ok(Channel {
+                        sock: File::from(fd),
+                    })
+                }
+                Err(e @ Errno::EAFNOSUPPORT) => return Err(ChannelError::NoVsock(e)),
+                Err(e) => e,
+            };
+            let wait = if retryable(err) { backoff.next() } else { None };
+            match wait {
+                Some(d) => sleep(d),
+                None => {
+                    return Err(ChannelError::Connect {
+                        cid: HOST_CID,
+                        port: VSOCK_PORT,
+                        errno: err,
+                        tries,
+                        secs: start.elapsed().as_secs_f64(),
+                    })
+                }
+            }
+        }
+    }
+
+    pub fn send(&mut self, msg: &GuestMessage) -> Result<(), FrameError> {
+        blocking::write_message(&mut self.sock, msg)
+    }
+
+    /// The host's first message, version-checked.
+    pub fn read_opening(&mut self) -> Result<HostMessage, FrameError> {
+        blocking::read_opening(&mut self.sock)
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+fn dial() -> Result<OwnedFd, Errno> {
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let t = TimeVal::new(i64::try_from(SEND_TIMEOUT.as_secs()).unwrap_or(60) as _, 0);
+    setsockopt(&fd, sockopt::SendTimeout, &t)?;
+    connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &VsockAddr::new(HOST_CID, VSOCK_PORT),
+    )?;
+    Ok(fd)
+}
+
+/// Errors that mean "the host (or the transport) is not ready yet".
+pub fn retryable(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::ECONNRESET
+            | Errno::ECONNREFUSED
+            | Errno::ETIMEDOUT
+            | Errno::ENODEV
+            | Errno::ENETUNREACH
+            | Errno::EHOSTUNREACH
+            | Errno::EAGAIN
+            | Errno::EINTR
+            | Errno::ENOBUFS
+    )
+}
+
+/// 10 ms doubling to 1 s, until the budget is spent.
+pub struct Backoff {
+    next: Duration,
+    left: Duration,
+}
+
+impl Backoff {
+    pub fn new(budget: Duration) -> Self {
+        Backoff {
+            next: Duration::from_millis(10),
+            left: budget,
+        }
+    }
+}
+
+impl Iterator for Backoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        if self.left.is_zero() {
+            return None;
+        }
+        let d = self.next.min(self.left);
+        self.left -= d;
+        self.next = (self.next * 2).min(Duration::from_secs(1));
+        Some(d)
+    }
+}
+
+/// Host messages after the `Job`, read without blocking: a host that sends
+/// half a frame must not stall the supervisor.
+#[derive(Default)]
+pub struct Inbox {
+    buf: Vec<u8>,
+}
+
+pub enum Fill {
+    /// Bytes arrived (maybe not a whole frame yet).
+    Data,
+    /// The host closed its side.
+    Eof,
+}
+
+impl Inbox {
+    pub fn fill(&mut self, fd: BorrowedFd<'_>) -> Result<Fill, Errno> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match recv(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &mut chunk,
+                MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(0) => return Ok(Fill::Eof),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(Fill::Data);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(Fill::Data),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, if one has arrived. A bad header is an error
+    /// as soon as its 4 bytes are in, before the body is waited for.
+    pub fn next_message(&mut self) -> Result<Option<HostMessage>, FrameError> {
+        match frame::decode_from_slice::<HostMessage>(&self.buf)? {
+            Some((msg, used)) => {
+                self.buf.drain(..used);
+                Ok(Some(msg))
+            }
+            None => {
+                debug_assert!(self.buf.len() < HEADER_LEN + MAX_FRAME_LEN);
+                Ok(None)
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_protocol::Cancel;
+
+    #[test]
+    fn backoff_grows_and_respects_the_budget() {
+        let waits: Vec<Duration> = Backoff::new(Duration::from_secs(3)).collect();
+        assert_eq!(waits[0], Duration::from_millis(10));
+        assert_eq!(waits[1], Duration::from_millis(20));
+        assert!(waits.iter().all(|d| *d <= Duration::from_secs(1)));
+        assert_eq!(waits.iter().sum::<Duration>(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn retry_only_on_not_ready_errors() {
+        assert!(retryable(Errno::ECONNRESET));
+        assert!(retryable(Errno::ETIMEDOUT));
+        assert!(retryable(Errno::ENODEV));
+        assert!(!retryable(Errno::EACCES));
+        assert!(!retryable(Errno::EINVAL));
+    }
+
+    #[test]
+    fn inbox_reassembles_split_frames() {
+        let a = frame::encode(&HostMessage::Cancel(Cancel { grace_ms: 7 })).unwrap();
+        let b = frame::encode(&HostMessage::Cancel(Cancel { grace_ms: 9 })).unwrap();
+        let mut all = a.clone();
+        all.extend_from_slice(&b);
+        let mut inbox = Inbox::default();
+        inbox.push(&all[..3]);
+        assert!(inbox.next_message().unwrap().is_none());
+        inbox.push(&all[3..a.len() + 2]);
+        assert_eq!(
+            inbox.next_message().unwrap(),
+            Some(HostMessage::Cancel(Cancel { grace_ms: 7 }))
+        );
+        assert!(inbox.next_message().unwrap().is_none());
+        inbox.push(&all[a.len() + 2..]);
+        assert_eq!(
+            inbox.next_message().unwrap(),
+            Some(HostMessage::Cancel(Cancel { grace_ms: 9 }))
+        );
+        assert_eq!(inbox.pending(), 0);
+    }
+
+    #[test]
+    fn inbox_rejects_garbage_early() {
+        let mut inbox = Inbox::default();
+        inbox.push(&[0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            inbox.next_message(),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut inbox = Inbox::default();
+        inbox.push(&[0, 0, 0, 2, 0xee, 0xee]);
+        assert!(matches!(
+            inbox.next_message(),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+}

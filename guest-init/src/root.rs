@@ -1,0 +1,243 @@
+//! The job's root filesystem: the base image read-only below, the scratch
+//! disk (or RAM) as the writable layer on top, and `/home` and
+//! `/var/lib/containers` straight on the scratch ext4 (rootless podman's
+//! storage must not sit on overlayfs).
+
+use std::os::unix::fs::{lchown, DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::{chdir, chroot, pivot_root};
+
+use crate::cmdline::BootConfig;
+use crate::error::{OrSys, SysError};
+use crate::mounts::{mkdir_p, CARRIED};
+
+/// Staging area on the tmpfs at `/run` of the first root; the new root has
+/// its own `/run`.
+const STAGE: &str = "/run/kiln";
+
+/// Directories of the scratch disk bound onto the new root.
+const SCRATCH_BINDS: &[(&str, &str)] = &[("home", "home"), ("containers", "var/lib/containers")];
+
+/// Whether a root switch happened, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switched {
+    /// No `kiln.root` and no `kiln.scratch`: the first root stays.
+    No,
+    /// pivot_root from a kernel-mounted root.
+    Pivot,
+    /// MS_MOVE + chroot from the initramfs (rootfs cannot be pivoted).
+    MoveChroot,
+}
+
+/// Builds the overlay root if the command line asks for one and switches
+/// into it, taking `/proc`, `/sys` and `/dev` along.
+pub fn prepare(cfg: &BootConfig) -> Result<Switched, SysError> {
+    if cfg.root.is_none() && cfg.scratch.is_none() {
+        return Ok(Switched::No);
+    }
+    let stage = Path::new(STAGE);
+    let base = stage.join("base");
+    let scratch = stage.join("scratch");
+    let new_root = stage.join("root");
+    for d in [&base, &scratch, &new_root] {
+        mkdir_p(d)?;
+    }
+
+    match &cfg.root {
+        Some(dev) => mount_ext4(dev, &base, MsFlags::MS_RDONLY)?,
+        None => {
+            // Non-recursive bind: the lower layer is the root's own files,
+            // without /proc, /dev and the rest mounted on it.
+            bind(Path::new("/"), &base)?;
+            mount(
+                None::<&str>,
+                &base,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .or_sys(|| format!("remount {} read-only", base.display()))?;
+        }
+    }
+    match &cfg.scratch {
+        Some(dev) => mount_ext4(dev, &scratch, MsFlags::empty())?,
+        // A base image without a scratch disk still gets a writable root,
+        // in RAM.
+        None => mount(
+            Some("tmpfs"),
+            &scratch,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )
+        .or_sys(|| format!("mount tmpfs on {}", scratch.display()))?,
+    }
+    let upper = scratch.join("upper");
+    let work = scratch.join("work");
+    mkdir_p(&upper)?;
+    mkdir_p(&work)?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        base.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &new_root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .or_sys(|| format!("mount overlay ({opts}) on {}", new_root.display()))?;
+
+    if cfg.scratch.is_some() {
+        for (dir, target) in SCRATCH_BINDS {
+            let src = scratch.join(dir);
+            let dst = new_root.join(target);
+            let fresh = !src.exists();
+            mkdir_p(&src)?;
+            if fresh {
+                // The image's skeleton (e.g. /home/runner and its dotfiles)
+                // would be hidden by the bind: start from a copy of it.
+                copy_tree(&base.join(target), &src)?;
+            }
+            mkdir_p(&dst)?;
+            bind(&src, &dst)?;
+        }
+    }
+
+    for m in CARRIED {
+        let dst = new_root.join(m.trim_start_matches('/'));
+        mkdir_p(&dst)?;
+        mount(Some(*m), &dst, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .or_sys(|| format!("move {m} to {}", dst.display()))?;
+    }
+    switch_to(&new_root)
+}
+
+fn switch_to(new_root: &Path) -> Result<Switched, SysError> {
+    chdir(new_root).or_sys(|| format!("chdir {}", new_root.display()))?;
+    // pivot_root(".", ".") stacks the old root under the new one; detaching
+    // it leaves only the new root (pivot_root(2), NOTES).
+    match pivot_root(".", ".") {
+        Ok(()) => {
+            umount2(".", MntFlags::MNT_DETACH).or_sys(|| "detach the old root".into())?;
+            chdir("/").or_sys(|| "chdir /".into())?;
+            Ok(Switched::Pivot)
+        }
+        // The initramfs (rootfs) cannot be pivoted: do what switch_root does.
+        Err(Errno::EINVAL) => {
+            mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+                .or_sys(|| format!("move {} to /", new_root.display()))?;
+            chroot(".").or_sys(|| "chroot into the new root".into())?;
+            chdir("/").or_sys(|| "chdir /".into())?;
+            Ok(Switched::MoveChroot)
+        }
+        Err(e) => Err(e).or_sys(|| format!("pivot_root into {}", new_root.display())),
+    }
+}
+
+fn mount_ext4(dev: &Path, at: &Path, flags: MsFlags) -> Result<(), SysError> {
+    mount(Some(dev), at, Some("ext4"), flags, None::<&str>).or_sys(|| {
+        let ro = if flags.contains(MsFlags::MS_RDONLY) {
+            " read-only"
+        } else {
+            ""
+        };
+        format!("mount {} (ext4) on {}{ro}", dev.display(), at.display())
+    })
+}
+
+fn bind(src: &Path, dst: &Path) -> Result<(), SysError> {
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .or_sys(|| format!("bind {} on {}", src.display(), dst.display()))
+}
+
+/// Copies directories, files and symlinks with owners and modes; other
+/// file types (sockets, devices) have no business in a skeleton and are
+/// skipped. A missing `src` copies nothing.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), SysError> {
+    let meta = match std::fs::symlink_metadata(src) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).or_sys(|| format!("stat {}", src.display())),
+    };
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dst)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .or_sys(|| format!("create directory {}", dst.display()))?;
+        let entries =
+            std::fs::read_dir(src).or_sys(|| format!("read directory {}", src.display()))?;
+        for entry in entries {
+            let entry = entry.or_sys(|| format!("read directory {}", src.display()))?;
+            let name = entry.file_name();
+            copy_tree(&src.join(&name), &dst.join(&name))?;
+        }
+    } else if ft.is_symlink() {
+        let target = std::fs::read_link(src).or_sys(|| format!("read link {}", src.display()))?;
+        std::os::unix::fs::symlink(&target, dst)
+            .or_sys(|| format!("create symlink {}", dst.display()))?;
+    } else if ft.is_file() {
+        std::fs::copy(src, dst)
+            .or_sys(|| format!("copy {} to {}", src.display(), dst.display()))?;
+    } else {
+        return Ok(());
+    }
+    lchown(dst, Some(meta.uid()), Some(meta.gid()))
+        .or_sys(|| format!("chown {}", dst.display()))?;
+    if !ft.is_symlink() {
+        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .or_sys(|| format!("chmod {}", dst.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_tree_keeps_files_links_and_modes() {
+        let tmp = std::env::temp_dir().join(format!("kiln-init-copy-{}", std::process::id()));
+        let src = tmp.join("src");
+        let dst = tmp.join("dst");
+        std::fs::create_dir_all(src.join("runner/.config")).unwrap();
+        std::fs::write(src.join("runner/.bashrc"), "export A=1\n").unwrap();
+        std::fs::set_permissions(
+            src.join("runner/.bashrc"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(".bashrc", src.join("runner/.profile")).unwrap();
+        std::fs::set_permissions(src.join("runner"), std::fs::Permissions::from_mode(0o750))
+            .unwrap();
+
+        copy_tree(&src, &dst).unwrap();
+
+        assert_eq!(
+            std::fs::read_to_string(dst.join("runner/.bashrc")).unwrap(),
+            "export A=1\n"
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&dst.join("runner/.bashrc")), 0o640);
+        assert_eq!(mode(&dst.join("runner")), 0o750);
+        assert!(dst.join("runner/.config").is_dir());
+        assert_eq!(
+            std::fs::read_link(dst.join("runner/.profile")).unwrap(),
+            Path::new(".bashrc")
+        );
+        copy_tree(&tmp.join("missing"), &tmp.join("nothing")).unwrap();
+        assert!(!tmp.join("nothing").exists());
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}
