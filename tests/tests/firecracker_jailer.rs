@@ -1,0 +1,428 @@
+//! The Firecracker backend end to end against the fake jailer
+//! (`src/bin/fake-jailer`), which builds the jail the real one would,
+//! chroots into it as the VM's uid, and serves the API socket checking
+//! every request against Firecracker's API specification.
+//!
+//! Needs root, like the real jailer (chroot, chown, setuid).
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kiln::vmm::firecracker::api::ApiError;
+use kiln::vmm::firecracker::{config, Firecracker, FirecrackerError, FirecrackerSettings};
+use kiln::vmm::VmSpec;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::io::AsyncBufReadExt;
+
+const SECRET: &str = "jit-config-secret-7f3a9c";
+const UID_BASE: u32 = 910_000;
+
+struct Rig {
+    dir: TempDir,
+    backend: Firecracker,
+    record: PathBuf,
+    firecracker: PathBuf,
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A fake jailer configured by `conf` (merged over the defaults), a dummy
+/// Firecracker binary, images, and a cgroup root in a temporary directory.
+fn rig(conf: Value) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for sub in ["bin", "jails", "cgroup", "images"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+    }
+    let jailer = d.join("bin/jailer");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_fake-jailer"), &jailer).unwrap();
+    let mut full = json!({
+        "spec": Path::new(env!("CARGO_MANIFEST_DIR")).join("data/firecracker-api.yaml"),
+        "record": d.join("record.jsonl"),
+        "cgroup_root": d.join("cgroup"),
+        "console_bytes": 100_000,
+    });
+    for (k, v) in conf.as_object().unwrap() {
+        full[k] = v.clone();
+    }
+    std::fs::write(d.join("bin/jailer.json"), full.to_string()).unwrap();
+    let firecracker = d.join("bin/firecracker");
+    std::fs::write(&firecracker, b"not really firecracker").unwrap();
+    std::fs::set_permissions(&firecracker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, mode) in [("vmlinux", 0o644), ("rootfs.ext4", 0o644)] {
+        let p = d.join("images").join(name);
+        std::fs::write(&p, name.as_bytes()).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut settings = FirecrackerSettings::new(&jailer, &firecracker);
+    settings.chroot_base = d.join("jails");
+    settings.cgroup_root = d.join("cgroup");
+    settings.uid_range = UID_BASE..=UID_BASE + 9;
+    settings.api_socket_timeout = Duration::from_secs(5);
+    settings.api_request_timeout = Duration::from_secs(5);
+    settings.kill_timeout = Duration::from_secs(5);
+    let backend = Firecracker::new(settings).unwrap();
+    Rig {
+        record: d.join("record.jsonl"),
+        firecracker,
+        backend,
+        dir,
+    }
+}
+
+impl Rig {
+    fn spec(&self, id: &str) -> VmSpec {
+        let vm_dir = self.dir.path().join("vms").join(id);
+        std::fs::create_dir_all(&vm_dir).unwrap();
+        let scratch = vm_dir.join("scratch.ext4");
+        std::fs::write(&scratch, vec![0u8; 4096]).unwrap();
+        std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o600)).unwrap();
+        VmSpec {
+            id: id.to_owned(),
+            dir: vm_dir,
+            kernel: self.dir.path().join("images/vmlinux"),
+            initrd: None,
+            base_image: Some(self.dir.path().join("images/rootfs.ext4")),
+            scratch_disk: Some(scratch),
+            kernel_args: vec!["kiln.modules=virtio_blk".into()],
+            vcpus: 2,
+            memory_mib: 512,
+            guest_cid: 3,
+            tap: None,
+            console_limit_bytes: 4096,
+        }
+    }
+
+    fn events(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.record).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn events_of(&self, kind: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == kind)
+            .collect()
+    }
+
+    fn fake_pid(&self) -> u32 {
+        let argv = self.events_of("argv");
+        u32::try_from(argv[0]["pid"].as_u64().unwrap()).unwrap()
+    }
+
+    /// Nothing of VM `id` is left: jail, cgroup, process, uid.
+    fn assert_all_gone(&self, id: &str, pid: u32) {
+        let jail = self.dir.path().join("jails/firecracker").join(id);
+        assert!(!jail.exists(), "{} left behind", jail.display());
+        let cgroup = self.dir.path().join("cgroup/kiln").join(id);
+        assert!(!cgroup.exists(), "{} left behind", cgroup.display());
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} left behind"
+        );
+        assert_eq!(self.backend.uids_in_use(), 0);
+    }
+}
+
+#[tokio::test]
+async fn launch_configure_start_exit_teardown() {
+    if !is_root() {
+        eprintln!("skipped: the jailer (and its stand-in) needs root");
+        return;
+    }
+    // The shim's environment may hold the runner's JIT config; none of it
+    // may reach the jailer.
+    std::env::set_var("ACTIONS_RUNNER_INPUT_JITCONFIG", SECRET);
+    let rig = rig(json!({}));
+    let spec = rig.spec("fc-e2e-1");
+    let mut vm = rig.backend.start(&spec).await.unwrap();
+    let pid = vm.pid().unwrap();
+    assert_eq!(pid, rig.fake_pid(), "the jailer's pid is Firecracker's");
+    let jail = rig.dir.path().join("jails/firecracker/fc-e2e-1/root");
+    assert_eq!(vm.jail_root(), jail);
+    assert_eq!(vm.vsock_uds_path(), jail.join("v.sock"));
+    assert_eq!(vm.guest_listener_path(), jail.join("v.sock_1024"));
+    assert_eq!(vm.console_log_path(), spec.dir.join("console.log"));
+    assert_eq!(vm.uid(), Some(UID_BASE));
+
+    // The "guest" dials the host through the listener bound before start.
+    let listener = vm.take_guest_listener().unwrap();
+    let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut line = String::new();
+    tokio::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    assert_eq!(line, "hello from the fake guest\n");
+    // Firecracker made its vsock socket inside the jail.
+    assert!(jail.join("v.sock").exists());
+
+    let status = tokio::time::timeout(Duration::from_secs(10), vm.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "a guest that rebooted");
+    vm.teardown().await.unwrap();
+    rig.assert_all_gone("fc-e2e-1", pid);
+
+    // The jailer's argv, exactly.
+    let argv = rig.events_of("argv");
+    assert_eq!(argv.len(), 1);
+    let args: Vec<&str> = argv[0]["argv"].as_array().unwrap()[1..]
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let uid = UID_BASE.to_string();
+    let base = rig.dir.path().join("jails");
+    let memory = ((512u64 + 64) << 20).to_string();
+    assert_eq!(
+        args,
+        [
+            "--id",
+            "fc-e2e-1",
+            "--exec-file",
+            rig.firecracker.to_str().unwrap(),
+            "--uid",
+            &uid,
+            "--gid",
+            &uid,
+            "--chroot-base-dir",
+            base.to_str().unwrap(),
+            "--cgroup-version",
+            "2",
+            "--parent-cgroup",
+            "kiln",
+            "--cgroup",
+            "cpu.max=200000 100000",
+            "--cgroup",
+            &format!("memory.max={memory}"),
+            "--",
+            "--api-sock",
+            "/run/firecracker.socket",
+        ]
+    );
+    assert_eq!(
+        argv[0]["env"],
+        json!([]),
+        "the jailer's environment is empty"
+    );
+    let cgroups: Vec<(String, String)> = rig
+        .events_of("cgroup")
+        .iter()
+        .map(|e| {
+            (
+                e["file"].as_str().unwrap().to_owned(),
+                e["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cgroups,
+        [
+            ("cpu.max".to_owned(), "200000 100000".to_owned()),
+            ("memory.max".to_owned(), memory)
+        ]
+    );
+    assert_eq!(rig.events_of("jailed")[0]["uid"], UID_BASE);
+
+    // The requests, in order, each accepted, each exactly what config built.
+    let requests = rig.events_of("request");
+    let expected = config::requests(&spec);
+    assert_eq!(requests.len(), expected.len());
+    for (got, want) in requests.iter().zip(&expected) {
+        assert_eq!(got["method"], "PUT");
+        assert_eq!(got["path"], want.path());
+        assert_eq!(got["body"], want.body());
+        assert_eq!(got["status"], 204, "{got}");
+    }
+    let order: Vec<&str> = requests
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "/logger",
+            "/machine-config",
+            "/boot-source",
+            "/drives/rootfs",
+            "/drives/scratch",
+            "/vsock",
+            "/actions"
+        ]
+    );
+    assert!(rig.events_of("guest_dial")[0]["error"].is_null());
+    assert_eq!(rig.events_of("exit")[0]["code"], 0);
+
+    // The serial console was bounded; Firecracker's log came through the FIFO.
+    let console = std::fs::read(spec.dir.join("console.log")).unwrap();
+    assert!(console.starts_with(b"fake guest: serial console line\n"));
+    assert_eq!(
+        &console[4096..],
+        b"\n[kiln: output beyond 4096 bytes dropped]\n".as_slice()
+    );
+    let vmm_log = std::fs::read_to_string(spec.dir.join("firecracker.log")).unwrap();
+    assert!(
+        vmm_log.contains("fake-firecracker: logger ready"),
+        "{vmm_log:?}"
+    );
+
+    // No secret anywhere the jailer or Firecracker could see.
+    let record = std::fs::read_to_string(&rig.record).unwrap();
+    assert!(!record.contains(SECRET));
+}
+
+#[tokio::test]
+async fn hung_vm_is_killed_on_timeout_and_torn_down() {
+    if !is_root() {
+        eprintln!("skipped: the jailer (and its stand-in) needs root");
+        return;
+    }
+    let rig = rig(json!({"on_start": "hang"}));
+    let spec = rig.spec("fc-hang");
+    let mut vm = rig.backend.start(&spec).await.unwrap();
+    let pid = vm.pid().unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), vm.wait())
+            .await
+            .is_err(),
+        "the hung VM exited by itself"
+    );
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    let status = vm.kill().await.unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    vm.teardown().await.unwrap();
+    rig.assert_all_gone("fc-hang", pid);
+    assert_eq!(rig.events_of("hanging").len(), 1);
+    assert!(rig.events_of("exit").is_empty());
+}
+
+#[tokio::test]
+async fn teardown_alone_kills_a_running_vm() {
+    if !is_root() {
+        eprintln!("skipped: the jailer (and its stand-in) needs root");
+        return;
+    }
+    let rig = rig(json!({"on_start": "hang"}));
+    let vm = rig.backend.start(&rig.spec("fc-td")).await.unwrap();
+    let pid = vm.pid().unwrap();
+    vm.teardown().await.unwrap();
+    rig.assert_all_gone("fc-td", pid);
+}
+
+#[tokio::test]
+async fn rejected_request_fails_start_and_leaves_nothing() {
+    if !is_root() {
+        eprintln!("skipped: the jailer (and its stand-in) needs root");
+        return;
+    }
+    let rig = rig(json!({"reject_path": "/drives/scratch"}));
+    let spec = rig.spec("fc-reject");
+    let err = rig.backend.start(&spec).await.unwrap_err();
+    match &err {
+        FirecrackerError::Api(ApiError::Rejected {
+            uri, status, fault, ..
+        }) => {
+            assert_eq!(uri, "/drives/scratch");
+            assert_eq!(status.as_u16(), 400);
+            assert!(fault.contains("refused, as the test asked"), "{fault}");
+        }
+        other => panic!("{other:?}"),
+    }
+    rig.assert_all_gone("fc-reject", rig.fake_pid());
+    let paths: Vec<String> = rig
+        .events_of("request")
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(paths.last().unwrap(), "/drives/scratch");
+    assert!(
+        !paths.contains(&"/actions".to_owned()),
+        "started despite the error"
+    );
+    // The VM's directory (logs) stays for the caller.
+    assert!(spec.dir.join("firecracker.log").exists());
+}
+
+#[tokio::test]
+async fn jailer_failing_early_is_reported_with_its_log_and_cleaned_up() {
+    if !is_root() {
+        eprintln!("skipped: the jailer (and its stand-in) needs root");
+        return;
+    }
+    let rig = rig(json!({"die_before_socket": true}));
+    let spec = rig.spec("fc-early");
+    let err = rig.backend.start(&spec).await.unwrap_err();
+    match &err {
+        FirecrackerError::ExitedEarly { status, log } => {
+            assert_eq!(status.code(), Some(1));
+            assert_eq!(log, &spec.dir.join("firecracker.log"));
+            let text = std::fs::read_to_string(log).unwrap();
+            assert!(text.contains("failing before the API socket"), "{text:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The fake made the cgroup before failing: teardown removed it.
+    rig.assert_all_gone("fc-early", rig.fake_pid());
+}
+
+#[tokio::test]
+async fn an_existing_jail_is_never_reused_or_removed() {
+    if !is_root() {
+        eprintln!("skipped: the jailer (and its stand-in) needs root");
+        return;
+    }
+    let rig = rig(json!({}));
+    let other = rig.dir.path().join("jails/firecracker/fc-busy/root");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("marker"), b"someone else's").unwrap();
+    let err = rig.backend.start(&rig.spec("fc-busy")).await.unwrap_err();
+    assert!(
+        matches!(err, FirecrackerError::AlreadyExists { .. }),
+        "{err}"
+    );
+    assert!(other.join("marker").exists());
+    assert!(rig.events().is_empty(), "the jailer ran");
+    assert_eq!(rig.backend.uids_in_use(), 0);
+}
+
+#[tokio::test]
+async fn concurrent_vms_get_distinct_uids_and_jails() {
+    if !is_root() {
+        eprintln!("skipped: the jailer (and its stand-in) needs root");
+        return;
+    }
+    let rig = rig(json!({"on_start": "hang", "console_bytes": 0}));
+    let mut vms = Vec::new();
+    for i in 0..3 {
+        vms.push(
+            rig.backend
+                .start(&rig.spec(&format!("fc-many-{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut uids: Vec<u32> = vms.iter().map(|v| v.uid().unwrap()).collect();
+    uids.sort_unstable();
+    uids.dedup();
+    assert_eq!(uids.len(), 3);
+    assert_eq!(rig.backend.uids_in_use(), 3);
+    let pids: Vec<u32> = vms.iter().map(|v| v.pid().unwrap()).collect();
+    for vm in vms {
+        vm.teardown().await.unwrap();
+    }
+    for (i, pid) in pids.into_iter().enumerate() {
+        rig.assert_all_gone(&format!("fc-many-{i}"), pid);
+    }
+}
