@@ -34,7 +34,14 @@ fn steps(args: &Args) -> Vec<Step> {
         step("format", &["fmt", "--all", "--", "--check"], false),
         step(
             "lints",
-            &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
             false,
         ),
         step(
@@ -74,7 +81,11 @@ fn steps(args: &Args) -> Vec<Step> {
             false,
         ));
     } else {
-        s.push(step("all tests, VMs included", &["test", "--workspace"], false));
+        s.push(step(
+            "all tests, VMs included",
+            &["test", "--workspace"],
+            false,
+        ));
     }
     s
 }

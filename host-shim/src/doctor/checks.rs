@@ -138,7 +138,13 @@ mod tests {
 
     #[test]
     fn missing_tool_names_the_fix() {
-        let f = check_tool("x", "/nonexistent/kiln-tool", &["--version"], Level::Warn, "install x");
+        let f = check_tool(
+            "x",
+            "/nonexistent/kiln-tool",
+            &["--version"],
+            Level::Warn,
+            "install x",
+        );
         assert_eq!(f.level, Level::Warn);
         assert!(f.detail.contains("/nonexistent/kiln-tool"), "{}", f.detail);
         assert_eq!(f.fix.as_deref(), Some("install x"));
@@ -164,7 +170,11 @@ mod tests {
         std::fs::write(dir.path().join("vmlinuz"), b"k").unwrap();
         let f = check_image(dir.path());
         assert_eq!(f.level, Level::Fail);
-        assert!(f.detail.contains("rootfs.ext4, initrd, manifest.json"), "{}", f.detail);
+        assert!(
+            f.detail.contains("rootfs.ext4, initrd, manifest.json"),
+            "{}",
+            f.detail
+        );
         for name in IMAGE_FILES {
             std::fs::write(dir.path().join(name), b"x").unwrap();
         }

@@ -52,7 +52,10 @@ impl VmSpec {
     pub fn validate(&self) -> Result<(), VmSpecError> {
         let id_ok = !self.id.is_empty()
             && self.id.len() <= 64
-            && self.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !id_ok {
             return Err(VmSpecError::BadId {
                 id: self.id.clone(),
