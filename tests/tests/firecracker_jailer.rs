@@ -152,13 +152,16 @@ async fn launch_configure_start_exit_teardown() {
     assert_eq!(vm.guest_listener_path(), jail.join("v.sock_1024"));
     assert_eq!(vm.console_log_path(), spec.dir.join("console.log"));
     assert_eq!(vm.uid(), Some(UID_BASE));
+    let t = vm.start_timings();
+    assert!(
+        t.api_ready > Duration::ZERO && t.instance_started >= t.api_ready,
+        "{t:?}"
+    );
 
     // The "guest" dials the host through the listener bound before start.
     let listener = vm.take_guest_listener().unwrap();
-    let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
-        .await
-        .unwrap()
-        .unwrap();
+    assert_eq!(listener.path(), jail.join("v.sock_1024"));
+    let stream = listener.accept(Duration::from_secs(10)).await.unwrap();
     let mut line = String::new();
     tokio::io::BufReader::new(stream)
         .read_line(&mut line)
@@ -425,4 +428,47 @@ async fn concurrent_vms_get_distinct_uids_and_jails() {
     for (i, pid) in pids.into_iter().enumerate() {
         rig.assert_all_gone(&format!("fc-many-{i}"), pid);
     }
+}
+
+#[tokio::test]
+async fn ctrl_alt_del_stops_the_guest_gracefully() {
+    if !is_root() {
+        eprintln!("skipped: the jailer (and its stand-in) needs root");
+        return;
+    }
+    let rig = rig(json!({"on_start": "hang", "console_bytes": 0}));
+    let mut vm = rig.backend.start(&rig.spec("fc-cad")).await.unwrap();
+    let pid = vm.pid().unwrap();
+    vm.send_ctrl_alt_del().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), vm.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    vm.teardown().await.unwrap();
+    rig.assert_all_gone("fc-cad", pid);
+    let last = rig.events_of("request").pop().unwrap();
+    assert_eq!(last["body"], json!({"action_type": "SendCtrlAltDel"}));
+    assert_eq!(last["status"], 204);
+}
+
+#[tokio::test]
+async fn dropping_a_vm_without_teardown_still_cleans_up() {
+    if !is_root() {
+        eprintln!("skipped: the jailer (and its stand-in) needs root");
+        return;
+    }
+    let rig = rig(json!({"on_start": "hang", "console_bytes": 0}));
+    let vm = rig.backend.start(&rig.spec("fc-drop")).await.unwrap();
+    let pid = vm.pid().unwrap();
+    drop(vm);
+    // SIGKILL was sent at drop; tokio reaps the child in the background.
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    for _ in 0..200 {
+        if !proc_dir.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    rig.assert_all_gone("fc-drop", pid);
 }

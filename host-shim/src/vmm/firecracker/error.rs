@@ -48,6 +48,8 @@ pub enum FirecrackerError {
     },
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error(transparent)]
+    Listener(#[from] crate::vsock::ListenerError),
     #[error("waiting for Firecracker (pid {pid}): {source}")]
     Wait {
         pid: u32,

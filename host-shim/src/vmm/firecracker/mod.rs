@@ -32,7 +32,7 @@ use std::sync::Arc;
 pub use error::FirecrackerError;
 pub use settings::FirecrackerSettings;
 pub use uid_pool::{UidLease, UidPool};
-pub use vm::{FirecrackerVm, CONSOLE_LOG, VMM_LOG};
+pub use vm::{FirecrackerVm, StartTimings, CONSOLE_LOG, VMM_LOG};
 
 use super::VmSpec;
 

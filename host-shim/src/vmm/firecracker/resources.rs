@@ -8,12 +8,11 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use tokio::net::UnixListener;
-
 use super::config;
 use super::jailer::JailLayout;
 use super::FirecrackerError;
 use crate::vmm::VmSpec;
+use crate::vsock::HybridListener;
 
 /// `sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -145,28 +144,27 @@ pub(crate) fn check_socket_path(path: &Path) -> Result<(), FirecrackerError> {
 }
 
 /// The Unix socket where Firecracker forwards the guest's connections to
-/// host port `port`: `<jail root>/v.sock_<port>`, owned by the jail's uid so
-/// that Firecracker may connect to it.
+/// host port `port`: `<jail root>/v.sock_<port>`.
 pub(crate) fn guest_listener_path(layout: &JailLayout, port: u32) -> PathBuf {
-    layout.host_path(&format!("{}_{port}", config::VSOCK_UDS))
+    crate::vsock::listener::port_path(&layout.host_path(config::VSOCK_UDS), port)
 }
 
-/// Binds the guest-to-host listener. It must exist before the guest boots:
-/// Firecracker resets a guest's connection at once when nothing listens.
+/// Binds the guest-to-host listener, owned by the jail's uid so that the
+/// jailed Firecracker may connect to it. It must exist before the guest
+/// boots: Firecracker resets a guest's connection at once when nothing
+/// listens.
 pub(crate) fn bind_guest_listener(
     layout: &JailLayout,
     port: u32,
     uid: u32,
     gid: u32,
-) -> Result<(UnixListener, PathBuf), FirecrackerError> {
-    let path = guest_listener_path(layout, port);
-    check_socket_path(&path)?;
-    check_socket_path(&layout.host_path(config::VSOCK_UDS))?;
-    let listener =
-        UnixListener::bind(&path).map_err(io_err("binding the vsock listener", &path))?;
-    chown(&path, uid, gid)?;
-    chmod(&path, 0o600)?;
-    Ok((listener, path))
+) -> Result<HybridListener, FirecrackerError> {
+    let uds = layout.host_path(config::VSOCK_UDS);
+    check_socket_path(&uds)?;
+    let listener = HybridListener::bind(&uds, port)?;
+    chown(listener.path(), uid, gid)?;
+    chmod(listener.path(), 0o600)?;
+    Ok(listener)
 }
 
 /// Makes the FIFO Firecracker's logger writes to and opens its read end.

@@ -8,7 +8,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -21,6 +21,7 @@ use super::models::{ActionType, ApiRequest, InstanceActionInfo};
 use super::uid_pool::{UidLease, UidPool};
 use super::{config, resources, FirecrackerError, FirecrackerSettings};
 use crate::vmm::VmSpec;
+use crate::vsock::HybridListener;
 
 /// The serial console, in the VM's directory.
 pub const CONSOLE_LOG: &str = "console.log";
@@ -34,6 +35,17 @@ const COPY_GRACE: Duration = Duration::from_secs(2);
 const CGROUP_RMDIR_TRIES: u32 = 100;
 const CGROUP_RMDIR_PAUSE: Duration = Duration::from_millis(20);
 
+/// How long starting took, for timing summaries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StartTimings {
+    /// From preparing the jail until the jailer was spawned.
+    pub jail_ready: Duration,
+    /// From spawning the jailer until Firecracker's API socket answered.
+    pub api_ready: Duration,
+    /// From spawning the jailer until `InstanceStart` was acknowledged.
+    pub instance_started: Duration,
+}
+
 /// A started VM. Call [`FirecrackerVm::teardown`] when done; dropping it
 /// without does a best-effort cleanup and logs a warning.
 #[derive(Debug)]
@@ -42,7 +54,7 @@ pub struct FirecrackerVm {
     layout: JailLayout,
     cgroup_dir: PathBuf,
     vsock_uds: PathBuf,
-    guest_listener: Option<UnixListener>,
+    guest_listener: Option<HybridListener>,
     guest_listener_path: PathBuf,
     console_log: PathBuf,
     vmm_log: PathBuf,
@@ -54,6 +66,7 @@ pub struct FirecrackerVm {
     log_fifo_stop: Option<oneshot::Sender<()>>,
     kill_timeout: Duration,
     lease: Option<UidLease>,
+    timings: StartTimings,
     torn_down: bool,
 }
 
@@ -101,6 +114,7 @@ pub(crate) async fn start(
         log_fifo_stop: None,
         kill_timeout: settings.kill_timeout,
         lease: Some(lease),
+        timings: StartTimings::default(),
         torn_down: false,
     };
     match vm.boot(settings, spec).await {
@@ -126,11 +140,15 @@ impl FirecrackerVm {
             .as_ref()
             .map(|l| (l.uid(), l.gid()))
             .ok_or(FirecrackerError::NoProcess)?;
+        let preparing = Instant::now();
         let args = jailer_args(settings, spec, uid, gid)?;
         resources::place_files(&self.layout, spec, uid, gid)?;
-        let (listener, _) =
-            resources::bind_guest_listener(&self.layout, kiln_protocol::VSOCK_PORT, uid, gid)?;
-        self.guest_listener = Some(listener);
+        self.guest_listener = Some(resources::bind_guest_listener(
+            &self.layout,
+            kiln_protocol::VSOCK_PORT,
+            uid,
+            gid,
+        )?);
 
         let log_err = |path: &Path| {
             let path = path.to_owned();
@@ -173,6 +191,8 @@ impl FirecrackerVm {
             path: settings.jailer.clone(),
             source,
         })?;
+        let spawned = Instant::now();
+        self.timings.jail_ready = spawned - preparing;
         self.pid = child.id();
         if let Some(stdout) = child.stdout.take() {
             self.copies.push(tokio::spawn(copy_to_end(stdout, console)));
@@ -184,10 +204,19 @@ impl FirecrackerVm {
         tracing::info!(vm = %self.id, pid = ?self.pid, uid, jail = %self.layout.root().display(), "jailer started");
 
         self.wait_for_api(settings.api_socket_timeout).await?;
+        self.timings.api_ready = spawned.elapsed();
         for request in config::requests(spec) {
             self.api.send(&request).await?;
         }
-        tracing::info!(vm = %self.id, pid = ?self.pid, "Firecracker VM started");
+        self.timings.instance_started = spawned.elapsed();
+        tracing::info!(
+            vm = %self.id,
+            pid = ?self.pid,
+            jail_ms = self.timings.jail_ready.as_millis() as u64,
+            api_ms = self.timings.api_ready.as_millis() as u64,
+            start_ms = self.timings.instance_started.as_millis() as u64,
+            "Firecracker VM started"
+        );
         Ok(())
     }
 
@@ -251,7 +280,7 @@ impl FirecrackerVm {
     }
 
     /// The listener at [`Self::guest_listener_path`]; `None` once taken.
-    pub fn take_guest_listener(&mut self) -> Option<UnixListener> {
+    pub fn take_guest_listener(&mut self) -> Option<HybridListener> {
         self.guest_listener.take()
     }
 
@@ -271,6 +300,10 @@ impl FirecrackerVm {
 
     pub fn cgroup_dir(&self) -> &Path {
         &self.cgroup_dir
+    }
+
+    pub fn start_timings(&self) -> StartTimings {
+        self.timings
     }
 
     /// The exit status, if Firecracker has exited and been waited for.
@@ -402,7 +435,9 @@ impl Drop for FirecrackerVm {
         }
         // Firecracker may not have died yet; the cgroup then stays until the
         // start-up reconciliation removes it.
-        let _ = std::fs::write(self.cgroup_dir.join("cgroup.kill"), "1");
+        if let Err(e) = kill_cgroup(&self.cgroup_dir) {
+            tracing::debug!(vm = %self.id, error = %e, "cgroup.kill");
+        }
         if let Err(e) = std::fs::remove_dir(&self.cgroup_dir) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(vm = %self.id, cgroup = %self.cgroup_dir.display(), error = %e, "cgroup left behind");
@@ -419,6 +454,16 @@ fn remove_tree(path: &Path) -> Result<(), String> {
     }
 }
 
+/// Kills every process in the cgroup (Linux 5.14+). The file is opened,
+/// never created: in a directory that is not a cgroup nothing happens.
+fn kill_cgroup(dir: &Path) -> io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.kill"))?
+        .write_all(b"1")
+}
+
 /// Removes the VM's cgroup. A cgroup can be removed only once its processes
 /// are gone: when it is busy, `cgroup.kill` (Linux 5.14+) kills whatever is
 /// left and the removal is retried for a while.
@@ -429,7 +474,7 @@ async fn remove_cgroup(dir: &Path) -> Result<(), String> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                 if attempt == 0 {
-                    if let Err(e) = std::fs::write(dir.join("cgroup.kill"), "1") {
+                    if let Err(e) = kill_cgroup(dir) {
                         tracing::warn!(cgroup = %dir.display(), error = %e, "cgroup.kill failed");
                     }
                 }

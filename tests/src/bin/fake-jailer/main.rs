@@ -268,6 +268,13 @@ fn run() -> Result<u8> {
     runtime.block_on(serve(PathBuf::from(api_sock), spec, conf, recorder))
 }
 
+/// What to do once a request has been answered.
+enum Next {
+    Nothing,
+    StartGuest,
+    GracefulStop,
+}
+
 /// What one fake Firecracker has been told so far.
 struct State {
     spec: ApiSpec,
@@ -333,7 +340,7 @@ async fn handle(
             .map(Some)
             .map_err(|e| format!("invalid JSON: {e}"))
     };
-    let mut start_guest = false;
+    let mut next = Next::Nothing;
     let outcome = {
         let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         let outcome = parsed.and_then(|body| {
@@ -342,7 +349,7 @@ async fn handle(
                     "content type {content_type:?} is not application/json"
                 ));
             }
-            st.apply(&method, &path, body.as_ref(), &mut start_guest)
+            st.apply(&method, &path, body.as_ref(), &mut next)
         });
         let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         st.recorder.write(json!({
@@ -352,8 +359,23 @@ async fn handle(
         }));
         outcome
     };
-    if start_guest {
-        tokio::spawn(run_guest(Arc::clone(&state)));
+    match next {
+        Next::Nothing => {}
+        Next::StartGuest => {
+            tokio::spawn(run_guest(Arc::clone(&state)));
+        }
+        Next::GracefulStop => {
+            let recorder = state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .recorder
+                .clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                recorder.write(json!({"event": "exit", "code": 0, "why": "ctrl-alt-del"}));
+                std::process::exit(0);
+            });
+        }
     }
     Ok(match outcome {
         Ok(()) => answer(StatusCode::NO_CONTENT, None),
@@ -385,7 +407,7 @@ impl State {
         method: &str,
         path: &str,
         body: Option<&Value>,
-        start_guest: &mut bool,
+        next: &mut Next,
     ) -> Result<(), String> {
         if self.conf.reject_path.as_deref() == Some(path) {
             return Err(format!("{path} refused, as the test asked"));
@@ -393,12 +415,22 @@ impl State {
         self.spec
             .check(method, path, body)
             .map_err(|problems| problems.join("; "))?;
+        let body = body.cloned().unwrap_or(Value::Null);
+        let action = body.get("action_type").and_then(Value::as_str);
         if self.started {
+            // Only actions other than a second start work on a running VM.
+            if path == "/actions" && action == Some("SendCtrlAltDel") {
+                // The guest's PID 1 stops gracefully and reboots.
+                *next = Next::GracefulStop;
+                return Ok(());
+            }
+            if path == "/actions" && action == Some("FlushMetrics") {
+                return Ok(());
+            }
             return Err(
                 "The requested operation is not supported after starting the microVM.".to_owned(),
             );
         }
-        let body = body.cloned().unwrap_or(Value::Null);
         let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
         match path {
             "/logger" => {
@@ -439,14 +471,12 @@ impl State {
                 self.vsock_listener = Some(listener);
                 self.vsock_uds = Some(uds);
             }
-            "/actions"
-                if body.get("action_type").and_then(Value::as_str) == Some("InstanceStart") =>
-            {
+            "/actions" if action == Some("InstanceStart") => {
                 if !self.boot_source {
                     return Err("Cannot start microvm without kernel configuration.".to_owned());
                 }
                 self.started = true;
-                *start_guest = true;
+                *next = Next::StartGuest;
             }
             _ => {}
         }
