@@ -472,3 +472,32 @@ async fn dropping_a_vm_without_teardown_still_cleans_up() {
     }
     rig.assert_all_gone("fc-drop", pid);
 }
+
+#[tokio::test]
+async fn a_pid_file_naming_another_process_fails_the_start() {
+    if !is_root() {
+        eprintln!("skipped: the jailer (and its stand-in) needs root");
+        return;
+    }
+    let rig = rig(json!({"wrong_pid_file": true}));
+    let err = rig.backend.start(&rig.spec("fc-pid")).await.unwrap_err();
+    match &err {
+        FirecrackerError::PidMismatch {
+            path,
+            recorded,
+            spawned,
+        } => {
+            assert!(
+                path.ends_with("fc-pid/root/firecracker.pid"),
+                "{}",
+                path.display()
+            );
+            assert_eq!(*spawned, rig.fake_pid());
+            assert_eq!(recorded, &(spawned + 1).to_string());
+        }
+        other => panic!("{other:?}"),
+    }
+    rig.assert_all_gone("fc-pid", rig.fake_pid());
+    // It failed before configuring anything.
+    assert!(rig.events_of("request").is_empty());
+}

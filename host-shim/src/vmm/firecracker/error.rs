@@ -58,6 +58,12 @@ pub enum FirecrackerError {
     },
     #[error("Firecracker (pid {pid}) was still alive {after:?} after SIGKILL")]
     KillTimeout { pid: u32, after: Duration },
+    #[error("{path} names pid {recorded}, but the jailer Kiln started is pid {spawned}: run the jailer itself (no wrapper, no --new-pid-ns or --daemonize) so that Kiln can wait for and kill Firecracker")]
+    PidMismatch {
+        path: PathBuf,
+        recorded: String,
+        spawned: u32,
+    },
     #[error("the VM has no Firecracker process")]
     NoProcess,
     #[error("teardown of VM {id:?} left something behind: {problems}")]

@@ -107,6 +107,15 @@ impl FirecrackerSettings {
                 )
             })?
             .to_owned();
+        if !exec_name.contains("firecracker") {
+            return Err(bad(
+                "firecracker",
+                format!(
+                    "{} is not named like Firecracker; the jailer only runs files whose name contains \"firecracker\"",
+                    exec.display()
+                ),
+            ));
+        }
         if !self.chroot_base.is_absolute() {
             return Err(bad(
                 "chroot_base",
@@ -151,5 +160,58 @@ impl FirecrackerSettings {
             }
         }
         Ok(exec_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn jail_name_comes_from_the_canonical_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let jailer = dir.path().join("jailer");
+        std::fs::write(&jailer, b"").unwrap();
+        let real = dir.path().join("firecracker-v1.12.0-x86_64");
+        std::fs::write(&real, b"").unwrap();
+        let link = dir.path().join("firecracker");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let settings = FirecrackerSettings::new(&jailer, &link);
+        assert_eq!(settings.check().unwrap(), "firecracker-v1.12.0-x86_64");
+    }
+
+    #[test]
+    fn bad_settings_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let jailer = dir.path().join("jailer");
+        std::fs::write(&jailer, b"").unwrap();
+        let fc = dir.path().join("firecracker");
+        std::fs::write(&fc, b"").unwrap();
+        let odd = dir.path().join("vmm");
+        std::fs::write(&odd, b"").unwrap();
+        let field = |s: FirecrackerSettings| match s.check() {
+            Err(FirecrackerError::Settings { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            field(FirecrackerSettings::new(dir.path().join("nope"), &fc)),
+            "jailer"
+        );
+        assert_eq!(
+            field(FirecrackerSettings::new(&jailer, &odd)),
+            "firecracker"
+        );
+        let mut s = FirecrackerSettings::new(&jailer, &fc);
+        s.parent_cgroup = "../escape".into();
+        assert_eq!(field(s), "parent_cgroup");
+        let mut s = FirecrackerSettings::new(&jailer, &fc);
+        s.uid_range = 0..=10;
+        assert_eq!(field(s), "uid_range");
+        let mut s = FirecrackerSettings::new(&jailer, &fc);
+        s.chroot_base = "relative".into();
+        assert_eq!(field(s), "chroot_base");
+        assert!(FirecrackerSettings::new(&jailer, &fc).check().is_ok());
     }
 }

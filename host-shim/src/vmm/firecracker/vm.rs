@@ -66,6 +66,8 @@ pub struct FirecrackerVm {
     log_fifo_stop: Option<oneshot::Sender<()>>,
     kill_timeout: Duration,
     lease: Option<UidLease>,
+    /// The Firecracker binary's file name: names the jail and the pid file.
+    exec_name: String,
     timings: StartTimings,
     torn_down: bool,
 }
@@ -114,6 +116,7 @@ pub(crate) async fn start(
         log_fifo_stop: None,
         kill_timeout: settings.kill_timeout,
         lease: Some(lease),
+        exec_name: exec_name.to_owned(),
         timings: StartTimings::default(),
         torn_down: false,
     };
@@ -205,6 +208,7 @@ impl FirecrackerVm {
 
         self.wait_for_api(settings.api_socket_timeout).await?;
         self.timings.api_ready = spawned.elapsed();
+        self.check_pid_file()?;
         for request in config::requests(spec) {
             self.api.send(&request).await?;
         }
@@ -252,6 +256,46 @@ impl FirecrackerVm {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// The jailer records Firecracker's pid in `firecracker.pid` in the
+    /// jail (current versions always, older ones only with `--new-pid-ns`).
+    /// Kiln waits for and kills the process it spawned, so the two must be
+    /// the same process; a missing file (an older jailer) is fine. The file
+    /// is in a directory the jailed uid owns, so it is read bounded and
+    /// trusted no further than this comparison.
+    fn check_pid_file(&self) -> Result<(), FirecrackerError> {
+        use std::io::Read;
+        let path = self.layout.host_path(&format!("{}.pid", self.exec_name));
+        let mut text = String::new();
+        match std::fs::File::open(&path) {
+            Ok(f) => {
+                if let Err(source) = f.take(32).read_to_string(&mut text) {
+                    return Err(FirecrackerError::Io {
+                        action: "reading",
+                        path,
+                        source,
+                    });
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(FirecrackerError::Io {
+                    action: "opening",
+                    path,
+                    source,
+                })
+            }
+        }
+        let spawned = self.pid.unwrap_or(0);
+        if text.trim().parse::<u32>().ok() == Some(spawned) {
+            return Ok(());
+        }
+        Err(FirecrackerError::PidMismatch {
+            path,
+            recorded: text.trim().chars().filter(char::is_ascii_graphic).collect(),
+            spawned,
+        })
     }
 
     pub fn id(&self) -> &str {

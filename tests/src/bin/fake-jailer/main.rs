@@ -69,6 +69,10 @@ struct Conf {
     /// Fail like a jailer that cannot set up the jail: before the socket.
     #[serde(default)]
     die_before_socket: bool,
+    /// Record a pid other than its own in `firecracker.pid`, like a jailer
+    /// run through a wrapper or with `--new-pid-ns`.
+    #[serde(default)]
+    wrong_pid_file: bool,
 }
 
 /// The jailer's arguments, parsed with its rules.
@@ -207,6 +211,9 @@ fn run() -> Result<u8> {
         bail!("{} is not a file", exec_file.display());
     }
     let exec_name = exec_file.file_name().context("exec file name")?.to_owned();
+    if !exec_name.to_string_lossy().contains("firecracker") {
+        bail!("the filename of --exec-file must contain \"firecracker\": {exec_name:?}");
+    }
     let base = args
         .single
         .get("chroot-base-dir")
@@ -250,6 +257,12 @@ fn run() -> Result<u8> {
 
     nix::unistd::chroot(&jail).context("chroot")?;
     nix::unistd::chdir("/").context("chdir")?;
+    // As the jailer does just before it execs Firecracker in place.
+    let pid = std::process::id() + u32::from(conf.wrong_pid_file);
+    fs::write(
+        format!("/{}.pid", exec_name.to_string_lossy()),
+        pid.to_string(),
+    )?;
     nix::unistd::setgroups(&[]).context("setgroups")?;
     nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)).context("setgid")?;
     nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).context("setuid")?;
