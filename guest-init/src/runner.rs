@@ -63,6 +63,14 @@ pub fn spawn(job: &Job, cgroup: &Delegation) -> Result<Runner, RunnerError> {
     let pre_exec = move || -> std::io::Result<()> {
         // SAFETY: plain syscalls on memory owned by the closure.
         unsafe {
+            // PID 1 blocks SIGCHLD, SIGINT and SIGTERM for its signalfd, and
+            // std leaves the mask as it is: without this, the job could
+            // never see the SIGTERM of a graceful stop.
+            let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(none.as_mut_ptr());
+            if libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(std::io::Error::last_os_error());
             }
