@@ -28,8 +28,44 @@ struct Rig {
     firecracker: PathBuf,
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
+/// The tests run one at a time, so that counting this process's file
+/// descriptors and children means something; `None` (test skipped) when
+/// not root.
+async fn exclusive_root() -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the jailer (and its stand-in) needs root");
+        return None;
+    }
+    Some(SERIAL.lock().await)
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Processes whose parent is this test process (zombies included).
+fn children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let ppid = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(me) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 /// A fake jailer configured by `conf` (merged over the defaults), a dummy
@@ -134,10 +170,9 @@ impl Rig {
 
 #[tokio::test]
 async fn launch_configure_start_exit_teardown() {
-    if !is_root() {
-        eprintln!("skipped: the jailer (and its stand-in) needs root");
+    let Some(_serial) = exclusive_root().await else {
         return;
-    }
+    };
     // The shim's environment may hold the runner's JIT config; none of it
     // may reach the jailer.
     std::env::set_var("ACTIONS_RUNNER_INPUT_JITCONFIG", SECRET);
@@ -288,10 +323,9 @@ async fn launch_configure_start_exit_teardown() {
 
 #[tokio::test]
 async fn hung_vm_is_killed_on_timeout_and_torn_down() {
-    if !is_root() {
-        eprintln!("skipped: the jailer (and its stand-in) needs root");
+    let Some(_serial) = exclusive_root().await else {
         return;
-    }
+    };
     let rig = rig(json!({"on_start": "hang"}));
     let spec = rig.spec("fc-hang");
     let mut vm = rig.backend.start(&spec).await.unwrap();
@@ -313,10 +347,9 @@ async fn hung_vm_is_killed_on_timeout_and_torn_down() {
 
 #[tokio::test]
 async fn teardown_alone_kills_a_running_vm() {
-    if !is_root() {
-        eprintln!("skipped: the jailer (and its stand-in) needs root");
+    let Some(_serial) = exclusive_root().await else {
         return;
-    }
+    };
     let rig = rig(json!({"on_start": "hang"}));
     let vm = rig.backend.start(&rig.spec("fc-td")).await.unwrap();
     let pid = vm.pid().unwrap();
@@ -326,10 +359,9 @@ async fn teardown_alone_kills_a_running_vm() {
 
 #[tokio::test]
 async fn rejected_request_fails_start_and_leaves_nothing() {
-    if !is_root() {
-        eprintln!("skipped: the jailer (and its stand-in) needs root");
+    let Some(_serial) = exclusive_root().await else {
         return;
-    }
+    };
     let rig = rig(json!({"reject_path": "/drives/scratch"}));
     let spec = rig.spec("fc-reject");
     let err = rig.backend.start(&spec).await.unwrap_err();
@@ -360,10 +392,9 @@ async fn rejected_request_fails_start_and_leaves_nothing() {
 
 #[tokio::test]
 async fn jailer_failing_early_is_reported_with_its_log_and_cleaned_up() {
-    if !is_root() {
-        eprintln!("skipped: the jailer (and its stand-in) needs root");
+    let Some(_serial) = exclusive_root().await else {
         return;
-    }
+    };
     let rig = rig(json!({"die_before_socket": true}));
     let spec = rig.spec("fc-early");
     let err = rig.backend.start(&spec).await.unwrap_err();
@@ -382,10 +413,9 @@ async fn jailer_failing_early_is_reported_with_its_log_and_cleaned_up() {
 
 #[tokio::test]
 async fn an_existing_jail_is_never_reused_or_removed() {
-    if !is_root() {
-        eprintln!("skipped: the jailer (and its stand-in) needs root");
+    let Some(_serial) = exclusive_root().await else {
         return;
-    }
+    };
     let rig = rig(json!({}));
     let other = rig.dir.path().join("jails/firecracker/fc-busy/root");
     std::fs::create_dir_all(&other).unwrap();
@@ -402,10 +432,9 @@ async fn an_existing_jail_is_never_reused_or_removed() {
 
 #[tokio::test]
 async fn concurrent_vms_get_distinct_uids_and_jails() {
-    if !is_root() {
-        eprintln!("skipped: the jailer (and its stand-in) needs root");
+    let Some(_serial) = exclusive_root().await else {
         return;
-    }
+    };
     let rig = rig(json!({"on_start": "hang", "console_bytes": 0}));
     let mut vms = Vec::new();
     for i in 0..3 {
@@ -432,10 +461,9 @@ async fn concurrent_vms_get_distinct_uids_and_jails() {
 
 #[tokio::test]
 async fn ctrl_alt_del_stops_the_guest_gracefully() {
-    if !is_root() {
-        eprintln!("skipped: the jailer (and its stand-in) needs root");
+    let Some(_serial) = exclusive_root().await else {
         return;
-    }
+    };
     let rig = rig(json!({"on_start": "hang", "console_bytes": 0}));
     let mut vm = rig.backend.start(&rig.spec("fc-cad")).await.unwrap();
     let pid = vm.pid().unwrap();
@@ -454,10 +482,9 @@ async fn ctrl_alt_del_stops_the_guest_gracefully() {
 
 #[tokio::test]
 async fn dropping_a_vm_without_teardown_still_cleans_up() {
-    if !is_root() {
-        eprintln!("skipped: the jailer (and its stand-in) needs root");
+    let Some(_serial) = exclusive_root().await else {
         return;
-    }
+    };
     let rig = rig(json!({"on_start": "hang", "console_bytes": 0}));
     let vm = rig.backend.start(&rig.spec("fc-drop")).await.unwrap();
     let pid = vm.pid().unwrap();
@@ -475,10 +502,9 @@ async fn dropping_a_vm_without_teardown_still_cleans_up() {
 
 #[tokio::test]
 async fn a_pid_file_naming_another_process_fails_the_start() {
-    if !is_root() {
-        eprintln!("skipped: the jailer (and its stand-in) needs root");
+    let Some(_serial) = exclusive_root().await else {
         return;
-    }
+    };
     let rig = rig(json!({"wrong_pid_file": true}));
     let err = rig.backend.start(&rig.spec("fc-pid")).await.unwrap_err();
     match &err {
@@ -500,4 +526,66 @@ async fn a_pid_file_naming_another_process_fails_the_start() {
     rig.assert_all_gone("fc-pid", rig.fake_pid());
     // It failed before configuring anything.
     assert!(rig.events_of("request").is_empty());
+}
+
+/// Many VMs, some made to fail at different steps: afterwards no jail,
+/// cgroup, uid, child process or file descriptor is left.
+#[tokio::test]
+async fn many_vms_failing_at_different_steps_leak_nothing() {
+    let Some(_serial) = exclusive_root().await else {
+        return;
+    };
+    let modes = [
+        json!({"console_bytes": 20_000}),
+        json!({"on_start": "hang", "console_bytes": 0}),
+        json!({"reject_path": "/vsock"}),
+        json!({"reject_path": "/logger"}),
+        json!({"die_before_socket": true}),
+        json!({"wrong_pid_file": true}),
+    ];
+    let rigs: Vec<Rig> = modes.iter().map(|m| rig(m.clone())).collect();
+    // Tokio opens its SIGCHLD pipe at the first spawn, once per process:
+    // spawn once before counting.
+    let warm_up = rigs[0]
+        .backend
+        .start(&rigs[0].spec("fc-leak-warm-up"))
+        .await
+        .unwrap();
+    warm_up.teardown().await.unwrap();
+    let fds_before = open_fds();
+    let mut pids = Vec::new();
+    for round in 0..3 {
+        for (i, rig) in rigs.iter().enumerate() {
+            let id = format!("fc-leak-{round}-{i}");
+            match rig.backend.start(&rig.spec(&id)).await {
+                Ok(mut vm) => {
+                    pids.push((i, id, vm.pid().unwrap()));
+                    if tokio::time::timeout(Duration::from_millis(300), vm.wait())
+                        .await
+                        .is_err()
+                    {
+                        vm.kill().await.unwrap();
+                    }
+                    vm.teardown().await.unwrap();
+                }
+                Err(e) => {
+                    assert!(i >= 2, "mode {i} failed: {e}");
+                }
+            }
+        }
+    }
+    assert_eq!(pids.len(), 6, "{pids:?}");
+    for (i, id, pid) in &pids {
+        rigs[*i].assert_all_gone(id, *pid);
+    }
+    for (i, rig) in rigs.iter().enumerate() {
+        for round in 0..3 {
+            let id = format!("fc-leak-{round}-{i}");
+            assert!(!rig.dir.path().join("jails/firecracker").join(&id).exists());
+            assert!(!rig.dir.path().join("cgroup/kiln").join(&id).exists());
+        }
+        assert_eq!(rig.backend.uids_in_use(), 0);
+    }
+    assert_eq!(children(), Vec::<u32>::new(), "child processes left");
+    assert_eq!(open_fds(), fds_before, "file descriptors leaked");
 }
