@@ -1,1 +1,21 @@
-//! VM test harness.
+//! The VM test harness: boots real VMs with QEMU, Debian's cloud kernel and
+//! kiln-init, through the same host-shim code (`kiln::vmm::qemu`,
+//! `kiln::vsock`, `kiln::conversation`) that runs jobs in production.
+//!
+//! - [`prereq`] — what the host must have, and how to install what it lacks.
+//! - [`assets`] — kiln-init, kernel and initramfs, built once per process.
+//! - [`job`] — jobs for test payloads (busybox `sh -c` as `runner`).
+//! - [`disk`] — ext4 base and scratch images, read back without mounting.
+//! - [`vm`] — [`TestVm::boot`]: one VM, one job, everything it produced.
+//!
+//! Nothing is skipped: a missing prerequisite fails the test with the
+//! command that installs it.
+
+pub mod assets;
+pub mod disk;
+pub mod job;
+pub mod prereq;
+pub mod vm;
+
+pub use job::shell_job;
+pub use vm::{BootOptions, CancelWhen, Opening, Outcome, TestVm};

@@ -158,6 +158,37 @@ impl Initramfs {
         Ok(self)
     }
 
+    /// Writes the entries as a directory tree under `dir` (for `mkfs.ext4
+    /// -d`, which builds a disk image from a directory). Device nodes are
+    /// skipped; owners are set when the caller may set them.
+    pub fn unpack_to(&self, dir: &Path) -> Result<(), InitramfsError> {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, e) in &self.entries {
+            let path = dir.join(name);
+            let io = |source| InitramfsError::Io {
+                path: path.clone(),
+                source,
+            };
+            match &e.kind {
+                Kind::Dir => std::fs::create_dir_all(&path).map_err(io)?,
+                Kind::File(d) => std::fs::write(&path, d).map_err(io)?,
+                Kind::Symlink(t) => std::os::unix::fs::symlink(t, &path).map_err(io)?,
+                Kind::CharDev { .. } => continue,
+            }
+            if !matches!(e.kind, Kind::Symlink(_)) {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(e.perm))
+                    .map_err(io)?;
+            }
+            if let Err(err) = std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid)) {
+                // Only root may give files away; then the tree is the caller's.
+                if err.kind() != std::io::ErrorKind::PermissionDenied {
+                    return Err(io(err));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The archive, ending with the trailer.
     pub fn write_to<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
         for (ino, (name, e)) in (1u32..).zip(&self.entries) {
@@ -300,14 +331,21 @@ pub fn guest(c: &GuestContents) -> Result<Initramfs, InitramfsError> {
         fs.copy(&format!("{mods}/modules.builtin"), 0o644, b)?;
     }
     if let Some(busybox) = &c.busybox {
-        fs.copy("bin/busybox", 0o755, busybox)?;
-        for applet in busybox_applets(busybox)? {
-            if applet != "bin/busybox" && !fs.contains(&applet) {
-                fs.symlink(&applet, "/bin/busybox")?;
-            }
-        }
+        add_busybox(&mut fs, busybox)?;
     }
     Ok(fs)
+}
+
+/// A static busybox as `/bin/busybox`, and a link to it for each applet
+/// not already present.
+pub fn add_busybox(fs: &mut Initramfs, busybox: &Path) -> Result<(), InitramfsError> {
+    fs.copy("bin/busybox", 0o755, busybox)?;
+    for applet in busybox_applets(busybox)? {
+        if applet != "bin/busybox" && !fs.contains(&applet) {
+            fs.symlink(&applet, "/bin/busybox")?;
+        }
+    }
+    Ok(())
 }
 
 /// `busybox --list-full`: applet paths such as `bin/sh` and `usr/bin/env`.
@@ -404,6 +442,25 @@ mod tests {
         assert_eq!(get("dev/console").3, (5, 1));
         assert_eq!(get("home/runner").1, 0o040700);
         assert_eq!(get("home/runner").2, 1001);
+    }
+
+    #[test]
+    fn unpacks_to_a_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fs = Initramfs::new();
+        fs.file("etc/passwd", 0o600, "x").expect("file");
+        fs.symlink("bin/sh", "busybox").expect("link");
+        fs.char_dev("dev/console", 0o600, 5, 1).expect("dev");
+        fs.unpack_to(dir.path()).expect("unpack");
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(dir.path().join("etc/passwd")).expect("passwd");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_link(dir.path().join("bin/sh")).expect("link"),
+            Path::new("busybox")
+        );
+        assert!(dir.path().join("dev").is_dir());
+        assert!(!dir.path().join("dev/console").exists());
     }
 
     #[test]

@@ -1,0 +1,353 @@
+//! [`TestVm::boot`]: one VM running one job, start to finish, through the
+//! host-shim's own QEMU backend, vsock listener and guest conversation.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use kiln::conversation::{self, Conversation, Event, Limits, Summary};
+use kiln::vmm::qemu::{AccelDecision, Layout, Machine, QemuConfig, QemuVm, VmExit};
+use kiln::vmm::VmSpec;
+use kiln::vsock::HybridListener;
+use kiln_protocol::{GuestError, Hello, Job, RunnerExited, Stream, VSOCK_PORT};
+use tempfile::TempDir;
+use tokio::io::AsyncWriteExt;
+
+use crate::{assets, disk};
+
+/// What the host sends after the guest's `Hello`.
+#[derive(Debug, Clone)]
+pub enum Opening {
+    /// The job, as production does.
+    Job,
+    /// These bytes instead of a job: for the guest's error handling.
+    Raw(Vec<u8>),
+}
+
+/// When to send `Cancel`.
+#[derive(Debug, Clone)]
+pub enum CancelWhen {
+    /// Once the job's stdout contains `marker`.
+    StdoutContains { marker: String, grace: Duration },
+}
+
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    pub opening: Opening,
+    pub cancel: Option<CancelWhen>,
+    /// Attach a base image (read-only) and an empty ext4 scratch disk.
+    pub scratch: bool,
+    pub machine: Machine,
+    pub memory_mib: u32,
+    /// From QEMU's start to the guest's connection.
+    pub boot_timeout: Duration,
+    /// From the conversation's end to QEMU's exit.
+    pub exit_timeout: Duration,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        BootOptions {
+            opening: Opening::Job,
+            cancel: None,
+            scratch: false,
+            machine: std::env::var("KILN_TEST_MACHINE")
+                .ok()
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(Machine::Microvm),
+            memory_mib: 512,
+            boot_timeout: Duration::from_secs(120),
+            exit_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything one VM produced.
+pub struct Outcome {
+    pub hello: Option<Hello>,
+    pub summary: Option<Summary>,
+    /// Each event with the host's wall clock when it arrived.
+    pub events: Vec<(SystemTime, Event)>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Why the conversation ended early, if it did.
+    pub conversation_error: Option<String>,
+    pub vm_exit: VmExit,
+    pub console: String,
+    pub accel: AccelDecision,
+    /// From QEMU's start to its exit.
+    pub wall: Duration,
+    pub base_image: Option<PathBuf>,
+    pub base_sha256_before: Option<String>,
+    pub scratch_disk: Option<PathBuf>,
+    /// The VM's directory; removed when the outcome is dropped.
+    pub dir: TempDir,
+}
+
+impl Outcome {
+    pub fn exit(&self) -> Option<&RunnerExited> {
+        self.summary.as_ref().and_then(|s| s.exit.as_ref())
+    }
+
+    pub fn guest_error(&self) -> Option<&GuestError> {
+        self.summary.as_ref().and_then(|s| s.guest_error.as_ref())
+    }
+
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn stderr_str(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+
+    /// The job ran to a reported end, and QEMU then exited by itself.
+    pub fn assert_clean(&self) {
+        assert!(self.conversation_error.is_none(), "{self}");
+        assert!(self.exit().is_some(), "no RunnerExited\n{self}");
+        self.assert_powered_off();
+    }
+
+    /// QEMU exited by itself (the guest rebooted or powered off).
+    pub fn assert_powered_off(&self) {
+        assert!(
+            self.vm_exit.by_itself(),
+            "QEMU did not exit by itself\n{self}"
+        );
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tail = |s: &str, n: usize| {
+            let start = s.len().saturating_sub(n);
+            let start = (start..=s.len())
+                .find(|i| s.is_char_boundary(*i))
+                .unwrap_or(s.len());
+            s[start..].to_owned()
+        };
+        writeln!(
+            f,
+            "--- VM outcome ({:.1} s, {:?}: {})",
+            self.wall.as_secs_f64(),
+            self.accel.accel,
+            self.accel.reason
+        )?;
+        writeln!(f, "exit: {:?}", self.exit())?;
+        writeln!(f, "guest error: {:?}", self.guest_error())?;
+        writeln!(f, "conversation error: {:?}", self.conversation_error)?;
+        writeln!(
+            f,
+            "QEMU: {} (killed: {}), stderr: {}",
+            self.vm_exit.status, self.vm_exit.killed, self.vm_exit.qemu_stderr
+        )?;
+        writeln!(f, "stdout:\n{}", tail(&self.stdout_str(), 4000))?;
+        writeln!(f, "stderr:\n{}", tail(&self.stderr_str(), 4000))?;
+        writeln!(f, "console (end):\n{}", tail(&self.console, 6000))
+    }
+}
+
+/// Boots test VMs.
+pub struct TestVm;
+
+static NEXT_VM: AtomicU32 = AtomicU32::new(0);
+
+impl TestVm {
+    /// Boots a VM, runs `job` (or `opts.opening`), waits for QEMU to exit by
+    /// itself (killing it after `opts.exit_timeout`), and returns all of it.
+    /// Errors are for a VM that could not start at all; how the job and the
+    /// VM ended is in the [`Outcome`].
+    pub async fn boot(job: Job, opts: BootOptions) -> anyhow::Result<Outcome> {
+        init_tracing();
+        let assets = assets::get()?;
+        let n = NEXT_VM.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        // Short, in /tmp: Unix socket paths are limited to 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-vm-")
+            .tempdir_in("/tmp")
+            .context("creating the VM directory")?;
+        let (base_image, scratch_disk) = if opts.scratch {
+            (
+                Some(disk::base_image(dir.path(), assets)?),
+                Some(disk::scratch_disk(dir.path())?),
+            )
+        } else {
+            (None, None)
+        };
+        let base_sha256_before = base_image.as_deref().map(disk::sha256).transpose()?;
+        let mut spec = VmSpec {
+            id: format!("t{pid}-{n}"),
+            dir: dir.path().to_owned(),
+            kernel: assets.kernel.vmlinuz.clone(),
+            initrd: Some(assets.initrd.clone()),
+            base_image: base_image.clone(),
+            scratch_disk: scratch_disk.clone(),
+            kernel_args: Vec::new(),
+            vcpus: 1,
+            memory_mib: opts.memory_mib,
+            // Each VM has its own vhost-device-vsock, so CIDs need not be
+            // unique; they are anyway, which keeps logs unambiguous.
+            guest_cid: 3 + (pid % 100_000) * 1000 + n % 1000,
+            tap: None,
+            console_limit_bytes: 1 << 20,
+        };
+        spec.kernel_args
+            .push(assets::modules_arg(opts.machine, &spec));
+        if std::env::var_os("KILN_TEST_DEBUG").is_some() {
+            spec.kernel_args.push("kiln.debug".into());
+        }
+        let layout = Layout::of(dir.path());
+        let listener = HybridListener::bind(&layout.vsock_uds, VSOCK_PORT)?;
+        let cfg = QemuConfig {
+            machine: opts.machine,
+            accel_cache: Some(assets.cache.join("accel-probe")),
+            ..QemuConfig::from_env()?
+        };
+        let mut vm = QemuVm::start(&spec, &cfg).await?;
+        let accel = vm.accel().clone();
+        let started = Instant::now();
+
+        let limits = Limits {
+            accept_timeout: opts.boot_timeout,
+            ..Limits::default()
+        };
+        let mut rec = Recorder::default();
+        let mut qemu_first = false;
+        let result = {
+            let talk = converse(&listener, &job, &opts, &limits, &mut rec);
+            tokio::pin!(talk);
+            let outcome = tokio::select! {
+                r = &mut talk => Some(r),
+                _ = vm.exited() => None,
+            };
+            match outcome {
+                Some(r) => r,
+                None => {
+                    qemu_first = true;
+                    // What the guest sent before it went down may still be
+                    // in flight; give it a moment.
+                    tokio::time::timeout(Duration::from_secs(3), &mut talk)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(anyhow::anyhow!(
+                                "QEMU exited before the guest finished the conversation"
+                            ))
+                        })
+                }
+            }
+        };
+        if let Err(e) = result {
+            rec.error = Some(format!("{e:#}"));
+        }
+        let ended = started.elapsed();
+        let vm_exit = vm.finish(opts.exit_timeout).await?;
+        let wall = started.elapsed();
+        let console = kiln::vmm::qemu::console::read_tail(&layout.console_log, 2 << 20);
+        eprintln!(
+            "{}: {} ({}); conversation over after {:.2} s{}; QEMU {} after {:.2} s",
+            spec.id,
+            accel.accel.as_str(),
+            accel.reason,
+            ended.as_secs_f64(),
+            if qemu_first {
+                " (QEMU exited first)"
+            } else {
+                ""
+            },
+            if vm_exit.by_itself() {
+                "exited by itself"
+            } else {
+                "was killed or failed"
+            },
+            wall.as_secs_f64()
+        );
+        Ok(Outcome {
+            hello: rec.hello,
+            summary: rec.summary,
+            events: rec.events,
+            stdout: rec.stdout,
+            stderr: rec.stderr,
+            conversation_error: rec.error,
+            vm_exit,
+            console,
+            accel,
+            wall,
+            base_image,
+            base_sha256_before,
+            scratch_disk,
+            dir,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Recorder {
+    hello: Option<Hello>,
+    summary: Option<Summary>,
+    events: Vec<(SystemTime, Event)>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    error: Option<String>,
+}
+
+async fn converse(
+    listener: &HybridListener,
+    job: &Job,
+    opts: &BootOptions,
+    limits: &Limits,
+    rec: &mut Recorder,
+) -> anyhow::Result<()> {
+    let greeting = conversation::greet(listener, limits).await?;
+    rec.hello = Some(greeting.hello().clone());
+    let mut conv = match &opts.opening {
+        Opening::Job => greeting.send_job(job, limits.clone()).await?,
+        Opening::Raw(bytes) => {
+            let mut parts = greeting.into_parts();
+            parts
+                .stream
+                .write_all(bytes)
+                .await
+                .context("writing the raw opening")?;
+            Conversation::start(parts, Duration::from_secs(60), limits.clone())
+        }
+    };
+    let canceller = conv.canceller();
+    let mut cancel = opts.cancel.clone();
+    loop {
+        let event = match conv.next_event().await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => break,
+            Err(e) => {
+                rec.summary = Some(conv.summary().clone());
+                return Err(e.into());
+            }
+        };
+        if let Event::Output(o) = &event {
+            match o.stream {
+                Stream::Stdout => rec.stdout.extend_from_slice(&o.data),
+                Stream::Stderr => rec.stderr.extend_from_slice(&o.data),
+            }
+        }
+        rec.events.push((SystemTime::now(), event));
+        if let Some(CancelWhen::StdoutContains { marker, grace }) = &cancel {
+            if String::from_utf8_lossy(&rec.stdout).contains(marker.as_str()) {
+                canceller.cancel(*grace).await?;
+                cancel = None;
+            }
+        }
+    }
+    rec.summary = Some(conv.into_summary());
+    Ok(())
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kiln=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
