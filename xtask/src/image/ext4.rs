@@ -2,7 +2,7 @@
 //! mounts, no root-only mounts), written to a temporary name and renamed
 //! into place only when complete.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -152,6 +152,13 @@ pub fn make_image(
             }
         });
     }
+    // Read-only for everyone: VMs (and jailed VMMs) only read the base.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(
+        |source| Ext4Error::Io {
+            path: tmp.path().to_owned(),
+            source,
+        },
+    )?;
     tmp.persist(dest).map_err(|e| Ext4Error::Io {
         path: dest.to_owned(),
         source: e.error,

@@ -67,9 +67,8 @@ impl Step {
     pub fn done(mut self, summary: &str) -> Duration {
         let took = self.started.elapsed();
         let line = format!("{} ({:.1} s) {summary}", self.name, took.as_secs_f64());
-        match self.bar.take() {
-            Some(bar) => bar.finish_with_message(String::new()),
-            None => {}
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
         eprintln!("  ✓ {line}");
         took

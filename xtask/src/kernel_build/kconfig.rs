@@ -124,7 +124,7 @@ pub fn verify(reqs: &[Requirement], config: &BTreeMap<String, String>) -> Result
                 "{}={want} ({}) is {}",
                 r.name,
                 r.origin,
-                got.map_or("absent".to_owned(), |g| format!("{g}"))
+                got.map_or("absent".to_owned(), str::to_owned)
             ));
         }
     }
