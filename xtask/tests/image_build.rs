@@ -217,7 +217,7 @@ fn small_image_builds_caches_and_gates_sudo_on_the_group() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["manifest.json", "rootfs.ext4"]);
+    assert_eq!(names, ["initrd", "manifest.json", "rootfs.ext4", "vmlinuz"]);
     let rootfs = out.join("rootfs.ext4");
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("r"))
@@ -241,6 +241,30 @@ fn small_image_builds_caches_and_gates_sudo_on_the_group() {
     );
     assert!(m["packages"].get("fuse-overlayfs").is_none());
     assert!(m["runner"].is_null());
+    // Debian's cloud kernel with an initramfs holding kiln-init and modules.
+    assert!(
+        m["artifacts"]["vmlinuz"]["size"].as_u64() > Some(1 << 20),
+        "{m}"
+    );
+    assert!(m["artifacts"]["initrd"]["size"].as_u64() > Some(0), "{m}");
+    let modules: Vec<&str> = m["kernel"]["modules"]
+        .as_array()
+        .expect("modules")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for needed in [
+        "vmw_vsock_virtio_transport",
+        "virtio_blk",
+        "overlay",
+        "tun",
+        "fuse",
+    ] {
+        assert!(
+            modules.contains(&needed),
+            "{needed} missing from {modules:?}"
+        );
+    }
     assert_eq!(m["accounts"]["sudo_gid"].as_u64(), Some(1100));
     assert_eq!(m["sudo"].as_str(), Some("group"));
 

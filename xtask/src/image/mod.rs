@@ -27,8 +27,6 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-
 use accounts::Accounts;
 use manifest::{Artifact, Component, Manifest};
 use progress::Progress;
@@ -87,6 +85,41 @@ pub struct Args {
     pub force: bool,
 }
 
+/// Modules the image's initramfs carries for Debian's cloud kernel: every
+/// virtio transport either VMM uses, the disks, the overlay root, the NIC,
+/// and what rootless podman needs (TUN for slirp4netns/pasta, FUSE). The
+/// host picks which to load with `kiln.modules=`; the root has no
+/// `/lib/modules`, so anything a job needs must be loaded at boot.
+pub const CLOUD_KERNEL_MODULES: &[&str] = &[
+    "virtio_ring",
+    "virtio",
+    "virtio_mmio",
+    "virtio_pci_legacy_dev",
+    "virtio_pci_modern_dev",
+    "virtio_pci",
+    "vsock",
+    "vmw_vsock_virtio_transport_common",
+    "vmw_vsock_virtio_transport",
+    "virtio_blk",
+    "overlay",
+    "failover",
+    "net_failover",
+    "virtio_net",
+    "tun",
+    "fuse",
+    "virtio_rng",
+];
+
+/// Where the image's kernel and initramfs come from.
+#[derive(Debug, Clone)]
+pub enum KernelInput {
+    /// Debian's cloud kernel (fetched by [`crate::guest_kernel`]) and an
+    /// initramfs with kiln-init and [`CLOUD_KERNEL_MODULES`].
+    DebianCloud(crate::guest_kernel::GuestKernel),
+    /// `--kernel` and `--initrd` as given.
+    Given { kernel: PathBuf, initrd: PathBuf },
+}
+
 /// Everything a build depends on, resolved.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -96,7 +129,7 @@ pub struct Options {
     pub arch: String,
     pub init: PathBuf,
     pub runner: Option<RunnerInput>,
-    pub kernel: Option<(PathBuf, PathBuf)>,
+    pub kernel: KernelInput,
     pub sudo: bool,
     pub size_mib: Option<u64>,
     pub force: bool,
@@ -138,6 +171,10 @@ pub enum ImageError {
     Manifest(#[from] manifest::ManifestError),
     #[error(transparent)]
     Digest(#[from] digest::DigestError),
+    #[error(transparent)]
+    Kmod(#[from] crate::kmod::KmodError),
+    #[error(transparent)]
+    Initramfs(#[from] crate::initramfs::InitramfsError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -188,10 +225,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         (None, None) => None,
     };
-    let init = args.init.clone().context(
-        "no kiln-init binary: pass --init PATH (a static kiln-init, e.g. from \
-         cargo build -p kiln-init --release --target x86_64-unknown-linux-musl)",
-    )?;
+    let init = match args.init.clone() {
+        Some(p) => p,
+        None => {
+            let step = Progress::new().step("build kiln-init");
+            let target = match arch.as_str() {
+                "arm64" => "aarch64-unknown-linux-musl",
+                _ => crate::guest_init::X86_64_TARGET,
+            };
+            let p = crate::guest_init::build(&root, target)?;
+            step.done(&p.display().to_string());
+            p
+        }
+    };
+    let kernel = match args.kernel.clone().zip(args.initrd.clone()) {
+        Some((kernel, initrd)) => KernelInput::Given { kernel, initrd },
+        None => {
+            let step = Progress::new().step("fetch Debian's cloud kernel");
+            let k = crate::guest_kernel::fetch(&crate::guest_kernel::default_cache_dir(&root))?;
+            step.done(&k.package);
+            KernelInput::DebianCloud(k)
+        }
+    };
     let opts = Options {
         out,
         recipe_dir: args.recipe.clone().unwrap_or_else(|| root.join("rootfs")),
@@ -199,7 +254,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         arch,
         init,
         runner,
-        kernel: args.kernel.clone().zip(args.initrd.clone()),
+        kernel,
         sudo: args.sudo,
         size_mib: args.size_mib,
         force: args.force,
@@ -244,9 +299,18 @@ pub fn build(opts: &Options, progress: &Progress) -> Result<Outcome, ImageError>
         Some(r) => Some(digest::sha256_file(&r.tarball)?),
         None => None,
     };
-    let kernel_shas = match &opts.kernel {
-        Some((k, i)) => Some((digest::sha256_file(k)?, digest::sha256_file(i)?)),
-        None => None,
+    let kernel_key = match &opts.kernel {
+        KernelInput::Given { kernel, initrd } => format!(
+            "given {} {}",
+            digest::sha256_file(kernel)?,
+            digest::sha256_file(initrd)?
+        ),
+        KernelInput::DebianCloud(k) => format!(
+            "debian {} {} {}",
+            k.package,
+            digest::sha256_file(&k.vmlinuz)?,
+            CLOUD_KERNEL_MODULES.join(",")
+        ),
     };
 
     let mut key = cache::Key::new();
@@ -264,9 +328,7 @@ pub fn build(opts: &Options, progress: &Progress) -> Result<Outcome, ImageError>
     if let (Some(r), Some(sha)) = (&opts.runner, &runner_sha) {
         key.add("runner", format!("{} {sha}", r.version));
     }
-    if let Some((k, i)) = &kernel_shas {
-        key.add("kernel", format!("{k} {i}"));
-    }
+    key.add("kernel", &kernel_key);
     let key = key.finish();
 
     if !opts.force {
@@ -359,13 +421,7 @@ pub fn build(opts: &Options, progress: &Progress) -> Result<Outcome, ImageError>
 
     let step = progress.step("manifest");
     let mut staged: Vec<(String, PathBuf)> = vec![(ROOTFS.into(), staged_rootfs)];
-    if let Some((k, i)) = &opts.kernel {
-        for (name, src) in [(KERNEL, k), (INITRD, i)] {
-            let dst = staging.path().join(name);
-            std::fs::copy(src, &dst).map_err(io(&dst))?;
-            staged.push((name.into(), dst));
-        }
-    }
+    let kernel_info = stage_kernel(opts, staging.path(), &mut staged)?;
     let mut artifacts = BTreeMap::new();
     for (name, path) in &staged {
         let size = std::fs::metadata(path).map_err(io(path))?.len();
@@ -394,7 +450,7 @@ pub fn build(opts: &Options, progress: &Progress) -> Result<Outcome, ImageError>
         },
         kiln_init,
         runner,
-        kernel: None,
+        kernel: kernel_info,
         accounts,
         sudo: if opts.sudo { "always" } else { "group" }.into(),
         packages,
@@ -418,6 +474,43 @@ pub fn build(opts: &Options, progress: &Progress) -> Result<Outcome, ImageError>
         rebuilt: true,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Puts the kernel and initramfs into `staging` and lists them in `staged`.
+fn stage_kernel(
+    opts: &Options,
+    staging: &Path,
+    staged: &mut Vec<(String, PathBuf)>,
+) -> Result<Option<manifest::KernelInfo>, ImageError> {
+    let kernel_dst = staging.join(KERNEL);
+    let initrd_dst = staging.join(INITRD);
+    let info = match &opts.kernel {
+        KernelInput::Given { kernel, initrd } => {
+            std::fs::copy(kernel, &kernel_dst).map_err(io(&kernel_dst))?;
+            std::fs::copy(initrd, &initrd_dst).map_err(io(&initrd_dst))?;
+            None
+        }
+        KernelInput::DebianCloud(k) => {
+            std::fs::copy(&k.vmlinuz, &kernel_dst).map_err(io(&kernel_dst))?;
+            let resolved = crate::kmod::resolve(&k.modules_dir, CLOUD_KERNEL_MODULES)?;
+            let builtin = k.modules_dir.join("modules.builtin");
+            let fs = crate::initramfs::guest(&crate::initramfs::GuestContents {
+                init: opts.init.clone(),
+                kernel_release: k.release.clone(),
+                modules: resolved.modules.clone(),
+                modules_builtin: builtin.is_file().then_some(builtin),
+                busybox: None,
+            })?;
+            fs.write_file(&initrd_dst)?;
+            Some(manifest::KernelInfo {
+                release: k.release.clone(),
+                modules: resolved.modules.iter().map(|m| m.name.clone()).collect(),
+            })
+        }
+    };
+    staged.push((KERNEL.into(), kernel_dst));
+    staged.push((INITRD.into(), initrd_dst));
+    Ok(info)
 }
 
 /// `/etc/kiln/image`: what the guest (and a person in it) can read about the
