@@ -177,8 +177,9 @@ async fn t4_deadline_stops_the_job_and_the_vm() {
     o.assert_clean();
     let exit = o.exit().unwrap();
     assert_eq!(exit.stopped_by, Some(StopCause::Deadline), "{o}");
+    // The deadline counts from the job's arrival, a little before the spawn.
     assert!(
-        (3_000..20_000).contains(&exit.duration_ms),
+        (2_000..20_000).contains(&exit.duration_ms),
         "stopped after {} ms\n{o}",
         exit.duration_ms
     );
@@ -256,17 +257,25 @@ async fn t6_wrong_protocol_version_from_the_host() {
 #[tokio::test]
 async fn t7_jit_config_is_in_no_command_line() {
     let secret = format!("kiln-jit-{}", random_token(16));
-    // Patterns are read from files so that no grep's own argv holds them,
-    // and the marker is computed so that the script's text does not.
+    // Patterns are read from files so that no grep's argv holds them, the
+    // marker is computed so that the script's text does not, and NULs are
+    // turned into spaces because busybox's grep -F stops at a NUL.
     let script = r#"
-printenv ACTIONS_RUNNER_INPUT_JITCONFIG > /tmp/secret
+echo "$ACTIONS_RUNNER_INPUT_JITCONFIG" > /tmp/secret
 echo "secret_len=$(($(wc -c < /tmp/secret) - 1))"
 m="kiln-marker-$((6 * 7))"
 echo "$m" > /tmp/marker
 sh -c 'sleep 30; :' "$m" &
 sleep 1
-echo "marker_hits=$(grep -l -F -f /tmp/marker /proc/[0-9]*/cmdline 2>/dev/null | wc -l)"
-echo "secret_hits=$(grep -l -F -f /tmp/secret /proc/[0-9]*/cmdline /proc/cmdline 2>/dev/null | wc -l)"
+hits() {
+    n=0
+    for f in /proc/[0-9]*/cmdline /proc/cmdline; do
+        if tr '\0' ' ' 2>/dev/null < "$f" | grep -q -F -f "$1"; then n=$((n + 1)); fi
+    done
+    echo "$n"
+}
+echo "marker_hits=$(hits /tmp/marker)"
+echo "secret_hits=$(hits /tmp/secret)"
 kill $! 2>/dev/null
 true
 "#;

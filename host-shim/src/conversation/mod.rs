@@ -20,7 +20,7 @@ use std::time::Duration;
 use kiln_protocol::tokio_codec::{read_opening, write_message};
 use kiln_protocol::{
     FrameError, GuestError, GuestMessage, Hello, HostMessage, Job, JobError, Output, RunnerExited,
-    RunnerStarted,
+    RunnerStarted, WallClock,
 };
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
@@ -165,14 +165,18 @@ impl Greeting {
     }
 
     /// Validates `job`, sends it, and starts listening for events. The
-    /// conversation must end within the job's deadline, its grace period and
-    /// `limits.end_slack`.
+    /// job's `clock` is set to the host's time right before sending: the
+    /// guest sets its clock from it, so it must not age while the VM boots.
+    /// The conversation must end within the job's deadline, its grace period
+    /// and `limits.end_slack`.
     pub async fn send_job(
         mut self,
         job: &Job,
         limits: Limits,
     ) -> Result<Conversation, ConversationError> {
         job.validate()?;
+        let mut job = job.clone();
+        job.clock = WallClock::now();
         let msg = HostMessage::Job(Box::new(job.clone()));
         send(&mut self.stream, &msg, "the job", limits.write_timeout).await?;
         let budget = Duration::from_millis(job.deadline_ms.saturating_add(job.grace_ms))

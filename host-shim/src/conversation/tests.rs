@@ -138,7 +138,9 @@ async fn full_job_round_trip() {
     });
     let greeting = greet(&s.listener, &quick()).await.expect("greet");
     assert_eq!(greeting.hello().kernel_release, "6.1.0-test");
-    let mut conv = greeting.send_job(&job(), quick()).await.expect("send");
+    let mut original = job();
+    original.clock.secs -= 3600;
+    let mut conv = greeting.send_job(&original, quick()).await.expect("send");
     let mut events = Vec::new();
     while let Some(ev) = conv.next_event().await.expect("event") {
         if let Event::Output(o) = &ev {
@@ -155,7 +157,13 @@ async fn full_job_round_trip() {
     assert!(matches!(&events[0], Event::RunnerStarted(r) if r.pid == 7));
     assert!(matches!(&events[3], Event::RunnerExited(e) if e.status == ExitStatus::Signal(15)));
     let (sent_job, cancel) = guest.await.expect("guest");
-    assert_eq!(*sent_job, job_with_clock(&job(), sent_job.clock));
+    assert_eq!(*sent_job, job_with_clock(&original, sent_job.clock));
+    // The clock is the time of sending, not of building the job.
+    assert!(
+        sent_job.clock.secs > original.clock.secs,
+        "{:?}",
+        sent_job.clock
+    );
     assert_eq!(
         cancel,
         HostMessage::Cancel(kiln_protocol::Cancel { grace_ms: 1500 })
