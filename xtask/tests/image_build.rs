@@ -52,10 +52,13 @@ fn init_file(dir: &Path) -> PathBuf {
 }
 
 fn image(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .arg("image")
-        .arg("--no-runner")
-        .args(args)
+    let runner_given = args.iter().any(|a| *a == "--runner-tarball");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.arg("image");
+    if !runner_given {
+        cmd.arg("--no-runner");
+    }
+    cmd.args(args)
         .env_remove("RUST_BACKTRACE")
         .output()
         .expect("run xtask")
@@ -63,6 +66,27 @@ fn image(args: &[&std::ffi::OsStr]) -> Output {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A stand-in for GitHub's runner tarball (GitHub cannot be reached here):
+/// the layout the installer checks for.
+fn fake_runner(dir: &Path) -> PathBuf {
+    let src = dir.join("runner-src");
+    std::fs::create_dir_all(src.join("bin")).expect("mkdir");
+    std::fs::write(src.join("config.sh"), "#!/bin/sh\n").expect("w");
+    std::fs::write(src.join("run.sh"), "#!/bin/sh\n").expect("w");
+    std::fs::write(src.join("bin/Runner.Listener"), "stand-in").expect("w");
+    let tarball = dir.join("actions-runner-linux-x64-2.999.0.tar.gz");
+    let ok = Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(ok.success());
+    tarball
 }
 
 /// An output directory holding a "previous good image" a failed build must
@@ -193,15 +217,18 @@ fn chroot_sudo(root: &Path, groups: &str) -> Output {
 }
 
 #[test]
-fn small_image_builds_caches_and_gates_sudo_on_the_group() {
-    if skip_unless_root("small_image_builds_caches_and_gates_sudo_on_the_group") {
+fn small_image_with_runner_builds_caches_and_gates_sudo() {
+    if skip_unless_root("small_image_with_runner_builds_caches_and_gates_sudo") {
         return;
     }
     let d = tempfile::tempdir().expect("tempdir");
     let out = d.path().join("out");
     let recipe = small_recipe(d.path(), "");
     let init = init_file(d.path());
+    let runner = fake_runner(d.path());
     let args = [
+        "--runner-tarball".as_ref(),
+        runner.as_os_str(),
         "--recipe".as_ref(),
         recipe.as_os_str(),
         "--init".as_ref(),
@@ -240,7 +267,7 @@ fn small_image_builds_caches_and_gates_sudo_on_the_group() {
         "{m}"
     );
     assert!(m["packages"].get("fuse-overlayfs").is_none());
-    assert!(m["runner"].is_null());
+    assert_eq!(m["runner"]["version"].as_str(), Some("2.999.0"));
     // Debian's cloud kernel with an initramfs holding kiln-init and modules.
     assert!(
         m["artifacts"]["vmlinuz"]["size"].as_u64() > Some(1 << 20),
@@ -291,7 +318,12 @@ fn small_image_builds_caches_and_gates_sudo_on_the_group() {
     assert!(debugfs("stat /usr/bin/sudo").contains("Mode:  04755"));
     assert!(debugfs("cat /etc/subuid").contains("runner:100000:65536"));
     assert!(debugfs("cat /etc/containers/storage.conf").contains("driver = \"overlay\""));
-    assert!(debugfs("cat /etc/kiln/image").contains("ACTIONS_RUNNER_VERSION=none"));
+    assert!(debugfs("cat /etc/kiln/image").contains("ACTIONS_RUNNER_VERSION=2.999.0"));
+    let listener = debugfs("stat /opt/actions-runner/bin/Runner.Listener");
+    assert!(
+        listener.contains("User:  1001   Group:  1001"),
+        "{listener}"
+    );
     assert_eq!(debugfs("cat /etc/resolv.conf"), "");
 
     // Unchanged recipe and inputs: nothing is rebuilt.

@@ -185,7 +185,15 @@ fn curl(url: &str, out: Option<&Path>) -> Result<String, String> {
         .output()
         .map_err(|e| format!("cannot run curl: {e}"))?;
     if !res.status.success() {
-        let err = String::from_utf8_lossy(&res.stderr).trim().to_owned();
+        // With --retry curl repeats its error; the last line says it all.
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        let err = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .to_owned();
         return Err(if err.is_empty() {
             format!("curl {}", res.status)
         } else {
