@@ -136,6 +136,23 @@ mod tests {
     }
 
     #[test]
+    fn always_sudo_writes_a_strict_rule_for_the_runner() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join("etc/sudoers.d")).expect("mkdir");
+        always_sudo(d.path(), &Accounts::default()).expect("write");
+        let p = d.path().join("etc/sudoers.d/kiln-always");
+        let text = std::fs::read_to_string(&p).expect("r");
+        assert!(
+            text.lines()
+                .any(|l| l == "runner ALL=(ALL:ALL) NOPASSWD: ALL"),
+            "{text}"
+        );
+        // sudo ignores sudoers files that others can write; 0440 is its norm.
+        let mode = std::fs::metadata(&p).expect("m").permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o440);
+    }
+
+    #[test]
     fn fuse_overlayfs_is_refused() {
         let d = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(d.path().join("usr/bin")).expect("mkdir");
