@@ -43,7 +43,7 @@ impl Channel {
     /// Dials the host, retrying while its side is not up yet.
     pub fn connect(budget: Duration) -> Result<Channel, ChannelError> {
         let start = Instant::now();
-        let mut backoff = Backoff::new(budget);
+        let mut backoff = Backoff::default();
         let mut tries = 0;
         loop {
             tries += 1;
@@ -56,7 +56,14 @@ impl Channel {
                 Err(e @ Errno::EAFNOSUPPORT) => return Err(ChannelError::NoVsock(e)),
                 Err(e) => e,
             };
-            let wait = if retryable(err) { backoff.next() } else { None };
+            // Wall time, not the sum of the sleeps: each connect() may
+            // itself wait for the transport's connect timeout.
+            let remaining = budget.saturating_sub(start.elapsed());
+            let wait = if retryable(err) {
+                backoff.next_wait(remaining)
+            } else {
+                None
+            };
             match wait {
                 Some(d) => sleep(d),
                 None => {
@@ -118,29 +125,26 @@ pub fn retryable(e: Errno) -> bool {
     )
 }
 
-/// 10 ms doubling to 1 s, until the budget is spent.
+/// 10 ms doubling to 1 s, never past what is left of the budget.
 pub struct Backoff {
     next: Duration,
-    left: Duration,
 }
 
-impl Backoff {
-    pub fn new(budget: Duration) -> Self {
+impl Default for Backoff {
+    fn default() -> Self {
         Backoff {
             next: Duration::from_millis(10),
-            left: budget,
         }
     }
 }
 
-impl Iterator for Backoff {
-    type Item = Duration;
-    fn next(&mut self) -> Option<Duration> {
-        if self.left.is_zero() {
+impl Backoff {
+    /// The next wait, or `None` when nothing is left.
+    pub fn next_wait(&mut self, remaining: Duration) -> Option<Duration> {
+        if remaining.is_zero() {
             return None;
         }
-        let d = self.next.min(self.left);
-        self.left -= d;
+        let d = self.next.min(remaining);
         self.next = (self.next * 2).min(Duration::from_secs(1));
         Some(d)
     }
@@ -214,11 +218,18 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_respects_the_budget() {
-        let waits: Vec<Duration> = Backoff::new(Duration::from_secs(3)).collect();
+        let mut b = Backoff::default();
+        let mut left = Duration::from_secs(3);
+        let mut waits = Vec::new();
+        while let Some(d) = b.next_wait(left) {
+            waits.push(d);
+            left -= d;
+        }
         assert_eq!(waits[0], Duration::from_millis(10));
         assert_eq!(waits[1], Duration::from_millis(20));
         assert!(waits.iter().all(|d| *d <= Duration::from_secs(1)));
         assert_eq!(waits.iter().sum::<Duration>(), Duration::from_secs(3));
+        assert_eq!(b.next_wait(Duration::ZERO), None);
     }
 
     #[test]

@@ -62,7 +62,10 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
     kmod::load(&cfg.modules, &release).step("load kernel modules")?;
     t.mark(BootPhase::ModulesLoaded);
 
-    root::prepare(&cfg).step("build the root filesystem")?;
+    let switched = root::prepare(&cfg).step("build the root filesystem")?;
+    if switched != root::Switched::No {
+        say!("switched to the overlay root ({switched:?})");
+    }
     mounts::mount_all().step("mount filesystems in the new root")?;
     mounts::open_up_devices().step("open up device nodes")?;
     mounts::make_root_shared().step("share the root's mounts")?;
