@@ -112,6 +112,22 @@ pub fn run(
     })
 }
 
+/// One read of at most [`MAX_OUTPUT_CHUNK`] bytes: one `Output` frame.
+/// `None` at EOF (or on an error, which ends the stream the same way).
+fn read_chunk(file: &mut File) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
+    loop {
+        match file.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Ok(0) | Err(_) => return None,
+            Ok(n) => {
+                buf.truncate(n);
+                return Some(buf);
+            }
+        }
+    }
+}
+
 fn pipe(stream: Stream, fd: OwnedFd) -> Pipe {
     Pipe {
         stream,
@@ -302,18 +318,10 @@ impl Supervisor<'_> {
 
     /// Reads what pipe `i` has (one chunk) and sends it; closes it at EOF.
     fn forward(&mut self, i: usize) {
-        let mut buf = vec![0u8; MAX_OUTPUT_CHUNK];
-        let n = loop {
-            match self.pipes[i].file.read(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r.unwrap_or(0),
-            }
-        };
-        if n == 0 {
+        let Some(buf) = read_chunk(&mut self.pipes[i].file) else {
             self.pipes.remove(i);
             return;
-        }
-        buf.truncate(n);
+        };
         if self.debug {
             console::echo(&buf);
         }
@@ -358,5 +366,32 @@ impl Supervisor<'_> {
             // Nobody is listening: finish the job quickly.
             self.begin_stop(StopCause::Cancelled, self.grace);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn output_is_cut_into_frames_of_at_most_the_chunk_size() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let data = data.clone();
+            std::thread::spawn(move || File::from(w).write_all(&data).unwrap())
+        };
+        let mut r = File::from(r);
+        let mut got = Vec::new();
+        let mut frames = 0;
+        while let Some(chunk) = read_chunk(&mut r) {
+            assert!(!chunk.is_empty() && chunk.len() <= MAX_OUTPUT_CHUNK);
+            got.extend_from_slice(&chunk);
+            frames += 1;
+        }
+        writer.join().unwrap();
+        assert_eq!(got, data);
+        assert!(frames >= data.len().div_ceil(MAX_OUTPUT_CHUNK));
     }
 }
