@@ -264,7 +264,7 @@ impl TestVm {
             },
             wall.as_secs_f64()
         );
-        Ok(Outcome {
+        let outcome = Outcome {
             hello: rec.hello,
             summary: rec.summary,
             events: rec.events,
@@ -279,7 +279,11 @@ impl TestVm {
             base_sha256_before,
             scratch_disk,
             dir,
-        })
+        };
+        if std::env::var_os("KILN_TEST_SHOW").is_some() {
+            eprintln!("{outcome}");
+        }
+        Ok(outcome)
     }
 }
 

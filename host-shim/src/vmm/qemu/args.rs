@@ -27,6 +27,18 @@ impl Machine {
         }
     }
 
+    /// How the guest kernel resets the machine, which with `-no-reboot`
+    /// ends QEMU. `microvm` has no i8042, so the usual `reboot=k` spins in
+    /// the keyboard controller wait loop (about 4 s under TCG) before it
+    /// falls back; its ACPI reset register (the GED device) is immediate.
+    /// q35 has an i8042, so `reboot=k` as everywhere else.
+    pub fn reboot_arg(self) -> &'static str {
+        match self {
+            Machine::Microvm => "reboot=a",
+            Machine::Q35 => "reboot=k",
+        }
+    }
+
     fn device(self, kind: &str) -> String {
         match self {
             Machine::Microvm => format!("{kind}-device"),
@@ -130,8 +142,13 @@ struct Disk<'a> {
 
 /// The guest kernel's command line. Never holds secrets: `spec.kernel_args`
 /// is validated, and nothing else here comes from a job.
-pub fn kernel_cmdline(spec: &VmSpec, accel: Accel, tsc_khz: Option<u64>) -> String {
-    let mut args: Vec<String> = ["console=ttyS0", "reboot=k", "panic=1"]
+pub fn kernel_cmdline(
+    spec: &VmSpec,
+    machine: Machine,
+    accel: Accel,
+    tsc_khz: Option<u64>,
+) -> String {
+    let mut args: Vec<String> = ["console=ttyS0", machine.reboot_arg(), "panic=1"]
         .map(String::from)
         .to_vec();
     if let (Accel::Tcg, Some(khz)) = (accel, tsc_khz) {
@@ -220,10 +237,31 @@ pub fn qemu_args(
     if let Some(initrd) = &spec.initrd {
         a.opt("-initrd", escape_free(initrd));
     }
-    a.opt("-append", kernel_cmdline(spec, accel, tsc_khz))
+    a.opt("-append", kernel_cmdline(spec, machine, accel, tsc_khz))
         // The console goes to QEMU's stdout, a pipe the console task drains.
         .opt("-serial", "stdio");
     Ok(a.0)
+}
+
+/// Rewires `-serial stdio` in an argv from [`qemu_args`] to the terminal
+/// for interactive use: raw mode without signals (Ctrl-C reaches the
+/// guest), multiplexed so that Ctrl-A x quits QEMU.
+pub fn attach_terminal(argv: &mut Vec<OsString>) {
+    if let Some(i) = argv
+        .windows(2)
+        .position(|w| w[0] == "-serial" && w[1] == "stdio")
+    {
+        argv.splice(
+            i..i + 2,
+            [
+                "-chardev",
+                "stdio,id=con,mux=on,signal=off",
+                "-serial",
+                "chardev:con",
+            ]
+            .map(OsString::from),
+        );
+    }
 }
 
 #[derive(Default)]
@@ -337,7 +375,7 @@ mod tests {
         assert_eq!(value_of(&args, "-serial"), ["stdio"]);
         assert_eq!(
             value_of(&args, "-append"),
-            ["console=ttyS0 reboot=k panic=1 tsc_early_khz=2600000 kiln.modules=virtio,vsock"]
+            ["console=ttyS0 reboot=a panic=1 tsc_early_khz=2600000 kiln.modules=virtio,vsock"]
         );
     }
 
@@ -389,10 +427,27 @@ mod tests {
     }
 
     #[test]
+    fn terminal_console_replaces_the_log_pipe() {
+        let s = spec();
+        let mut argv =
+            qemu_args(&s, Machine::Microvm, Accel::Tcg, None, &Layout::of(&s.dir)).expect("args");
+        attach_terminal(&mut argv);
+        let args = strings(&argv);
+        assert_eq!(value_of(&args, "-serial"), ["chardev:con"]);
+        assert_eq!(
+            value_of(&args, "-chardev"),
+            [
+                "socket,id=vsock,path=/run/kiln/t-1/vhost.sock",
+                "stdio,id=con,mux=on,signal=off"
+            ]
+        );
+    }
+
+    #[test]
     fn scratch_alone_is_vda() {
         let mut s = spec();
         s.scratch_disk = Some("/s.ext4".into());
-        let line = kernel_cmdline(&s, Accel::Tcg, None);
+        let line = kernel_cmdline(&s, Machine::Microvm, Accel::Tcg, None);
         assert!(line.contains("kiln.scratch=/dev/vda"), "{line}");
         assert!(!line.contains("kiln.root"), "{line}");
     }

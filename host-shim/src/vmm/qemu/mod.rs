@@ -116,6 +116,19 @@ pub struct QemuConfig {
     pub tsc: TscHint,
     /// How long vhost-device-vsock may take to create its socket.
     pub vhost_timeout: Duration,
+    /// Where the guest's serial console goes.
+    pub serial: SerialConsole,
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SerialConsole {
+    /// A bounded log file in the VM's directory.
+    #[default]
+    Log,
+    /// The shim's own terminal, stdin and stdout (`kiln run --console`).
+    /// Ctrl-C goes to the guest; Ctrl-A x quits QEMU. Nothing is logged.
+    Terminal,
 }
 
 impl Default for QemuConfig {
@@ -130,6 +143,7 @@ impl Default for QemuConfig {
             probe_timeout: Duration::from_secs(10),
             tsc: TscHint::Auto,
             vhost_timeout: Duration::from_secs(10),
+            serial: SerialConsole::Log,
         }
     }
 }
@@ -273,18 +287,31 @@ impl QemuVm {
         )
         .await?;
 
-        let argv = args::qemu_args(
+        let mut argv = args::qemu_args(
             spec,
             cfg.machine,
             accel.accel,
             cfg.tsc_khz(accel.accel),
             &layout,
         )?;
+        let mut command = Command::new(&qemu_bin);
+        match cfg.serial {
+            SerialConsole::Log => {
+                command.stdin(Stdio::null()).stdout(Stdio::piped());
+                // Its own process group: a Ctrl-C at the shim's terminal is
+                // the shim's to handle (cancel the job, then tear down).
+                command.process_group(0);
+            }
+            SerialConsole::Terminal => {
+                args::attach_terminal(&mut argv);
+                // Stays in the terminal's foreground process group to read
+                // it; the terminal generates no signals (signal=off).
+                command.stdin(Stdio::inherit()).stdout(Stdio::inherit());
+            }
+        }
         tracing::debug!(vm = %spec.id, ?argv, "starting QEMU");
-        let spawned = Command::new(&qemu_bin)
+        let spawned = command
             .args(&argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn();

@@ -37,6 +37,8 @@ impl VhostVsock {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            // A Ctrl-C at the shim's terminal is the shim's to handle.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| QemuError::Spawn {
