@@ -53,3 +53,22 @@ pub fn static_busybox() -> anyhow::Result<PathBuf> {
     }
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_names_its_install_command() {
+        let tool = HostTool {
+            program: "kiln-no-such-tool",
+            install: "apt-get install kiln-no-such-package",
+        };
+        let err = require(&tool).expect_err("missing").to_string();
+        assert!(err.contains("kiln-no-such-tool"), "{err}");
+        assert!(
+            err.contains("apt-get install kiln-no-such-package"),
+            "{err}"
+        );
+    }
+}

@@ -171,12 +171,14 @@ struct ProbeKey(String);
 
 impl ProbeKey {
     fn of(p: &Probe) -> ProbeKey {
-        ProbeKey(format!(
-            "{}\t{}\t{}",
+        let key = format!(
+            "{} {} {}",
             file_id(&p.qemu),
             file_id(&p.kernel),
             p.machine.name()
-        ))
+        );
+        // One entry per line, fields split by tabs: neither may occur inside.
+        ProbeKey(key.replace(['\t', '\n'], "?"))
     }
 }
 
@@ -197,36 +199,52 @@ fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_owned())
 }
 
-const CACHE_MAGIC: &str = "kiln-accel-v1";
+const CACHE_MAGIC: &str = "kiln-accel-v2";
+
+/// The cache file: a magic line, the boot id, then `key<TAB>accel<TAB>reason`
+/// lines. Entries from another boot are worthless and ignored.
+fn cache_entries(file: &Path) -> Vec<(String, Accel, String)> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Vec::new();
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some(CACHE_MAGIC) || lines.next().map(str::to_owned) != boot_id() {
+        return Vec::new();
+    }
+    lines
+        .filter_map(|l| {
+            let mut f = l.splitn(3, '\t');
+            let (key, accel, reason) = (f.next()?, f.next()?, f.next()?);
+            let accel = match accel {
+                "kvm" => Accel::Kvm,
+                "tcg" => Accel::Tcg,
+                _ => return None,
+            };
+            Some((key.to_owned(), accel, reason.to_owned()))
+        })
+        .collect()
+}
 
 fn read_cache(file: &Path, key: &ProbeKey) -> Option<AccelDecision> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let mut parts = text.trim_end_matches('\n').splitn(4, '\n');
-    let (magic, boot, cached_key, answer) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if magic != CACHE_MAGIC || Some(boot.to_owned()) != boot_id() || cached_key != key.0 {
-        return None;
-    }
-    let (accel, reason) = answer.split_once(' ')?;
-    let accel = match accel {
-        "kvm" => Accel::Kvm,
-        "tcg" => Accel::Tcg,
-        _ => return None,
-    };
-    Some(AccelDecision {
-        accel,
-        reason: format!("{reason} (cached in {})", file.display()),
-    })
+    cache_entries(file)
+        .into_iter()
+        .find(|(k, _, _)| *k == key.0)
+        .map(|(_, accel, reason)| AccelDecision {
+            accel,
+            reason: format!("{reason} (cached in {})", file.display()),
+        })
 }
 
 fn write_cache(file: &Path, key: &ProbeKey, d: &AccelDecision) {
     let Some(boot) = boot_id() else { return };
-    let reason = d.reason.replace('\n', " ");
-    let text = format!(
-        "{CACHE_MAGIC}\n{boot}\n{}\n{} {reason}\n",
-        key.0,
-        d.accel.as_str()
-    );
+    let mut text = format!("{CACHE_MAGIC}\n{boot}\n");
+    for (k, accel, reason) in cache_entries(file) {
+        if k != key.0 {
+            text.push_str(&format!("{k}\t{}\t{reason}\n", accel.as_str()));
+        }
+    }
+    let reason = d.reason.replace(['\t', '\n'], " ");
+    text.push_str(&format!("{}\t{}\t{reason}\n", key.0, d.accel.as_str()));
     // Written aside and renamed, so a concurrent reader sees all or nothing.
     let tmp = file.with_extension(format!("tmp{}", std::process::id()));
     let result = file
@@ -440,6 +458,17 @@ mod tests {
         assert!(cached.reason.contains("cached"), "{}", cached.reason);
         let runs = std::fs::read_to_string(&count).expect("runs");
         assert_eq!(runs.lines().count(), 1);
+        // Another machine type is probed once and cached beside the first.
+        let q35 = Probe {
+            machine: Machine::Q35,
+            ..p.clone()
+        };
+        decide(AccelChoice::Auto, &q35).await.expect("q35");
+        let file = p.cache_file.as_deref().expect("file");
+        assert!(read_cache(file, &ProbeKey::of(&p)).is_some());
+        assert!(read_cache(file, &ProbeKey::of(&q35)).is_some());
+        let runs = std::fs::read_to_string(&count).expect("runs");
+        assert_eq!(runs.lines().count(), 2);
     }
 
     #[tokio::test]
