@@ -1,0 +1,58 @@
+//! The `kiln` command line. `main.rs` only calls [`main`].
+//!
+//! - [`run`]: `kiln run` — one job in a fresh microVM, without GitHub.
+//! - [`doctor`]: `kiln doctor` — what this host lacks.
+
+pub mod doctor;
+pub mod duration;
+pub mod run;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Every GitHub Actions job in a fresh microVM"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot a fresh microVM from the image, run CMD in it as the image's
+    /// runner user, stream its output, and exit with its exit code.
+    Run(run::RunArgs),
+    /// Check this host for everything Kiln needs, and say what to do about what is missing.
+    Doctor(doctor::DoctorArgs),
+}
+
+/// Logs go to stderr, filtered by `KILN_LOG` (default `warn` for `kiln
+/// run`, whose stderr is the job's, and `info` otherwise).
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            init_tracing("warn");
+            run::main(args)
+        }
+        Command::Doctor(args) => {
+            init_tracing("info");
+            doctor::main(args)
+        }
+    }
+}

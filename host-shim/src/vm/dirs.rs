@@ -1,0 +1,181 @@
+//! Where VMs live on the host, and their ids.
+//!
+//! - `<runtime>/vms/<id>/`: one VM's sockets and logs. Small; the runtime
+//!   directory is meant for a tmpfs (`/run/kiln`).
+//! - `<runtime>/cids/<cid>`: guest CID leases ([`super::cid`]).
+//! - `<disks>/<id>.ext4`: scratch disks. They grow with what the job
+//!   writes, so they belong on a real disk, never on a tmpfs.
+//!
+//! Everything a VM adds here is removed at its teardown.
+
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+/// Runtime directory, when set: `KILN_RUNTIME_DIR`.
+pub const RUNTIME_DIR_ENV: &str = "KILN_RUNTIME_DIR";
+/// Scratch disk directory, when set: `KILN_DISK_DIR`.
+pub const DISK_DIR_ENV: &str = "KILN_DISK_DIR";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirsError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no unused VM id after {tries} tries in {dir}")]
+    NoFreeId { dir: PathBuf, tries: u32 },
+    #[error("{var}={value:?} must be an absolute path")]
+    NotAbsolute { var: &'static str, value: PathBuf },
+}
+
+/// The host directories VMs are made in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeDirs {
+    pub runtime: PathBuf,
+    pub disks: PathBuf,
+}
+
+impl RuntimeDirs {
+    pub fn new(runtime: impl Into<PathBuf>, disks: impl Into<PathBuf>) -> Self {
+        RuntimeDirs {
+            runtime: runtime.into(),
+            disks: disks.into(),
+        }
+    }
+
+    /// `KILN_RUNTIME_DIR` and `KILN_DISK_DIR`, or the defaults: for root
+    /// `/run/kiln` and `/var/lib/kiln/scratch`; for others
+    /// `$XDG_RUNTIME_DIR/kiln` (or `/tmp/kiln-<uid>`) and
+    /// `~/.local/state/kiln/scratch`.
+    pub fn from_env() -> Result<Self, DirsError> {
+        let root = nix::unistd::geteuid().is_root();
+        let uid = nix::unistd::geteuid().as_raw();
+        let runtime = match env_path(RUNTIME_DIR_ENV)? {
+            Some(p) => p,
+            None if root => PathBuf::from("/run/kiln"),
+            None => match std::env::var_os("XDG_RUNTIME_DIR") {
+                Some(d) if !d.is_empty() => PathBuf::from(d).join("kiln"),
+                _ => PathBuf::from(format!("/tmp/kiln-{uid}")),
+            },
+        };
+        let disks = match env_path(DISK_DIR_ENV)? {
+            Some(p) => p,
+            None if root => PathBuf::from("/var/lib/kiln/scratch"),
+            None => match std::env::var_os("HOME") {
+                Some(h) if !h.is_empty() => PathBuf::from(h).join(".local/state/kiln/scratch"),
+                _ => runtime.join("disks"),
+            },
+        };
+        Ok(RuntimeDirs { runtime, disks })
+    }
+
+    pub fn vms(&self) -> PathBuf {
+        self.runtime.join("vms")
+    }
+
+    pub fn cids(&self) -> PathBuf {
+        self.runtime.join("cids")
+    }
+
+    /// Creates a fresh directory for a new VM under a new unique id.
+    pub fn create_vm_dir(&self) -> Result<(String, PathBuf), DirsError> {
+        let parent = self.vms();
+        make_private_dir_all(&parent)?;
+        const TRIES: u32 = 32;
+        for _ in 0..TRIES {
+            let id = new_id();
+            let dir = parent.join(&id);
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok((id, dir)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => {
+                    return Err(DirsError::Io {
+                        action: "creating the VM directory",
+                        path: dir,
+                        source,
+                    })
+                }
+            }
+        }
+        Err(DirsError::NoFreeId {
+            dir: parent,
+            tries: TRIES,
+        })
+    }
+
+    /// Where VM `id`'s scratch disk goes; creates the disk directory.
+    pub fn scratch_path(&self, id: &str) -> Result<PathBuf, DirsError> {
+        make_private_dir_all(&self.disks)?;
+        Ok(self.disks.join(format!("{id}.ext4")))
+    }
+}
+
+fn env_path(var: &'static str) -> Result<Option<PathBuf>, DirsError> {
+    match std::env::var_os(var) {
+        Some(v) if !v.is_empty() => {
+            let p = PathBuf::from(v);
+            if p.is_absolute() {
+                Ok(Some(p))
+            } else {
+                Err(DirsError::NotAbsolute { var, value: p })
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Creates `dir` and its missing parents, the new ones private to this
+/// user (VM directories hold the sockets that reach the guests). Existing
+/// directories are left as they are.
+pub(crate) fn make_private_dir_all(dir: &Path) -> Result<(), DirsError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| DirsError::Io {
+            action: "creating",
+            path: dir.to_owned(),
+            source,
+        })
+}
+
+/// `kiln-` and 12 random hex digits: short (socket paths are limited to
+/// 107 bytes), within the jailer's id rules, and unguessable enough that
+/// ids never repeat in practice; the exclusive mkdir decides.
+fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    super::random::fill(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("kiln-{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_dirs_are_unique_private_and_valid_ids() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dirs = RuntimeDirs::new(root.path().join("run"), root.path().join("disks"));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let (id, dir) = dirs.create_vm_dir().expect("vm dir");
+            assert!(dir.is_dir());
+            assert_eq!(dir.parent(), Some(dirs.vms().as_path()));
+            assert!(seen.insert(id.clone()), "{id} repeated");
+            let spec_ok = id.len() <= 64
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            assert!(spec_ok, "{id}");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dirs.vms()).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        let scratch = dirs.scratch_path("kiln-x").expect("scratch");
+        assert_eq!(scratch, root.path().join("disks/kiln-x.ext4"));
+        assert!(root.path().join("disks").is_dir());
+    }
+}

@@ -1,0 +1,162 @@
+//! What to boot and what to run in it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kiln_protocol::Job;
+
+use super::backend::ConsoleMode;
+
+/// Which kernel modules the guest kernel can load.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ModuleSet {
+    /// Not known: ask for every module the backend's devices need.
+    #[default]
+    Unknown,
+    /// Exactly these are available (an empty list: everything is built in).
+    Listed(Vec<String>),
+}
+
+impl ModuleSet {
+    /// Of the modules `needed` (in load order), those to ask kiln-init for.
+    pub fn select<'a>(&self, needed: &[&'a str]) -> Vec<&'a str> {
+        match self {
+            ModuleSet::Unknown => needed.to_vec(),
+            ModuleSet::Listed(have) => needed
+                .iter()
+                .copied()
+                .filter(|n| have.iter().any(|h| h == n))
+                .collect(),
+        }
+    }
+}
+
+/// The kernel, initramfs and base root filesystem to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootImage {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// Shared read-only by every VM; kiln-init's lower layer.
+    pub base_image: Option<PathBuf>,
+    pub modules: ModuleSet,
+}
+
+/// Bounds on each wait of a VM's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the VMM's start until the guest connects (the whole boot).
+    pub boot: Duration,
+    /// From the guest's connection to its `Hello`.
+    pub hello: Duration,
+    /// For writing one message to the guest.
+    pub write: Duration,
+    /// Past the job's deadline and grace period, for the guest to report
+    /// its end (then the VM is killed).
+    pub end_slack: Duration,
+    /// Past the grace period of a `Cancel`, for the guest to report the
+    /// job's end (then the VM is killed).
+    pub cancel_slack: Duration,
+    /// From the job's end until the VMM exits by itself (then it is killed).
+    pub exit: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            boot: Duration::from_secs(120),
+            hello: Duration::from_secs(10),
+            write: Duration::from_secs(10),
+            end_slack: Duration::from_secs(30),
+            cancel_slack: Duration::from_secs(10),
+            exit: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One VM, one job.
+#[derive(Debug, Clone)]
+pub struct VmRequest {
+    pub boot: BootImage,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// A fresh scratch disk of this many bytes (kiln-init's overlay upper
+    /// layer and `/home`); `None` for none.
+    pub scratch_bytes: Option<u64>,
+    /// Extra kernel arguments, never secrets; after the layer's own.
+    pub kernel_args: Vec<String>,
+    pub job: Job,
+    pub console: ConsoleMode,
+    /// The most console output kept in the log.
+    pub console_limit_bytes: u64,
+    /// The most job output (stdout and stderr) accepted from the guest.
+    pub max_output_bytes: u64,
+    /// `Cancel`'s grace period: SIGTERM to SIGKILL in the guest.
+    pub cancel_grace: Duration,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("{what} {path} does not exist")]
+    FileMissing { what: &'static str, path: PathBuf },
+    #[error("the job is invalid: {0}")]
+    Job(#[from] kiln_protocol::JobError),
+}
+
+impl VmRequest {
+    /// One vCPU, 512 MiB, no scratch disk, the default bounds.
+    pub fn new(boot: BootImage, job: Job) -> Self {
+        VmRequest {
+            boot,
+            vcpus: 1,
+            memory_mib: 512,
+            scratch_bytes: None,
+            kernel_args: Vec::new(),
+            job,
+            console: ConsoleMode::Log,
+            console_limit_bytes: 1 << 20,
+            max_output_bytes: 256 << 20,
+            cancel_grace: Duration::from_secs(10),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// Checks what can be checked before anything is made.
+    pub fn check(&self) -> Result<(), RequestError> {
+        let need = |what, p: &Path| {
+            if p.is_file() {
+                Ok(())
+            } else {
+                Err(RequestError::FileMissing {
+                    what,
+                    path: p.to_owned(),
+                })
+            }
+        };
+        need("guest kernel", &self.boot.kernel)?;
+        if let Some(p) = &self.boot.initrd {
+            need("initrd", p)?;
+        }
+        if let Some(p) = &self.boot.base_image {
+            need("base image", p)?;
+        }
+        self.job.validate()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_selection() {
+        let needed = ["virtio", "virtio_mmio", "vsock"];
+        assert_eq!(ModuleSet::Unknown.select(&needed), needed);
+        assert!(ModuleSet::Listed(vec![]).select(&needed).is_empty());
+        assert_eq!(
+            ModuleSet::Listed(vec!["vsock".into(), "virtio".into(), "tun".into()]).select(&needed),
+            ["virtio", "vsock"]
+        );
+    }
+}

@@ -1,0 +1,424 @@
+//! One VM's life: directory, CID, scratch disk, the VMM with its listener
+//! bound first, the guest's `Hello` within a timeout, the job, its output
+//! streamed to a sink, the job's end (or a cancel, a kill, a deadline), the
+//! guest's power-off within a timeout, and a teardown on every path.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kiln_protocol::{ExitStatus, GuestError, RunnerExited, WallClock};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+
+use super::backend::{Backend, BackendError, RunningVm, VmmExit};
+use super::cid::{CidAllocator, CidError, CidLease, DEFAULT_RANGE};
+use super::console;
+use super::dirs::{DirsError, RuntimeDirs};
+use super::guard::{Live, TeardownError, VmGuard};
+use super::output::OutputSink;
+use super::request::{RequestError, VmRequest};
+use super::stop::{StopLevel, StopSignal};
+use super::timing::{Marks, Timing};
+use crate::conversation::{self, Conversation, ConversationError, Event, Limits, Summary};
+use crate::disk::{self, ScratchError};
+use crate::vmm::VmSpec;
+
+/// How long the guest may take, once its VMM has exited, to deliver what it
+/// sent before powering off (it is already in the socket's buffers).
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// Starts VMs on this host: the backend, the directories, the CIDs.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    backend: Backend,
+    dirs: RuntimeDirs,
+    cids: CidAllocator,
+}
+
+/// Milestones of a run, for callers that watch (tests, progress displays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    Prepared { id: String, dir: PathBuf, cid: u32 },
+    VmmStarted { pid: Option<u32> },
+    Hello,
+    JobSent,
+    RunnerStarted { pid: u32 },
+    JobEnded,
+}
+
+/// How the job ended, as the guest reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    Exited(RunnerExited),
+    /// The guest could not run the job (bad command, setup failure).
+    GuestError(GuestError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    #[error(transparent)]
+    Dirs(#[from] DirsError),
+    #[error(transparent)]
+    Cid(#[from] CidError),
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
+    #[error("starting the VM: {0}")]
+    Backend(#[from] BackendError),
+    #[error("the VMM exited ({status}) before the guest said Hello")]
+    VmmExitedBeforeHello { status: String },
+    #[error("the VMM exited ({status}) before the guest reported the job's end")]
+    VmmExitedDuringJob { status: String },
+    #[error(transparent)]
+    Conversation(#[from] ConversationError),
+    #[error("stopped before the job was sent")]
+    StoppedBeforeJob,
+    #[error("killed on request")]
+    Killed,
+    #[error("the guest did not report the job's end within {after:?} of the cancel")]
+    CancelTimeout { after: Duration },
+    #[error("a background task failed: {0}")]
+    Task(String),
+}
+
+/// Everything about one run. Always produced, whatever failed.
+#[derive(Debug)]
+pub struct VmReport {
+    /// `None` when the run failed before a VM id was given out.
+    pub id: Option<String>,
+    pub backend: &'static str,
+    /// The backend's detail (QEMU: the accelerator).
+    pub detail: String,
+    pub cid: Option<u32>,
+    pub result: Result<JobEnd, RunError>,
+    /// The highest stop level the run saw.
+    pub stop: StopLevel,
+    /// The conversation: the guest's boot stamps, the runner, byte counts.
+    pub summary: Option<Summary>,
+    pub timing: Timing,
+    pub vmm_exit: Option<VmmExit>,
+    /// The end of the serial console log, for diagnosing failures.
+    pub console_tail: String,
+    pub teardown: Result<(), TeardownError>,
+}
+
+impl VmReport {
+    /// The job's exit status, when the guest reported one.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        match &self.result {
+            Ok(JobEnd::Exited(e)) => Some(e.status),
+            _ => None,
+        }
+    }
+}
+
+/// What `drive` learned, kept for the report whatever it returns.
+#[derive(Default)]
+struct RunState {
+    id: Option<String>,
+    cid: Option<u32>,
+    detail: String,
+    stop: StopLevel,
+    summary: Option<Summary>,
+}
+
+type Notify = Option<UnboundedSender<Progress>>;
+
+fn notify(n: &Notify, p: Progress) {
+    if let Some(tx) = n {
+        // A watcher that went away does not stop the VM.
+        let _ = tx.send(p);
+    }
+}
+
+impl Launcher {
+    pub fn new(backend: Backend, dirs: RuntimeDirs) -> Result<Self, CidError> {
+        let cids = CidAllocator::new(dirs.cids(), DEFAULT_RANGE)?;
+        Ok(Launcher {
+            backend,
+            dirs,
+            cids,
+        })
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    pub fn dirs(&self) -> &RuntimeDirs {
+        &self.dirs
+    }
+
+    /// Runs one job in one fresh VM and tears the VM down, whatever happens.
+    /// `stop` cancels (then kills) it; `progress` hears each milestone.
+    pub async fn run<S: OutputSink>(
+        &self,
+        req: VmRequest,
+        sink: &mut S,
+        mut stop: StopSignal,
+        progress: Option<UnboundedSender<Progress>>,
+    ) -> VmReport {
+        let mut marks = Marks::new();
+        let mut slot: Option<VmGuard> = None;
+        let mut st = RunState::default();
+        let result = self
+            .drive(
+                &req, sink, &mut stop, &progress, &mut marks, &mut slot, &mut st,
+            )
+            .await;
+        st.stop = st.stop.max(stop.level());
+        if let Err(e) = &result {
+            tracing::warn!(vm = ?st.id, error = %e, "VM run failed; tearing down");
+        }
+        let mut vmm_exit = None;
+        let mut console_tail = String::new();
+        let mut teardown = Ok(());
+        if let Some(guard) = slot {
+            // After the job's end the guest powers off by itself; after
+            // anything else there is nothing to wait for.
+            let wait = result.is_ok().then_some(req.timeouts.exit);
+            let id = guard.id.clone();
+            let torn = guard.teardown(wait).await;
+            marks.vmm_exited = torn.vmm_exited;
+            vmm_exit = torn.vmm_exit;
+            console_tail = torn.console_tail;
+            if !torn.problems.is_empty() {
+                teardown = Err(TeardownError {
+                    id,
+                    problems: torn.problems,
+                });
+            }
+        }
+        marks.done = Some(Instant::now());
+        let timing = Timing::compute(&marks, st.summary.as_ref());
+        tracing::info!(vm = ?st.id, timing = %timing.render(), "VM done");
+        VmReport {
+            id: st.id,
+            backend: self.backend.name(),
+            detail: st.detail,
+            cid: st.cid,
+            result,
+            stop: st.stop,
+            summary: st.summary,
+            timing,
+            vmm_exit,
+            console_tail,
+            teardown,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn drive<S: OutputSink>(
+        &self,
+        req: &VmRequest,
+        sink: &mut S,
+        stop: &mut StopSignal,
+        progress: &Notify,
+        marks: &mut Marks,
+        slot: &mut Option<VmGuard>,
+        st: &mut RunState,
+    ) -> Result<JobEnd, RunError> {
+        req.check()?;
+        let (id, dir) = self.dirs.create_vm_dir()?;
+        st.id = Some(id.clone());
+        let guard = slot.insert(VmGuard::new(id.clone(), dir.clone()));
+        let lease: CidLease = self.cids.lease()?;
+        let cid = lease.cid();
+        st.cid = Some(cid);
+        guard.cid = Some(lease);
+        let scratch = match req.scratch_bytes {
+            Some(bytes) => {
+                let path = self.dirs.scratch_path(&id)?;
+                let p = path.clone();
+                tokio::task::spawn_blocking(move || disk::create_scratch(&p, bytes))
+                    .await
+                    .map_err(|e| RunError::Task(e.to_string()))??;
+                guard.scratch = Some(path.clone());
+                Some(path)
+            }
+            None => None,
+        };
+        let mut spec = VmSpec {
+            id: id.clone(),
+            dir: dir.clone(),
+            kernel: req.boot.kernel.clone(),
+            initrd: req.boot.initrd.clone(),
+            base_image: req.boot.base_image.clone(),
+            scratch_disk: scratch,
+            kernel_args: Vec::new(),
+            vcpus: req.vcpus,
+            memory_mib: req.memory_mib,
+            guest_cid: cid,
+            tap: None,
+            console_limit_bytes: req.console_limit_bytes,
+        };
+        let modules = req.boot.modules.select(&self.backend.guest_modules(&spec));
+        if !modules.is_empty() {
+            spec.kernel_args
+                .push(format!("kiln.modules={}", modules.join(",")));
+        }
+        if req.console == super::ConsoleMode::Attach {
+            spec.kernel_args.push("kiln.debug".into());
+        }
+        spec.kernel_args.extend(req.kernel_args.iter().cloned());
+        marks.prepared = Some(Instant::now());
+        tracing::info!(vm = %id, cid, backend = self.backend.name(), dir = %dir.display(), "starting VM");
+        notify(progress, Progress::Prepared { id, dir, cid });
+
+        let started = tokio::select! {
+            r = self.backend.start(&spec, req.console) => r?,
+            _ = stop.above(StopLevel::Run) => return Err(RunError::StoppedBeforeJob),
+        };
+        marks.vmm_started = Some(Instant::now());
+        st.detail = started.vm.detail();
+        notify(
+            progress,
+            Progress::VmmStarted {
+                pid: started.vm.pid(),
+            },
+        );
+        if req.console == super::ConsoleMode::Attach {
+            if let RunningVm::Firecracker(vm) = &started.vm {
+                guard.follower = Some(console::follow(
+                    vm.console_log_path().to_owned(),
+                    tokio::io::stdout(),
+                ));
+            }
+        }
+        let live = guard.live.insert(Live {
+            vm: started.vm,
+            listener: started.listener,
+        });
+
+        let t = &req.timeouts;
+        let limits = Limits {
+            accept_timeout: t.boot,
+            hello_timeout: t.hello,
+            write_timeout: t.write,
+            end_slack: t.end_slack,
+            max_output_bytes: req.max_output_bytes,
+            ..Limits::default()
+        };
+        let greeting = tokio::select! {
+            r = conversation::greet(&live.listener, &limits) => r?,
+            s = live.vm.exited() => {
+                return Err(RunError::VmmExitedBeforeHello { status: status_text(s) })
+            }
+            _ = stop.above(StopLevel::Run) => return Err(RunError::StoppedBeforeJob),
+        };
+        notify(progress, Progress::Hello);
+        // The guest sets its clock from the job: the time of sending, not
+        // of the request (the boot took a while).
+        let mut job = req.job.clone();
+        job.clock = WallClock::now();
+        let mut conv = greeting.send_job(&job, limits).await?;
+        notify(progress, Progress::JobSent);
+
+        let canceller = conv.canceller();
+        let mut level = StopLevel::Run;
+        let mut cancel_by: Option<Instant> = None;
+        let mut out = Output::new(sink);
+        let ended = loop {
+            tokio::select! {
+                ev = conv.next_event() => match ev {
+                    Ok(Some(Event::Output(o))) => out.write(o).await,
+                    Ok(Some(Event::RunnerStarted(r))) => {
+                        notify(progress, Progress::RunnerStarted { pid: r.pid });
+                    }
+                    Ok(Some(Event::RunnerExited(e))) => break Ok(JobEnd::Exited(e)),
+                    Ok(Some(Event::GuestError(e))) => break Ok(JobEnd::GuestError(e)),
+                    Ok(None) => break Err(ConversationError::Closed.into()),
+                    Err(e) => break Err(e.into()),
+                },
+                s = live.vm.exited() => {
+                    // What the guest sent before powering off may still be
+                    // in flight.
+                    break match drain(&mut conv, &mut out).await {
+                        Some(end) => Ok(end),
+                        None => Err(RunError::VmmExitedDuringJob { status: status_text(s) }),
+                    };
+                }
+                l = stop.above(level) => {
+                    level = l;
+                    st.stop = l;
+                    match l {
+                        StopLevel::Cancel => {
+                            tracing::info!(vm = ?st.id, grace = ?req.cancel_grace, "cancelling the job");
+                            if let Err(e) = canceller.cancel(req.cancel_grace).await {
+                                tracing::warn!(vm = ?st.id, error = %e, "sending Cancel failed");
+                            }
+                            cancel_by = Some(Instant::now() + req.cancel_grace + t.cancel_slack);
+                        }
+                        StopLevel::Kill => break Err(RunError::Killed),
+                        StopLevel::Run => {}
+                    }
+                }
+                _ = sleep_until(cancel_by) => {
+                    break Err(RunError::CancelTimeout { after: req.cancel_grace + t.cancel_slack });
+                }
+            }
+        };
+        st.summary = Some(conv.summary().clone());
+        if ended.is_ok() {
+            notify(progress, Progress::JobEnded);
+        }
+        ended
+    }
+}
+
+/// The sink, and whether it still takes output.
+struct Output<'a, S> {
+    sink: &'a mut S,
+    broken: bool,
+}
+
+impl<'a, S: OutputSink> Output<'a, S> {
+    fn new(sink: &'a mut S) -> Self {
+        Output {
+            sink,
+            broken: false,
+        }
+    }
+
+    async fn write(&mut self, o: kiln_protocol::Output) {
+        if self.broken {
+            return;
+        }
+        if let Err(e) = self.sink.write(o.stream, &o.data).await {
+            // E.g. `kiln run ... | head`: the job goes on, its output is dropped.
+            tracing::warn!(error = %e, "the job's output sink failed; dropping further output");
+            self.broken = true;
+        }
+    }
+}
+
+/// Reads what the guest sent before its VMM exited, up to its last event.
+async fn drain<S: OutputSink>(conv: &mut Conversation, out: &mut Output<'_, S>) -> Option<JobEnd> {
+    let read = async {
+        loop {
+            match conv.next_event().await {
+                Ok(Some(Event::Output(o))) => out.write(o).await,
+                Ok(Some(Event::RunnerStarted(_))) => {}
+                Ok(Some(Event::RunnerExited(e))) => return Some(JobEnd::Exited(e)),
+                Ok(Some(Event::GuestError(e))) => return Some(JobEnd::GuestError(e)),
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(DRAIN, read).await.ok().flatten()
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn status_text(s: Result<std::process::ExitStatus, BackendError>) -> String {
+    match s {
+        Ok(s) => s.to_string(),
+        Err(e) => format!("unknown: {e}"),
+    }
+}
