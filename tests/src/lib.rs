@@ -14,8 +14,9 @@
 pub mod assets;
 pub mod disk;
 pub mod job;
+pub mod layer;
 pub mod prereq;
 pub mod vm;
 
 pub use job::shell_job;
-pub use vm::{BootOptions, CancelWhen, Opening, Outcome, TestVm};
+pub use vm::{BakedImage, BootOptions, CancelWhen, Opening, Outcome, TestVm};

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || {
-        format!("{s:?} is not a duration: use e.g. 90s, 500ms, 5m, 1h30m (a bare number is seconds)")
+        format!(
+            "{s:?} is not a duration: use e.g. 90s, 500ms, 5m, 1h30m (a bare number is seconds)"
+        )
     };
     let s = s.trim();
     if s.is_empty() {

@@ -82,7 +82,8 @@ pub struct RunArgs {
 }
 
 fn parse_backend(s: &str) -> Result<BackendChoice, String> {
-    s.parse().map_err(|e: crate::vm::BackendError| e.to_string())
+    s.parse()
+        .map_err(|e: crate::vm::BackendError| e.to_string())
 }
 
 pub fn main(args: RunArgs) -> ExitCode {
@@ -236,10 +237,7 @@ fn finish(report: &VmReport, signal: Option<i32>) -> ExitCode {
     } else {
         format!("{} {}", report.backend, report.detail)
     };
-    eprintln!(
-        "kiln: {vm}: {what}; {} [{backend}]",
-        report.timing.render()
-    );
+    eprintln!("kiln: {vm}: {what}; {} [{backend}]", report.timing.render());
     if let Err(e) = &report.teardown {
         eprintln!("kiln run: {e}");
     }
@@ -339,8 +337,20 @@ mod tests {
     #[test]
     fn command_line() {
         let cli = crate::cli::Cli::try_parse_from([
-            "kiln", "run", "--cpus", "1", "--memory", "512", "--timeout", "90s", "--backend",
-            "qemu", "--", "sh", "-c", "exit 7",
+            "kiln",
+            "run",
+            "--cpus",
+            "1",
+            "--memory",
+            "512",
+            "--timeout",
+            "90s",
+            "--backend",
+            "qemu",
+            "--",
+            "sh",
+            "-c",
+            "exit 7",
         ])
         .expect("parse");
         let crate::cli::Command::Run(a) = cli.command else {
@@ -352,8 +362,9 @@ mod tests {
         assert_eq!(a.timeout, Duration::from_secs(90));
         assert_eq!(a.backend, BackendChoice::Qemu);
         assert!(!a.console);
-        let err = crate::cli::Cli::try_parse_from(["kiln", "run", "--backend", "kvm", "--", "true"])
-            .expect_err("bad backend");
+        let err =
+            crate::cli::Cli::try_parse_from(["kiln", "run", "--backend", "kvm", "--", "true"])
+                .expect_err("bad backend");
         assert!(err.to_string().contains("kvm"), "{err}");
         assert!(crate::cli::Cli::try_parse_from(["kiln", "run"]).is_err());
     }

@@ -103,7 +103,11 @@ impl Backend {
 
     /// Starts the VM described by `spec` (whose directory exists) with its
     /// guest listener bound. On error nothing the backend made is left.
-    pub async fn start(&self, spec: &VmSpec, console: ConsoleMode) -> Result<Started, BackendError> {
+    pub async fn start(
+        &self,
+        spec: &VmSpec,
+        console: ConsoleMode,
+    ) -> Result<Started, BackendError> {
         match self {
             Backend::Qemu(cfg) => {
                 let layout = qemu::Layout::of(&spec.dir);
@@ -267,8 +271,14 @@ mod tests {
 
     #[test]
     fn choices_parse_and_bad_ones_are_named() {
-        assert_eq!("auto".parse::<BackendChoice>().ok(), Some(BackendChoice::Auto));
-        assert_eq!("qemu".parse::<BackendChoice>().ok(), Some(BackendChoice::Qemu));
+        assert_eq!(
+            "auto".parse::<BackendChoice>().ok(),
+            Some(BackendChoice::Auto)
+        );
+        assert_eq!(
+            "qemu".parse::<BackendChoice>().ok(),
+            Some(BackendChoice::Qemu)
+        );
         assert_eq!(
             "firecracker".parse::<BackendChoice>().ok(),
             Some(BackendChoice::Firecracker)

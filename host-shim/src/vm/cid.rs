@@ -173,12 +173,16 @@ mod tests {
         cids.sort_unstable();
         assert_eq!(cids, (3..=10).collect::<Vec<_>>());
         match alloc.lease() {
-            Err(CidError::Exhausted { start: 3, end: 10, .. }) => {}
+            Err(CidError::Exhausted {
+                start: 3, end: 10, ..
+            }) => {}
             other => panic!("{other:?}"),
         }
         drop(leases);
         assert_eq!(
-            std::fs::read_dir(dir.path().join("cids")).expect("dir").count(),
+            std::fs::read_dir(dir.path().join("cids"))
+                .expect("dir")
+                .count(),
             0,
             "lease files must be removed"
         );

@@ -61,10 +61,7 @@ where
 {
     let mut offset = 0u64;
     loop {
-        let stopping = !matches!(
-            stop.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        );
+        let stopping = !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty));
         match copy_new(&path, offset, &mut out).await {
             Ok(n) => offset += n,
             Err(e) => {

@@ -167,12 +167,15 @@ mod tests {
             assert!(dir.is_dir());
             assert_eq!(dir.parent(), Some(dirs.vms().as_path()));
             assert!(seen.insert(id.clone()), "{id} repeated");
-            let spec_ok = id.len() <= 64
-                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            let spec_ok =
+                id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
             assert!(spec_ok, "{id}");
         }
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dirs.vms()).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(dirs.vms())
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "{mode:o}");
         let scratch = dirs.scratch_path("kiln-x").expect("scratch");
         assert_eq!(scratch, root.path().join("disks/kiln-x.ext4"));

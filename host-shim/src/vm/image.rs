@@ -34,7 +34,9 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a valid image manifest ({source}): rebuild it with `cargo xtask image`")]
+    #[error(
+        "{path} is not a valid image manifest ({source}): rebuild it with `cargo xtask image`"
+    )]
     Manifest {
         path: PathBuf,
         #[source]
@@ -128,12 +130,11 @@ impl Image {
             .take(MANIFEST_MAX)
             .read_to_end(&mut text)
             .map_err(io)?;
-        let m: ManifestView = serde_json::from_slice(&text).map_err(|source| {
-            ImageError::Manifest {
+        let m: ManifestView =
+            serde_json::from_slice(&text).map_err(|source| ImageError::Manifest {
                 path: path.clone(),
                 source,
-            }
-        })?;
+            })?;
         if m.format != MANIFEST_FORMAT {
             return Err(ImageError::Format {
                 path,
@@ -189,7 +190,8 @@ mod tests {
         let err = Image::open(d.path()).expect_err("incomplete");
         let msg = err.to_string();
         assert!(
-            msg.contains("lacks rootfs.ext4, initrd, manifest.json") && msg.contains("cargo xtask image"),
+            msg.contains("lacks rootfs.ext4, initrd, manifest.json")
+                && msg.contains("cargo xtask image"),
             "{msg}"
         );
     }

@@ -9,7 +9,8 @@ use tokio::io::AsyncWriteExt;
 /// Receives the job's output, chunk by chunk, in the order the guest sent it.
 /// An error stops further writes to the sink (the job keeps running).
 pub trait OutputSink: Send {
-    fn write(&mut self, stream: Stream, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    fn write(&mut self, stream: Stream, data: &[u8])
+        -> impl Future<Output = io::Result<()>> + Send;
 }
 
 /// The shim's own stdout and stderr, flushed per chunk so output is live.

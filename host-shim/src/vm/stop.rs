@@ -97,8 +97,10 @@ impl StopSignal {
     /// Waits until the level is above `than` and returns it. Pends forever
     /// once every handle is gone. Cancel-safe.
     pub async fn above(&mut self, than: StopLevel) -> StopLevel {
-        match self.rx.wait_for(|l| *l > than).await {
-            Ok(l) => *l,
+        // The borrow must end before any await: it holds a lock.
+        let reached = self.rx.wait_for(|l| *l > than).await.map(|l| *l);
+        match reached {
+            Ok(l) => l,
             Err(_) => std::future::pending().await,
         }
     }

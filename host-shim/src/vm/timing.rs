@@ -261,7 +261,9 @@ mod tests {
         assert_eq!(t.total, ms(2350));
         let line = t.render();
         assert!(
-            line.starts_with("2.35 s total: VMM start 0.10 s, kernel 1.50 s, kiln-init 0.25 s, job 0.04 s ("),
+            line.starts_with(
+                "2.35 s total: VMM start 0.10 s, kernel 1.50 s, kiln-init 0.25 s, job 0.04 s ("
+            ),
             "{line}"
         );
     }
@@ -270,7 +272,10 @@ mod tests {
     fn out_of_order_guest_stamps_are_ignored() {
         let marks = Marks::new();
         let s = summary(
-            vec![ps(BootPhase::InitStart, 900), ps(BootPhase::ChannelOpen, 100)],
+            vec![
+                ps(BootPhase::InitStart, 900),
+                ps(BootPhase::ChannelOpen, 100),
+            ],
             vec![],
             HostStamps::default(),
         );

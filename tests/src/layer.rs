@@ -1,0 +1,195 @@
+//! Support for the VM layer's tests (`tests/vm_layer.rs`, and
+//! `host-shim/tests/kiln_run.rs`): a [`Launcher`] over QEMU with the test
+//! assets, a minimal image directory for `kiln run`, and the checks that
+//! nothing was left behind (processes, fds, files, sockets, mounts).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use kiln::vm::{BootImage, Launcher, ModuleSet, RuntimeDirs};
+use kiln::vmm::qemu::{Machine, QemuConfig};
+use kiln::vmm::VmSpec;
+use serde_json::json;
+
+use crate::assets::{self, Assets};
+use crate::job::RUNNER_UID;
+
+/// The test kernel and initramfs (kiln-init, busybox, the modules), no base
+/// image: the initramfs is the root's lower layer.
+pub fn boot_image(assets: &Assets) -> BootImage {
+    BootImage {
+        kernel: assets.kernel.vmlinuz.clone(),
+        initrd: Some(assets.initrd.clone()),
+        base_image: None,
+        modules: ModuleSet::Listed(module_names()),
+    }
+}
+
+/// The QEMU configuration tests use: the machine from `KILN_TEST_MACHINE`,
+/// the KVM probe's answer cached with the assets.
+pub fn qemu_config(assets: &Assets) -> anyhow::Result<QemuConfig> {
+    Ok(QemuConfig {
+        machine: std::env::var("KILN_TEST_MACHINE")
+            .ok()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(Machine::Microvm),
+        accel_cache: Some(assets.cache.join("accel-probe")),
+        ..QemuConfig::from_env()?
+    })
+}
+
+/// A launcher over QEMU whose runtime and disk directories are under `root`.
+pub fn launcher(root: &Path) -> anyhow::Result<(Launcher, RuntimeDirs)> {
+    let assets = assets::get()?;
+    let dirs = RuntimeDirs::new(root.join("run"), root.join("disks"));
+    let launcher = Launcher::new(kiln::vm::Backend::Qemu(qemu_config(assets)?), dirs.clone())?;
+    Ok((launcher, dirs))
+}
+
+/// Every module the test initramfs carries (what either machine type needs
+/// with disks attached).
+pub fn module_names() -> Vec<String> {
+    let spec = VmSpec {
+        id: "x".into(),
+        dir: PathBuf::new(),
+        kernel: PathBuf::new(),
+        initrd: None,
+        base_image: Some(PathBuf::new()),
+        scratch_disk: Some(PathBuf::new()),
+        kernel_args: Vec::new(),
+        vcpus: 1,
+        memory_mib: 128,
+        guest_cid: 3,
+        tap: None,
+        console_limit_bytes: 0,
+    };
+    let mut names: Vec<String> = Vec::new();
+    for m in Machine::Microvm
+        .guest_modules(&spec)
+        .into_iter()
+        .chain(Machine::Q35.guest_modules(&spec))
+    {
+        if !names.iter().any(|n| n == m) {
+            names.push(m.to_owned());
+        }
+    }
+    names
+}
+
+/// A minimal image directory in `dir`, laid out like `cargo xtask image`'s:
+/// `rootfs.ext4` (busybox and the accounts, runner uid 1001), the test
+/// kernel and initramfs, and a `manifest.json` in its format.
+pub fn minimal_image_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let assets = assets::get()?;
+    let out = dir.join("image");
+    std::fs::create_dir_all(&out)?;
+    let base = crate::disk::base_image(dir, assets)?;
+    std::fs::rename(&base, out.join("rootfs.ext4")).context("placing rootfs.ext4")?;
+    std::os::unix::fs::symlink(&assets.kernel.vmlinuz, out.join("vmlinuz"))?;
+    std::os::unix::fs::symlink(&assets.initrd, out.join("initrd"))?;
+    let manifest = json!({
+        "format": 1,
+        "suite": "test",
+        "kernel": { "release": assets.kernel.release, "modules": module_names() },
+        "accounts": {
+            "user": "runner", "uid": RUNNER_UID, "gid": RUNNER_UID, "home": "/home/runner",
+            "sudo_group": "kiln-sudo", "sudo_gid": 1100
+        },
+    });
+    std::fs::write(
+        out.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    Ok(out)
+}
+
+/// The image `cargo xtask image` built (`KILN_TEST_IMAGE`, or the
+/// workspace's `target/kiln-image`), if there is a complete one.
+pub fn baked_image_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("KILN_TEST_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| assets::workspace().join("target/kiln-image"));
+    kiln::vm::Image::open(&dir).ok().map(|_| dir)
+}
+
+/// File descriptors this process has open.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Processes whose parent is this process (zombies included), with their names.
+pub fn children() -> Vec<(u32, String)> {
+    children_of(std::process::id())
+}
+
+pub fn children_of(parent: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(proc) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in proc.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split at ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or("");
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push((pid, comm.to_owned()));
+        }
+    }
+    out
+}
+
+/// Every file, directory or socket below `dir` (not `dir` itself).
+pub fn entries_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(d) = pending.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Unix sockets this host has bound at paths below `dir` (listed in
+/// `/proc/net/unix` while any process holds them, even once unlinked).
+pub fn unix_sockets_below(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .filter(|p| p.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Mount points below `dir` in this process's mount namespace.
+pub fn mounts_below(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
