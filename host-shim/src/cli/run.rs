@@ -230,6 +230,8 @@ fn finish(report: &VmReport, signal: Option<i32>) -> ExitCode {
             ExitStatus::Signal(s) => format!("killed by signal {s}"),
         },
         Ok(JobEnd::GuestError(_)) => "guest error".into(),
+        Err(RunError::Killed) => "VM killed".into(),
+        Err(RunError::StoppedBeforeJob) => "stopped before the job".into(),
         Err(_) => "failed".into(),
     };
     let backend = if report.detail.is_empty() {
