@@ -18,6 +18,7 @@ mod root;
 mod runner;
 mod shutdown;
 mod supervise;
+mod sysctl;
 mod timing;
 
 use std::io::Write;
@@ -69,6 +70,7 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
     mounts::mount_all().step("mount filesystems in the new root")?;
     mounts::open_up_devices().step("open up device nodes")?;
     mounts::make_root_shared().step("share the root's mounts")?;
+    sysctl::apply().step("set kernel parameters")?;
     t.mark(BootPhase::RootReady);
 
     let controllers = cgroup::setup_root().step("set up cgroups")?;

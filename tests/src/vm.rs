@@ -45,6 +45,23 @@ pub struct BootOptions {
     pub boot_timeout: Duration,
     /// From the conversation's end to QEMU's exit.
     pub exit_timeout: Duration,
+    /// Boot this baked image instead of the test assets (implies a scratch
+    /// disk; `scratch` is then ignored).
+    pub image: Option<BakedImage>,
+}
+
+/// A baked image (`cargo xtask image`): its kernel and initramfs, its root
+/// filesystem attached read-only and shared, never copied, and a fresh
+/// sparse scratch disk per VM.
+#[derive(Debug, Clone)]
+pub struct BakedImage {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub rootfs: PathBuf,
+    pub scratch_bytes: u64,
+    /// Loaded on top of what the machine needs (e.g. `tun` for rootless
+    /// podman's network): the image's root has no `/lib/modules`.
+    pub extra_modules: Vec<String>,
 }
 
 impl Default for BootOptions {
@@ -60,6 +77,7 @@ impl Default for BootOptions {
             memory_mib: 512,
             boot_timeout: Duration::from_secs(120),
             exit_timeout: Duration::from_secs(60),
+            image: None,
         }
     }
 }
@@ -169,7 +187,11 @@ impl TestVm {
             .prefix("kiln-vm-")
             .tempdir_in("/tmp")
             .context("creating the VM directory")?;
-        let (base_image, scratch_disk) = if opts.scratch {
+        let (base_image, scratch_disk) = if let Some(img) = &opts.image {
+            let scratch = dir.path().join("scratch.ext4");
+            xtask::image::scratch::create_scratch(&scratch, img.scratch_bytes)?;
+            (Some(img.rootfs.clone()), Some(scratch))
+        } else if opts.scratch {
             (
                 Some(disk::base_image(dir.path(), assets)?),
                 Some(disk::scratch_disk(dir.path())?),
@@ -177,12 +199,20 @@ impl TestVm {
         } else {
             (None, None)
         };
-        let base_sha256_before = base_image.as_deref().map(disk::sha256).transpose()?;
+        // A baked image is hundreds of MiB and shared: its test hashes it.
+        let base_sha256_before = match opts.image {
+            Some(_) => None,
+            None => base_image.as_deref().map(disk::sha256).transpose()?,
+        };
+        let (kernel, initrd) = match &opts.image {
+            Some(img) => (img.kernel.clone(), img.initrd.clone()),
+            None => (assets.kernel.vmlinuz.clone(), assets.initrd.clone()),
+        };
         let mut spec = VmSpec {
             id: format!("t{pid}-{n}"),
             dir: dir.path().to_owned(),
-            kernel: assets.kernel.vmlinuz.clone(),
-            initrd: Some(assets.initrd.clone()),
+            kernel,
+            initrd: Some(initrd),
             base_image: base_image.clone(),
             scratch_disk: scratch_disk.clone(),
             kernel_args: Vec::new(),
@@ -194,8 +224,12 @@ impl TestVm {
             tap: None,
             console_limit_bytes: 1 << 20,
         };
-        spec.kernel_args
-            .push(assets::modules_arg(opts.machine, &spec));
+        let mut modules = assets::modules_arg(opts.machine, &spec);
+        for m in opts.image.iter().flat_map(|i| &i.extra_modules) {
+            modules.push(',');
+            modules.push_str(m);
+        }
+        spec.kernel_args.push(modules);
         if std::env::var_os("KILN_TEST_DEBUG").is_some() {
             spec.kernel_args.push("kiln.debug".into());
         }
