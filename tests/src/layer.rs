@@ -112,6 +112,14 @@ pub fn baked_image_dir() -> Option<PathBuf> {
     kiln::vm::Image::open(&dir).ok().map(|_| dir)
 }
 
+/// Makes the async runtime open what it opens lazily on first use (the
+/// SIGCHLD pipe of child processes, the blocking pool), so that counting
+/// fds before and after a VM compares like with like.
+pub async fn warm_up_runtime() {
+    let _ = tokio::process::Command::new("true").status().await;
+    let _ = tokio::task::spawn_blocking(|| ()).await;
+}
+
 /// File descriptors this process has open.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())

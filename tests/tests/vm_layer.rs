@@ -5,7 +5,8 @@
 //! the same layer against the fake jailer.
 //!
 //! Tests share this process's fds and children, so the leak tests take an
-//! exclusive lock and the others a shared one.
+//! exclusive lock and the others a shared one, and all run on one async
+//! runtime (a runtime per test would open fds whenever a test starts).
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -19,10 +20,35 @@ use kiln::vm::{
 use kiln_protocol::{BootPhase, ExitStatus, StopCause, Stream};
 use kiln_vm_tests::job::RUNNER_UID;
 use kiln_vm_tests::{assets, layer, shell_job};
-use tokio::sync::{mpsc, RwLock};
+use std::sync::{OnceLock, RwLock};
+
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-static EXCLUSIVE: RwLock<()> = RwLock::const_new(());
+static EXCLUSIVE: RwLock<()> = RwLock::new(());
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+/// Runs a test beside the other shared ones.
+fn shared<F: std::future::Future>(test: F) -> F::Output {
+    let _g = EXCLUSIVE.read().unwrap_or_else(|p| p.into_inner());
+    runtime().block_on(test)
+}
+
+/// Runs a test alone: nothing else in this process makes fds or children.
+fn exclusive<F: std::future::Future>(test: F) -> F::Output {
+    let _g = EXCLUSIVE.write().unwrap_or_else(|p| p.into_inner());
+    runtime().block_on(test)
+}
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -67,10 +93,13 @@ impl OutputSink for TimedSink {
 
 // (a) One VM's life.
 
-#[tokio::test]
-async fn a_job_runs_output_streams_and_every_phase_is_timed() {
+#[test]
+fn a_job_runs_output_streams_and_every_phase_is_timed() {
     init_tracing();
-    let _shared = EXCLUSIVE.read().await;
+    shared(job_runs_output_streams_and_every_phase_is_timed());
+}
+
+async fn job_runs_output_streams_and_every_phase_is_timed() {
     let root = tempfile::tempdir().unwrap();
     let (launcher, dirs) = layer::launcher(root.path()).unwrap();
     let mut req = request("echo first; echo err >&2; sleep 1; echo \"second $(id -u)\"");
@@ -176,10 +205,13 @@ async fn a_job_runs_output_streams_and_every_phase_is_timed() {
     assert!(layer::entries_below(&dirs.disks).is_empty());
 }
 
-#[tokio::test]
-async fn a_exit_codes_and_signals_reach_the_caller() {
+#[test]
+fn a_exit_codes_and_signals_reach_the_caller() {
     init_tracing();
-    let _shared = EXCLUSIVE.read().await;
+    shared(exit_codes_and_signals_reach_the_caller());
+}
+
+async fn exit_codes_and_signals_reach_the_caller() {
     let root = tempfile::tempdir().unwrap();
     let (launcher, _) = layer::launcher(root.path()).unwrap();
     let run = |script: &'static str| {
@@ -214,9 +246,12 @@ async fn a_exit_codes_and_signals_reach_the_caller() {
     assert!(seven.teardown.is_ok() && killed.teardown.is_ok());
 }
 
-#[tokio::test]
-async fn a_missing_kernel_fails_before_anything_is_made() {
-    let _shared = EXCLUSIVE.read().await;
+#[test]
+fn a_missing_kernel_fails_before_anything_is_made() {
+    shared(missing_kernel_fails_before_anything_is_made());
+}
+
+async fn missing_kernel_fails_before_anything_is_made() {
     let root = tempfile::tempdir().unwrap();
     let (launcher, dirs) = layer::launcher(root.path()).unwrap();
     let mut req = request("true");
@@ -360,10 +395,13 @@ async fn run_case(launcher: Launcher, root: &Path, case: Case) -> Result<(), Str
     }
 }
 
-#[tokio::test]
-async fn b_twenty_vms_some_failing_leave_nothing_behind() {
+#[test]
+fn b_twenty_vms_some_failing_leave_nothing_behind() {
     init_tracing();
-    let _exclusive = EXCLUSIVE.write().await;
+    exclusive(twenty_vms_some_failing_leave_nothing_behind());
+}
+
+async fn twenty_vms_some_failing_leave_nothing_behind() {
     let root = tempfile::tempdir().unwrap();
     let (launcher, dirs) = layer::launcher(root.path()).unwrap();
 
@@ -456,4 +494,135 @@ async fn b_twenty_vms_some_failing_leave_nothing_behind() {
         layer::unix_sockets_below(root.path())
     );
     assert!(layer::mounts_below(root.path()).is_empty());
+}
+
+// The Firecracker backend through the same layer, against the fake jailer
+// (`src/bin/fake-jailer`): its "guest" dials the listener the layer got
+// from the backend and sends a line of text instead of a Hello frame. The
+// layer must end that VM and leave no jail, cgroup, uid, scratch disk,
+// socket, process or fd behind.
+
+async fn firecracker_case(on_start: &str) {
+    use kiln::vmm::firecracker::{Firecracker, FirecrackerSettings};
+    use std::os::unix::fs::PermissionsExt;
+
+    init_tracing();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the jailer (and its stand-in) needs root");
+        return;
+    }
+    let root = tempfile::Builder::new()
+        .prefix("kiln-fc-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let d = root.path();
+    for sub in ["bin", "jails", "cgroup", "images"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+    }
+    let jailer = d.join("bin/jailer");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_fake-jailer"), &jailer).unwrap();
+    let conf = serde_json::json!({
+        "spec": Path::new(env!("CARGO_MANIFEST_DIR")).join("data/firecracker-api.yaml"),
+        "record": d.join("record.jsonl"),
+        "cgroup_root": d.join("cgroup"),
+        "console_bytes": 2000,
+        "on_start": on_start,
+    });
+    std::fs::write(d.join("bin/jailer.json"), conf.to_string()).unwrap();
+    let firecracker = d.join("bin/firecracker");
+    std::fs::write(&firecracker, b"not really firecracker").unwrap();
+    std::fs::set_permissions(&firecracker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["vmlinux", "rootfs.ext4"] {
+        let p = d.join("images").join(name);
+        std::fs::write(&p, name.as_bytes()).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mut settings = FirecrackerSettings::new(&jailer, &firecracker);
+    settings.chroot_base = d.join("jails");
+    settings.cgroup_root = d.join("cgroup");
+    settings.uid_range = 920_000..=920_009;
+    let backend = Firecracker::new(settings).unwrap();
+    let dirs = kiln::vm::RuntimeDirs::new(d.join("run"), d.join("disks"));
+    let launcher = Launcher::new(
+        kiln::vm::Backend::Firecracker(backend.clone()),
+        dirs.clone(),
+    )
+    .unwrap();
+
+    let boot = kiln::vm::BootImage {
+        kernel: d.join("images/vmlinux"),
+        initrd: None,
+        base_image: Some(d.join("images/rootfs.ext4")),
+        modules: kiln::vm::ModuleSet::Listed(Vec::new()),
+    };
+    layer::warm_up_runtime().await;
+    let fds_before = layer::open_fds();
+    let mut req = VmRequest::new(boot, shell_job("true"));
+    req.scratch_bytes = Some(1 << 30);
+    req.timeouts.boot = Duration::from_secs(10);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let r = launcher
+        .run(
+            req,
+            &mut CollectSink::default(),
+            StopSignal::never(),
+            Some(tx),
+        )
+        .await;
+    let d_ = describe(&r);
+    assert_eq!(r.backend, "firecracker");
+    assert!(r.teardown.is_ok(), "{d_}");
+    // Ended by the bad frame (or, when the fake exits at once, by the VMM's exit).
+    match &r.result {
+        Err(RunError::Conversation(e)) => assert!(e.to_string().contains("Hello"), "{d_}"),
+        Err(RunError::VmmExitedBeforeHello { .. }) if on_start == "exit" => {}
+        other => panic!("unexpected end {other:?}\n{d_}"),
+    }
+    assert!(
+        r.console_tail.len() >= 1000,
+        "the console log was read back\n{d_}"
+    );
+    let mut pid = None;
+    while let Ok(p) = rx.try_recv() {
+        if let Progress::VmmStarted { pid: p } = p {
+            pid = p;
+        }
+    }
+    let pid = pid.expect("the layer reported Firecracker's pid");
+    let id = r.id.clone().unwrap();
+    assert!(
+        !d.join("jails/firecracker").join(&id).exists(),
+        "jail left behind"
+    );
+    assert!(
+        !d.join("cgroup/kiln").join(&id).exists(),
+        "cgroup left behind"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "Firecracker left running"
+    );
+    assert_eq!(backend.uids_in_use(), 0);
+    let left: Vec<_> = [dirs.vms(), dirs.cids(), dirs.disks.clone()]
+        .iter()
+        .flat_map(|p| layer::entries_below(p))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        layer::unix_sockets_below(d).is_empty(),
+        "{:?}",
+        layer::unix_sockets_below(d)
+    );
+    assert!(layer::children().is_empty(), "{:?}", layer::children());
+    assert_eq!(layer::open_fds(), fds_before);
+}
+
+#[test]
+fn firecracker_a_bad_hello_ends_the_vm_and_nothing_is_left() {
+    exclusive(firecracker_case("hang"));
+}
+
+#[test]
+fn firecracker_a_vmm_that_exits_at_once_leaves_nothing() {
+    exclusive(firecracker_case("exit"));
 }
