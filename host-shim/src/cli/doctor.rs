@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::doctor::{diagnose, DoctorConfig, Level};
+use crate::doctor::{diagnose_with_kvm, probe_kvm, DoctorConfig, Level};
 
 #[derive(clap::Args, Debug)]
 pub struct DoctorArgs {
@@ -17,7 +17,25 @@ pub fn main(args: DoctorArgs) -> ExitCode {
         image_dir: args.image,
         ..Default::default()
     };
-    let report = diagnose(&cfg);
+    // The probe boots the image's kernel under KVM, and shares its cached
+    // answer with `kiln run`.
+    let cache = crate::vm::RuntimeDirs::from_env()
+        .ok()
+        .map(|d| d.runtime.join("accel-probe"));
+    let kernel = cfg.image_dir.join(crate::vm::image::KERNEL);
+    let kvm = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(probe_kvm(
+            &cfg.kvm_device,
+            std::path::Path::new(&cfg.qemu),
+            &kernel,
+            cache,
+        )),
+        Err(_) => crate::doctor::check_kvm(&cfg.kvm_device),
+    };
+    let report = diagnose_with_kvm(&cfg, kvm);
     print!("{}", report.render());
     if report.worst() == Level::Fail {
         ExitCode::FAILURE

@@ -46,6 +46,56 @@ pub fn check_kvm(device: &Path) -> Finding {
     )
 }
 
+/// [`check_kvm`], then, where `/dev/kvm` answers, whether KVM can run a
+/// guest at all: QEMU's probe boots `kernel` under KVM (see
+/// [`crate::vmm::qemu::accel`]; the answer is cached in `cache` until the
+/// host reboots). Nested, paravirtualised KVM often opens fine and then
+/// aborts every guest.
+pub async fn probe_kvm(
+    device: &Path,
+    qemu: &Path,
+    kernel: &Path,
+    cache: Option<std::path::PathBuf>,
+) -> Finding {
+    use crate::vmm::qemu::{accel, tools, Accel, AccelChoice, Machine};
+    let opened = check_kvm(device);
+    if opened.level != Level::Ok {
+        return opened;
+    }
+    let not_probed = |why: String| Finding {
+        detail: format!("{}; not probed: {why}", opened.detail),
+        ..opened.clone()
+    };
+    if !kernel.is_file() {
+        return not_probed(format!("no guest kernel at {}", kernel.display()));
+    }
+    let qemu = match tools::find(tools::QEMU, qemu, &[]) {
+        Ok(q) => q,
+        Err(e) => return not_probed(e.to_string()),
+    };
+    let probe = accel::Probe {
+        qemu,
+        kernel: kernel.to_owned(),
+        machine: Machine::Microvm,
+        kvm_device: device.to_owned(),
+        timeout: std::time::Duration::from_secs(10),
+        cache_file: cache,
+    };
+    match accel::decide(AccelChoice::Auto, &probe).await {
+        Ok(d) if d.accel == Accel::Kvm => Finding::ok(
+            "kvm",
+            format!("{} runs guests ({})", device.display(), d.reason),
+        ),
+        Ok(d) => Finding::problem(
+            "kvm",
+            Level::Warn,
+            format!("{} opens, but {}", device.display(), d.reason),
+            "Firecracker needs a KVM that runs guests; QEMU falls back to TCG (slow). On a cloud VM use a bare-metal or nested-virtualisation instance type",
+        ),
+        Err(e) => not_probed(e.to_string()),
+    }
+}
+
 /// Runs `binary args` and reports the first line it prints.
 pub fn check_tool(
     name: &'static str,
@@ -191,6 +241,33 @@ mod tests {
         assert!(f.detail.contains("memory, pids"), "{}", f.detail);
         std::fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
         assert_eq!(check_cgroup(dir.path()).level, Level::Ok);
+    }
+
+    #[tokio::test]
+    async fn the_probe_needs_an_open_kvm_and_a_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = probe_kvm(
+            Path::new("/nonexistent/kvm"),
+            Path::new("qemu-system-x86_64"),
+            &dir.path().join("vmlinuz"),
+            None,
+        )
+        .await;
+        assert_eq!(f.level, Level::Warn);
+        assert!(f.detail.contains("/nonexistent/kvm"), "{}", f.detail);
+        // A file that opens but does not answer the KVM API is never
+        // probed with.
+        let fake = dir.path().join("kvm");
+        std::fs::write(&fake, b"").unwrap();
+        let f = probe_kvm(
+            &fake,
+            Path::new("qemu-system-x86_64"),
+            &dir.path().join("vmlinuz"),
+            None,
+        )
+        .await;
+        assert_eq!(f.level, Level::Warn);
+        assert!(f.detail.contains("API version"), "{}", f.detail);
     }
 
     #[test]

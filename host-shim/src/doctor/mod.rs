@@ -5,7 +5,7 @@ mod checks;
 
 use std::path::PathBuf;
 
-pub use checks::{check_cgroup, check_image, check_kvm, check_tool};
+pub use checks::{check_cgroup, check_image, check_kvm, check_tool, probe_kvm};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -79,7 +79,12 @@ impl Default for DoctorConfig {
 
 /// Runs every check. The result also says which backends can run jobs.
 pub fn diagnose(cfg: &DoctorConfig) -> Report {
-    let kvm = check_kvm(&cfg.kvm_device);
+    diagnose_with_kvm(cfg, check_kvm(&cfg.kvm_device))
+}
+
+/// Like [`diagnose`], with the KVM finding made by the caller (e.g.
+/// [`probe_kvm`], which boots the guest kernel under KVM).
+pub fn diagnose_with_kvm(cfg: &DoctorConfig, kvm: Finding) -> Report {
     let qemu = check_tool(
         "qemu",
         &cfg.qemu,

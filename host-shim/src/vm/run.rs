@@ -26,6 +26,8 @@ use crate::vmm::VmSpec;
 /// How long the guest may take, once its VMM has exited, to deliver what it
 /// sent before powering off (it is already in the socket's buffers).
 const DRAIN: Duration = Duration::from_secs(3);
+/// How long a closed channel waits for the VMM's exit, to blame the right one.
+const CLOSED_VMM_GRACE: Duration = Duration::from_secs(1);
 
 /// Starts VMs on this host: the backend, the directories, the CIDs.
 #[derive(Debug, Clone)]
@@ -169,7 +171,9 @@ impl Launcher {
             .await;
         st.stop = st.stop.max(stop.level());
         if let Err(e) = &result {
-            tracing::warn!(vm = ?st.id, error = %e, "VM run failed; tearing down");
+            // The report carries the error to the caller, who decides how
+            // loud it is.
+            tracing::info!(vm = ?st.id, error = %e, "VM run failed; tearing down");
         }
         let mut vmm_exit = None;
         let mut console_tail = String::new();
@@ -329,6 +333,15 @@ impl Launcher {
                     Ok(Some(Event::RunnerExited(e))) => break Ok(JobEnd::Exited(e)),
                     Ok(Some(Event::GuestError(e))) => break Ok(JobEnd::GuestError(e)),
                     Ok(None) => break Err(ConversationError::Closed.into()),
+                    Err(ConversationError::Closed) => {
+                        // Usually the VMM going away closed the channel:
+                        // say so when it did.
+                        let exited = tokio::time::timeout(CLOSED_VMM_GRACE, live.vm.exited()).await;
+                        break Err(match exited {
+                            Ok(s) => RunError::VmmExitedDuringJob { status: status_text(s) },
+                            Err(_) => ConversationError::Closed.into(),
+                        });
+                    }
                     Err(e) => break Err(e.into()),
                 },
                 s = live.vm.exited() => {
@@ -420,5 +433,23 @@ fn status_text(s: Result<std::process::ExitStatus, BackendError>) -> String {
     match s {
         Ok(s) => s.to_string(),
         Err(e) => format!("unknown: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A daemon runs many VMs on a multi-threaded runtime: the run must be
+    /// a `Send` future. Checked at compile time.
+    #[allow(dead_code)]
+    fn run_is_send(launcher: &Launcher, req: VmRequest) {
+        fn send<T: Send>(_: T) {}
+        send(launcher.run(
+            req,
+            &mut super::super::CollectSink::default(),
+            StopSignal::never(),
+            None,
+        ));
     }
 }
