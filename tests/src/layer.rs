@@ -120,6 +120,42 @@ pub async fn warm_up_runtime() {
     let _ = tokio::task::spawn_blocking(|| ()).await;
 }
 
+/// The `kiln` binary of this checkout, built by `cargo build -p kiln --bin
+/// kiln` into the target directory this test runs from (a no-op when it is
+/// up to date). This crate depends on kiln's library only, so cargo does not
+/// build the binary for its tests by itself.
+pub fn kiln_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the test executable")?;
+    // <target>/<profile>/deps/<test>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test executable is not in <target>/<profile>/deps")?;
+    let target = profile_dir
+        .parent()
+        .context("the test executable is not in <target>/<profile>/deps")?;
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--quiet", "--package", "kiln", "--bin", "kiln"])
+        .arg("--target-dir")
+        .arg(target)
+        .current_dir(assets::workspace());
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .context("running cargo build for the kiln binary")?;
+    anyhow::ensure!(
+        status.success(),
+        "cargo build -p kiln --bin kiln failed ({status})"
+    );
+    let bin = profile_dir.join("kiln");
+    anyhow::ensure!(bin.is_file(), "{} was not built", bin.display());
+    Ok(bin)
+}
+
 /// File descriptors this process has open.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())

@@ -4,7 +4,9 @@
 //!
 //! The image is `cargo xtask image`'s when there is a complete one
 //! (`KILN_TEST_IMAGE`, or the workspace's `target/kiln-image`), else a
-//! minimal one the test builds (busybox root, runner uid 1001).
+//! minimal one the test builds (busybox root, runner uid 1001). The `kiln`
+//! binary is built (or found up to date) in this test's own target
+//! directory, see [`layer::kiln_binary`].
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -41,6 +43,11 @@ fn image() -> &'static Path {
     dir
 }
 
+fn kiln() -> &'static Path {
+    static KILN: OnceLock<PathBuf> = OnceLock::new();
+    KILN.get_or_init(|| layer::kiln_binary().unwrap_or_else(|e| panic!("{e:#}")))
+}
+
 /// `kiln run` with its own runtime and disk directories.
 struct Kiln {
     root: TempDir,
@@ -57,7 +64,7 @@ impl Kiln {
     }
 
     fn command(&self, extra: &[&str], cmd: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        let mut c = Command::new(kiln());
         c.arg("run")
             .arg("--image")
             .arg(image())
@@ -173,7 +180,7 @@ async fn c_runs_as_runner() {
 #[tokio::test]
 async fn c_a_missing_image_says_how_to_build_one() {
     let k = Kiln::new();
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let out = Command::new(kiln())
         .args(["run", "--image"])
         .arg(k.root.path().join("no-image"))
         .args(["--", "true"])
