@@ -101,6 +101,10 @@ pub enum RequestError {
     FileMissing { what: &'static str, path: PathBuf },
     #[error("the job is invalid: {0}")]
     Job(#[from] kiln_protocol::JobError),
+    #[error(transparent)]
+    Spec(#[from] crate::vmm::VmSpecError),
+    #[error("a scratch disk of {bytes} bytes is below the minimum of {} MiB", crate::disk::MIN_SIZE >> 20)]
+    ScratchTooSmall { bytes: u64 },
 }
 
 impl VmRequest {
@@ -133,6 +137,28 @@ impl VmRequest {
                 })
             }
         };
+        // The VM's own rules (vCPUs, memory, kernel arguments), checked on a
+        // stand-in spec so a bad value fails before anything is made.
+        crate::vmm::VmSpec {
+            id: "check".into(),
+            dir: PathBuf::new(),
+            kernel: self.boot.kernel.clone(),
+            initrd: None,
+            base_image: None,
+            scratch_disk: None,
+            kernel_args: self.kernel_args.clone(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            guest_cid: 3,
+            tap: None,
+            console_limit_bytes: self.console_limit_bytes,
+        }
+        .validate()?;
+        if let Some(bytes) = self.scratch_bytes {
+            if bytes < crate::disk::MIN_SIZE {
+                return Err(RequestError::ScratchTooSmall { bytes });
+            }
+        }
         need("guest kernel", &self.boot.kernel)?;
         if let Some(p) = &self.boot.initrd {
             need("initrd", p)?;
@@ -148,6 +174,62 @@ impl VmRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_sizes_fail_the_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kernel = dir.path().join("vmlinuz");
+        std::fs::write(&kernel, b"k").expect("kernel");
+        let boot = BootImage {
+            kernel,
+            initrd: None,
+            base_image: None,
+            modules: ModuleSet::Unknown,
+        };
+        let job = kiln_protocol::Job {
+            protocol_version: kiln_protocol::PROTOCOL_VERSION,
+            command: kiln_protocol::CommandSpec {
+                program: "true".into(),
+                args: vec![],
+            },
+            env: vec![],
+            user: kiln_protocol::UserSpec {
+                name: "runner".into(),
+                uid: 1001,
+                gid: 1001,
+                groups: vec![],
+                home: "/home/runner".into(),
+            },
+            workdir: "/home/runner".into(),
+            hostname: "kiln".into(),
+            dns: vec![],
+            network: None,
+            clock: kiln_protocol::WallClock::now(),
+            entropy: vec![7; 32],
+            rlimits: vec![],
+            deadline_ms: 1000,
+            grace_ms: 1000,
+        };
+        let ok = VmRequest::new(boot, job);
+        assert!(ok.check().is_ok());
+        let mut r = ok.clone();
+        r.vcpus = 3;
+        assert!(r
+            .check()
+            .expect_err("3 vcpus")
+            .to_string()
+            .contains("vcpu count 3"));
+        let mut r = ok.clone();
+        r.memory_mib = 64;
+        assert!(r.check().is_err());
+        let mut r = ok.clone();
+        r.scratch_bytes = Some(0);
+        let err = r.check().expect_err("tiny disk").to_string();
+        assert!(err.contains("0 bytes") && err.contains("64 MiB"), "{err}");
+        let mut r = ok;
+        r.kernel_args = vec!["a b".into()];
+        assert!(r.check().is_err());
+    }
 
     #[test]
     fn module_selection() {
