@@ -239,7 +239,10 @@ fn finish(report: &VmReport, signal: Option<i32>) -> ExitCode {
     } else {
         format!("{} {}", report.backend, report.detail)
     };
-    eprintln!("kiln: {vm}: {what}; {} [{backend}]", report.timing.render());
+    // No VM, no timing worth a line: the error says it all.
+    if report.id.is_some() {
+        eprintln!("kiln: {vm}: {what}; {} [{backend}]", report.timing.render());
+    }
     if let Err(e) = &report.teardown {
         eprintln!("kiln run: {e}");
     }
