@@ -280,8 +280,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     if packages.is_empty() {
         return Ok(());
     }
-    let is_root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?) == 0;
-    if !is_root {
+    if !crate::is_root() {
         bail!(
             "missing build dependencies; run: sudo apt-get install {}",
             packages.join(" ")

@@ -2,6 +2,7 @@
 //! a guest kernel, kiln-init and an initramfs.
 //!
 //! - [`ci`] — the test command CI and the README run.
+//! - [`demo`] — `cargo xtask demo`: the quick start, a job in a fresh microVM.
 //! - [`guest_init`] — build kiln-init statically for the guest.
 //! - [`guest_kernel`] — Debian's cloud kernel, fetched into a cache.
 //! - [`kmod`] — which modules a guest needs, dependencies first.
@@ -10,6 +11,7 @@
 //! - [`kernel_build`] — `cargo xtask kernel`: the production kernel.
 
 pub mod ci;
+pub mod demo;
 pub mod guest_init;
 pub mod guest_kernel;
 pub mod image;
@@ -24,4 +26,11 @@ pub fn workspace_root() -> std::path::PathBuf {
         .parent()
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(|| xtask_dir.to_path_buf())
+}
+
+/// Whether this process runs as root (`/proc/self` belongs to the effective uid).
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }

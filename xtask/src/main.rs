@@ -14,6 +14,8 @@ struct Cli {
 enum Command {
     /// Everything CI checks: fmt, clippy, guest builds for x86_64 and aarch64, all tests.
     Ci(xtask::ci::Args),
+    /// The quick start: install what the host lacks, bake the image, run a job in a microVM.
+    Demo(xtask::demo::Args),
     /// Bake the guest image: rootfs, kernel, initramfs, manifest.
     Image(xtask::image::Args),
     /// Build the production guest kernel from kernel/ config fragments.
@@ -23,6 +25,7 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Ci(a) => xtask::ci::run(a),
+        Command::Demo(a) => xtask::demo::run(a),
         Command::Image(a) => xtask::image::run(a),
         Command::Kernel(a) => xtask::kernel_build::run(a),
     }

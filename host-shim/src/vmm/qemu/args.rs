@@ -69,6 +69,12 @@ impl Machine {
         if spec.scratch_disk.is_some() {
             m.push("overlay");
         }
+        if spec.base_image.is_some() {
+            // A job image runs rootless podman, whose networking (slirp4netns,
+            // pasta) opens /dev/net/tun; the image has no /lib/modules to load
+            // it from later, so kiln-init loads it from the initramfs at boot.
+            m.push("tun");
+        }
         if spec.tap.is_some() {
             m.extend(["failover", "net_failover", "virtio_net"]);
         }
@@ -479,5 +485,8 @@ mod tests {
         let q = Machine::Q35.guest_modules(&s);
         assert!(q.contains(&"virtio_pci") && q.contains(&"virtio_blk") && q.contains(&"overlay"));
         assert!(!q.contains(&"virtio_mmio"));
+        assert!(!q.contains(&"tun"), "no job image, no tun");
+        s.base_image = Some("/b".into());
+        assert!(Machine::Microvm.guest_modules(&s).contains(&"tun"));
     }
 }
