@@ -161,11 +161,16 @@ pub fn kernel_cmdline(
         args.push(format!("tsc_early_khz={khz}"));
     }
     for (i, disk) in disks(spec).iter().enumerate() {
-        args.push(format!(
-            "{}=/dev/vd{}",
-            disk.arg,
-            char::from(b'a' + i as u8)
-        ));
+        let dev = format!("/dev/vd{}", char::from(b'a' + i as u8));
+        if disk.id == "base" && spec.initrd.is_none() {
+            // No initramfs: a kernel with its drivers built in mounts the
+            // base image as / itself (as under Firecracker), and kiln-init
+            // uses that root as the overlay's lower layer.
+            args.push(format!("root={dev}"));
+            args.push("ro".to_owned());
+        } else {
+            args.push(format!("{}={dev}", disk.arg));
+        }
     }
     args.extend(spec.kernel_args.iter().cloned());
     args.join(" ")
@@ -428,8 +433,18 @@ mod tests {
         // KVM: no TSC hint; disks named in attach order.
         assert_eq!(
             value_of(&args, "-append"),
-            ["console=ttyS0 reboot=k panic=1 kiln.root=/dev/vda kiln.scratch=/dev/vdb kiln.modules=virtio,vsock"]
+            ["console=ttyS0 reboot=k panic=1 root=/dev/vda ro kiln.scratch=/dev/vdb kiln.modules=virtio,vsock"]
         );
+    }
+
+    #[test]
+    fn with_an_initramfs_kiln_init_mounts_the_base() {
+        let mut s = spec();
+        s.base_image = Some("/b.ext4".into());
+        s.initrd = Some("/initrd".into());
+        let line = kernel_cmdline(&s, Machine::Microvm, Accel::Tcg, None);
+        assert!(line.contains("kiln.root=/dev/vda"), "{line}");
+        assert!(!line.contains("root=/dev/vda ro"), "{line}");
     }
 
     #[test]
