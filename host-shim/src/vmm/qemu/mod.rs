@@ -34,6 +34,9 @@ use super::{VmSpec, VmSpecError};
 use crate::vsock::MAX_UDS_PATH;
 use vhost::VhostVsock;
 
+/// How long a killed QEMU may take to go away.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     #[error("{tool} not found (looked in {searched}); install it with `{install}`")]
@@ -79,6 +82,8 @@ pub enum QemuError {
         #[source]
         source: std::io::Error,
     },
+    #[error("QEMU (pid {pid}) was still running {waited:?} after SIGKILL (stuck in the kernel?)")]
+    Unkillable { pid: u32, waited: Duration },
     #[error("waiting for {what} failed: {source}")]
     Wait {
         what: &'static str,
@@ -419,7 +424,19 @@ impl QemuVm {
             }
             killed = true;
         }
-        let status = self.exited().await?;
+        let status = if killed {
+            // SIGKILL cannot be caught, but a process stuck in
+            // uninterruptible sleep outlives it: never wait forever.
+            let pid = self.pid().unwrap_or(0);
+            tokio::time::timeout(KILL_WAIT, self.exited())
+                .await
+                .map_err(|_| QemuError::Unkillable {
+                    pid,
+                    waited: KILL_WAIT,
+                })??
+        } else {
+            self.exited().await?
+        };
         let ran_for = self.started.elapsed();
         let vhost_stderr = self.vhost.stop().await;
         let console = match self.console.take() {
