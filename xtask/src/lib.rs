@@ -1,6 +1,7 @@
 //! Build automation behind `cargo xtask`, also used by the VM tests to get
 //! a guest kernel, kiln-init and an initramfs.
 //!
+//! - [`bench`] — `cargo xtask bench`: benchmarks beside their baselines.
 //! - [`ci`] — the test command CI and the README run.
 //! - [`demo`] — `cargo xtask demo`: the quick start, a job in a fresh microVM.
 //! - [`guest_init`] — build kiln-init statically for the guest.
@@ -10,6 +11,7 @@
 //! - [`image`] — `cargo xtask image`: the guest rootfs.
 //! - [`kernel_build`] — `cargo xtask kernel`: the production kernel.
 
+pub mod bench;
 pub mod ci;
 pub mod demo;
 pub mod guest_init;

@@ -12,6 +12,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Benchmarks beside their baselines; writes BENCHMARKS.md and bench/results.json.
+    Bench(xtask::bench::Args),
     /// Everything CI checks: fmt, clippy, guest builds for x86_64 and aarch64, all tests.
     Ci(xtask::ci::Args),
     /// The quick start: install what the host lacks, bake the image, run a job in a microVM.
@@ -24,6 +26,7 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Bench(a) => xtask::bench::run(a),
         Command::Ci(a) => xtask::ci::run(a),
         Command::Demo(a) => xtask::demo::run(a),
         Command::Image(a) => xtask::image::run(a),

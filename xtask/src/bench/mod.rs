@@ -1,0 +1,312 @@
+//! `cargo xtask bench`: Kiln's benchmarks, each beside its baseline in the
+//! same run, written to `BENCHMARKS.md` and `bench/results.json`.
+//!
+//! - [`boot`] — 1. boot to runner, kiln-init against systemd.
+//! - [`disk`] — 2. per-VM disk, Kiln's scratch disk against copying.
+//! - 3. webhook ingestion waits for `kiln serve` (recorded as pending).
+//! - [`churn`] — 4. VMs back to back, and what they leave behind.
+//! - [`memory`] — 5. kiln-init's and the host side's memory.
+//!
+//! Support: [`images`] (the bench image and the systemd path's initramfs),
+//! [`probe`] (the stand-in runner), [`vmkit`] (VM set-up shared by the
+//! benchmarks), [`machine`] (what the figures ran on), [`stats`],
+//! [`results`] (the JSON schema) and [`render`] (the Markdown).
+//!
+//! Nothing here runs in CI's test command; only the unit tests of the
+//! statistics, parsing and rendering do.
+
+pub mod boot;
+pub mod churn;
+pub mod disk;
+pub mod images;
+pub mod machine;
+pub mod memory;
+pub mod probe;
+pub mod render;
+pub mod results;
+pub mod stats;
+pub mod vmkit;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::ValueEnum;
+
+use results::{BackendInfo, Pending, Results, SCHEMA};
+use vmkit::Kit;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Which {
+    Boot,
+    Disk,
+    Churn,
+    Memory,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Runs per figure.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub runs: usize,
+    /// Smoke mode: one run per figure and 3 churn VMs (about a minute once
+    /// the bench image exists); writes under target/kiln-bench/.
+    #[arg(long)]
+    pub quick: bool,
+    /// VMs in the churn benchmark [default: 10, --quick: 3].
+    #[arg(long, value_name = "N")]
+    pub churn_vms: Option<usize>,
+    /// Only these benchmarks (comma-separated); writes under
+    /// target/kiln-bench/ unless --md/--json say otherwise.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub only: Vec<Which>,
+    /// vCPUs per VM.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub vcpus: u32,
+    /// Guest memory per VM.
+    #[arg(long, value_name = "MiB", default_value_t = 1024)]
+    pub memory: u32,
+    /// Where to write the Markdown [default: BENCHMARKS.md at the
+    /// workspace root for a full run, else target/kiln-bench/BENCHMARKS.md].
+    #[arg(long, value_name = "PATH")]
+    pub md: Option<PathBuf>,
+    /// Where to write the JSON [default: bench/results.json for a full
+    /// run, else target/kiln-bench/results.json].
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Skip the `kiln run` memory figure (it builds kiln in release mode).
+    #[arg(long)]
+    pub no_kiln_run: bool,
+    /// Build the bench image, the probe and the systemd initramfs, then stop.
+    #[arg(long)]
+    pub prepare: bool,
+    /// Rebuild the bench image even when it is up to date.
+    #[arg(long)]
+    pub force_image: bool,
+    /// Only render the Markdown from an existing results JSON.
+    #[arg(long, value_name = "JSON", conflicts_with_all = ["prepare", "only", "quick"])]
+    pub render: Option<PathBuf>,
+}
+
+impl Args {
+    fn runs(&self) -> usize {
+        if self.quick {
+            1
+        } else {
+            self.runs
+        }
+    }
+
+    fn wants(&self, w: Which) -> bool {
+        self.only.is_empty() || self.only.contains(&w)
+    }
+
+    /// A full run: every benchmark, N runs.
+    fn full(&self) -> bool {
+        !self.quick && self.only.is_empty()
+    }
+
+    fn outputs(&self, root: &Path, work: &Path) -> (PathBuf, PathBuf) {
+        let (md, json) = if self.full() {
+            (root.join("BENCHMARKS.md"), root.join("bench/results.json"))
+        } else {
+            (work.join("BENCHMARKS.md"), work.join("results.json"))
+        };
+        (
+            self.md.clone().unwrap_or(md),
+            self.json.clone().unwrap_or(json),
+        )
+    }
+}
+
+const WEBHOOK_REASON: &str = "Signed `workflow_job` deliveries per second and latency percentiles \
+against a running `kiln serve` with no capacity for VMs, beside a minimal axum handler that only \
+returns 202 (the ceiling); targets: within 2x of the ceiling, p99 under 5 ms at 1000 requests/s. \
+**Not measured yet:** `kiln serve` (the [serve] issue) has not landed, and a figure against \
+anything else would be made up. This section will be filled by `cargo xtask bench` once it has.";
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let root = crate::workspace_root();
+    let work = root.join("target/kiln-bench");
+    if let Some(json) = &args.render {
+        let text =
+            std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
+        let r: Results =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))?;
+        let md = args
+            .md
+            .clone()
+            .unwrap_or_else(|| root.join("BENCHMARKS.md"));
+        write(&md, &render::render(&r))?;
+        eprintln!("wrote {}", md.display());
+        return Ok(());
+    }
+    let runs = args.runs();
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let churn_vms = args.churn_vms.unwrap_or(if args.quick { 3 } else { 10 });
+    if churn_vms == 0 {
+        bail!("--churn-vms must be at least 1");
+    }
+
+    eprintln!("bench: preparing the probe, the bench image and the systemd initramfs");
+    let arch_target = match crate::image::host_debian_arch() {
+        "arm64" => "aarch64-unknown-linux-musl",
+        _ => crate::guest_init::X86_64_TARGET,
+    };
+    let probe = probe::build(&work.join("probe"), arch_target)?;
+    let img = images::bench_image(&root, &work, &probe, args.force_image)?;
+    let busybox = images::find_busybox()?;
+    // Short: VM sockets live below it (Unix socket paths are limited).
+    let runtime = PathBuf::from(format!("/tmp/kiln-bench-{}", std::process::id()));
+    let kit = Kit::new(
+        &img.dir,
+        runtime,
+        work.join("disks"),
+        work.join("accel-probe"),
+        args.vcpus,
+        args.memory,
+    )?;
+    let initrd = work.join("systemd-initrd");
+    let modules = boot::modules_for(&kit, &kiln::vm::Backend::Qemu(kit.qemu.clone()));
+    let names: Vec<&str> = modules.iter().map(String::as_str).collect();
+    images::systemd_initramfs(&img.kernel, &names, &probe, &busybox, &initrd)?;
+    if args.prepare {
+        eprintln!(
+            "bench: prepared {} (image {}), {}",
+            probe.display(),
+            img.dir.display(),
+            initrd.display()
+        );
+        return Ok(());
+    }
+    // Built before anything is measured, so the compile does not overlap.
+    let kiln_binary = if args.wants(Which::Memory) && !args.no_kiln_run {
+        Some(memory::build_kiln(&root)?)
+    } else {
+        None
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let results = rt.block_on(async {
+        let (accel, reason) = kit.accel().await?;
+        let accel_name = accel.as_str().to_uppercase();
+        let backend = BackendInfo {
+            label: format!("QEMU {accel_name}"),
+            vmm: "QEMU".into(),
+            accel: accel_name,
+            machine: kit.qemu.machine.name().into(),
+            accel_reason: reason,
+            vcpus: kit.vcpus,
+            memory_mib: kit.memory_mib,
+            guest_kernel: img.kernel.release.clone(),
+        };
+        let label = backend.label.clone();
+        let mut load = Vec::new();
+        let boot = if args.wants(Which::Boot) {
+            load.push(machine::load("boot"));
+            let sp =
+                boot::SystemdPath::new(&kit, initrd.clone(), work.join("console-systemd.log"))?;
+            Some(boot::run(&kit, &sp, runs, &label).await?)
+        } else {
+            None
+        };
+        let disk = if args.wants(Which::Disk) {
+            load.push(machine::load("disk"));
+            let rootfs = img.dir.join(crate::image::ROOTFS);
+            let dir = work.join("disk-bench");
+            Some(tokio::task::block_in_place(|| {
+                disk::run(&dir, &rootfs, runs)
+            })?)
+        } else {
+            None
+        };
+        let churn = if args.wants(Which::Churn) {
+            load.push(machine::load("churn"));
+            Some(churn::run(&kit, churn_vms).await?)
+        } else {
+            None
+        };
+        let memory = if args.wants(Which::Memory) {
+            load.push(machine::load("memory"));
+            let (rss, hwm, systemd) = match &boot {
+                Some(b) => (
+                    b.kiln.pid1_rss_kib.clone(),
+                    b.kiln.pid1_hwm_kib.clone(),
+                    Some(b.systemd.pid1_rss_kib.clone()),
+                ),
+                None => {
+                    let (r, h) = boot::kiln_pid1_memory(&kit, runs).await?;
+                    (r, h, None)
+                }
+            };
+            let inputs = memory::Inputs {
+                kiln_init: &img.kiln_init,
+                kiln_init_rss: rss,
+                kiln_init_hwm: hwm,
+                systemd_rss: systemd,
+                kiln_binary: kiln_binary.clone(),
+            };
+            Some(memory::run(&kit, runs, inputs).await?)
+        } else {
+            None
+        };
+        load.push(machine::load("the end"));
+        anyhow::Ok(Results {
+            schema: SCHEMA,
+            generated_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            command: command_line(),
+            mode: if args.full() {
+                "full"
+            } else if args.quick {
+                "quick"
+            } else {
+                "partial"
+            }
+            .into(),
+            runs,
+            git: machine::git_revision(&root),
+            machine: machine::describe(&kit.dirs.disks),
+            backend,
+            load,
+            boot,
+            disk,
+            churn,
+            memory,
+            webhook: Pending {
+                status: "not yet: needs kiln serve".into(),
+                reason: WEBHOOK_REASON.into(),
+            },
+        })
+    })?;
+    drop(kit);
+
+    let (md, json) = args.outputs(&root, &work);
+    write(&json, &serde_json::to_string_pretty(&results)?)?;
+    write(&md, &render::render(&results))?;
+    eprintln!("bench: wrote {} and {}", md.display(), json.display());
+    Ok(())
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().collect();
+    let rest = args
+        .iter()
+        .position(|a| a == "bench")
+        .map(|i| args[i + 1..].join(" "))
+        .unwrap_or_default();
+    format!("cargo xtask bench {rest}").trim_end().to_owned()
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,199 @@
+//! What a bench run found: the JSON file's schema, and what BENCHMARKS.md
+//! is rendered from. Durations are milliseconds, memory KiB, sizes bytes,
+//! unless a field's name says otherwise.
+
+use serde::{Deserialize, Serialize};
+
+use super::stats::Stat;
+
+/// Bumped when a field changes meaning.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results {
+    pub schema: u32,
+    pub generated_unix: u64,
+    /// The command line that produced this.
+    pub command: String,
+    /// `full`, `quick` or `partial` (`--only`).
+    pub mode: String,
+    pub runs: usize,
+    /// `git describe`-like: the commit, `-dirty` when the tree had changes.
+    pub git: Option<String>,
+    pub machine: MachineInfo,
+    pub backend: BackendInfo,
+    /// The host's load average before each benchmark (other work on the
+    /// machine skews every figure).
+    pub load: Vec<LoadSample>,
+    pub boot: Option<BootResults>,
+    pub disk: Option<DiskResults>,
+    pub churn: Option<ChurnResults>,
+    pub memory: Option<MemoryResults>,
+    pub webhook: Pending,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineInfo {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub os: String,
+    pub qemu: String,
+    pub vhost_device_vsock: String,
+    /// The filesystem scratch disks and images live on.
+    pub disk_fs: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendInfo {
+    /// What every figure is labelled with, e.g. "QEMU TCG".
+    pub label: String,
+    pub vmm: String,
+    pub accel: String,
+    pub machine: String,
+    /// Why this accelerator (the KVM probe's answer).
+    pub accel_reason: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub guest_kernel: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadSample {
+    pub before: String,
+    pub load1: f64,
+    pub load5: f64,
+    pub load15: f64,
+}
+
+/// A named figure and what it covers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Figure {
+    pub name: String,
+    pub what: String,
+    pub stat: Stat,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootResults {
+    pub kiln: BootPath,
+    pub systemd: BootPath,
+    pub ratios: Vec<Ratio>,
+    pub targets: Vec<Target>,
+}
+
+/// One way of booting to the runner, over N runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootPath {
+    pub name: String,
+    /// Exactly what this path does, for the reader to judge the comparison.
+    pub includes: Vec<String>,
+    /// VMM start to the runner's exec, phase by phase, in order.
+    pub phases: Vec<Figure>,
+    /// VMM start to the runner's exec.
+    pub total: Stat,
+    /// PID 1's own share: from the first userspace instruction to the
+    /// runner's exec, without any wait for the host.
+    pub init_share: Stat,
+    /// The same without loading kernel modules.
+    pub init_share_without_modules: Stat,
+    /// Before the VMM starts (VM directory, CID, scratch disk): not in
+    /// `total`.
+    pub prepare: Stat,
+    /// PID 1's resident memory as the runner starts.
+    pub pid1_rss_kib: Stat,
+    pub pid1_hwm_kib: Stat,
+    /// PID 1's name as the probe saw it.
+    pub pid1: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ratio {
+    pub what: String,
+    /// Medians.
+    pub kiln_ms: f64,
+    pub systemd_ms: f64,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Target {
+    pub what: String,
+    pub goal: String,
+    pub measured: String,
+    /// `met`, `not met`, or `not measurable here`.
+    pub verdict: String,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskResults {
+    /// Kiln's way: a fresh sparse scratch disk per VM; the base image is
+    /// attached read-only and never copied.
+    pub kiln: Vec<Figure>,
+    /// Copying an image per VM.
+    pub naive: Vec<Figure>,
+    pub image_bytes: u64,
+    pub image_what: String,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChurnResults {
+    pub vms: usize,
+    pub failures: usize,
+    pub seconds: f64,
+    pub vms_per_minute: f64,
+    /// One VM's whole life, request to teardown.
+    pub per_vm: Stat,
+    pub before: Counts,
+    pub after: Counts,
+    pub job: String,
+}
+
+/// What a VM could leave behind on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Open file descriptors of the bench process (which runs the VMs).
+    pub fds: usize,
+    /// Live descendants of the bench process (QEMU, vhost-device-vsock).
+    pub processes: usize,
+    /// Lines of the bench process's mountinfo.
+    pub mounts: usize,
+    /// tun/tap devices on the host.
+    pub taps: usize,
+    /// Entries under the runtime directory (VM dirs, sockets, CID leases).
+    pub runtime_files: usize,
+    /// Entries under the scratch disk directory.
+    pub disk_files: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemoryResults {
+    pub kiln_init_rss_kib: Stat,
+    pub kiln_init_hwm_kib: Stat,
+    pub kiln_init_bytes: u64,
+    pub kiln_init_stripped: bool,
+    /// systemd as PID 1 at the same point, from the boot benchmark.
+    pub systemd_rss_kib: Option<Stat>,
+    /// The `kiln run` process while its VM runs a job.
+    pub kiln_run_rss_kib: Option<Stat>,
+    /// The VM layer inside one process (what `kiln serve` will embed):
+    /// the process idle, and with `vms` VMs running.
+    pub in_process_idle_rss_kib: Stat,
+    pub in_process_busy_rss_kib: Stat,
+    pub in_process_vms: usize,
+    pub in_process_per_vm_kib: Stat,
+    /// The VMM's own processes per running VM, for scale.
+    pub qemu_rss_kib: Stat,
+    pub vhost_rss_kib: Stat,
+    pub guest_memory_mib: u32,
+}
+
+/// A benchmark that cannot run yet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    pub status: String,
+    pub reason: String,
+}

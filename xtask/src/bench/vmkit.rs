@@ -1,0 +1,129 @@
+//! What every VM benchmark shares: the image, the QEMU backend, the
+//! directories VMs are made in, and the jobs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use kiln::vm::{Backend, Image, Launcher, RuntimeDirs, Timeouts, VmRequest};
+use kiln::vmm::qemu::{Accel, QemuConfig};
+use kiln_protocol::Job;
+
+/// Scratch disk per VM, as `kiln run`'s default: sparse, so its size costs
+/// nothing until the job writes.
+pub const SCRATCH_BYTES: u64 = 20 << 30;
+
+/// Measurement settings for every guest: under TCG on `microvm` the guest
+/// kernel finds no clocksource but jiffies (the TSC fails its stability
+/// check; there is no HPET, ACPI PM timer or kvmclock), so every
+/// `CLOCK_BOOTTIME` stamp would move in 4 ms steps. `tsc=reliable` keeps
+/// the TSC, which TCG derives from the host's clock: nanosecond stamps.
+pub const KERNEL_ARGS: &[&str] = &["tsc=reliable"];
+
+pub struct Kit {
+    pub image: Image,
+    pub qemu: QemuConfig,
+    pub dirs: RuntimeDirs,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Added to every VM's kernel command line, on both boot paths.
+    pub kernel_args: Vec<String>,
+    /// Removed with everything in it when the kit is dropped.
+    runtime_root: PathBuf,
+}
+
+impl Kit {
+    /// `runtime_root` must be short (VM sockets live below it) and is the
+    /// bench's alone; scratch disks go to `disks` (a real disk, not tmpfs).
+    pub fn new(
+        image_dir: &Path,
+        runtime_root: PathBuf,
+        disks: PathBuf,
+        accel_cache: PathBuf,
+        vcpus: u32,
+        memory_mib: u32,
+    ) -> anyhow::Result<Kit> {
+        let image = Image::open(image_dir)?;
+        let qemu = QemuConfig {
+            accel_cache: Some(accel_cache),
+            ..QemuConfig::from_env()?
+        };
+        if runtime_root.exists() {
+            std::fs::remove_dir_all(&runtime_root)
+                .with_context(|| format!("clearing {}", runtime_root.display()))?;
+        }
+        Ok(Kit {
+            image,
+            qemu,
+            dirs: RuntimeDirs::new(runtime_root.join("run"), disks),
+            vcpus,
+            memory_mib,
+            kernel_args: KERNEL_ARGS.iter().map(|s| s.to_string()).collect(),
+            runtime_root,
+        })
+    }
+
+    pub fn launcher(&self) -> anyhow::Result<Launcher> {
+        Ok(Launcher::new(
+            Backend::Qemu(self.qemu.clone()),
+            self.dirs.clone(),
+        )?)
+    }
+
+    /// The accelerator QEMU will use, and why (runs the KVM probe once,
+    /// cached for this host boot).
+    pub async fn accel(&self) -> anyhow::Result<(Accel, String)> {
+        let qemu =
+            kiln::vmm::qemu::tools::find(kiln::vmm::qemu::tools::QEMU, &self.qemu.qemu, &[])?;
+        let d = kiln::vmm::qemu::accel::decide(
+            self.qemu.accel,
+            &kiln::vmm::qemu::accel::Probe {
+                qemu,
+                kernel: self.image.boot.kernel.clone(),
+                machine: self.qemu.machine,
+                kvm_device: self.qemu.kvm_device.clone(),
+                timeout: self.qemu.probe_timeout,
+                cache_file: self.qemu.accel_cache.clone(),
+            },
+        )
+        .await?;
+        Ok((d.accel, d.reason))
+    }
+
+    /// CMD as the image's runner user, exactly as `kiln run` would send it.
+    pub fn job(&self, command: &[&str]) -> anyhow::Result<Job> {
+        let command: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        kiln::cli::run::job_for(
+            &command,
+            &self.image.user,
+            Duration::from_secs(120),
+            Duration::from_secs(5),
+        )
+    }
+
+    /// One VM with this kit's size and a fresh scratch disk.
+    pub fn request(&self, job: Job) -> VmRequest {
+        VmRequest {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            scratch_bytes: Some(SCRATCH_BYTES),
+            kernel_args: self.kernel_args.clone(),
+            timeouts: Timeouts {
+                // TCG on a busy host boots slowly; a hang still ends.
+                boot: Duration::from_secs(300),
+                ..Timeouts::default()
+            },
+            ..VmRequest::new(self.image.boot.clone(), job)
+        }
+    }
+
+    pub fn runtime_root(&self) -> &Path {
+        &self.runtime_root
+    }
+}
+
+impl Drop for Kit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.runtime_root);
+    }
+}
