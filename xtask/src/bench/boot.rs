@@ -88,10 +88,11 @@ fn kiln_includes() -> Vec<String> {
     ]
 }
 
-fn systemd_includes() -> Vec<String> {
+fn systemd_includes(version: &str) -> Vec<String> {
     vec![
         "a generated busybox initramfs (busybox, the probe, the same modules): mounts /proc /sys /dev, insmods the modules, builds the same overlay root, `switch_root` to /lib/systemd/systemd".into(),
-        "systemd 252 from Debian bookworm (systemd + systemd-sysv, no Recommends: no dbus, no udev) with an empty /etc/machine-id, as the image builder leaves it: every VM is a first boot".into(),
+        format!("systemd {version} from Debian bookworm (systemd + systemd-sysv, no Recommends: no dbus, no udev) with an empty /etc/machine-id, as the image builder leaves it: every VM is a first boot"),
+        "the image's other units start as on any boot of it (on the console: journald, tmpfiles, podman's socket and services, apt and e2scrub timers, gettys)".into(),
         "the runner unit from rootfs/bench-systemd (After=network.target, User=runner, enabled for multi-user.target) starting the probe, which reports to the host over vsock".into(),
         "no host handshake: the runner's configuration would be baked into the image or fetched by the runner itself".into(),
     ]
@@ -483,7 +484,9 @@ pub async fn run(
         );
     }
     let kiln = kiln.finish("kiln-init", KILN_PHASES, kiln_includes())?;
-    let systemd = systemd.finish("systemd", SYSTEMD_PHASES, systemd_includes())?;
+    let version =
+        package_version(&kit.image.dir, "systemd").unwrap_or_else(|| "(version unknown)".into());
+    let systemd = systemd.finish("systemd", SYSTEMD_PHASES, systemd_includes(&version))?;
     let ratios = ratios(&kiln, &systemd);
     let targets = targets(&kiln, &systemd, label);
     Ok(BootResults {
@@ -492,6 +495,13 @@ pub async fn run(
         ratios,
         targets,
     })
+}
+
+/// A package's version from the image manifest's `packages` map.
+fn package_version(image: &Path, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(image.join("manifest.json")).ok()?;
+    let m: serde_json::Value = serde_json::from_str(&text).ok()?;
+    m.get("packages")?.get(name)?.as_str().map(str::to_owned)
 }
 
 fn ratio(what: &str, kiln: f64, systemd: f64) -> Ratio {

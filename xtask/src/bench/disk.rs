@@ -16,12 +16,13 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 
 use super::results::{DiskResults, Figure, Target};
-use super::stats::{Series, Stat};
+use super::stats::Series;
 
 const GIB: u64 = 1 << 30;
 /// The image the naive way copies.
 pub const IMAGE_BYTES: u64 = 2 * GIB;
-/// The scratch disk the brief names; the others show the size does not matter.
+/// Scratch disk sizes measured: 40 GiB (the brief's) beside each image,
+/// the others to show what the scratch disk's own size costs.
 pub const SCRATCH_SIZES_GIB: &[u64] = &[40, 2, 400];
 
 /// A 2 GiB image file: the bench rootfs repeated until 2 GiB, so it holds
@@ -100,53 +101,72 @@ fn remove(p: &Path) {
 
 pub fn run(dir: &Path, rootfs: &Path, runs: usize) -> anyhow::Result<DiskResults> {
     std::fs::create_dir_all(dir)?;
-    let image = image_2g(dir, rootfs)?;
+    let big = image_2g(dir, rootfs)?;
     let tmpl = template(dir, 40 * GIB)?;
-    // Warm the page cache with the source image: the copy's best case.
-    let _ = std::fs::read(&image)?;
-    let allocated = std::fs::metadata(&image)?.blocks() * 512;
+    let small_mib = std::fs::metadata(rootfs)?.len() >> 20;
+    let images = [
+        (
+            format!("{small_mib} MiB image (the bench rootfs.ext4)"),
+            rootfs.to_owned(),
+        ),
+        ("2 GiB image".to_owned(), big.clone()),
+    ];
+    // Warm the page cache with the source images: the copy's best case.
+    for (_, p) in &images {
+        let _ = std::fs::read(p)?;
+    }
+    let allocated = std::fs::metadata(&big)?.blocks() * 512;
     let out = dir.join("vm-disk");
     let mut kiln = Series::default();
     let mut naive = Series::default();
+    let mut alt = Series::default();
+    let fresh = |out: &Path| {
+        sync_host();
+        remove(out);
+    };
     for i in 1..=runs {
-        for gib in SCRATCH_SIZES_GIB {
-            sync_host();
-            remove(&out);
-            let v = scratch_ms(&out, gib * GIB)?;
-            kiln.push(&format!("scratch {gib} GiB"), v);
+        for (name, image) in &images {
+            // Kiln's per-VM disk work is the same whatever the image: the
+            // image is attached read-only, only the scratch disk is made.
+            fresh(&out);
+            kiln.push(
+                &format!("40 GiB scratch disk, beside the {name}"),
+                scratch_ms(&out, 40 * GIB)?,
+            );
+            for (how, args) in [
+                (
+                    "cp --sparse=always",
+                    &["--sparse=always", "--reflink=never"][..],
+                ),
+                ("plain cp", &["--sparse=never", "--reflink=never"][..]),
+            ] {
+                fresh(&out);
+                let (c, s) = copy(image, &out, args)?;
+                naive.push(&format!("{how} of the {name}"), c);
+                naive.push(&format!("{how} of the {name}, + fsync"), c + s);
+            }
         }
-        remove(&out);
-        for (name, args) in [
-            (
-                "cp --sparse=always, 2 GiB image",
-                &["--sparse=always", "--reflink=never"][..],
-            ),
-            (
-                "cp (plain copy), 2 GiB image",
-                &["--sparse=never", "--reflink=never"][..],
-            ),
-            (
-                "cp --sparse=always, empty 40 GiB ext4",
-                &["--sparse=always", "--reflink=never"][..],
-            ),
-        ] {
-            let src = if name.contains("40 GiB") {
-                &tmpl
-            } else {
-                &image
-            };
-            sync_host();
-            remove(&out);
-            let (c, s) = copy(src, &out, args)?;
-            naive.push(name, c);
-            naive.push(&format!("{name} + fsync"), c + s);
+        for gib in SCRATCH_SIZES_GIB.iter().filter(|g| **g != 40) {
+            fresh(&out);
+            kiln.push(
+                &format!("{gib} GiB scratch disk"),
+                scratch_ms(&out, gib * GIB)?,
+            );
         }
+        fresh(&out);
+        let (c, s) = copy(&tmpl, &out, &["--sparse=always", "--reflink=never"])?;
+        alt.push("cp --sparse=always of a pre-made empty 40 GiB ext4", c);
+        alt.push(
+            "cp --sparse=always of a pre-made empty 40 GiB ext4, + fsync",
+            c + s,
+        );
         remove(&out);
         eprintln!(
-            "disk {i}/{runs}: scratch 40 GiB {:.1} ms; plain copy of 2 GiB {:.0} ms",
-            kiln.get("scratch 40 GiB").map_or(0.0, |s| s.samples[i - 1]),
+            "disk {i}/{runs}: 40 GiB scratch {:.1} ms; plain cp of the 2 GiB image {:.0} ms",
+            kiln.get("40 GiB scratch disk, beside the 2 GiB image")
+                .map_or(0.0, |s| s.samples[i - 1]),
             naive
-                .get("cp (plain copy), 2 GiB image")
+                .get("plain cp of the 2 GiB image")
                 .map_or(0.0, |s| s.samples[i - 1]),
         );
     }
@@ -161,58 +181,80 @@ pub fn run(dir: &Path, rootfs: &Path, runs: usize) -> anyhow::Result<DiskResults
             })
             .collect()
     };
-    let kiln_figs = figures(&kiln, &|n| {
-        format!("kiln::disk::create_scratch: sparse file + mkfs.ext4 ({n}); the base image is not touched")
-    });
-    let naive_figs = figures(&naive, &|n| {
+    let until = |n: &str| {
         if n.ends_with("fsync") {
             "the copy, then fsync of the copy".to_owned()
         } else {
-            "until cp exits (data may still be in the page cache)".to_owned()
+            "until cp exits (the data may still be in the page cache)".to_owned()
         }
+    };
+    let kiln_figs = figures(&kiln, &|_| {
+        "kiln::disk::create_scratch: a sparse file and mkfs.ext4 (which syncs its writes)"
+            .to_owned()
     });
+    let median = |name: &str| {
+        kiln.get(name)
+            .map(|s| s.median)
+            .context("missing disk figure")
+    };
+    let with_small = median(&format!("40 GiB scratch disk, beside the {}", images[0].0))?;
+    let with_big = median(&format!("40 GiB scratch disk, beside the {}", images[1].0))?;
     let k40 = kiln
-        .get("scratch 40 GiB")
+        .get("40 GiB scratch disk, beside the 2 GiB image")
         .context("no 40 GiB scratch figures")?;
-    let sizes: Vec<Stat> = SCRATCH_SIZES_GIB
+    let sizes: Vec<String> = [2, 40, 400]
         .iter()
-        .filter_map(|g| kiln.get(&format!("scratch {g} GiB")))
+        .filter_map(|g| {
+            let name = if *g == 40 {
+                "40 GiB scratch disk, beside the 2 GiB image".to_owned()
+            } else {
+                format!("{g} GiB scratch disk")
+            };
+            kiln.get(&name)
+                .map(|s| format!("{g} GiB {} ms", super::render::ms(s.median)))
+        })
         .collect();
-    let (lo, hi) = sizes.iter().fold((f64::MAX, 0.0f64), |(lo, hi), s| {
-        (lo.min(s.median), hi.max(s.median))
-    });
     let targets = vec![
         Target {
             what: "per-VM disk cost independent of the image's size".into(),
             goal: "independent".into(),
             measured: format!(
-                "the base image is never read or copied per VM (QEMU attaches it read-only); \
-                 scratch disks of 2 to 400 GiB take {lo:.1} to {hi:.1} ms (medians)"
+                "{} ms beside the {small_mib} MiB image, {} ms beside the 2 GiB one (medians)",
+                super::render::ms(with_small),
+                super::render::ms(with_big)
             ),
-            verdict: if hi <= 2.0 * lo + 10.0 {
+            verdict: if (with_big - with_small).abs() <= 0.5 * with_small.max(with_big) + 2.0 {
                 "met"
             } else {
                 "not met"
             }
             .into(),
-            note:
-                "met when the largest scratch disk's median is within 2x (+10 ms) of the smallest's"
-                    .into(),
+            note: format!(
+                "by construction: the base image is never read or copied per VM (QEMU attaches \
+                 it read-only). The scratch disk's own size does show, through mkfs's metadata: {}",
+                sizes.join(", ")
+            ),
         },
         Target {
             what: "one VM's writable disk (40 GiB scratch)".into(),
             goal: "under 50 ms".into(),
-            measured: format!("{:.1} ms median (max {:.1} ms)", k40.median, k40.max),
+            measured: format!(
+                "{} ms median (max {} ms)",
+                super::render::ms(k40.median),
+                super::render::ms(k40.max)
+            ),
             verdict: if k40.median < 50.0 { "met" } else { "not met" }.into(),
             note: "judged on the median".into(),
         },
     ];
     Ok(DiskResults {
         kiln: kiln_figs,
-        naive: naive_figs,
+        naive: figures(&naive, &until),
+        alternatives: figures(&alt, &until),
         image_bytes: IMAGE_BYTES,
         image_what: format!(
-            "a 2 GiB raw image (the bench rootfs.ext4 repeated; {} MiB allocated), in the page cache",
+            "the bench rootfs.ext4 ({small_mib} MiB) and a 2 GiB raw image (that rootfs repeated, \
+             {} MiB allocated), both in the page cache",
             allocated >> 20
         ),
         targets,

@@ -249,28 +249,32 @@ pub fn render(r: &Results) -> String {
     }
 
     if let Some(d) = &r.disk {
-        let _ = writeln!(o, "## 2. Per-VM disk (host, {})\n", d.image_what);
+        let _ = writeln!(o, "## 2. Per-VM disk (host side)\n");
         let _ = writeln!(
             o,
             "Kiln gives each VM a fresh sparse scratch disk with an empty ext4 \
              (`kiln::disk::create_scratch`) and attaches the shared base image read-only; the \
-             naive way copies an image per VM. No VM runs here; the figures are the host's \
-             filesystem ({}), labelled {label} only because that is the backend those disks serve.\n",
-            r.machine.disk_fs
+             naive way copies an image per VM. Images: {}. No VM runs here: these are the \
+             host's filesystem ({}) and the same for every backend (the disks serve {label} here).\n",
+            d.image_what, r.machine.disk_fs
         );
         let _ = writeln!(o, "| Per-VM disk | how | min ms | median ms | max ms |");
         let _ = writeln!(o, "|---|---|---:|---:|---:|");
-        for f in &d.kiln {
-            let _ = writeln!(o, "| Kiln: {} | {} | {} |", f.name, f.what, ms_row(&f.stat));
-        }
-        for f in &d.naive {
-            let _ = writeln!(
-                o,
-                "| naive: {} | {} | {} |",
-                f.name,
-                f.what,
-                ms_row(&f.stat)
-            );
+        let groups = [
+            ("Kiln", &d.kiln),
+            ("naive", &d.naive),
+            ("alternative", &d.alternatives),
+        ];
+        for (group, figures) in groups {
+            for f in figures {
+                let _ = writeln!(
+                    o,
+                    "| {group}: {} | {} | {} |",
+                    f.name,
+                    f.what,
+                    ms_row(&f.stat)
+                );
+            }
         }
         o.push('\n');
         targets_table(&mut o, &d.targets);
@@ -467,7 +471,22 @@ mod tests {
                     note: "n".into(),
                 }],
             }),
-            disk: None,
+            disk: Some(DiskResults {
+                kiln: vec![Figure {
+                    name: "40 GiB scratch disk".into(),
+                    what: "mkfs".into(),
+                    stat: stat(&[11.0, 13.0, 12.0]),
+                }],
+                naive: vec![],
+                alternatives: vec![Figure {
+                    name: "template copy".into(),
+                    what: "cp".into(),
+                    stat: stat(&[4.0]),
+                }],
+                image_bytes: 2 << 30,
+                image_what: "a 2 GiB image".into(),
+                targets: vec![],
+            }),
             churn: Some(ChurnResults {
                 vms: 3,
                 failures: 0,
@@ -537,7 +556,15 @@ mod tests {
         // The busy host is called out, and the leak check reports honestly.
         assert!(md.contains("The host was busy"), "{md}");
         assert!(md.contains("After equals before: **NO**"), "{md}");
-        assert!(!md.contains("## 2. Per-VM disk"), "{md}");
+        assert!(
+            md.contains("| Kiln: 40 GiB scratch disk | mkfs | 11.0 | 12.0 | 13.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| alternative: template copy | cp | 4.00 |"),
+            "{md}"
+        );
+        assert!(!md.contains("## 5. Memory"), "{md}");
         assert!(md.contains("2023-11-14 22:13 UTC"), "{md}");
     }
 

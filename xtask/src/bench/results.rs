@@ -134,6 +134,8 @@ pub struct DiskResults {
     pub kiln: Vec<Figure>,
     /// Copying an image per VM.
     pub naive: Vec<Figure>,
+    /// Other ways to the same disk, for comparison.
+    pub alternatives: Vec<Figure>,
     pub image_bytes: u64,
     pub image_what: String,
     pub targets: Vec<Target>,
