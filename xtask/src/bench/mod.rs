@@ -204,6 +204,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             vcpus: kit.vcpus,
             memory_mib: kit.memory_mib,
             guest_kernel: img.kernel.release.clone(),
+            extra_kernel_args: kit.kernel_args.clone(),
         };
         let label = backend.label.clone();
         let mut load = Vec::new();

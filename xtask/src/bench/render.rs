@@ -160,6 +160,17 @@ pub fn render(r: &Results) -> String {
         "- The \"runner\" is `kiln-probe` (xtask/src/bench/probe/kiln_probe.rs), a static musl \
          binary whose first act is to read `CLOCK_BOOTTIME`, then PID 1's `VmRSS`."
     );
+    if !r.backend.extra_kernel_args.is_empty() {
+        let _ = writeln!(
+            o,
+            "- Every guest, on every path, boots with `{}` added to the command line kiln \
+             gives it: under TCG on `microvm` the kernel otherwise finds no clocksource but \
+             jiffies (the TSC fails its stability check; there is no HPET, ACPI PM timer or \
+             kvmclock) and every `CLOCK_BOOTTIME` stamp moves in 4 ms steps. TCG's TSC follows \
+             the host's clock.",
+            r.backend.extra_kernel_args.join(" ")
+        );
+    }
     let m = &r.machine;
     let _ = writeln!(
         o,
@@ -447,6 +458,7 @@ mod tests {
                 vcpus: 2,
                 memory_mib: 1024,
                 guest_kernel: "6.1.0-56-cloud-amd64".into(),
+                extra_kernel_args: vec!["tsc=reliable".into()],
             },
             load: vec![LoadSample {
                 before: "boot".into(),
@@ -566,6 +578,7 @@ mod tests {
         );
         assert!(!md.contains("## 5. Memory"), "{md}");
         assert!(md.contains("2023-11-14 22:13 UTC"), "{md}");
+        assert!(md.contains("boots with `tsc=reliable` added"), "{md}");
     }
 
     #[test]

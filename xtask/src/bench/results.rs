@@ -57,6 +57,8 @@ pub struct BackendInfo {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub guest_kernel: String,
+    /// Measurement settings added to every guest's command line.
+    pub extra_kernel_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
