@@ -39,7 +39,7 @@ pub fn workspace() -> PathBuf {
 }
 
 /// Every module a test VM may need, on either machine type.
-fn module_names() -> Vec<&'static str> {
+pub fn module_names() -> Vec<&'static str> {
     let spec = VmSpec {
         id: "x".into(),
         dir: PathBuf::new(),

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use kiln::vm::{BootImage, Launcher, ModuleSet, RuntimeDirs};
 use kiln::vmm::qemu::{Machine, QemuConfig};
-use kiln::vmm::VmSpec;
 use serde_json::json;
 
 use crate::assets::{self, Assets};
@@ -46,34 +45,12 @@ pub fn launcher(root: &Path) -> anyhow::Result<(Launcher, RuntimeDirs)> {
     Ok((launcher, dirs))
 }
 
-/// Every module the test initramfs carries (what either machine type needs
-/// with disks attached).
+/// Every module the test initramfs carries, as the image manifest lists them.
 pub fn module_names() -> Vec<String> {
-    let spec = VmSpec {
-        id: "x".into(),
-        dir: PathBuf::new(),
-        kernel: PathBuf::new(),
-        initrd: None,
-        base_image: Some(PathBuf::new()),
-        scratch_disk: Some(PathBuf::new()),
-        kernel_args: Vec::new(),
-        vcpus: 1,
-        memory_mib: 128,
-        guest_cid: 3,
-        tap: None,
-        console_limit_bytes: 0,
-    };
-    let mut names: Vec<String> = Vec::new();
-    for m in Machine::Microvm
-        .guest_modules(&spec)
+    assets::module_names()
         .into_iter()
-        .chain(Machine::Q35.guest_modules(&spec))
-    {
-        if !names.iter().any(|n| n == m) {
-            names.push(m.to_owned());
-        }
-    }
-    names
+        .map(String::from)
+        .collect()
 }
 
 /// A minimal image directory in `dir`, laid out like `cargo xtask image`'s:

@@ -80,20 +80,7 @@ fn prepare_image() -> anyhow::Result<Image> {
     // Exactly `cargo xtask image --no-runner`: the build is keyed on the
     // recipe and every input (kiln-init among them), so an up-to-date image
     // costs a few hashes and a stale or missing one is rebuilt.
-    let args = xtask::image::Args {
-        out: Some(dir.clone()),
-        runner_tarball: None,
-        runner_version: None,
-        no_runner: true,
-        sudo: false,
-        size_mib: None,
-        mirror: None,
-        recipe: None,
-        init: None,
-        kernel: None,
-        initrd: None,
-        force: false,
-    };
+    let args = xtask::image::Args::test_image(dir.clone());
     xtask::image::run(args).map_err(|e| {
         anyhow::anyhow!(
             "building the image failed ({e:#}); \

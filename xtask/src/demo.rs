@@ -45,21 +45,8 @@ pub fn run(args: Args) -> Result<()> {
     }
 
     step("baking the guest image (cached when the recipe is unchanged)");
-    crate::image::run(crate::image::Args {
-        out: Some(image.clone()),
-        runner_tarball: None,
-        runner_version: None,
-        no_runner: true,
-        sudo: false,
-        size_mib: None,
-        mirror: None,
-        recipe: None,
-        init: None,
-        kernel: None,
-        initrd: None,
-        force: false,
-    })
-    .context("baking the guest image")?;
+    crate::image::run(crate::image::Args::test_image(image.clone()))
+        .context("baking the guest image")?;
 
     step("building kiln");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());

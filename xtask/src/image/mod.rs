@@ -90,6 +90,27 @@ pub struct Args {
 /// and what rootless podman needs (TUN for slirp4netns/pasta, FUSE). The
 /// host picks which to load with `kiln.modules=`; the root has no
 /// `/lib/modules`, so anything a job needs must be loaded at boot.
+impl Args {
+    /// `cargo xtask image --no-runner --out DIR`: the image tests and the
+    /// demo boot (no actions runner, everything else as in production).
+    pub fn test_image(out: PathBuf) -> Args {
+        Args {
+            out: Some(out),
+            runner_tarball: None,
+            runner_version: None,
+            no_runner: true,
+            sudo: false,
+            size_mib: None,
+            mirror: None,
+            recipe: None,
+            init: None,
+            kernel: None,
+            initrd: None,
+            force: false,
+        }
+    }
+}
+
 pub const CLOUD_KERNEL_MODULES: &[&str] = &[
     "virtio_ring",
     "virtio",
