@@ -73,6 +73,10 @@ pub struct Args {
     /// run, else target/kiln-bench/results.json].
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
+    /// Add ARG to every guest's kernel command line, on every path (for
+    /// experiments such as `--kernel-arg quiet`; recorded in the results).
+    #[arg(long = "kernel-arg", value_name = "ARG")]
+    pub kernel_args: Vec<String>,
     /// Skip the `kiln run` memory figure (it builds kiln in release mode).
     #[arg(long)]
     pub no_kiln_run: bool,
@@ -159,7 +163,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let busybox = images::find_busybox()?;
     // Short: VM sockets live below it (Unix socket paths are limited).
     let runtime = PathBuf::from(format!("/tmp/kiln-bench-{}", std::process::id()));
-    let kit = Kit::new(
+    let mut kit = Kit::new(
         &img.dir,
         runtime,
         work.join("disks"),
@@ -167,6 +171,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.vcpus,
         args.memory,
     )?;
+    kit.kernel_args.extend(args.kernel_args.iter().cloned());
     let initrd = work.join("systemd-initrd");
     let modules = boot::modules_for(&kit, &kiln::vm::Backend::Qemu(kit.qemu.clone()));
     let names: Vec<&str> = modules.iter().map(String::as_str).collect();
