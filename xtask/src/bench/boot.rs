@@ -26,7 +26,7 @@ use super::images::{STAMP_INIT, STAMP_MODULES, STAMP_MOUNTED, STAMP_ROOT};
 use super::probe::{self, Report};
 use super::results::{BootPath, BootResults, Figure, Ratio, Target};
 use super::stats::{Series, Stat};
-use super::vmkit::{Kit, SCRATCH_BYTES};
+use super::vmkit::{with_retries, Kit, SCRATCH_BYTES};
 
 /// Phases of the kiln-init path, in order, with what each covers.
 pub const KILN_PHASES: &[(&str, &str)] = &[
@@ -289,7 +289,7 @@ async fn systemd_once(kit: &Kit, sp: &SystemdPath) -> anyhow::Result<SystemdRun>
         let running = vm.insert(started.vm);
         let console = running.console_log().to_owned();
         let accepted = tokio::select! {
-            r = started.listener.accept(Duration::from_secs(300)) => r?,
+            r = started.listener.accept(2 * super::vmkit::BOOT_TIMEOUT) => r?,
             s = running.exited() => bail!(
                 "the VMM exited ({s:?}) before the probe reported; console:\n{}",
                 console_tail(&console)
@@ -446,19 +446,23 @@ pub async fn run(
     label: &str,
 ) -> anyhow::Result<BootResults> {
     let launcher = kit.launcher()?;
+    let mut incidents = Vec::new();
     eprintln!("boot: warm-up (one boot of each path, not counted)");
-    kiln_once(kit, &launcher)
-        .await
-        .context("kiln-init warm-up boot")?;
-    systemd_once(kit, sp)
-        .await
-        .context("systemd warm-up boot")?;
+    with_retries("kiln-init warm-up boot", &mut incidents, || {
+        kiln_once(kit, &launcher)
+    })
+    .await?;
+    with_retries("systemd warm-up boot", &mut incidents, || {
+        systemd_once(kit, sp)
+    })
+    .await?;
     let mut kiln = Acc::default();
     let mut systemd = Acc::default();
     for i in 1..=runs {
-        let k = kiln_once(kit, &launcher)
-            .await
-            .with_context(|| format!("kiln-init boot {i}"))?;
+        let k = with_retries(&format!("kiln-init boot {i}"), &mut incidents, || {
+            kiln_once(kit, &launcher)
+        })
+        .await?;
         kiln.add(
             &k.phases,
             k.total,
@@ -467,9 +471,10 @@ pub async fn run(
             k.prepare,
             &k.report,
         );
-        let s = systemd_once(kit, sp)
-            .await
-            .with_context(|| format!("systemd boot {i}"))?;
+        let s = with_retries(&format!("systemd boot {i}"), &mut incidents, || {
+            systemd_once(kit, sp)
+        })
+        .await?;
         systemd.add(
             &s.phases,
             s.total,
@@ -494,6 +499,7 @@ pub async fn run(
         systemd,
         ratios,
         targets,
+        incidents,
     })
 }
 
@@ -536,6 +542,11 @@ pub fn ratios(kiln: &BootPath, systemd: &BootPath) -> Vec<Ratio> {
             "PID 1's share without loading modules",
             kiln.init_share_without_modules.median,
             systemd.init_share_without_modules.median,
+        ),
+        ratio(
+            "kiln-init without modules vs systemd alone (switch_root to runner exec: no initramfs at all)",
+            kiln.init_share_without_modules.median,
+            phase_median(systemd, "systemd to runner exec"),
         ),
         ratio(
             "kernel (same kernel: a sanity check, ~1)",

@@ -22,18 +22,22 @@ pub async fn run(kit: &Kit, vms: usize) -> anyhow::Result<ChurnResults> {
     // first use (the child-reaping pipe, blocking-pool threads), which are
     // not a VM's leftovers.
     eprintln!("churn: warm-up VM (not counted)");
-    one(kit, &launcher).await.context("churn warm-up VM")?;
+    let mut warm_up = Vec::new();
+    super::vmkit::with_retries("churn warm-up VM", &mut warm_up, || one(kit, &launcher)).await?;
     let before = count(kit.runtime_root(), &kit.dirs.disks);
     let started = Instant::now();
     let mut per_vm = Vec::new();
     let mut failures = 0;
+    let mut incidents = Vec::new();
     for i in 1..=vms {
         let t = Instant::now();
         match one(kit, &launcher).await {
             Ok(()) => per_vm.push(t.elapsed().as_secs_f64() * 1e3),
             Err(e) => {
                 failures += 1;
-                eprintln!("churn VM {i} failed: {e:#}");
+                let line = format!("churn VM {i} failed: {}", super::vmkit::summary(&e));
+                eprintln!("{line}");
+                incidents.push(line);
             }
         }
     }
@@ -41,17 +45,18 @@ pub async fn run(kit: &Kit, vms: usize) -> anyhow::Result<ChurnResults> {
     let after = count(kit.runtime_root(), &kit.dirs.disks);
     eprintln!(
         "churn: {vms} VMs in {seconds:.1} s ({:.1}/min), {failures} failed; before {before:?}, after {after:?}",
-        vms as f64 * 60.0 / seconds
+        (vms - failures) as f64 * 60.0 / seconds
     );
     Ok(ChurnResults {
         vms,
         failures,
         seconds,
-        vms_per_minute: vms as f64 * 60.0 / seconds,
+        vms_per_minute: (vms - failures) as f64 * 60.0 / seconds,
         per_vm: Stat::of(&per_vm).context("no VM of the churn run succeeded")?,
         before,
         after,
         job: JOB.join(" "),
+        incidents: warm_up.into_iter().chain(incidents).collect(),
     })
 }
 

@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use super::churn::descendants;
 use super::results::MemoryResults;
 use super::stats::Stat;
-use super::vmkit::Kit;
+use super::vmkit::{with_retries, Kit};
 
 /// What the running VMs do while they are measured.
 const HOLD: &[&str] = &["/bin/sh", "-c", "echo kiln-bench-ready; sleep 6"];
@@ -206,13 +206,17 @@ pub const IN_PROCESS_VMS: usize = 2;
 
 pub async fn run(kit: &Kit, runs: usize, inputs: Inputs<'_>) -> anyhow::Result<MemoryResults> {
     let (bytes, stripped) = binary_facts(inputs.kiln_init)?;
+    let mut incidents = Vec::new();
     let mut kiln_run = Vec::new();
     let (mut qemu, mut vhost) = (Vec::new(), Vec::new());
     if let Some(bin) = &inputs.kiln_binary {
         for i in 1..=runs {
-            let (rss, q, v) = kiln_run_once(kit, bin)
-                .await
-                .with_context(|| format!("`kiln run` memory run {i}"))?;
+            let (rss, q, v) = with_retries(
+                &format!("`kiln run` memory run {i}"),
+                &mut incidents,
+                || kiln_run_once(kit, bin),
+            )
+            .await?;
             eprintln!("memory {i}/{runs}: kiln run {rss} KiB, its QEMU {q} KiB, vhost-device-vsock {v} KiB");
             kiln_run.push(rss as f64);
             qemu.push(q as f64);
@@ -221,9 +225,12 @@ pub async fn run(kit: &Kit, runs: usize, inputs: Inputs<'_>) -> anyhow::Result<M
     }
     let (mut idle, mut busy, mut per_vm) = (Vec::new(), Vec::new(), Vec::new());
     for i in 1..=runs {
-        let (i_rss, b_rss, q, v) = in_process_once(kit, IN_PROCESS_VMS)
-            .await
-            .with_context(|| format!("in-process memory run {i}"))?;
+        let (i_rss, b_rss, q, v) = with_retries(
+            &format!("in-process memory run {i}"),
+            &mut incidents,
+            || in_process_once(kit, IN_PROCESS_VMS),
+        )
+        .await?;
         eprintln!(
             "memory {i}/{runs}: VM layer in process: idle {i_rss} KiB, {IN_PROCESS_VMS} VMs {b_rss} KiB"
         );
@@ -248,5 +255,6 @@ pub async fn run(kit: &Kit, runs: usize, inputs: Inputs<'_>) -> anyhow::Result<M
         qemu_rss_kib: stat(&qemu)?,
         vhost_rss_kib: stat(&vhost)?,
         guest_memory_mib: kit.memory_mib,
+        incidents,
     })
 }

@@ -77,6 +77,11 @@ pub struct Args {
     /// experiments such as `--kernel-arg quiet`; recorded in the results).
     #[arg(long = "kernel-arg", value_name = "ARG")]
     pub kernel_args: Vec<String>,
+    /// Leave out the bench's own measurement settings (`tsc=reliable`):
+    /// guests then boot with exactly kiln's command line, and their
+    /// clock moves in 4 ms steps under TCG.
+    #[arg(long)]
+    pub plain_cmdline: bool,
     /// Skip the `kiln run` memory figure (it builds kiln in release mode).
     #[arg(long)]
     pub no_kiln_run: bool,
@@ -171,6 +176,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.vcpus,
         args.memory,
     )?;
+    if args.plain_cmdline {
+        kit.kernel_args.clear();
+    }
     kit.kernel_args.extend(args.kernel_args.iter().cloned());
     let initrd = work.join("systemd-initrd");
     let modules = boot::modules_for(&kit, &kiln::vm::Backend::Qemu(kit.qemu.clone()));

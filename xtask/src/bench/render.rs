@@ -102,6 +102,20 @@ fn phase_table(out: &mut String, p: &BootPath, label: &str) {
     out.push('\n');
 }
 
+fn incidents(out: &mut String, list: &[String]) {
+    if list.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Incidents in this benchmark (failed runs, retried or counted):\n"
+    );
+    for i in list {
+        let _ = writeln!(out, "- {i}");
+    }
+    out.push('\n');
+}
+
 fn counts_row(out: &mut String, what: &str, c: &Counts) {
     let _ = writeln!(
         out,
@@ -257,6 +271,7 @@ pub fn render(r: &Results) -> String {
             top.join("; ")
         );
         targets_table(&mut o, &b.targets);
+        incidents(&mut o, &b.incidents);
     }
 
     if let Some(d) = &r.disk {
@@ -305,7 +320,7 @@ pub fn render(r: &Results) -> String {
         );
         let _ = writeln!(
             o,
-            "| Churn ({label}) | value |\n|---|---:|\n| VMs per minute | **{:.1}** |\n| wall time | {:.1} s |\n| one VM, request to teardown: min / median / max | {} / {} / {} ms |\n",
+            "| Churn ({label}) | value |\n|---|---:|\n| VMs per minute (successful VMs over the wall time) | **{:.1}** |\n| wall time | {:.1} s |\n| one VM, request to teardown: min / median / max | {} / {} / {} ms |\n",
             c.vms_per_minute,
             c.seconds,
             ms(c.per_vm.min),
@@ -327,6 +342,7 @@ pub fn render(r: &Results) -> String {
              until `net` lands); the runtime dir holds VM directories, sockets and CID leases.\n",
             if c.before == c.after { "yes" } else { "NO" }
         );
+        incidents(&mut o, &c.incidents);
     }
 
     if let Some(mem) = &r.memory {
@@ -399,6 +415,7 @@ pub fn render(r: &Results) -> String {
             },
             mem.in_process_vms
         );
+        incidents(&mut o, &mem.incidents);
     }
     o
 }
@@ -482,6 +499,7 @@ mod tests {
                     verdict: "not met".into(),
                     note: "n".into(),
                 }],
+                incidents: vec!["systemd boot 2: attempt 1 failed and was retried: hung".into()],
             }),
             disk: Some(DiskResults {
                 kiln: vec![Figure {
@@ -522,6 +540,7 @@ mod tests {
                     disk_files: 0,
                 },
                 job: "/bin/true".into(),
+                incidents: vec![],
             }),
             memory: None,
             webhook: Pending {
@@ -579,6 +598,10 @@ mod tests {
         assert!(!md.contains("## 5. Memory"), "{md}");
         assert!(md.contains("2023-11-14 22:13 UTC"), "{md}");
         assert!(md.contains("boots with `tsc=reliable` added"), "{md}");
+        assert!(
+            md.contains("- systemd boot 2: attempt 1 failed and was retried: hung"),
+            "{md}"
+        );
     }
 
     #[test]

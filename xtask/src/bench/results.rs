@@ -83,6 +83,8 @@ pub struct BootResults {
     pub systemd: BootPath,
     pub ratios: Vec<Ratio>,
     pub targets: Vec<Target>,
+    /// Runs that failed and were retried.
+    pub incidents: Vec<String>,
 }
 
 /// One way of booting to the runner, over N runs.
@@ -154,6 +156,8 @@ pub struct ChurnResults {
     pub before: Counts,
     pub after: Counts,
     pub job: String,
+    /// What each failed VM reported.
+    pub incidents: Vec<String>,
 }
 
 /// What a VM could leave behind on the host.
@@ -193,6 +197,8 @@ pub struct MemoryResults {
     pub qemu_rss_kib: Stat,
     pub vhost_rss_kib: Stat,
     pub guest_memory_mib: u32,
+    /// Runs that failed and were retried.
+    pub incidents: Vec<String>,
 }
 
 /// A benchmark that cannot run yet.
