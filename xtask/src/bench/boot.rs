@@ -146,6 +146,10 @@ async fn kiln_once(kit: &Kit, launcher: &Launcher) -> anyhow::Result<KilnRun> {
     let report = launcher
         .run(kit.request(job), &mut sink, StopSignal::never(), None)
         .await;
+    let _ = std::fs::write(
+        kit.console_dir.join("console-kiln.log"),
+        &report.console_tail,
+    );
     let tail = || report.console_tail.clone();
     match &report.result {
         Ok(JobEnd::Exited(e)) if e.status == ExitStatus::Code(0) => {}
@@ -210,7 +214,7 @@ pub struct SystemdPath {
 }
 
 impl SystemdPath {
-    pub fn new(kit: &Kit, initrd: PathBuf, console_copy: PathBuf) -> anyhow::Result<SystemdPath> {
+    pub fn new(kit: &Kit, initrd: PathBuf) -> anyhow::Result<SystemdPath> {
         let backend = Backend::Qemu(kit.qemu.clone());
         let names = modules_for(kit, &backend);
         Ok(SystemdPath {
@@ -222,7 +226,7 @@ impl SystemdPath {
                 .collect(),
             backend,
             initrd,
-            console_copy,
+            console_copy: kit.console_dir.join("console-systemd.log"),
         })
     }
 }

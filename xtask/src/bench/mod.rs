@@ -173,6 +173,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         runtime,
         work.join("disks"),
         work.join("accel-probe"),
+        work.clone(),
         args.vcpus,
         args.memory,
     )?;
@@ -223,8 +224,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut load = Vec::new();
         let boot = if args.wants(Which::Boot) {
             load.push(machine::load("boot"));
-            let sp =
-                boot::SystemdPath::new(&kit, initrd.clone(), work.join("console-systemd.log"))?;
+            let sp = boot::SystemdPath::new(&kit, initrd.clone())?;
             Some(boot::run(&kit, &sp, runs, &label).await?)
         } else {
             None

@@ -33,6 +33,8 @@ pub struct Kit {
     pub memory_mib: u32,
     /// Added to every VM's kernel command line, on both boot paths.
     pub kernel_args: Vec<String>,
+    /// Where the last boot's console log of each path is kept, for diagnosis.
+    pub console_dir: PathBuf,
     /// Removed with everything in it when the kit is dropped.
     runtime_root: PathBuf,
 }
@@ -45,6 +47,7 @@ impl Kit {
         runtime_root: PathBuf,
         disks: PathBuf,
         accel_cache: PathBuf,
+        console_dir: PathBuf,
         vcpus: u32,
         memory_mib: u32,
     ) -> anyhow::Result<Kit> {
@@ -64,6 +67,7 @@ impl Kit {
             vcpus,
             memory_mib,
             kernel_args: KERNEL_ARGS.iter().map(|s| s.to_string()).collect(),
+            console_dir,
             runtime_root,
         })
     }
