@@ -67,14 +67,94 @@ fn first_line(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-pub fn load(before: &str) -> LoadSample {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let mut parts = text.split_whitespace().map(|v| v.parse().unwrap_or(0.0));
+/// CPU clock ticks: the whole host's busy and total, and this process's
+/// own plus its reaped children's.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Ticks {
+    busy: u64,
+    total: u64,
+    ours: u64,
+}
+
+/// `cpu` line of `/proc/stat`: (busy, total) ticks. Guest time is already
+/// in user; iowait counts as idle.
+fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    let idle = get(3) + get(4);
+    Some((busy, busy + idle))
+}
+
+/// utime + stime + cutime + cstime of a `/proc/<pid>/stat` line.
+fn parse_own_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the name: state is field 3, utime field 14 .. cstime field 17.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| {
+        f.get(i - 3)
+            .and_then(|x| x.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    u64::try_from(n(14) + n(15) + n(16) + n(17)).ok()
+}
+
+fn ticks() -> Ticks {
+    let (busy, total) = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|t| parse_proc_stat(&t))
+        .unwrap_or((0, 0));
+    let ours = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|t| parse_own_ticks(&t))
+        .unwrap_or(0);
+    Ticks { busy, total, ours }
+}
+
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Measures how busy the host is while one benchmark runs. The bench's
+/// children are counted once reaped, which every benchmark does before it
+/// ends.
+pub struct Meter {
+    during: String,
+    load1: f64,
+    start: Ticks,
+}
+
+impl Meter {
+    pub fn start(during: &str) -> Meter {
+        Meter {
+            during: during.to_owned(),
+            load1: load1(),
+            start: ticks(),
+        }
+    }
+
+    pub fn finish(self) -> LoadSample {
+        share(&self.during, self.load1, self.start, ticks())
+    }
+}
+
+fn share(during: &str, load1: f64, a: Ticks, b: Ticks) -> LoadSample {
+    let total = b.total.saturating_sub(a.total).max(1) as f64;
+    let busy = b.busy.saturating_sub(a.busy) as f64;
+    let ours = (b.ours.saturating_sub(a.ours) as f64).min(busy);
     LoadSample {
-        before: before.to_owned(),
-        load1: parts.next().unwrap_or(0.0),
-        load5: parts.next().unwrap_or(0.0),
-        load15: parts.next().unwrap_or(0.0),
+        during: during.to_owned(),
+        load1_before: load1,
+        others_cpu_pct: 100.0 * (busy - ours) / total,
+        bench_cpu_pct: 100.0 * ours / total,
     }
 }
 
@@ -112,5 +192,25 @@ mod tests {
             Some("24608812 kB")
         );
         assert_eq!(field(info, "nope"), None);
+    }
+
+    #[test]
+    fn cpu_shares_split_the_bench_from_the_rest() {
+        let stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n";
+        assert_eq!(parse_proc_stat(stat), Some((150, 1000)));
+        let own = "42 (xtask bench) S 1 42 42 0 -1 0 0 0 0 0 30 10 5 5 20 0";
+        assert_eq!(parse_own_ticks(own), Some(50));
+        let a = Ticks {
+            busy: 100,
+            total: 1000,
+            ours: 10,
+        };
+        let b = Ticks {
+            busy: 600,
+            total: 2000,
+            ours: 310,
+        };
+        let s = share("boot", 0.5, a, b);
+        assert_eq!((s.others_cpu_pct, s.bench_cpu_pct), (20.0, 30.0));
     }
 }

@@ -223,30 +223,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let label = backend.label.clone();
         let mut load = Vec::new();
         let boot = if args.wants(Which::Boot) {
-            load.push(machine::load("boot"));
+            let meter = machine::Meter::start("boot");
             let sp = boot::SystemdPath::new(&kit, initrd.clone())?;
-            Some(boot::run(&kit, &sp, runs, &label).await?)
+            let r = boot::run(&kit, &sp, runs, &label).await?;
+            load.push(meter.finish());
+            Some(r)
         } else {
             None
         };
         let disk = if args.wants(Which::Disk) {
-            load.push(machine::load("disk"));
+            let meter = machine::Meter::start("disk");
             let rootfs = img.dir.join(crate::image::ROOTFS);
             let dir = work.join("disk-bench");
-            Some(tokio::task::block_in_place(|| {
-                disk::run(&dir, &rootfs, runs)
-            })?)
+            let r = tokio::task::block_in_place(|| disk::run(&dir, &rootfs, runs))?;
+            load.push(meter.finish());
+            Some(r)
         } else {
             None
         };
         let churn = if args.wants(Which::Churn) {
-            load.push(machine::load("churn"));
-            Some(churn::run(&kit, churn_vms).await?)
+            let meter = machine::Meter::start("churn");
+            let r = churn::run(&kit, churn_vms).await?;
+            load.push(meter.finish());
+            Some(r)
         } else {
             None
         };
         let memory = if args.wants(Which::Memory) {
-            load.push(machine::load("memory"));
+            let meter = machine::Meter::start("memory");
             let (rss, hwm, systemd) = match &boot {
                 Some(b) => (
                     b.kiln.pid1_rss_kib.clone(),
@@ -265,11 +269,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 systemd_rss: systemd,
                 kiln_binary: kiln_binary.clone(),
             };
-            Some(memory::run(&kit, runs, inputs).await?)
+            let r = memory::run(&kit, runs, inputs).await?;
+            load.push(meter.finish());
+            Some(r)
         } else {
             None
         };
-        load.push(machine::load("the end"));
         anyhow::Ok(Results {
             schema: SCHEMA,
             generated_unix: std::time::SystemTime::now()

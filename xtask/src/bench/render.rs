@@ -6,6 +6,9 @@ use std::fmt::Write;
 use super::results::{BootPath, Counts, Figure, Results, Target};
 use super::stats::Stat;
 
+/// Other work above this share of the host's CPUs makes the host "busy".
+pub const BUSY_PCT: f64 = 10.0;
+
 /// Milliseconds with the precision the size deserves.
 pub fn ms(v: f64) -> String {
     let a = v.abs();
@@ -124,6 +127,111 @@ fn counts_row(out: &mut String, what: &str, c: &Counts) {
     );
 }
 
+fn figure<'a>(list: &'a [Figure], name: &str) -> Option<&'a Figure> {
+    list.iter().find(|f| f.name == name)
+}
+
+/// The headline figures (medians) and every target's verdict.
+fn summary(o: &mut String, r: &Results) {
+    let label = &r.backend.label;
+    let _ = writeln!(o, "## Summary\n");
+    let _ = writeln!(
+        o,
+        "| Figure (medians) | Kiln | Baseline | Baseline / Kiln |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|");
+    if let Some(b) = &r.boot {
+        let _ = writeln!(
+            o,
+            "| Boot: VMM start to runner exec ({label}) | {} ms | systemd {} ms | {:.1}x |",
+            ms(b.kiln.total.median),
+            ms(b.systemd.total.median),
+            b.systemd.total.median / b.kiln.total.median
+        );
+        let _ = writeln!(
+            o,
+            "| Boot: PID 1's share, no host wait ({label}) | {} ms | systemd {} ms | {:.1}x |",
+            ms(b.kiln.init_share.median),
+            ms(b.systemd.init_share.median),
+            b.systemd.init_share.median / b.kiln.init_share.median
+        );
+        let _ = writeln!(
+            o,
+            "| Boot: the same without module loading ({label}) | {} ms | systemd {} ms | {:.1}x |",
+            ms(b.kiln.init_share_without_modules.median),
+            ms(b.systemd.init_share_without_modules.median),
+            b.systemd.init_share_without_modules.median / b.kiln.init_share_without_modules.median
+        );
+    }
+    if let Some(d) = &r.disk {
+        let kiln = figure(&d.kiln, "40 GiB scratch disk, beside the 2 GiB image");
+        let naive = figure(&d.naive, "plain cp of the 2 GiB image, + fsync");
+        if let (Some(k), Some(n)) = (kiln, naive) {
+            let _ = writeln!(
+                o,
+                "| Per-VM disk, 40 GiB scratch (host) | {} ms | copy of a 2 GiB image + fsync {} ms | {:.0}x |",
+                ms(k.stat.median),
+                ms(n.stat.median),
+                n.stat.median / k.stat.median
+            );
+        }
+    }
+    if let Some(c) = &r.churn {
+        let _ = writeln!(
+            o,
+            "| VM churn ({label}) | {:.1} VMs/min, leftovers: {} | — | — |",
+            c.vms_per_minute,
+            if c.before == c.after { "none" } else { "SOME" }
+        );
+    }
+    if let Some(m) = &r.memory {
+        let baseline = m
+            .systemd_rss_kib
+            .as_ref()
+            .map(|s| {
+                (
+                    format!("systemd {}", kib(s.median)),
+                    format!("{:.0}x", s.median / m.kiln_init_rss_kib.median),
+                )
+            })
+            .unwrap_or_else(|| ("—".into(), "—".into()));
+        let _ = writeln!(
+            o,
+            "| PID 1 RSS as the runner starts ({label}) | kiln-init {} | {} | {} |",
+            kib(m.kiln_init_rss_kib.median),
+            baseline.0,
+            baseline.1
+        );
+        if let Some(k) = &m.kiln_run_rss_kib {
+            let _ = writeln!(
+                o,
+                "| `kiln run` RSS with its VM running ({label}) | {} | — | — |",
+                kib(k.median)
+            );
+        }
+    }
+    let _ = writeln!(o, "| Webhook ingestion | {} | — | — |\n", r.webhook.status);
+    let targets: Vec<&Target> = [
+        r.boot.as_ref().map(|b| b.targets.as_slice()),
+        r.disk.as_ref().map(|d| d.targets.as_slice()),
+    ]
+    .into_iter()
+    .flatten()
+    .flatten()
+    .collect();
+    if !targets.is_empty() {
+        let _ = writeln!(o, "Targets:\n");
+        for t in targets {
+            let _ = writeln!(
+                o,
+                "- {} — {}: **{}** ({})",
+                t.what, t.goal, t.verdict, t.measured
+            );
+        }
+        o.push('\n');
+    }
+}
+
 pub fn render(r: &Results) -> String {
     let label = &r.backend.label;
     let mut o = String::new();
@@ -152,6 +260,7 @@ pub fn render(r: &Results) -> String {
         r.backend.accel_reason
     );
 
+    summary(&mut o, r);
     let _ = writeln!(o, "## Method\n");
     let _ = writeln!(
         o,
@@ -199,22 +308,29 @@ pub fn render(r: &Results) -> String {
          rootfs/bench-systemd/).",
         r.backend.guest_kernel
     );
-    let busy = r.load.iter().any(|l| l.load1 > m.nproc as f64 * 0.5);
+    let busy = r.load.iter().any(|l| l.others_cpu_pct > BUSY_PCT);
     let loads: Vec<String> = r
         .load
         .iter()
-        .map(|l| format!("{} {:.2}", l.before, l.load1))
+        .map(|l| {
+            format!(
+                "{} {:.0}% (the bench itself {:.0}%; load average before it {:.2})",
+                l.during, l.others_cpu_pct, l.bench_cpu_pct, l.load1_before
+            )
+        })
         .collect();
     let _ = writeln!(
         o,
-        "- Host load (1-minute average) before each benchmark: {}.{}\n",
-        loads.join(", "),
+        "- Other work on the host (CPU time of everything but the bench and its VMs, as a \
+         share of all {} CPUs) during each benchmark: {}.{}\n",
+        m.nproc,
+        loads.join("; "),
         if busy {
             " **The host was busy** (other work ran beside the bench on these cores): \
              absolute figures are inflated and spread wider than on a quiet host; both \
              paths of each comparison shared that load."
         } else {
-            ""
+            " The host was otherwise quiet."
         }
     );
 
@@ -478,10 +594,10 @@ mod tests {
                 extra_kernel_args: vec!["tsc=reliable".into()],
             },
             load: vec![LoadSample {
-                before: "boot".into(),
-                load1: 3.5,
-                load5: 1.0,
-                load15: 1.0,
+                during: "boot".into(),
+                load1_before: 3.5,
+                others_cpu_pct: 35.0,
+                bench_cpu_pct: 60.0,
             }],
             boot: Some(BootResults {
                 kiln: path("kiln-init"),
@@ -596,6 +712,17 @@ mod tests {
             "{md}"
         );
         assert!(!md.contains("## 5. Memory"), "{md}");
+        assert!(
+            md.contains(
+                "| Boot: VMM start to runner exec (QEMU TCG) | 2500 ms | systemd 2500 ms | 1.0x |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("- share — 20x: **not met** (4.0x)"), "{md}");
+        assert!(
+            md.contains("| VM churn (QEMU TCG) | 15.0 VMs/min, leftovers: SOME |"),
+            "{md}"
+        );
         assert!(md.contains("2023-11-14 22:13 UTC"), "{md}");
         assert!(md.contains("boots with `tsc=reliable` added"), "{md}");
         assert!(

@@ -61,12 +61,19 @@ pub struct BackendInfo {
     pub extra_kernel_args: Vec<String>,
 }
 
+/// How busy the host was while one benchmark ran.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadSample {
-    pub before: String,
-    pub load1: f64,
-    pub load5: f64,
-    pub load15: f64,
+    /// The benchmark.
+    pub during: String,
+    /// 1-minute load average as it started (it includes the bench's own
+    /// VMs from the benchmark before).
+    pub load1_before: f64,
+    /// CPU time used by everything but the bench and its VMs, as a share
+    /// of all the host's CPUs over the benchmark's wall time.
+    pub others_cpu_pct: f64,
+    /// The same for the bench itself (its QEMU and vhost children included).
+    pub bench_cpu_pct: f64,
 }
 
 /// A named figure and what it covers.
