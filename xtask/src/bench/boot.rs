@@ -271,8 +271,11 @@ fn spec_shape(
 async fn systemd_once(kit: &Kit, sp: &SystemdPath) -> anyhow::Result<SystemdRun> {
     let start = Instant::now();
     let (id, dir) = kit.dirs.create_vm_dir()?;
-    let lease = sp.cids.lease()?;
     let scratch = kit.dirs.scratch_path(&id)?;
+    // Declared before the VM, so dropped after it (the VMM is killed on
+    // drop) also when this future is dropped half way (Ctrl-C).
+    let _files = RemoveOnDrop(vec![scratch.clone(), dir.clone()]);
+    let lease = sp.cids.lease()?;
     let mut vm: Option<RunningVm> = None;
     let result = async {
         let s = scratch.clone();
@@ -362,10 +365,23 @@ async fn systemd_once(kit: &Kit, sp: &SystemdPath) -> anyhow::Result<SystemdRun>
     if let Some(v) = vm.take() {
         let _ = v.kill().await;
     }
-    let _ = std::fs::remove_file(&scratch);
-    let _ = std::fs::remove_dir_all(&dir);
     drop(lease);
     result
+}
+
+/// Removes files and directories when dropped.
+struct RemoveOnDrop(Vec<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
+        }
+    }
 }
 
 fn console_tail(path: &Path) -> String {

@@ -206,7 +206,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let results = rt.block_on(async {
+    let bench = async {
         let (accel, reason) = kit.accel().await?;
         let accel_name = accel.as_str().to_uppercase();
         let backend = BackendInfo {
@@ -303,6 +303,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 reason: WEBHOOK_REASON.into(),
             },
         })
+    };
+    // On Ctrl-C or SIGTERM the benchmark's future is dropped, which kills
+    // and removes its VMs, instead of the process dying with them running.
+    let results = rt.block_on(async {
+        tokio::select! {
+            r = bench => r,
+            s = interrupted() => Err(anyhow::anyhow!("{s}: stopped; the running VMs were torn down")),
+        }
     })?;
     drop(kit);
 
@@ -311,6 +319,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     write(&md, &render::render(&results))?;
     eprintln!("bench: wrote {} and {}", md.display(), json.display());
     Ok(())
+}
+
+/// Resolves on the first SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "interrupted (SIGINT)",
+        _ = term.recv() => "terminated (SIGTERM)",
+    }
 }
 
 fn command_line() -> String {
