@@ -3,13 +3,14 @@
 //! cannot hang PID 1.
 
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use kiln_protocol::frame::{self, FrameError, HEADER_LEN};
 use kiln_protocol::{blocking, GuestMessage, HostMessage, HOST_CID, MAX_FRAME_LEN, VSOCK_PORT};
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     connect, recv, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockType,
     VsockAddr,
@@ -20,6 +21,8 @@ use nix::sys::time::TimeVal;
 pub const CONNECT_BUDGET: Duration = Duration::from_secs(60);
 /// How long one write may block on a host that does not read.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the last message waits for the host's close (see `send_last`).
+pub const LAST_MESSAGE_LINGER: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -81,6 +84,37 @@ impl Channel {
 
     pub fn send(&mut self, msg: &GuestMessage) -> Result<(), FrameError> {
         blocking::write_message(&mut self.sock, msg)
+    }
+
+    /// Sends the conversation's last message (`RunnerExited` or `Error`),
+    /// then waits up to `linger` for the host to close its end. A write only
+    /// reaches the guest kernel's socket buffer: powering off right after it
+    /// can lose the frame in the VMM's vsock device (seen with
+    /// vhost-device-vsock under load), and the host closes as soon as it has
+    /// read the last message, so waiting for that close is the delivery
+    /// receipt. Anything the host still sends meanwhile is discarded.
+    pub fn send_last(&mut self, msg: &GuestMessage, linger: Duration) -> Result<(), FrameError> {
+        self.send(msg)?;
+        let deadline = Instant::now() + linger;
+        let mut scratch = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            if ms == 0 {
+                return Ok(());
+            }
+            let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) => return Ok(()),
+                Ok(_) => match recv(self.sock.as_raw_fd(), &mut scratch, MsgFlags::MSG_DONTWAIT) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
+                    Err(_) => return Ok(()),
+                },
+                Err(Errno::EINTR) => {}
+                Err(_) => return Ok(()),
+            }
+        }
     }
 
     /// The host's first message, version-checked.

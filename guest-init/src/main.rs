@@ -126,7 +126,10 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
         exited.status,
         exited.duration_ms
     );
-    if let Err(e) = chan.send(&GuestMessage::RunnerExited(exited)) {
+    if let Err(e) = chan.send_last(
+        &GuestMessage::RunnerExited(exited),
+        channel::LAST_MESSAGE_LINGER,
+    ) {
         say!("could not send RunnerExited: {e}");
     }
     shutdown::end_processes(shutdown::LEFTOVER_GRACE);

@@ -80,7 +80,7 @@ pub fn fatal(err: &Fatal, chan: Option<&mut Channel>) -> ! {
             what: err.what.clone(),
             detail: err.detail.clone(),
         });
-        if let Err(e) = chan.send(&msg) {
+        if let Err(e) = chan.send_last(&msg, crate::channel::LAST_MESSAGE_LINGER) {
             say!("could not report the error to the host: {e}");
         }
     }
