@@ -117,6 +117,22 @@ impl Outcome {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
+    /// How the job ended; panics (with the whole outcome) when it was not reported.
+    pub fn status(&self) -> kiln_protocol::ExitStatus {
+        self.exit()
+            .unwrap_or_else(|| panic!("no exit\n{self}"))
+            .status
+    }
+
+    /// The value of `key=` on its own line of the job's stdout; panics when absent.
+    pub fn field(&self, key: &str) -> String {
+        let prefix = format!("{key}=");
+        self.stdout_str()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {key}= in stdout\n{self}"))
+    }
+
     pub fn stderr_str(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
@@ -177,6 +193,14 @@ impl TestVm {
     /// itself (killing it after `opts.exit_timeout`), and returns all of it.
     /// Errors are for a VM that could not start at all; how the job and the
     /// VM ended is in the [`Outcome`].
+    /// [`TestVm::boot`] for tests: a VM that could not start fails the test.
+    pub async fn run(job: Job, opts: BootOptions) -> Outcome {
+        match TestVm::boot(job, opts).await {
+            Ok(o) => o,
+            Err(e) => panic!("the VM could not run: {e:#}"),
+        }
+    }
+
     pub async fn boot(job: Job, opts: BootOptions) -> anyhow::Result<Outcome> {
         init_tracing();
         let assets = assets::get()?;

@@ -181,26 +181,6 @@ fn payload_runs_on_this_host() {
 // ---------------------------------------------------------------------------
 // Helpers.
 
-async fn boot(job: Job, opts: BootOptions) -> Outcome {
-    match TestVm::boot(job, opts).await {
-        Ok(o) => o,
-        Err(e) => panic!("the VM could not run: {e:#}"),
-    }
-}
-
-fn status(o: &Outcome) -> ExitStatus {
-    o.exit().unwrap_or_else(|| panic!("no exit\n{o}")).status
-}
-
-/// The value of `key=` on its own line of stdout.
-fn field(o: &Outcome, key: &str) -> String {
-    let prefix = format!("{key}=");
-    o.stdout_str()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
-        .unwrap_or_else(|| panic!("no {key}= in stdout\n{o}"))
-}
-
 /// What a `step NAME cmd...` of the job's script printed to stdout, and its
 /// exit code.
 fn step(o: &Outcome, name: &str) -> (String, i32) {
@@ -289,7 +269,7 @@ step docker-run docker run --rm localhost/kiln-hello:test
     job.deadline_ms = 360_000;
     let mut opts = img.boot_options(1536, 8 << 30);
     opts.exit_timeout = Duration::from_secs(90);
-    let outcome = boot(job, opts).await;
+    let outcome = TestVm::run(job, opts).await;
     wall(&outcome, "podman/buildah/docker VM");
     ContainerVm { outcome, message }
 }
@@ -299,7 +279,7 @@ fn t1_buildah_from_scratch_and_podman_run_print_the_payload() {
     let vm = container_vm();
     let o = &vm.outcome;
     o.assert_clean();
-    assert_eq!(status(o), ExitStatus::Code(0), "{o}");
+    assert_eq!(o.status(), ExitStatus::Code(0), "{o}");
     assert_eq!(
         step(o, "native"),
         (vm.message.clone(), 0),
@@ -435,16 +415,16 @@ async fn t3_two_vms_write_to_their_own_scratch_and_not_the_base() {
     );
     let (a, b) = (random_token(8), random_token(8));
     let (oa, ob) = tokio::join!(
-        boot(isolation_job(&a, &b), img.boot_options(512, 1 << 30)),
-        boot(isolation_job(&b, &a), img.boot_options(512, 1 << 30)),
+        TestVm::run(isolation_job(&a, &b), img.boot_options(512, 1 << 30)),
+        TestVm::run(isolation_job(&b, &a), img.boot_options(512, 1 << 30)),
     );
     wall(&oa, "isolation VM a");
     wall(&ob, "isolation VM b");
     for (o, mine, theirs) in [(&oa, &a, &b), (&ob, &b, &a)] {
         o.assert_clean();
-        assert_eq!(status(o), ExitStatus::Code(0), "{o}");
-        assert_eq!(field(o, "mine"), "2", "own markers not visible\n{o}");
-        assert_eq!(field(o, "seen"), "0", "saw the other VM's marker\n{o}");
+        assert_eq!(o.status(), ExitStatus::Code(0), "{o}");
+        assert_eq!(o.field("mine"), "2", "own markers not visible\n{o}");
+        assert_eq!(o.field("seen"), "0", "saw the other VM's marker\n{o}");
         let out = o.stdout_str();
         assert!(out.contains("mount=/ overlay"), "{o}");
         assert!(out.contains("mount=/home ext4"), "{o}");
@@ -469,7 +449,7 @@ async fn t3_two_vms_write_to_their_own_scratch_and_not_the_base() {
         assert!(other.is_empty(), "the other VM's file is here: {other:?}");
     }
     // Each VM looked after the other had written: the look was meaningful.
-    let t = |o: &Outcome, k: &str| field(o, k).parse::<u64>().unwrap();
+    let t = |o: &Outcome, k: &str| o.field(k).parse::<u64>().unwrap();
     assert!(
         t(&oa, "looked") > t(&ob, "wrote") && t(&ob, "looked") > t(&oa, "wrote"),
         "the two VMs did not run at the same time (a: {}..{}, b: {}..{}); the test proves nothing",
@@ -509,32 +489,34 @@ async fn t4_sudo_follows_the_pool() {
         "the image grants sudo to everyone (built with --sudo)"
     );
     let (allowed, denied) = tokio::join!(
-        boot(sudo_job(vec![gid]), img.boot_options(512, 256 << 20)),
-        boot(sudo_job(Vec::new()), img.boot_options(512, 256 << 20)),
+        TestVm::run(sudo_job(vec![gid]), img.boot_options(512, 256 << 20)),
+        TestVm::run(sudo_job(Vec::new()), img.boot_options(512, 256 << 20)),
     );
     wall(&allowed, "sudo allowed VM");
     wall(&denied, "sudo denied VM");
     for o in [&allowed, &denied] {
         o.assert_clean();
-        assert_eq!(status(o), ExitStatus::Code(0), "{o}");
+        assert_eq!(o.status(), ExitStatus::Code(0), "{o}");
     }
     assert!(
-        field(&allowed, "groups")
+        allowed
+            .field("groups")
             .split_whitespace()
             .any(|g| g == gid.to_string()),
         "{allowed}"
     );
-    assert_eq!(field(&allowed, "rc"), "0", "sudo refused\n{allowed}");
-    assert_eq!(field(&allowed, "root"), "0", "{allowed}");
+    assert_eq!(allowed.field("rc"), "0", "sudo refused\n{allowed}");
+    assert_eq!(allowed.field("root"), "0", "{allowed}");
 
     assert!(
-        !field(&denied, "groups")
+        !denied
+            .field("groups")
             .split_whitespace()
             .any(|g| g == gid.to_string()),
         "{denied}"
     );
-    assert_eq!(field(&denied, "rc"), "1", "sudo was not refused\n{denied}");
-    assert_eq!(field(&denied, "root"), "", "{denied}");
+    assert_eq!(denied.field("rc"), "1", "sudo was not refused\n{denied}");
+    assert_eq!(denied.field("root"), "", "{denied}");
     assert!(
         denied.stderr_str().contains("sudo: a password is required"),
         "{denied}"

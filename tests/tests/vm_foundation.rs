@@ -12,27 +12,7 @@ use kiln_vm_tests::job::{random_token, with_env, HOSTNAME, RUNNER_UID};
 use kiln_vm_tests::{disk, shell_job, BootOptions, CancelWhen, Opening, Outcome, TestVm};
 
 async fn run(script: &str) -> Outcome {
-    run_job(shell_job(script), BootOptions::default()).await
-}
-
-async fn run_job(job: kiln_protocol::Job, opts: BootOptions) -> Outcome {
-    match TestVm::boot(job, opts).await {
-        Ok(o) => o,
-        Err(e) => panic!("the VM could not run: {e:#}"),
-    }
-}
-
-fn status(o: &Outcome) -> ExitStatus {
-    o.exit().unwrap_or_else(|| panic!("no exit\n{o}")).status
-}
-
-/// The value of `key=` on its own line of stdout.
-fn field(o: &Outcome, key: &str) -> String {
-    let prefix = format!("{key}=");
-    o.stdout_str()
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
-        .unwrap_or_else(|| panic!("no {key}= in stdout\n{o}"))
+    TestVm::run(shell_job(script), BootOptions::default()).await
 }
 
 // 1. The job runs as runner; stdout, stderr and the exit status reach the
@@ -42,7 +22,7 @@ fn field(o: &Outcome, key: &str) -> String {
 async fn t1_exit_zero_with_stdout_and_stderr_as_runner() {
     let o = run("echo \"uid=$(id -u) user=$(id -un)\"; echo to-stderr >&2; echo done").await;
     o.assert_clean();
-    assert_eq!(status(&o), ExitStatus::Code(0), "{o}");
+    assert_eq!(o.status(), ExitStatus::Code(0), "{o}");
     assert_eq!(
         o.stdout_str(),
         format!("uid={RUNNER_UID} user=runner\ndone\n"),
@@ -63,7 +43,7 @@ async fn t1_exit_zero_with_stdout_and_stderr_as_runner() {
 async fn t1_nonzero_exit_code() {
     let o = run("echo partial; echo oops >&2; exit 7").await;
     o.assert_clean();
-    assert_eq!(status(&o), ExitStatus::Code(7), "{o}");
+    assert_eq!(o.status(), ExitStatus::Code(7), "{o}");
     assert_eq!(o.stdout_str(), "partial\n");
     assert_eq!(o.stderr_str(), "oops\n");
 }
@@ -72,7 +52,7 @@ async fn t1_nonzero_exit_code() {
 async fn t1_killed_by_a_signal() {
     let o = run("echo before; kill -KILL $$; echo after").await;
     o.assert_clean();
-    assert_eq!(status(&o), ExitStatus::Signal(9), "{o}");
+    assert_eq!(o.status(), ExitStatus::Signal(9), "{o}");
     assert_eq!(o.stdout_str(), "before\n");
 }
 
@@ -92,15 +72,15 @@ awk '{print "mount=" $2 " " $3}' /proc/mounts
 "#;
     let o = run(script).await;
     o.assert_clean();
-    assert_eq!(status(&o), ExitStatus::Code(0), "{o}");
+    assert_eq!(o.status(), ExitStatus::Code(0), "{o}");
 
-    let cg = field(&o, "cgroup");
+    let cg = o.field("cgroup");
     assert!(
         cg.starts_with("0::/runner"),
         "job not in the runner's cgroup: {cg}\n{o}"
     );
-    assert_eq!(field(&o, "moved"), "0::/runner/kiln-probe", "{o}");
-    assert_eq!(field(&o, "hostname"), HOSTNAME);
+    assert_eq!(o.field("moved"), "0::/runner/kiln-probe", "{o}");
+    assert_eq!(o.field("hostname"), HOSTNAME);
 
     let mounts: Vec<String> = o
         .stdout_str()
@@ -124,7 +104,7 @@ awk '{print "mount=" $2 " " $3}' /proc/mounts
 
     // The guest read its clock just before the output left; the host notes
     // when the output arrived.
-    let guest: f64 = field(&o, "clock").parse().unwrap();
+    let guest: f64 = o.field("clock").parse().unwrap();
     let received = o
         .events
         .iter()
@@ -157,13 +137,13 @@ ps -o pid,ppid,stat,comm 2>/dev/null | awk '$3 ~ /Z/' >&2
 "#;
     let o = run(script).await;
     o.assert_clean();
-    assert_eq!(status(&o), ExitStatus::Code(0), "{o}");
+    assert_eq!(o.status(), ExitStatus::Code(0), "{o}");
     assert_eq!(
-        field(&o, "orphans"),
+        o.field("orphans"),
         "100",
         "the orphans were not reparented to PID 1\n{o}"
     );
-    assert_eq!(field(&o, "zombies"), "0", "{o}");
+    assert_eq!(o.field("zombies"), "0", "{o}");
 }
 
 // 4. The deadline stops a job that would run forever, and the VM powers off.
@@ -173,7 +153,7 @@ async fn t4_deadline_stops_the_job_and_the_vm() {
     let mut job = shell_job("echo started; while :; do sleep 1; done");
     job.deadline_ms = 3_000;
     job.grace_ms = 1_000;
-    let o = run_job(job, BootOptions::default()).await;
+    let o = TestVm::run(job, BootOptions::default()).await;
     o.assert_clean();
     let exit = o.exit().unwrap();
     assert_eq!(exit.stopped_by, Some(StopCause::Deadline), "{o}");
@@ -198,7 +178,7 @@ async fn t5_cancel_runs_the_sigterm_trap() {
         }),
         ..BootOptions::default()
     };
-    let o = run_job(shell_job(script), opts).await;
+    let o = TestVm::run(shell_job(script), opts).await;
     o.assert_clean();
     let exit = o.exit().unwrap();
     assert_eq!(exit.stopped_by, Some(StopCause::Cancelled), "{o}");
@@ -218,7 +198,7 @@ async fn bad_opening(bytes: Vec<u8>) -> Outcome {
         opening: Opening::Raw(bytes),
         ..BootOptions::default()
     };
-    let o = run_job(shell_job("echo must-not-run"), opts).await;
+    let o = TestVm::run(shell_job("echo must-not-run"), opts).await;
     assert!(o.conversation_error.is_none(), "{o}");
     assert!(
         o.guest_error().is_some(),
@@ -280,15 +260,15 @@ kill $! 2>/dev/null
 true
 "#;
     let job = with_env(shell_job(script), JIT_CONFIG_ENV, &secret);
-    let o = run_job(job, BootOptions::default()).await;
+    let o = TestVm::run(job, BootOptions::default()).await;
     o.assert_clean();
-    assert_eq!(field(&o, "secret_len"), secret.len().to_string(), "{o}");
+    assert_eq!(o.field("secret_len"), secret.len().to_string(), "{o}");
     assert_eq!(
-        field(&o, "marker_hits"),
+        o.field("marker_hits"),
         "1",
         "the cmdline scan itself does not work\n{o}"
     );
-    assert_eq!(field(&o, "secret_hits"), "0", "{o}");
+    assert_eq!(o.field("secret_hits"), "0", "{o}");
     assert!(
         !o.console.contains(&secret),
         "the secret reached the console log"
@@ -310,9 +290,9 @@ async fn t8_scratch_disk_takes_the_writes_and_the_base_stays_intact() {
         scratch: true,
         ..BootOptions::default()
     };
-    let o = run_job(shell_job(&script), opts).await;
+    let o = TestVm::run(shell_job(&script), opts).await;
     o.assert_clean();
-    assert_eq!(status(&o), ExitStatus::Code(0), "{o}");
+    assert_eq!(o.status(), ExitStatus::Code(0), "{o}");
     assert!(o.stdout_str().starts_with("the base image\n"), "{o}");
     let mounts = o.stdout_str();
     assert!(
