@@ -506,13 +506,12 @@ mod tests {
         assert_eq!(q35.tsc_khz(Accel::Tcg), None);
     }
 
-    #[tokio::test]
-    async fn missing_kernel_is_named() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let spec = VmSpec {
+    /// A one-vCPU VM in `dir` booting `kernel`, nothing else attached.
+    fn spec_in(dir: &Path, kernel: PathBuf) -> VmSpec {
+        VmSpec {
             id: "k".into(),
-            dir: dir.path().to_owned(),
-            kernel: dir.path().join("no-vmlinuz"),
+            dir: dir.to_owned(),
+            kernel,
             initrd: None,
             base_image: None,
             scratch_disk: None,
@@ -522,7 +521,13 @@ mod tests {
             guest_cid: 3,
             tap: None,
             console_limit_bytes: 1024,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_kernel_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = spec_in(dir.path(), dir.path().join("no-vmlinuz"));
         let err = QemuVm::start(&spec, &QemuConfig::default())
             .await
             .err()
@@ -535,20 +540,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let kernel = dir.path().join("vmlinuz");
         std::fs::write(&kernel, b"k").expect("kernel");
-        let spec = VmSpec {
-            id: "k".into(),
-            dir: dir.path().to_owned(),
-            kernel,
-            initrd: None,
-            base_image: None,
-            scratch_disk: None,
-            kernel_args: vec![],
-            vcpus: 1,
-            memory_mib: 256,
-            guest_cid: 3,
-            tap: None,
-            console_limit_bytes: 1024,
-        };
+        let spec = spec_in(dir.path(), kernel);
         let cfg = QemuConfig {
             qemu: dir.path().join("qemu-system-x86_64"),
             ..QemuConfig::default()
