@@ -2,6 +2,7 @@
 //! tokens that are cached per installation and refreshed before they expire.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +30,16 @@ pub struct GithubApp {
     /// One slot per installation. The slot's async lock is held while a token
     /// is fetched, so concurrent callers wait for that one refresh.
     tokens: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<CachedToken>>>>>,
+}
+
+impl fmt::Debug for GithubApp {
+    // By hand: the key and the cached tokens stay out of every log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GithubApp")
+            .field("app_id", &self.app_id)
+            .field("api", &self.http.base())
+            .finish_non_exhaustive()
+    }
 }
 
 struct CachedToken {

@@ -130,6 +130,10 @@ impl HttpClient {
         })
     }
 
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     pub fn policy(&self) -> &ClientPolicy {
         &self.policy
     }
