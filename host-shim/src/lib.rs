@@ -1,17 +1,27 @@
 //! `kiln`: the host side of Kiln. Every GitHub Actions job in a fresh microVM.
 //!
-//! - [`cli`] — the `kiln` command line: `run`, `doctor`.
+//! - [`cli`] — the `kiln` command line: `run`, `doctor`, `serve`.
+//! - [`config`] — `kiln serve`'s config file: parse, validate, read the secrets.
 //! - [`conversation`] — the exchange with one guest's kiln-init: Hello, Job, events, Cancel.
 //! - [`disk`] — per-VM scratch disks.
 //! - [`doctor`] — `kiln doctor`: what this host lacks, and how to fix it.
+//! - [`github`] — GitHub: webhook verification and payloads, the App's REST calls.
+//! - [`scheduler`] — the job queue: capacity accounting and dispatch, FIFO per host.
+//! - [`secret`] — [`secret::Secret`]: strings that print as `[redacted]`.
+//! - [`serve`] — `kiln serve`'s HTTP server: webhooks in, jobs to the scheduler.
 //! - [`vm`] — one VM's life, the same for both backends: start, job, teardown.
 //! - [`vmm`] — backends that boot one VM (QEMU, Firecracker through its jailer).
 //! - [`vsock`] — Firecracker's hybrid vsock, host side: listeners and the CONNECT client.
 
 pub mod cli;
+pub mod config;
 pub mod conversation;
 pub mod disk;
 pub mod doctor;
+pub mod github;
+pub mod scheduler;
+pub mod secret;
+pub mod serve;
 pub mod vm;
 pub mod vmm;
 pub mod vsock;

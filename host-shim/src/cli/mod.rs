@@ -2,10 +2,12 @@
 //!
 //! - [`run`]: `kiln run` — one job in a fresh microVM, without GitHub.
 //! - [`doctor`]: `kiln doctor` — what this host lacks.
+//! - [`serve`]: `kiln serve` — the daemon: GitHub webhooks in, one microVM per job.
 
 pub mod doctor;
 pub mod duration;
 pub mod run;
+pub mod serve;
 mod signals;
 
 use std::process::ExitCode;
@@ -30,6 +32,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Check this host for everything Kiln needs, and say what to do about what is missing.
     Doctor(doctor::DoctorArgs),
+    /// The daemon: take GitHub's workflow_job webhooks and run each job in a fresh microVM.
+    Serve(serve::ServeArgs),
 }
 
 /// Logs go to stderr, filtered by `KILN_LOG` (default `warn` for `kiln
@@ -53,6 +57,10 @@ pub fn main() -> ExitCode {
         Command::Doctor(args) => {
             init_tracing("info");
             doctor::main(args)
+        }
+        Command::Serve(args) => {
+            init_tracing("info");
+            serve::main(args)
         }
     }
 }

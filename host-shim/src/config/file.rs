@@ -1,0 +1,57 @@
+//! The TOML file as written, before validation. Unknown keys are errors:
+//! a typo must not silently fall back to a default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    pub webhook_secret_file: PathBuf,
+    pub max_queued: Option<usize>,
+    pub github: RawGithub,
+    pub host: Option<RawHost>,
+    #[serde(default)]
+    pub pool: Vec<RawPool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGithub {
+    pub api_url: Option<String>,
+    pub app_id: u64,
+    pub private_key_file: PathBuf,
+    pub org: Option<String>,
+    pub repo: Option<String>,
+    pub enterprise: Option<String>,
+    pub runner_group_id: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHost {
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub name: String,
+    pub labels: Vec<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub scratch_gib: Option<u64>,
+    pub image: Option<PathBuf>,
+    pub sudo: Option<bool>,
+    pub max_vms: Option<u32>,
+    pub job_timeout: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}

@@ -1,0 +1,71 @@
+//! A pool: one VM size and image for the jobs whose `runs-on` labels it serves.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One `[[pool]]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    /// The labels this pool's runners register with; kept as written.
+    pub labels: Vec<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// The per-VM scratch disk (sparse: costs what the job writes).
+    pub scratch_gib: u64,
+    /// The directory `cargo xtask image` writes.
+    pub image: PathBuf,
+    /// Whether the job's user may use sudo in the VM.
+    pub sudo: bool,
+    /// At most this many of the pool's VMs at once; `None`: only the host limits it.
+    pub max_vms: Option<u32>,
+    pub job_timeout: Duration,
+}
+
+impl Pool {
+    /// Whether a job asking for `job_labels` (its `runs-on`) can run here:
+    /// every label it asks for is one of the pool's, case-insensitively (as
+    /// GitHub matches runner labels). A job that asks for nothing matches
+    /// no pool: taking it would run jobs meant for other runners.
+    pub fn accepts(&self, job_labels: &[String]) -> bool {
+        !job_labels.is_empty()
+            && job_labels.iter().all(|want| {
+                self.labels
+                    .iter()
+                    .any(|have| have.eq_ignore_ascii_case(want))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(labels: &[&str]) -> Pool {
+        Pool {
+            name: "p".into(),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            vcpus: 2,
+            memory_mib: 2048,
+            scratch_gib: 20,
+            image: "/img".into(),
+            sudo: false,
+            max_vms: None,
+            job_timeout: Duration::from_secs(60),
+        }
+    }
+
+    fn labels(l: &[&str]) -> Vec<String> {
+        l.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn every_asked_label_must_be_in_the_pool_case_insensitively() {
+        let p = pool(&["self-hosted", "linux", "x64", "kiln-small"]);
+        assert!(p.accepts(&labels(&["self-hosted"])));
+        assert!(p.accepts(&labels(&["Self-Hosted", "Linux", "kiln-small"])));
+        assert!(!p.accepts(&labels(&["self-hosted", "gpu"])));
+        assert!(!p.accepts(&labels(&["ubuntu-latest"])));
+        assert!(!p.accepts(&[]));
+    }
+}

@@ -1,0 +1,23 @@
+//! GitHub: webhooks in, and (for the dispatcher) the App's REST calls out.
+//!
+//! - [`webhook`] — `X-Hub-Signature-256` check and the typed `workflow_job` payload.
+//! - [`scope`] — where runners register: a repository, an organization or an enterprise.
+//! - [`app`] — App authentication: the RS256 JWT and cached installation tokens ([`GithubApp`]).
+//! - [`jit`] — just-in-time runner configs.
+//! - [`runners`] — deleting runner registrations.
+//! - [`client`] — HTTP: timeouts, retries, rate limits, TLS.
+//! - [`error`] — [`GithubError`]: names the request, never a token or JIT config.
+
+pub mod app;
+pub mod client;
+pub mod error;
+pub mod jit;
+pub mod runners;
+pub mod scope;
+pub mod webhook;
+
+pub use app::GithubApp;
+pub use client::ClientPolicy;
+pub use error::GithubError;
+pub use jit::{JitConfig, JitRequest};
+pub use scope::RunnerScope;

@@ -1,0 +1,119 @@
+//! Deliveries already handled, so a duplicate or a redelivery does not
+//! queue a job twice: the last N delivery ids and (job id, action) pairs.
+//! Bounded, so a flood cannot grow it; an entry older than the last N is
+//! forgotten (a duplicate that late is queued again; the scheduler still
+//! refuses a job id that is queued already).
+
+use std::borrow::Borrow;
+use std::collections::{HashSet, VecDeque};
+use std::hash::Hash;
+
+use crate::github::webhook::WorkflowJobAction;
+
+/// Entries each set keeps.
+pub const DEDUPE_ENTRIES: usize = 65_536;
+
+/// A set that forgets its oldest entry beyond `capacity`.
+#[derive(Debug)]
+pub struct RecentSet<K> {
+    capacity: usize,
+    set: HashSet<K>,
+    order: VecDeque<K>,
+}
+
+impl<K: Hash + Eq + Clone> RecentSet<K> {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            set: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    pub fn contains<Q>(&self, k: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.set.contains(k)
+    }
+
+    /// Remembers `k`, forgetting the oldest entry when full.
+    pub fn insert(&mut self, k: K) {
+        if !self.set.insert(k.clone()) {
+            return;
+        }
+        self.order.push_back(k);
+        if self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
+/// What the webhook handler has seen.
+#[derive(Debug)]
+pub struct Seen {
+    pub deliveries: RecentSet<String>,
+    pub jobs: RecentSet<(u64, WorkflowJobAction)>,
+}
+
+impl Seen {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            deliveries: RecentSet::new(capacity),
+            jobs: RecentSet::new(capacity),
+        }
+    }
+
+    /// Whether this delivery, or another with the same job and action, was handled.
+    pub fn is_duplicate(&self, delivery: &str, job_id: u64, action: WorkflowJobAction) -> bool {
+        self.deliveries.contains(delivery) || self.jobs.contains(&(job_id, action))
+    }
+
+    pub fn remember(&mut self, delivery: &str, job_id: u64, action: WorkflowJobAction) {
+        self.deliveries.insert(delivery.to_string());
+        self.jobs.insert((job_id, action));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgets_the_oldest_beyond_capacity() {
+        let mut s = RecentSet::new(3);
+        for k in 1..=3 {
+            s.insert(k);
+        }
+        s.insert(2);
+        assert_eq!(s.len(), 3, "re-inserting does not grow it");
+        s.insert(4);
+        assert!(!s.contains(&1));
+        assert!(s.contains(&2) && s.contains(&3) && s.contains(&4));
+        for k in 5..1000 {
+            s.insert(k);
+        }
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.order.len(), 3);
+    }
+
+    #[test]
+    fn duplicate_by_delivery_or_by_job_and_action() {
+        let mut seen = Seen::new(10);
+        seen.remember("d1", 7, WorkflowJobAction::Queued);
+        assert!(seen.is_duplicate("d1", 8, WorkflowJobAction::Completed));
+        assert!(seen.is_duplicate("d2", 7, WorkflowJobAction::Queued));
+        assert!(!seen.is_duplicate("d2", 7, WorkflowJobAction::Completed));
+    }
+}

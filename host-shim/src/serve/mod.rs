@@ -1,0 +1,166 @@
+//! `kiln serve`'s HTTP side: GitHub's webhooks in, jobs to the [`Scheduler`].
+//!
+//! - [`webhook`] — `POST /webhook`: signature, parsing, de-duplication, the queue.
+//! - [`dedupe`] — the bounded memory of deliveries already handled.
+//! - [`dispatch`] — the dispatcher `kiln serve` runs jobs with.
+//! - [`signals`] — SIGINT/SIGTERM: drain, then cancel.
+//! - [`error`] — [`ServeError`].
+//!
+//! `GET /healthz` answers 200 while the server runs.
+
+pub mod dedupe;
+pub mod dispatch;
+pub mod error;
+pub mod signals;
+pub mod webhook;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use error::ServeError;
+
+use crate::config::{Config, Pool};
+use crate::scheduler::{Dispatch, Scheduler};
+use crate::secret::Secret;
+use dedupe::{Seen, DEDUPE_ENTRIES};
+use signals::Signals;
+
+/// After the first signal, open connections get this long to finish.
+const HTTP_DRAIN: Duration = Duration::from_secs(10);
+
+/// The webhook server and its scheduler.
+pub struct Server<D: Dispatch> {
+    app: Arc<App<D>>,
+}
+
+/// What the handlers share.
+struct App<D: Dispatch> {
+    webhook_secret: Secret,
+    pools: Vec<Arc<Pool>>,
+    scheduler: Scheduler<D>,
+    seen: Mutex<Seen>,
+}
+
+impl<D: Dispatch> App<D> {
+    fn lock_seen(&self) -> MutexGuard<'_, Seen> {
+        // Two set insertions cannot leave it inconsistent.
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl<D: Dispatch> Server<D> {
+    pub fn new(config: &Config, dispatcher: D) -> Self {
+        Self {
+            app: Arc::new(App {
+                webhook_secret: config.webhook_secret.clone(),
+                pools: config.pools.clone(),
+                scheduler: Scheduler::new(
+                    config.host,
+                    &config.pools,
+                    config.max_queued,
+                    dispatcher,
+                ),
+                seen: Mutex::new(Seen::new(DEDUPE_ENTRIES)),
+            }),
+        }
+    }
+
+    pub fn scheduler(&self) -> &Scheduler<D> {
+        &self.app.scheduler
+    }
+
+    /// `POST /webhook` and `GET /healthz`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(
+                "/webhook",
+                post(webhook::handle::<D>).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES)),
+            )
+            .route("/healthz", get(|| async { "ok" }))
+            .with_state(Arc::clone(&self.app))
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` resolves and the open
+    /// connections have finished. The scheduler keeps running: see [`run`].
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// `kiln serve`: listens on `config.listen` until SIGINT or SIGTERM. The
+/// first signal stops taking webhooks and starting jobs (queued ones are
+/// dropped; GitHub keeps them queued) and waits for the running jobs; the
+/// next cancels them.
+pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), ServeError> {
+    let signals = Signals::install().map_err(ServeError::Signals)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let server = Server::new(&config, dispatcher);
+    for pool in &config.pools {
+        tracing::info!(
+            pool = %pool.name,
+            labels = ?pool.labels,
+            vcpus = pool.vcpus,
+            memory_mib = pool.memory_mib,
+            max_vms = ?pool.max_vms,
+            "pool"
+        );
+        if pool.max_vms == Some(0) {
+            tracing::warn!(pool = %pool.name, "max_vms = 0: this pool's jobs are queued but never run");
+        }
+    }
+    tracing::info!(
+        listen = %listener.local_addr().unwrap_or(config.listen),
+        host_vcpus = config.host.vcpus,
+        host_memory_mib = config.host.memory_mib,
+        scope = %config.github.scope,
+        "kiln serve: listening for webhooks on POST /webhook"
+    );
+
+    let drain_deadline = {
+        let signals = signals.clone();
+        async move {
+            signals.count(1).await;
+            tokio::time::sleep(HTTP_DRAIN).await;
+        }
+    };
+    tokio::select! {
+        served = server.serve(listener, signals.clone().count(1)) => served.map_err(ServeError::Http)?,
+        () = drain_deadline => tracing::warn!("connections still open {HTTP_DRAIN:?} after the signal: closing them"),
+    }
+
+    let scheduler = server.scheduler();
+    let dropped = scheduler.close();
+    let running = scheduler.snapshot().running;
+    tracing::info!(
+        dropped_from_queue = dropped.len(),
+        running,
+        "webhooks stopped; waiting for the running jobs (signal again to cancel them)"
+    );
+    tokio::select! {
+        () = scheduler.wait_idle() => {}
+        () = signals.count(2) => {
+            let cancelled = scheduler.abort_running();
+            tracing::warn!(cancelled, "cancelling the running jobs");
+            scheduler.wait_idle().await;
+        }
+    }
+    tracing::info!("kiln serve: stopped");
+    Ok(())
+}

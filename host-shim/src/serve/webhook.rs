@@ -1,0 +1,173 @@
+//! `POST /webhook`: GitHub's deliveries. The order matters: the body limit
+//! (413), the event header, the signature over the raw bytes (401), then
+//! parsing, de-duplication and the queue. The answer comes at once: no
+//! GitHub call and no VM work happen here, only bookkeeping under a lock.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::App;
+use crate::github::webhook::{
+    verify_signature, WorkflowJobAction, WorkflowJobEvent, DELIVERY_HEADER, EVENT_HEADER,
+    SIGNATURE_HEADER,
+};
+use crate::scheduler::{Dispatch, EnqueueError, QueuedJob};
+
+/// GitHub's payloads go up to 25 MB.
+pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+
+/// A delivery id longer than this is not GitHub's (a GUID is 36).
+const MAX_DELIVERY_LEN: usize = 128;
+
+/// Parse errors are cut to this in answers and logs.
+const MAX_REASON_LEN: usize = 200;
+
+pub(super) async fn handle<D: Dispatch>(
+    State(app): State<Arc<App<D>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // Header values that are not visible ASCII fail `to_str`, so what is
+    // logged below cannot forge log lines.
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let delivery = header(DELIVERY_HEADER).unwrap_or("");
+    if delivery.len() > MAX_DELIVERY_LEN {
+        return answer(StatusCode::BAD_REQUEST, "X-GitHub-Delivery is too long");
+    }
+    let Some(event) = header(EVENT_HEADER) else {
+        return answer(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
+    };
+    let signature = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
+    if let Err(e) = verify_signature(&app.webhook_secret, &body, signature) {
+        tracing::warn!(delivery, event, reason = %e, "webhook refused: bad signature");
+        return answer(StatusCode::UNAUTHORIZED, "bad signature");
+    }
+    match event {
+        "ping" => {
+            tracing::info!(delivery, "ping from GitHub");
+            return answer(StatusCode::OK, "pong");
+        }
+        "workflow_job" => {}
+        other => {
+            tracing::debug!(delivery, event = other, "event ignored");
+            return answer(StatusCode::ACCEPTED, "ignored: not a workflow_job event");
+        }
+    }
+    let ev: WorkflowJobEvent = match serde_json::from_slice(&body) {
+        Ok(ev) => ev,
+        Err(e) => {
+            let reason = truncate(&format!("invalid workflow_job payload: {e}"));
+            tracing::warn!(delivery, %reason, "webhook refused");
+            return answer(StatusCode::BAD_REQUEST, reason);
+        }
+    };
+    if delivery.is_empty() {
+        return answer(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery header");
+    }
+    app.accept(delivery, ev)
+}
+
+impl<D: Dispatch> App<D> {
+    /// A signed, parsed `workflow_job`: de-duplicate, then queue or dequeue.
+    fn accept(&self, delivery: &str, ev: WorkflowJobEvent) -> Response {
+        let job_id = ev.workflow_job.id;
+        let action = ev.action;
+        // Held until the delivery is recorded, so two copies arriving at
+        // once cannot both pass the check.
+        let mut seen = self.lock_seen();
+        if seen.is_duplicate(delivery, job_id, action) {
+            tracing::debug!(
+                delivery,
+                job_id,
+                action = action.as_str(),
+                "duplicate delivery"
+            );
+            return answer(StatusCode::ACCEPTED, "duplicate");
+        }
+        let response = match action {
+            WorkflowJobAction::Queued => self.queue(delivery, ev),
+            WorkflowJobAction::Completed => match self.scheduler.cancel_queued(job_id) {
+                Some(job) => {
+                    tracing::info!(delivery, job_id, pool = %job.pool.name, "job completed before it ran: removed from the queue");
+                    answer(StatusCode::ACCEPTED, "removed from the queue")
+                }
+                None => answer(StatusCode::ACCEPTED, "completed"),
+            },
+            other => {
+                tracing::debug!(delivery, job_id, action = other.as_str(), "action ignored");
+                answer(StatusCode::ACCEPTED, "ignored: action")
+            }
+        };
+        // Refused deliveries (503) stay unrecorded, so a redelivery of the
+        // same one is taken once there is room.
+        if response.status() == StatusCode::ACCEPTED {
+            seen.remember(delivery, job_id, action);
+        }
+        response
+    }
+
+    fn queue(&self, delivery: &str, ev: WorkflowJobEvent) -> Response {
+        let job_id = ev.workflow_job.id;
+        let labels = ev.workflow_job.labels;
+        let Some(pool) = self.pools.iter().find(|p| p.accepts(&labels)) else {
+            tracing::info!(delivery, job_id, ?labels, repository = ?ev.repository.full_name, "no pool serves these labels: job ignored");
+            return answer(StatusCode::ACCEPTED, "ignored: no pool serves these labels");
+        };
+        let Some(installation) = ev.installation else {
+            tracing::warn!(
+                delivery,
+                job_id,
+                "workflow_job without an installation: the webhook must be the GitHub App's"
+            );
+            return answer(
+                StatusCode::BAD_REQUEST,
+                "no installation in the payload: send webhooks from the GitHub App",
+            );
+        };
+        let job = QueuedJob {
+            delivery: delivery.to_string(),
+            job_id,
+            run_id: ev.workflow_job.run_id,
+            installation_id: installation.id,
+            repository: ev.repository.full_name,
+            labels,
+            pool: Arc::clone(pool),
+            received: Instant::now(),
+        };
+        match self.scheduler.enqueue(job) {
+            Ok(()) => {
+                tracing::info!(delivery, job_id, pool = %pool.name, "job queued");
+                answer(StatusCode::ACCEPTED, "queued")
+            }
+            Err(EnqueueError::AlreadyQueued { .. }) => answer(StatusCode::ACCEPTED, "duplicate"),
+            Err(e @ EnqueueError::QueueFull { .. }) => {
+                tracing::warn!(delivery, job_id, pool = %pool.name, "job refused: {e}");
+                answer(StatusCode::SERVICE_UNAVAILABLE, "queue full")
+            }
+            Err(e @ EnqueueError::Closed) => {
+                tracing::warn!(delivery, job_id, pool = %pool.name, "job refused: {e}");
+                answer(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+            }
+            Err(e) => {
+                tracing::error!(delivery, job_id, pool = %pool.name, "job refused: {e}");
+                answer(StatusCode::INTERNAL_SERVER_ERROR, "cannot queue the job")
+            }
+        }
+    }
+}
+
+fn answer(status: StatusCode, text: impl Into<String>) -> Response {
+    (status, text.into()).into_response()
+}
+
+fn truncate(s: &str) -> String {
+    match s.char_indices().nth(MAX_REASON_LEN) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
