@@ -32,6 +32,12 @@ pub struct GithubApp {
     tokens: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<CachedToken>>>>>,
 }
 
+// The dispatcher shares one GithubApp between tasks through an Arc.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<GithubApp>();
+};
+
 impl fmt::Debug for GithubApp {
     // By hand: the key and the cached tokens stay out of every log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
