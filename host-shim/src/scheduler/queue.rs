@@ -201,6 +201,10 @@ impl Queue {
         jobs.into_iter().map(|(_, job)| job).collect()
     }
 
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.len()
+    }
+
     pub(crate) fn running(&self) -> usize {
         self.running
     }

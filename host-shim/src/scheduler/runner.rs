@@ -71,7 +71,15 @@ impl<D: Dispatch> Scheduler<D> {
         if state.closed {
             return Err(EnqueueError::Closed);
         }
+        let (delivery, job_id, pool) = (job.delivery.clone(), job.job_id, Arc::clone(&job.pool));
         state.queue.enqueue(job)?;
+        tracing::info!(
+            %delivery,
+            job_id,
+            pool = %pool.name,
+            queued = state.queue.queued(),
+            "job queued"
+        );
         start_ready(&self.inner, &mut state);
         Ok(())
     }

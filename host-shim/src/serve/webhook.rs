@@ -44,17 +44,17 @@ pub(super) async fn handle<D: Dispatch>(
     };
     let signature = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
     if let Err(e) = verify_signature(&app.webhook_secret, &body, signature) {
-        tracing::warn!(delivery, event, reason = %e, "webhook refused: bad signature");
+        tracing::warn!(%delivery, %event, reason = %e, "webhook refused: bad signature");
         return answer(StatusCode::UNAUTHORIZED, "bad signature");
     }
     match event {
         "ping" => {
-            tracing::info!(delivery, "ping from GitHub");
+            tracing::info!(%delivery, "ping from GitHub");
             return answer(StatusCode::OK, "pong");
         }
         "workflow_job" => {}
         other => {
-            tracing::debug!(delivery, event = other, "event ignored");
+            tracing::debug!(%delivery, event = %other, "event ignored");
             return answer(StatusCode::ACCEPTED, "ignored: not a workflow_job event");
         }
     }
@@ -62,7 +62,7 @@ pub(super) async fn handle<D: Dispatch>(
         Ok(ev) => ev,
         Err(e) => {
             let reason = truncate(&format!("invalid workflow_job payload: {e}"));
-            tracing::warn!(delivery, %reason, "webhook refused");
+            tracing::warn!(%delivery, %reason, "webhook refused");
             return answer(StatusCode::BAD_REQUEST, reason);
         }
     };
@@ -82,7 +82,7 @@ impl<D: Dispatch> App<D> {
         let mut seen = self.lock_seen();
         if seen.is_duplicate(delivery, job_id, action) {
             tracing::debug!(
-                delivery,
+                %delivery,
                 job_id,
                 action = action.as_str(),
                 "duplicate delivery"
@@ -93,13 +93,13 @@ impl<D: Dispatch> App<D> {
             WorkflowJobAction::Queued => self.queue(delivery, ev),
             WorkflowJobAction::Completed => match self.scheduler.cancel_queued(job_id) {
                 Some(job) => {
-                    tracing::info!(delivery, job_id, pool = %job.pool.name, "job completed before it ran: removed from the queue");
+                    tracing::info!(%delivery, job_id, pool = %job.pool.name, "job completed before it ran: removed from the queue");
                     answer(StatusCode::ACCEPTED, "removed from the queue")
                 }
                 None => answer(StatusCode::ACCEPTED, "completed"),
             },
             other => {
-                tracing::debug!(delivery, job_id, action = other.as_str(), "action ignored");
+                tracing::debug!(%delivery, job_id, action = other.as_str(), "action ignored");
                 answer(StatusCode::ACCEPTED, "ignored: action")
             }
         };
@@ -115,12 +115,12 @@ impl<D: Dispatch> App<D> {
         let job_id = ev.workflow_job.id;
         let labels = ev.workflow_job.labels;
         let Some(pool) = self.pools.iter().find(|p| p.accepts(&labels)) else {
-            tracing::info!(delivery, job_id, ?labels, repository = ?ev.repository.full_name, "no pool serves these labels: job ignored");
+            tracing::info!(%delivery, job_id, ?labels, repository = ?ev.repository.full_name, "no pool serves these labels: job ignored");
             return answer(StatusCode::ACCEPTED, "ignored: no pool serves these labels");
         };
         let Some(installation) = ev.installation else {
             tracing::warn!(
-                delivery,
+                %delivery,
                 job_id,
                 "workflow_job without an installation: the webhook must be the GitHub App's"
             );
@@ -140,21 +140,18 @@ impl<D: Dispatch> App<D> {
             received: Instant::now(),
         };
         match self.scheduler.enqueue(job) {
-            Ok(()) => {
-                tracing::info!(delivery, job_id, pool = %pool.name, "job queued");
-                answer(StatusCode::ACCEPTED, "queued")
-            }
+            Ok(()) => answer(StatusCode::ACCEPTED, "queued"),
             Err(EnqueueError::AlreadyQueued { .. }) => answer(StatusCode::ACCEPTED, "duplicate"),
             Err(e @ EnqueueError::QueueFull { .. }) => {
-                tracing::warn!(delivery, job_id, pool = %pool.name, "job refused: {e}");
+                tracing::warn!(%delivery, job_id, pool = %pool.name, "job refused: {e}");
                 answer(StatusCode::SERVICE_UNAVAILABLE, "queue full")
             }
             Err(e @ EnqueueError::Closed) => {
-                tracing::warn!(delivery, job_id, pool = %pool.name, "job refused: {e}");
+                tracing::warn!(%delivery, job_id, pool = %pool.name, "job refused: {e}");
                 answer(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
             }
             Err(e) => {
-                tracing::error!(delivery, job_id, pool = %pool.name, "job refused: {e}");
+                tracing::error!(%delivery, job_id, pool = %pool.name, "job refused: {e}");
                 answer(StatusCode::INTERNAL_SERVER_ERROR, "cannot queue the job")
             }
         }

@@ -1,0 +1,505 @@
+//! `kiln serve`'s webhook server, end to end over HTTP on 127.0.0.1: real
+//! config files, the real router and scheduler, and a test dispatcher that
+//! records each job and holds it until the test lets it finish.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use kiln::config::{Config, HostFacts};
+use kiln::github::webhook::sign;
+use kiln::scheduler::{Dispatch, QueuedJob, Snapshot};
+use kiln::secret::Secret;
+use kiln::serve::Server;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+const SECRET: &str = "test-webhook-secret";
+const INSTALLATION: u64 = 4242;
+
+/// Host: 4 vCPUs. `small` (2 vCPUs) fits twice, `big` (4) once.
+const POOLS: &str = r#"
+[host]
+vcpus = 4
+memory_mib = 16384
+
+[[pool]]
+name = "small"
+labels = ["self-hosted", "linux", "kiln-small"]
+vcpus = 2
+memory_mib = 2048
+
+[[pool]]
+name = "big"
+labels = ["self-hosted", "linux", "kiln-big"]
+vcpus = 4
+memory_mib = 4096
+"#;
+
+/// Sends each job it gets to the test, then holds it until a permit is added.
+struct Recorder {
+    jobs: mpsc::UnboundedSender<QueuedJob>,
+    permits: Arc<Semaphore>,
+}
+
+impl Dispatch for Recorder {
+    async fn dispatch(&self, job: QueuedJob) {
+        let _ = self.jobs.send(job);
+        if let Ok(p) = self.permits.acquire().await {
+            p.forget();
+        }
+    }
+}
+
+struct Kiln {
+    addr: SocketAddr,
+    server: Arc<Server<Recorder>>,
+    jobs: mpsc::UnboundedReceiver<QueuedJob>,
+    permits: Arc<Semaphore>,
+    stop: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+fn write_secret(path: &Path, content: &str) {
+    std::fs::write(path, content).expect("write secret");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+/// Starts the server with `extra` top-level keys and [`POOLS`] (or `pools`).
+async fn start_with(extra: &str, pools: &str) -> Kiln {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_secret(&dir.path().join("webhook-secret"), &format!("{SECRET}\n"));
+    write_secret(&dir.path().join("key.pem"), "not parsed by the server\n");
+    let text = format!(
+        "{extra}\nlisten = \"127.0.0.1:0\"\nwebhook_secret_file = \"webhook-secret\"\n\
+         [github]\napp_id = 1\nprivate_key_file = \"key.pem\"\norg = \"acme\"\n{pools}"
+    );
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    let facts = HostFacts {
+        cpus: 64,
+        memory_mib: 1 << 20,
+    };
+    let config = Config::load_with_host(&path, &facts).expect("valid config");
+
+    let (tx, jobs) = mpsc::unbounded_channel();
+    let permits = Arc::new(Semaphore::new(0));
+    let recorder = Recorder {
+        jobs: tx,
+        permits: Arc::clone(&permits),
+    };
+    let server = Arc::new(Server::new(&config, recorder));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = Arc::clone(&server);
+    let served = tokio::spawn(async move {
+        serving
+            .serve(listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Kiln {
+        addr,
+        server,
+        jobs,
+        permits,
+        stop: Some(stop),
+        served,
+        _dir: dir,
+    }
+}
+
+async fn start() -> Kiln {
+    start_with("", POOLS).await
+}
+
+fn workflow_job(action: &str, id: u64, labels: &[&str]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "action": action,
+        "workflow_job": {
+            "id": id, "run_id": id * 10, "run_attempt": 1, "labels": labels,
+            "status": action, "runner_name": null, "steps": [],
+        },
+        "repository": {"full_name": "acme/widgets", "private": true},
+        "organization": {"login": "acme"},
+        "installation": {"id": INSTALLATION},
+        "sender": {"login": "octocat"},
+    }))
+    .expect("json")
+}
+
+struct Delivery<'a> {
+    event: Option<&'a str>,
+    id: String,
+    /// `None`: no signature header; `Some(s)`: this header value.
+    signature: Option<String>,
+    body: Vec<u8>,
+}
+
+impl<'a> Delivery<'a> {
+    fn signed(event: &'a str, id: &str, body: Vec<u8>) -> Self {
+        Self {
+            event: Some(event),
+            id: id.into(),
+            signature: Some(sign(&Secret::new(SECRET), &body)),
+            body,
+        }
+    }
+
+    fn job(id: &str, action: &str, job_id: u64, labels: &[&str]) -> Self {
+        Self::signed("workflow_job", id, workflow_job(action, job_id, labels))
+    }
+}
+
+const SMALL: &[&str] = &["self-hosted", "linux", "kiln-small"];
+
+impl Kiln {
+    async fn request(&self, req: Request<Full<Bytes>>) -> (StatusCode, String) {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let resp = send.send_request(req).await.expect("response");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn send(&self, d: Delivery<'_>) -> (StatusCode, String) {
+        let mut req = Request::post("/webhook")
+            .header("host", "kiln.test")
+            .header("content-type", "application/json")
+            .header("x-github-delivery", &d.id);
+        if let Some(event) = d.event {
+            req = req.header("x-github-event", event);
+        }
+        if let Some(sig) = &d.signature {
+            req = req.header("x-hub-signature-256", sig);
+        }
+        self.request(req.body(Full::new(Bytes::from(d.body))).expect("request"))
+            .await
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        self.server.scheduler().snapshot()
+    }
+
+    async fn next_job(&mut self) -> QueuedJob {
+        tokio::time::timeout(Duration::from_secs(5), self.jobs.recv())
+            .await
+            .expect("a job is dispatched within 5 s")
+            .expect("recorder alive")
+    }
+
+    async fn no_job(&mut self) {
+        let r = tokio::time::timeout(Duration::from_millis(200), self.jobs.recv()).await;
+        assert!(
+            r.is_err(),
+            "nothing may be dispatched, got {:?}",
+            r.ok().flatten().map(|j| j.job_id)
+        );
+    }
+
+    async fn until(&self, what: &str, f: impl Fn(&Snapshot) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = self.snapshot();
+            if f(&s) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {s:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(5), &mut self.served)
+            .await
+            .expect("server stops within 5 s")
+            .expect("server task")
+            .expect("server ran cleanly");
+    }
+}
+
+#[tokio::test]
+async fn a_signed_queued_job_is_accepted_and_dispatched_to_its_pool() {
+    let mut k = start().await;
+    let (status, text) = k.send(Delivery::job("d-1", "queued", 7, SMALL)).await;
+    assert_eq!((status, text.as_str()), (StatusCode::ACCEPTED, "queued"));
+    let job = k.next_job().await;
+    assert_eq!(job.pool.name, "small");
+    assert_eq!(
+        (job.job_id, job.run_id, job.installation_id),
+        (7, 70, INSTALLATION)
+    );
+    assert_eq!(job.repository, "acme/widgets");
+    assert_eq!(job.delivery, "d-1");
+    assert_eq!(job.labels, SMALL);
+
+    let (status, _) = k
+        .send(Delivery::job(
+            "d-2",
+            "queued",
+            8,
+            &["Self-Hosted", "kiln-BIG"],
+        ))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    k.permits.add_permits(1);
+    let job = k.next_job().await;
+    assert_eq!((job.job_id, job.pool.name.as_str()), (8, "big"));
+    k.stop().await;
+}
+
+#[tokio::test]
+async fn forged_or_missing_signatures_are_refused_and_queue_nothing() {
+    let mut k = start().await;
+    let mut forged = Delivery::job("d-1", "queued", 7, SMALL);
+    forged.signature = Some(sign(&Secret::new("not-the-secret"), &forged.body));
+    assert_eq!(k.send(forged).await.0, StatusCode::UNAUTHORIZED);
+
+    let mut tampered = Delivery::job("d-2", "queued", 7, SMALL);
+    tampered.body = workflow_job("queued", 9, SMALL);
+    assert_eq!(k.send(tampered).await.0, StatusCode::UNAUTHORIZED);
+
+    let mut missing = Delivery::job("d-3", "queued", 7, SMALL);
+    missing.signature = None;
+    let (status, text) = k.send(missing).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!text.contains(SECRET));
+
+    let mut garbage = Delivery::job("d-4", "queued", 7, SMALL);
+    garbage.signature = Some("sha256=nothex".into());
+    assert_eq!(k.send(garbage).await.0, StatusCode::UNAUTHORIZED);
+
+    k.no_job().await;
+    let s = k.snapshot();
+    assert_eq!((s.queued, s.running, s.started), (0, 0, 0));
+
+    // The refused delivery ids were not recorded: the genuine one goes through.
+    let (status, text) = k.send(Delivery::job("d-1", "queued", 7, SMALL)).await;
+    assert_eq!((status, text.as_str()), (StatusCode::ACCEPTED, "queued"));
+    assert_eq!(k.next_job().await.job_id, 7);
+    k.stop().await;
+}
+
+#[tokio::test]
+async fn duplicates_are_dispatched_once() {
+    let mut k = start().await;
+    k.permits.add_permits(100);
+    assert_eq!(
+        k.send(Delivery::job("d-1", "queued", 7, SMALL)).await.1,
+        "queued"
+    );
+    let (status, text) = k.send(Delivery::job("d-1", "queued", 7, SMALL)).await;
+    assert_eq!((status, text.as_str()), (StatusCode::ACCEPTED, "duplicate"));
+    // Another delivery of the same job and action.
+    let (status, text) = k.send(Delivery::job("d-2", "queued", 7, SMALL)).await;
+    assert_eq!((status, text.as_str()), (StatusCode::ACCEPTED, "duplicate"));
+    assert_eq!(k.next_job().await.job_id, 7);
+    k.no_job().await;
+    assert_eq!(k.snapshot().started, 1);
+    k.stop().await;
+}
+
+#[tokio::test]
+async fn unmatched_labels_are_ignored() {
+    let mut k = start().await;
+    for (job_id, labels) in [
+        (1, &["ubuntu-latest"][..]),
+        (2, &["self-hosted", "linux", "gpu"][..]),
+        (3, &[][..]),
+    ] {
+        let d = Delivery::job(&format!("d-{job_id}"), "queued", job_id, labels);
+        let (status, text) = k.send(d).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{labels:?}");
+        assert!(text.contains("no pool"), "{text}");
+    }
+    k.no_job().await;
+    assert_eq!(k.snapshot().queued, 0);
+    k.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_host_queues_and_dispatches_when_a_job_finishes() {
+    let mut k = start().await;
+    for id in 1..=3 {
+        let d = Delivery::job(&format!("d-{id}"), "queued", id, SMALL);
+        assert_eq!(k.send(d).await.1, "queued");
+    }
+    assert_eq!(k.next_job().await.job_id, 1);
+    assert_eq!(k.next_job().await.job_id, 2);
+    k.no_job().await;
+    let s = k.snapshot();
+    assert_eq!((s.queued, s.running, s.vcpus_used), (1, 2, 4));
+    assert_eq!(s.pool("small").map(|p| (p.queued, p.running)), Some((1, 2)));
+
+    k.permits.add_permits(1);
+    assert_eq!(k.next_job().await.job_id, 3);
+    k.until("job 1 finished, 3 runs", |s| {
+        s.finished == 1 && s.running == 2 && s.queued == 0
+    })
+    .await;
+    k.stop().await;
+}
+
+#[tokio::test]
+async fn completed_before_it_ran_removes_the_job_from_the_queue() {
+    let mut k = start().await;
+    for id in 1..=3 {
+        let d = Delivery::job(&format!("d-{id}"), "queued", id, SMALL);
+        assert_eq!(k.send(d).await.1, "queued");
+    }
+    k.next_job().await;
+    k.next_job().await;
+    let (status, text) = k.send(Delivery::job("d-4", "completed", 3, SMALL)).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (StatusCode::ACCEPTED, "removed from the queue")
+    );
+    // A completed for a running job changes nothing here.
+    let (status, text) = k.send(Delivery::job("d-5", "completed", 1, SMALL)).await;
+    assert_eq!((status, text.as_str()), (StatusCode::ACCEPTED, "completed"));
+    let s = k.snapshot();
+    assert_eq!((s.queued, s.running, s.cancelled), (0, 2, 1));
+
+    k.permits.add_permits(2);
+    k.until("both finished", |s| s.finished == 2 && s.running == 0)
+        .await;
+    k.no_job().await;
+    k.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413() {
+    let k = start().await;
+    let body = vec![b' '; 25 * 1024 * 1024 + 1];
+    let (status, _) = k.send(Delivery::signed("workflow_job", "d-1", body)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(k.snapshot().queued, 0);
+    k.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_json_is_400_with_a_reason() {
+    let k = start().await;
+    let (status, text) = k
+        .send(Delivery::signed(
+            "workflow_job",
+            "d-1",
+            b"{not json".to_vec(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.starts_with("invalid workflow_job payload"), "{text}");
+
+    let (status, text) = k
+        .send(Delivery::signed(
+            "workflow_job",
+            "d-2",
+            br#"{"action": "queued"}"#.to_vec(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.contains("workflow_job"), "{text}");
+    assert_eq!(k.snapshot().queued, 0);
+    k.stop().await;
+}
+
+#[tokio::test]
+async fn ping_other_events_headers_and_healthz() {
+    let k = start().await;
+    let (status, text) = k
+        .send(Delivery::signed("ping", "d-1", b"{}".to_vec()))
+        .await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "pong"));
+
+    let (status, text) = k
+        .send(Delivery::signed("push", "d-2", b"{}".to_vec()))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(text.starts_with("ignored"), "{text}");
+
+    let mut no_event = Delivery::job("d-3", "queued", 7, SMALL);
+    no_event.event = None;
+    assert_eq!(k.send(no_event).await.0, StatusCode::BAD_REQUEST);
+
+    let (status, text) = k.send(Delivery::job("d-4", "in_progress", 7, SMALL)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(text.starts_with("ignored"), "{text}");
+
+    let mut no_installation: serde_json::Value =
+        serde_json::from_slice(&workflow_job("queued", 7, SMALL)).expect("json");
+    no_installation
+        .as_object_mut()
+        .expect("object")
+        .remove("installation");
+    let body = serde_json::to_vec(&no_installation).expect("json");
+    let (status, text) = k.send(Delivery::signed("workflow_job", "d-5", body)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(text.contains("GitHub App"), "{text}");
+
+    let health = Request::get("/healthz")
+        .header("host", "kiln.test")
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    assert_eq!(k.request(health).await, (StatusCode::OK, "ok".to_string()));
+    assert_eq!(k.snapshot().queued, 0);
+    k.stop().await;
+}
+
+#[tokio::test]
+async fn beyond_max_queued_is_503_and_a_redelivery_is_taken_once_there_is_room() {
+    let pools = r#"
+[[pool]]
+name = "parked"
+labels = ["kiln-parked"]
+vcpus = 1
+memory_mib = 512
+max_vms = 0
+"#;
+    let mut k = start_with("max_queued = 2", pools).await;
+    let parked = &["kiln-parked"][..];
+    for id in 1..=2 {
+        let d = Delivery::job(&format!("d-{id}"), "queued", id, parked);
+        assert_eq!(k.send(d).await.1, "queued");
+    }
+    let (status, text) = k.send(Delivery::job("d-3", "queued", 3, parked)).await;
+    assert_eq!(
+        (status, text.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "queue full")
+    );
+    assert_eq!(k.snapshot().queued, 2);
+
+    assert_eq!(
+        k.send(Delivery::job("d-4", "completed", 1, parked)).await.1,
+        "removed from the queue"
+    );
+    let (status, text) = k.send(Delivery::job("d-3", "queued", 3, parked)).await;
+    assert_eq!((status, text.as_str()), (StatusCode::ACCEPTED, "queued"));
+    let s = k.snapshot();
+    assert_eq!(
+        (s.queued, s.running),
+        (2, 0),
+        "max_vms = 0: queued, never run"
+    );
+    k.no_job().await;
+    k.stop().await;
+}

@@ -1,0 +1,171 @@
+//! The `kiln serve` binary: starts from a config file, answers on its
+//! port, and stops cleanly on SIGTERM; a bad config stops it at once with
+//! a message that says what to fix.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use kiln::github::webhook::sign;
+use kiln::secret::Secret;
+
+const CONFIG: &str = r#"
+listen = "127.0.0.1:0"
+webhook_secret_file = "webhook-secret"
+
+[github]
+app_id = 1
+private_key_file = "key.pem"
+org = "acme"
+
+[host]
+vcpus = 2
+memory_mib = 4096
+
+[[pool]]
+name = "small"
+labels = ["self-hosted", "kiln-small"]
+vcpus = 2
+memory_mib = 2048
+"#;
+
+fn dir_with_config(secret_mode: u32) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, content) in [("webhook-secret", "s3cret\n"), ("key.pem", "key\n")] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(secret_mode))
+            .expect("chmod");
+    }
+    std::fs::write(dir.path().join("config.toml"), CONFIG).expect("write config");
+    dir
+}
+
+fn kiln_serve(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("KILN_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln serve")
+}
+
+/// Stderr lines as they come, from a thread.
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    panic!(
+        "no line with {needle:?} on stderr; got:\n{}",
+        seen.join("\n")
+    );
+}
+
+fn http(port: u16, request: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+#[test]
+fn serves_and_stops_on_sigterm() {
+    let dir = dir_with_config(0o600);
+    let mut child = kiln_serve(&dir.path().join("config.toml"));
+    let rx = lines(&mut child);
+    let listening = wait_for_line(&rx, "listening");
+    let port: u16 = listening
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no port in {listening:?}"));
+
+    let health = http(
+        port,
+        "GET /healthz HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n",
+    );
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    let body = "{}";
+    let ping = http(
+        port,
+        &format!(
+            "POST /webhook HTTP/1.1\r\nHost: k\r\nConnection: close\r\nX-GitHub-Event: ping\r\n\
+             X-GitHub-Delivery: d-1\r\nX-Hub-Signature-256: {}\r\nContent-Length: {}\r\n\r\n{body}",
+            sign(&Secret::new("s3cret"), body.as_bytes()),
+            body.len()
+        ),
+    );
+    assert!(
+        ping.starts_with("HTTP/1.1 200") && ping.ends_with("pong"),
+        "{ping}"
+    );
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    wait_for_line(&rx, "stopped");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kiln serve did not exit within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_world_readable_secret_stops_it_with_chmod_600() {
+    let dir = dir_with_config(0o644);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run kiln serve");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let secret = dir.path().join("webhook-secret");
+    assert!(
+        stderr.contains(&format!("run `chmod 600 {}`", secret.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("config.toml"), "{stderr}");
+}
