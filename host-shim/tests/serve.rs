@@ -16,8 +16,9 @@ use kiln::config::{Config, HostFacts};
 use kiln::github::webhook::sign;
 use kiln::scheduler::{Dispatch, QueuedJob, Snapshot};
 use kiln::secret::Secret;
-use kiln::serve::Server;
+use kiln::serve::{BodyLimits, Server};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 const SECRET: &str = "test-webhook-secret";
@@ -74,6 +75,10 @@ fn write_secret(path: &Path, content: &str) {
 
 /// Starts the server with `extra` top-level keys and [`POOLS`] (or `pools`).
 async fn start_with(extra: &str, pools: &str) -> Kiln {
+    start_limited(extra, pools, BodyLimits::default()).await
+}
+
+async fn start_limited(extra: &str, pools: &str, limits: BodyLimits) -> Kiln {
     let dir = tempfile::tempdir().expect("tempdir");
     write_secret(&dir.path().join("webhook-secret"), &format!("{SECRET}\n"));
     write_secret(&dir.path().join("key.pem"), "not parsed by the server\n");
@@ -95,7 +100,7 @@ async fn start_with(extra: &str, pools: &str) -> Kiln {
         jobs: tx,
         permits: Arc::clone(&permits),
     };
-    let server = Arc::new(Server::new(&config, recorder));
+    let server = Arc::new(Server::with_limits(&config, recorder, limits));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -192,6 +197,34 @@ impl Kiln {
         }
         self.request(req.body(Full::new(Bytes::from(d.body))).expect("request"))
             .await
+    }
+
+    /// Writes `head` and then `body` (from a task: the server may answer
+    /// before it has read everything) and returns the answer's status line.
+    async fn raw(&self, head: String, body: Vec<u8>) -> String {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let (mut rd, mut wr) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(head.as_bytes()).await;
+            let _ = wr.write_all(&body).await;
+            // Keep the connection open (a stalled upload) until the answer.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
+                .await
+                .expect("an answer within 10 s")
+                .expect("read");
+            assert!(n > 0, "connection closed without an answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        writer.abort();
+        let text = String::from_utf8_lossy(&got).into_owned();
+        text.lines().next().unwrap_or_default().to_string()
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -395,6 +428,62 @@ async fn an_oversized_body_is_413() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(k.snapshot().queued, 0);
     k.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_body_is_413_too() {
+    let k = start().await;
+    let head = "POST /webhook HTTP/1.1\r\nHost: k\r\nX-GitHub-Event: workflow_job\r\n\
+                X-GitHub-Delivery: d-1\r\nX-Hub-Signature-256: sha256=00\r\n\
+                Transfer-Encoding: chunked\r\n\r\n";
+    let chunk = vec![b' '; 1 << 20];
+    let mut body = Vec::new();
+    for _ in 0..26 {
+        body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        body.extend_from_slice(&chunk);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let status = k.raw(head.to_string(), body).await;
+    assert_eq!(status, "HTTP/1.1 413 Payload Too Large");
+    k.stop().await;
+}
+
+#[tokio::test]
+async fn slow_uploads_are_bounded_in_number_and_time() {
+    let limits = BodyLimits {
+        in_flight: 1,
+        wait: Duration::from_millis(200),
+        read_timeout: Duration::from_millis(800),
+    };
+    let k = Arc::new(start_limited("", POOLS, limits).await);
+    // Promises 100 bytes, sends 10, stalls: holds the only read slot.
+    let head = "POST /webhook HTTP/1.1\r\nHost: k\r\nX-GitHub-Event: workflow_job\r\n\
+                X-GitHub-Delivery: d-1\r\nX-Hub-Signature-256: sha256=00\r\n\
+                Content-Length: 100\r\n\r\n";
+    let stalled = {
+        let k = Arc::clone(&k);
+        tokio::spawn(async move { k.raw(head.to_string(), vec![b'{'; 10]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, text) = k
+        .send(Delivery::signed("ping", "d-2", b"{}".to_vec()))
+        .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "busy")
+    );
+
+    let status = stalled.await.expect("stalled upload task");
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout");
+    let (status, text) = k
+        .send(Delivery::signed("ping", "d-3", b"{}".to_vec()))
+        .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (StatusCode::OK, "pong"),
+        "the slot is free again"
+    );
 }
 
 #[tokio::test]

@@ -18,12 +18,13 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 pub use error::ServeError;
+pub use webhook::BodyLimits;
 
 use crate::config::{Config, Pool};
 use crate::scheduler::{Dispatch, Scheduler};
@@ -45,6 +46,9 @@ struct App<D: Dispatch> {
     pools: Vec<Arc<Pool>>,
     scheduler: Scheduler<D>,
     seen: Mutex<Seen>,
+    /// Bounds the webhook bodies being read at once.
+    body_permits: Semaphore,
+    body_limits: BodyLimits,
 }
 
 impl<D: Dispatch> App<D> {
@@ -56,6 +60,10 @@ impl<D: Dispatch> App<D> {
 
 impl<D: Dispatch> Server<D> {
     pub fn new(config: &Config, dispatcher: D) -> Self {
+        Self::with_limits(config, dispatcher, BodyLimits::default())
+    }
+
+    pub fn with_limits(config: &Config, dispatcher: D, body_limits: BodyLimits) -> Self {
         Self {
             app: Arc::new(App {
                 webhook_secret: config.webhook_secret.clone(),
@@ -67,6 +75,8 @@ impl<D: Dispatch> Server<D> {
                     dispatcher,
                 ),
                 seen: Mutex::new(Seen::new(DEDUPE_ENTRIES)),
+                body_permits: Semaphore::new(body_limits.in_flight),
+                body_limits,
             }),
         }
     }
@@ -78,10 +88,7 @@ impl<D: Dispatch> Server<D> {
     /// `POST /webhook` and `GET /healthz`.
     pub fn router(&self) -> Router {
         Router::new()
-            .route(
-                "/webhook",
-                post(webhook::handle::<D>).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES)),
-            )
+            .route("/webhook", post(webhook::handle::<D>))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(Arc::clone(&self.app))
     }

@@ -1,25 +1,53 @@
 //! `POST /webhook`: GitHub's deliveries. The order matters: the body limit
 //! (413), the event header, the signature over the raw bytes (401), then
-//! parsing, de-duplication and the queue. The answer comes at once: no
+//! parsing, de-duplication and the queue. Headers are checked before the
+//! body is read, so unsigned junk costs no buffering. The answer comes at once: no
 //! GitHub call and no VM work happen here, only bookkeeping under a lock.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
+use std::time::Duration;
+
+use axum::body::Body;
 use axum::extract::State;
+use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::App;
 use crate::github::webhook::{
-    verify_signature, WorkflowJobAction, WorkflowJobEvent, DELIVERY_HEADER, EVENT_HEADER,
-    SIGNATURE_HEADER,
+    verify_signature, SignatureError, WorkflowJobAction, WorkflowJobEvent, DELIVERY_HEADER,
+    EVENT_HEADER, SIGNATURE_HEADER,
 };
 use crate::scheduler::{Dispatch, EnqueueError, QueuedJob};
 
 /// GitHub's payloads go up to 25 MB.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
+
+/// Bounds on reading deliveries whose signature cannot be checked yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Bodies read at once (each up to [`MAX_BODY_BYTES`]).
+    pub in_flight: usize,
+    /// How long a delivery may wait for its turn (then 503).
+    pub wait: Duration,
+    /// How long its body may take to arrive (then 408).
+    pub read_timeout: Duration,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        Self {
+            in_flight: 32,
+            wait: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+const TOO_LARGE: &str = "body larger than 25 MiB";
 
 /// A delivery id longer than this is not GitHub's (a GUID is 36).
 const MAX_DELIVERY_LEN: usize = 128;
@@ -30,11 +58,15 @@ const MAX_REASON_LEN: usize = 200;
 pub(super) async fn handle<D: Dispatch>(
     State(app): State<Arc<App<D>>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     // Header values that are not visible ASCII fail `to_str`, so what is
     // logged below cannot forge log lines.
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let declared_len = header(CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return answer(StatusCode::PAYLOAD_TOO_LARGE, TOO_LARGE);
+    }
     let delivery = header(DELIVERY_HEADER).unwrap_or("");
     if delivery.len() > MAX_DELIVERY_LEN {
         return answer(StatusCode::BAD_REQUEST, "X-GitHub-Delivery is too long");
@@ -43,6 +75,32 @@ pub(super) async fn handle<D: Dispatch>(
         return answer(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
     };
     let signature = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
+    if signature.is_none() {
+        tracing::warn!(%delivery, %event, reason = %SignatureError::Missing, "webhook refused: bad signature");
+        return answer(StatusCode::UNAUTHORIZED, "bad signature");
+    }
+    // Unauthenticated bodies are buffered before the signature can be
+    // checked: a bounded number at a time, each for a bounded time, so a
+    // flood of big or slow uploads cannot take the host's memory.
+    let Ok(Ok(_permit)) =
+        tokio::time::timeout(app.body_limits.wait, app.body_permits.acquire()).await
+    else {
+        tracing::warn!(%delivery, %event, "webhook refused: too many deliveries being read at once");
+        return answer(StatusCode::SERVICE_UNAVAILABLE, "busy");
+    };
+    let body = match tokio::time::timeout(
+        app.body_limits.read_timeout,
+        Limited::new(body, MAX_BODY_BYTES).collect(),
+    )
+    .await
+    {
+        Err(_) => return answer(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return answer(StatusCode::PAYLOAD_TOO_LARGE, TOO_LARGE)
+        }
+        Ok(Err(_)) => return answer(StatusCode::BAD_REQUEST, "cannot read the body"),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
     if let Err(e) = verify_signature(&app.webhook_secret, &body, signature) {
         tracing::warn!(%delivery, %event, reason = %e, "webhook refused: bad signature");
         return answer(StatusCode::UNAUTHORIZED, "bad signature");
