@@ -7,6 +7,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
 use nix::unistd::{chown, Gid, Uid};
 
 use crate::error::{OrSys, SysError};
@@ -27,6 +29,7 @@ pub struct Delegation {
 /// Moves PID 1 to `init` and enables the controllers the kernel has.
 /// Returns the enabled controllers.
 pub fn setup_root() -> Result<Vec<String>, SysError> {
+    favor_dynamic_moves()?;
     let root = Path::new(ROOT);
     let init = root.join("init");
     make_dir(&init)?;
@@ -37,6 +40,25 @@ pub fn setup_root() -> Result<Vec<String>, SysError> {
         write(&root.join("cgroup.subtree_control"), &subtree_line(&enable))?;
     }
     Ok(enable)
+}
+
+/// cgroup2's `favordynmods` (Linux 6.0+): without it, each move of a
+/// process between cgroups waits for an RCU grace period — the boot's
+/// moves of PID 1 and the runner, and every one rootless podman makes for
+/// its containers. Forks and exits pay a little more instead. An older
+/// kernel (EINVAL) keeps the default.
+fn favor_dynamic_moves() -> Result<(), SysError> {
+    let flags = MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    match mount(
+        None::<&str>,
+        ROOT,
+        None::<&str>,
+        flags,
+        Some("nsdelegate,favordynmods"),
+    ) {
+        Err(Errno::EINVAL) => Ok(()),
+        r => r.or_sys(|| format!("remount {ROOT} with favordynmods")),
+    }
 }
 
 /// Creates `runner` (controllers enabled, owned by the user) and its leaf

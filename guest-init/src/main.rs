@@ -13,6 +13,7 @@ mod error;
 mod kmod;
 mod mounts;
 mod netlink;
+mod rcu;
 mod reaper;
 mod root;
 mod runner;
@@ -56,12 +57,26 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
 
     mounts::mount_all().step("mount filesystems")?;
     console::attach();
+    rcu::expedite(true);
     t.mark(BootPhase::Mounted);
 
     let cfg = cmdline::read().step("read the kernel command line")?;
     let release = kernel_release();
-    kmod::load(&cfg.modules, &release).step("load kernel modules")?;
-    t.mark(BootPhase::ModulesLoaded);
+    // Module loads are the longest step here and mostly the kernel's own
+    // work on other vCPUs; what needs no module runs beside them. The
+    // stamps keep the two apart: CgroupsReady when this thread's share is
+    // done, ModulesLoaded when the wait for the loads is over.
+    let controllers = std::thread::scope(|s| {
+        let loading = s.spawn(|| kmod::load(&cfg.modules, &release));
+        let early = without_modules();
+        t.mark(BootPhase::CgroupsReady);
+        let loaded = loading
+            .join()
+            .map_err(|_| Fatal::new("load kernel modules", "the loader thread panicked"))?;
+        loaded.step("load kernel modules")?;
+        t.mark(BootPhase::ModulesLoaded);
+        early
+    })?;
 
     let switched = root::prepare(&cfg).step("build the root filesystem")?;
     if switched != root::Switched::No {
@@ -70,11 +85,7 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
     mounts::mount_all().step("mount filesystems in the new root")?;
     mounts::open_up_devices().step("open up device nodes")?;
     mounts::make_root_shared().step("share the root's mounts")?;
-    sysctl::apply().step("set kernel parameters")?;
     t.mark(BootPhase::RootReady);
-
-    let controllers = cgroup::setup_root().step("set up cgroups")?;
-    t.mark(BootPhase::CgroupsReady);
 
     let chan =
         channel.insert(Channel::connect(channel::CONNECT_BUDGET).step("connect to the host")?);
@@ -111,6 +122,9 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
         job.user.uid
     );
     let runner = runner::spawn(&job, &cgroup).step("start the job")?;
+    // The runner has exec'd (spawn waits for that): the job gets the
+    // kernel's normal grace periods.
+    rcu::expedite(false);
     t.mark(BootPhase::RunnerSpawned);
     let pid = u32::try_from(runner.pid.as_raw()).unwrap_or(0);
     chan.send(&GuestMessage::RunnerStarted(RunnerStarted {
@@ -134,6 +148,16 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
     }
     shutdown::end_processes(shutdown::LEFTOVER_GRACE);
     Ok(())
+}
+
+/// The boot steps that need no kernel module: cgroup delegation (the
+/// hierarchy is the same wherever it is mounted, so the root switch does
+/// not undo it), kernel parameters, and the loopback interface.
+fn without_modules() -> Result<Vec<String>, Fatal> {
+    let controllers = cgroup::setup_root().step("set up cgroups")?;
+    sysctl::apply().step("set kernel parameters")?;
+    configure::loopback().step("bring up the loopback interface")?;
+    Ok(controllers)
 }
 
 fn kernel_release() -> String {

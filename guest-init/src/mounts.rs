@@ -84,15 +84,19 @@ pub const CARRIED: &[&str] = &["/proc", "/sys", "/dev"];
 /// Mounts whatever of [`FILESYSTEMS`] is not mounted yet. Run again after
 /// a root switch, it fills in what the new root lacks.
 pub fn mount_all() -> Result<(), SysError> {
+    // Empty until /proc is up; read again once it is.
+    let mut present = mounted();
     for fs in FILESYSTEMS {
-        // /proc itself must be up before the mount table can be read.
-        if mounted().contains(fs.target) {
+        if present.contains(fs.target) {
             continue;
         }
         mkdir_p(Path::new(fs.target))?;
         let data = (!fs.data.is_empty()).then_some(fs.data);
         mount(Some(fs.fstype), fs.target, Some(fs.fstype), fs.flags, data)
             .or_sys(|| format!("mount {} on {}", fs.fstype, fs.target))?;
+        if fs.target == "/proc" {
+            present = mounted();
+        }
     }
     links()
 }

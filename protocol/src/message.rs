@@ -60,11 +60,14 @@ pub enum BootPhase {
     InitStart,
     /// `/proc`, `/sys`, `/dev`, `/run`, `/tmp`, cgroup2 mounted.
     Mounted,
-    /// Kernel modules from `kiln.modules=` loaded.
+    /// Kernel modules from `kiln.modules=` loaded. kiln-init stamps it
+    /// after `CgroupsReady`: the loads run beside that work.
     ModulesLoaded,
     /// The overlay root is in place (or none was asked for).
     RootReady,
-    /// cgroup delegation for the runner set up.
+    /// cgroup delegation, kernel parameters and the loopback interface set
+    /// up (the boot work that needs no module). Variants keep their
+    /// declaration order: postcard encodes the index.
     CgroupsReady,
     /// The vsock connection to the host is open.
     ChannelOpen,

@@ -158,9 +158,9 @@ async fn job_runs_output_streams_and_every_phase_is_timed() {
     let order = [
         BootPhase::InitStart,
         BootPhase::Mounted,
+        BootPhase::CgroupsReady,
         BootPhase::ModulesLoaded,
         BootPhase::RootReady,
-        BootPhase::CgroupsReady,
         BootPhase::ChannelOpen,
         BootPhase::JobReceived,
         BootPhase::JobConfigured,
