@@ -31,7 +31,11 @@ pub fn target_dir(workspace: &Path) -> PathBuf {
     workspace.join("target").join("guest")
 }
 
-/// Builds kiln-init in release mode for `target` and returns the binary's path.
+/// The cargo profile kiln-init is built with (the workspace's Cargo.toml
+/// says why it differs from `release`).
+pub const GUEST_PROFILE: &str = "guest";
+
+/// Builds kiln-init with [`GUEST_PROFILE`] for `target` and returns the binary's path.
 pub fn build(workspace: &Path, target: &str) -> Result<PathBuf, GuestInitError> {
     // Inside `cargo test`, CARGO names the cargo that runs us: use the same one.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -39,7 +43,8 @@ pub fn build(workspace: &Path, target: &str) -> Result<PathBuf, GuestInitError> 
     let out = Command::new(&cargo)
         .args([
             "build",
-            "--release",
+            "--profile",
+            GUEST_PROFILE,
             "--quiet",
             "-p",
             "kiln-init",
@@ -71,7 +76,7 @@ pub fn build(workspace: &Path, target: &str) -> Result<PathBuf, GuestInitError> 
             stderr: tail(&stderr, 6000),
         });
     }
-    let path = target_dir.join(target).join("release").join("kiln-init");
+    let path = target_dir.join(target).join(GUEST_PROFILE).join("kiln-init");
     if path.is_file() {
         Ok(path)
     } else {
