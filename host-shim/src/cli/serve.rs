@@ -4,11 +4,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::serve;
+
+/// How long, after the server stopped, cancelled jobs may take to tear
+/// down their VMs and delete their runner registrations.
+const SHUTDOWN_CLEANUP: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -33,6 +38,21 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve::run(config, serve::dispatch::Unwired))?;
-    Ok(())
+    runtime.block_on(async {
+        let dispatcher = serve::dispatch::production(&config)
+            .await
+            .with_context(|| format!("cannot run jobs with {}", config.source.display()))?;
+        let cleanup = dispatcher.clone();
+        serve::run(config, dispatcher).await?;
+        // Jobs cancelled by a second signal are still killing their VMs and
+        // deleting their runners.
+        let left = cleanup.finish(SHUTDOWN_CLEANUP).await;
+        if left > 0 {
+            tracing::error!(
+                jobs = left,
+                "jobs still cleaning up {SHUTDOWN_CLEANUP:?} after shutdown: their runners may stay registered"
+            );
+        }
+        anyhow::Ok(())
+    })
 }

@@ -1,0 +1,46 @@
+//! Why the dispatcher cannot start. Each names what to fix; `kiln serve`
+//! stops with it before it takes a webhook.
+
+use std::path::PathBuf;
+
+use crate::github::GithubError;
+use crate::vm::cid::CidError;
+use crate::vm::dirs::DirsError;
+use crate::vm::{BackendError, ImageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("pool {pool:?}: {source} (or point the pool's `image` in {} at an image directory)", config.display())]
+    Image {
+        pool: String,
+        config: PathBuf,
+        #[source]
+        source: ImageError,
+    },
+    #[error("pool {pool:?}: cannot read {}: {problem}", path.display())]
+    Manifest {
+        pool: String,
+        path: PathBuf,
+        problem: String,
+    },
+    #[error("pool {pool:?} has sudo = true, but {} names no accounts.sudo_gid: rebuild the image with `cargo xtask image`, or set sudo = false", manifest.display())]
+    NoSudoGroup { pool: String, manifest: PathBuf },
+    #[error("pool {pool:?}: memory_mib = {memory_mib} is more than a VM can have")]
+    Memory { pool: String, memory_mib: u64 },
+    #[error("GitHub App client: {0}")]
+    Github(#[source] GithubError),
+    #[error("VM directories: {0}")]
+    Dirs(#[from] DirsError),
+    #[error("guest CIDs: {0}")]
+    Cid(#[from] CidError),
+    #[error("choosing the VM backend: {0}")]
+    Backend(#[from] BackendError),
+    #[error("job log directory {}: {source} (set KILN_STATE_DIR to a writable directory)", dir.display())]
+    Logs {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{var}={value:?} must be an absolute path")]
+    NotAbsolute { var: &'static str, value: PathBuf },
+}

@@ -1,0 +1,556 @@
+//! The dispatcher `kiln serve` runs jobs with ([`Production`]): for each job
+//! the scheduler starts, design.md's steps 3 to 9.
+//!
+//! 1. A runner name `kiln-<pool>-<job id>-<random>` ([`runner`]).
+//! 2. A JIT runner config from GitHub with the pool's labels and the
+//!    config's runner group. It stays in memory: it goes to the guest in
+//!    `ACTIONS_RUNNER_INPUT_JITCONFIG` only (never argv, the kernel command
+//!    line, a disk or a log line). A failure here ends the job: no VM.
+//! 3. A fresh VM of the pool's size from the pool's image ([`pools`]),
+//!    running the image's actions runner as the image's user (plus the
+//!    `kiln-sudo` group when the pool has `sudo = true`), with the pool's
+//!    `job_timeout` as the deadline, through [`Launcher::run`], which tears
+//!    the VM down on every path.
+//! 4. The job's output goes to its own capped log file ([`joblog`]), never
+//!    to tracing.
+//! 5. The runner registration is deleted, always: a JIT runner that took
+//!    its job has deregistered already (404, fine); one that never took a
+//!    job would otherwise stay registered.
+//! 6. One log line says how it went (job, pool, runner, VM, exit, timings).
+//!
+//! Cancellation. The scheduler cancels a job by dropping its dispatch
+//! future (a second SIGTERM). Dropping [`Launcher::run`]'s future is safe
+//! for the VM (its guard's `Drop` SIGKILLs the VMM and removes the disk and
+//! directories), but would skip the runner's deletion. So each job runs in
+//! its own task ([`tasks`]) and the dispatch future only waits for it;
+//! when that future is dropped it raises the job's [`StopSignal`] to
+//! `Kill`: the task kills and tears down the VM in order, then deletes the
+//! runner. [`Production::finish`] lets `kiln serve` wait (bounded) for
+//! those tasks before the runtime goes away.
+//!
+//! - [`runner`] — runner names and the [`kiln_protocol::Job`] that starts the runner.
+//! - [`pools`] — each pool's image, opened at start-up.
+//! - [`joblog`] — per-job log files: private, capped, pruned.
+//! - [`tasks`] — counting the job tasks for shutdown.
+//! - [`error`] — [`SetupError`]: why the dispatcher cannot start.
+
+pub mod error;
+pub mod joblog;
+pub mod pools;
+pub mod runner;
+pub mod tasks;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln_protocol::ExitStatus;
+use tracing::Instrument;
+
+pub use error::SetupError;
+
+use crate::config::Config;
+use crate::github::{ClientPolicy, GithubApp, JitConfig, JitRequest, RunnerScope};
+use crate::scheduler::{Dispatch, QueuedJob};
+use crate::vm::{
+    select_backend, stop_channel, Backend, BackendChoice, BackendOptions, JobEnd, Launcher,
+    RunError, RuntimeDirs, StopHandle, StopLevel, StopSignal, Timeouts, VmReport, VmRequest,
+};
+use joblog::JobLogs;
+use pools::PoolImage;
+use runner::{RunnerSpec, RUNNER_COMMAND, WORK_FOLDER};
+use tasks::JobTasks;
+
+/// Where job logs go (`<dir>/logs/`), when set: `KILN_STATE_DIR`.
+pub const STATE_DIR_ENV: &str = "KILN_STATE_DIR";
+/// SIGTERM to SIGKILL for the runner at its deadline and on cancel.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// How much of a job's output the guest may send at all (the log keeps less).
+const MAX_OUTPUT_BYTES: u64 = 1 << 30;
+/// Guest-supplied text in a tracing line is cut to this many characters.
+const MAX_LOGGED_CHARS: usize = 300;
+
+/// How the dispatcher runs VMs; [`Settings::from_env`] is what `kiln
+/// serve` uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `None`: Firecracker when it, its jailer and a KVM that runs guests
+    /// are present, QEMU otherwise (as `kiln run --backend auto`).
+    pub backend: Option<Backend>,
+    pub dirs: RuntimeDirs,
+    /// Job logs go to `<state_dir>/logs`.
+    pub state_dir: PathBuf,
+    pub log_max_bytes: u64,
+    pub log_keep: usize,
+    pub github: ClientPolicy,
+    pub grace: Duration,
+    pub timeouts: Timeouts,
+}
+
+impl Settings {
+    /// The backend chosen at start-up; `KILN_RUNTIME_DIR`, `KILN_DISK_DIR`
+    /// and [`STATE_DIR_ENV`] or their defaults (for root `/run/kiln`,
+    /// `/var/lib/kiln/scratch`, `/var/lib/kiln`).
+    pub fn from_env() -> Result<Self, SetupError> {
+        Ok(Settings {
+            backend: None,
+            dirs: RuntimeDirs::from_env()?,
+            state_dir: state_dir_from_env()?,
+            log_max_bytes: joblog::DEFAULT_MAX_BYTES,
+            log_keep: joblog::DEFAULT_KEEP,
+            github: ClientPolicy::default(),
+            grace: DEFAULT_GRACE,
+            timeouts: Timeouts::default(),
+        })
+    }
+}
+
+fn state_dir_from_env() -> Result<PathBuf, SetupError> {
+    match std::env::var_os(STATE_DIR_ENV) {
+        Some(v) if !v.is_empty() => {
+            let p = PathBuf::from(v);
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Err(SetupError::NotAbsolute {
+                    var: STATE_DIR_ENV,
+                    value: p,
+                })
+            }
+        }
+        _ if nix::unistd::geteuid().is_root() => Ok(PathBuf::from("/var/lib/kiln")),
+        _ => Ok(match std::env::var_os("HOME") {
+            Some(h) if !h.is_empty() => PathBuf::from(h).join(".local/state/kiln"),
+            _ => PathBuf::from(format!("/tmp/kiln-state-{}", nix::unistd::geteuid())),
+        }),
+    }
+}
+
+/// The real dispatcher: JIT config, VM, log, runner deletion. Cheap to
+/// clone (shared): keep a clone to call [`Production::finish`] after
+/// handing one to the server.
+#[derive(Clone)]
+pub struct Production {
+    shared: Arc<Shared>,
+    tasks: JobTasks,
+}
+
+struct Shared {
+    github: GithubApp,
+    scope: RunnerScope,
+    runner_group_id: u64,
+    /// By pool name; pools with `max_vms = 0` have none (they never run).
+    pools: HashMap<String, PoolImage>,
+    launcher: Launcher,
+    logs: JobLogs,
+    grace: Duration,
+    timeouts: Timeouts,
+}
+
+/// [`production_with`] and [`Settings::from_env`]: what `kiln serve` runs.
+pub async fn production(config: &Config) -> Result<Production, SetupError> {
+    production_with(config, Settings::from_env()?).await
+}
+
+/// Opens every pool's image, builds the GitHub App client, chooses the
+/// backend and prepares the directories; fails with what to fix.
+pub async fn production_with(
+    config: &Config,
+    settings: Settings,
+) -> Result<Production, SetupError> {
+    let mut pools = HashMap::new();
+    for pool in &config.pools {
+        if pool.max_vms == Some(0) {
+            tracing::info!(pool = %pool.name, "max_vms = 0: the pool's image is not opened");
+            continue;
+        }
+        let image = PoolImage::open(pool, &config.source)?;
+        tracing::info!(pool = %pool.name, image = %image.image.dir.display(), "pool image");
+        pools.insert(pool.name.clone(), image);
+    }
+    let github = GithubApp::with_policy(
+        &config.github.api_url,
+        config.github.app_id,
+        &config.github.private_key,
+        settings.github,
+    )
+    .map_err(SetupError::Github)?;
+    let backend = match settings.backend {
+        Some(b) => b,
+        None => {
+            // QEMU's KVM probe boots a kernel: any pool's will do.
+            let kernel = config
+                .pools
+                .iter()
+                .find_map(|p| pools.get(&p.name))
+                .map(|p| p.image.boot.kernel.clone())
+                .unwrap_or_default();
+            let mut opts = BackendOptions::from_env(BackendChoice::Auto, kernel)?;
+            opts.qemu.accel_cache = Some(settings.dirs.runtime.join("accel-probe"));
+            let selected = select_backend(&opts).await?;
+            tracing::info!(backend = selected.backend.name(), why = %selected.reason, "backend chosen");
+            selected.backend
+        }
+    };
+    let launcher = Launcher::new(backend, settings.dirs)?;
+    let log_dir = settings.state_dir.join("logs");
+    let logs = JobLogs::open(log_dir.clone(), settings.log_max_bytes, settings.log_keep).map_err(
+        |source| SetupError::Logs {
+            dir: log_dir,
+            source,
+        },
+    )?;
+    tracing::info!(dir = %logs.dir.display(), "job logs");
+    Ok(Production {
+        shared: Arc::new(Shared {
+            github,
+            scope: config.github.scope.clone(),
+            runner_group_id: config.github.runner_group_id,
+            pools,
+            launcher,
+            logs,
+            grace: settings.grace,
+            timeouts: settings.timeouts,
+        }),
+        tasks: JobTasks::default(),
+    })
+}
+
+impl Production {
+    /// Waits, at most `within`, for the jobs' tasks to finish their
+    /// clean-up (cancelled jobs go on tearing down their VM and deleting
+    /// their runner after the scheduler let go of them). Returns how many
+    /// are still running.
+    pub async fn finish(&self, within: Duration) -> usize {
+        self.tasks.wait(within).await
+    }
+
+    /// Job tasks alive now.
+    pub fn running(&self) -> usize {
+        self.tasks.alive()
+    }
+
+    /// Where job logs go.
+    pub fn log_dir(&self) -> &std::path::Path {
+        &self.shared.logs.dir
+    }
+}
+
+/// Raises a job's stop signal to `Kill` when dropped: the dispatch future
+/// was dropped, or the job is over (then nothing listens any more).
+struct KillOnDrop(StopHandle);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.0.kill();
+    }
+}
+
+impl Dispatch for Production {
+    fn dispatch(&self, job: QueuedJob) -> impl std::future::Future<Output = ()> + Send {
+        let shared = Arc::clone(&self.shared);
+        let tasks = self.tasks.clone();
+        async move {
+            let (handle, stop) = stop_channel();
+            let _kill_on_drop = KillOnDrop(handle);
+            let job_id = job.job_id;
+            let token = tasks.token();
+            let task = tokio::spawn(async move {
+                let _token = token;
+                shared.run(job, stop).await;
+            });
+            if let Err(e) = task.await {
+                // A panic is a bug: the VM guard's Drop has cleaned up what
+                // it could; the runner may stay registered.
+                tracing::error!(job_id, error = %e, "the job's task failed");
+            }
+        }
+    }
+}
+
+/// How far a job got, for its log line.
+struct Outcome {
+    runner_id: Option<u64>,
+    jit_ms: u64,
+    report: Option<VmReport>,
+    log: Option<PathBuf>,
+}
+
+impl Shared {
+    async fn run(&self, job: QueuedJob, stop: StopSignal) {
+        let picked_up = Instant::now();
+        let pool = Arc::clone(&job.pool);
+        let Some(image) = self.pools.get(&pool.name) else {
+            tracing::error!(job_id = job.job_id, pool = %pool.name, "no image for this pool; the job does not run");
+            return;
+        };
+        let runner = match runner::random_suffix() {
+            Ok(s) => runner::runner_name(&pool.name, job.job_id, &s),
+            Err(e) => {
+                tracing::error!(job_id = job.job_id, pool = %pool.name, error = %e, "no randomness for the runner name; the job does not run");
+                return;
+            }
+        };
+        let span =
+            tracing::info_span!("job", job_id = job.job_id, pool = %pool.name, runner = %runner);
+        async move {
+            let queued_ms = ms(picked_up.saturating_duration_since(job.received));
+            let outcome = self.run_runner(&job, image, &runner, stop).await;
+            log_outcome(queued_ms, &outcome, picked_up.elapsed());
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// JIT config, VM, runner deletion.
+    async fn run_runner(
+        &self,
+        job: &QueuedJob,
+        image: &PoolImage,
+        runner: &str,
+        stop: StopSignal,
+    ) -> Outcome {
+        let asked = Instant::now();
+        let req = JitRequest {
+            name: runner.to_owned(),
+            runner_group_id: self.runner_group_id,
+            labels: job.pool.labels.clone(),
+            work_folder: WORK_FOLDER.into(),
+        };
+        let jit = self
+            .github
+            .jit_config(job.installation_id, &self.scope, &req)
+            .await;
+        let mut outcome = Outcome {
+            runner_id: None,
+            jit_ms: ms(asked.elapsed()),
+            report: None,
+            log: None,
+        };
+        let jit = match jit {
+            Ok(jit) => jit,
+            Err(e) => {
+                tracing::error!(
+                    delivery = %job.delivery,
+                    repository = %job.repository,
+                    error = %e,
+                    "no JIT runner config from GitHub: no VM for this job"
+                );
+                return outcome;
+            }
+        };
+        outcome.runner_id = Some(jit.runner_id);
+        // From here on a runner is registered: it is deleted whatever happens.
+        if stop.level() > StopLevel::Run {
+            tracing::warn!("cancelled before its VM started");
+        } else {
+            self.run_vm(job, image, runner, &jit, stop, &mut outcome)
+                .await;
+        }
+        if let Err(e) = self
+            .github
+            .delete_runner(job.installation_id, &self.scope, jit.runner_id)
+            .await
+        {
+            tracing::error!(
+                runner_id = jit.runner_id,
+                error = %e,
+                "cannot delete the runner registration: delete it in GitHub's runner settings"
+            );
+        }
+        outcome
+    }
+
+    async fn run_vm(
+        &self,
+        job: &QueuedJob,
+        image: &PoolImage,
+        runner: &str,
+        jit: &JitConfig,
+        stop: StopSignal,
+        outcome: &mut Outcome,
+    ) {
+        let mut entropy = vec![0u8; 64];
+        if let Err(e) = crate::vm::random::try_fill(&mut entropy) {
+            tracing::error!(error = %e, "no randomness for the guest: no VM for this job");
+            return;
+        }
+        let pool = &job.pool;
+        let spec = RunnerSpec {
+            command: RUNNER_COMMAND.into(),
+            user: image.image.user.clone(),
+            sudo_gid: image.sudo_gid,
+            hostname: runner::hostname_for(runner),
+            deadline: pool.job_timeout,
+            grace: self.grace,
+        };
+        let req = VmRequest {
+            vcpus: pool.vcpus,
+            memory_mib: image.memory_mib,
+            scratch_bytes: Some(pool.scratch_gib.saturating_mul(1 << 30)),
+            cancel_grace: self.grace,
+            max_output_bytes: MAX_OUTPUT_BYTES,
+            timeouts: self.timeouts,
+            ..VmRequest::new(
+                image.image.boot.clone(),
+                runner::runner_job(&spec, &jit.encoded, entropy),
+            )
+        };
+        let mut log = match self.logs.create(job.job_id, runner).await {
+            Ok(log) => Some(log),
+            Err(e) => {
+                tracing::warn!(dir = %self.logs.dir.display(), error = %e, "cannot create the job log: its output is dropped");
+                None
+            }
+        };
+        if let Some(log) = log.as_mut() {
+            outcome.log = Some(log.path().to_owned());
+            log.note(&format!(
+                "job {} of {} (run {}, delivery {}), pool {}, runner {} (id {})",
+                job.job_id,
+                job.repository,
+                job.run_id,
+                job.delivery,
+                pool.name,
+                runner,
+                jit.runner_id
+            ))
+            .await;
+        }
+        let report = self.launcher.run(req, &mut log, stop, None).await;
+        if let Some(log) = log.as_mut() {
+            log.note(&format!(
+                "{}; {}",
+                describe(&report.result),
+                report.timing.render()
+            ))
+            .await;
+            if report.result.is_err() && !report.console_tail.is_empty() {
+                log.note(&format!(
+                    "the end of the guest's console:\n{}",
+                    report.console_tail
+                ))
+                .await;
+            }
+            log.finish().await;
+        }
+        outcome.report = Some(report);
+    }
+}
+
+/// One line per job, at a level that says whether it went well.
+/// The job, pool and runner are in the span.
+fn log_outcome(queued_ms: u64, o: &Outcome, took: Duration) {
+    let Some(report) = &o.report else {
+        tracing::warn!(
+            runner_id = ?o.runner_id,
+            queued_ms,
+            jit_ms = o.jit_ms,
+            total_ms = ms(took),
+            "job ended without a VM"
+        );
+        return;
+    };
+    let exit = describe(&report.result);
+    let vm = report.id.as_deref().unwrap_or("-");
+    let log = o.log.as_ref().map(|p| p.display().to_string());
+    let teardown = report.teardown.as_ref().err().map(ToString::to_string);
+    macro_rules! line {
+        ($level:ident, $msg:literal) => {
+            tracing::$level!(
+                runner_id = ?o.runner_id,
+                vm,
+                backend = report.backend,
+                exit = %exit,
+                stop = ?report.stop,
+                queued_ms,
+                jit_ms = o.jit_ms,
+                vm_ms = ms(report.timing.total),
+                job_ms = ?report.timing.job.map(ms),
+                total_ms = ms(took),
+                timing = %report.timing.render(),
+                teardown = ?teardown,
+                log = ?log,
+                $msg
+            )
+        };
+    }
+    match &report.result {
+        Ok(JobEnd::Exited(e)) if e.status == ExitStatus::Code(0) => line!(info, "job done"),
+        Ok(_) if report.teardown.is_ok() => line!(warn, "job done: the runner failed"),
+        _ => line!(error, "job failed"),
+    }
+}
+
+/// How the job ended, in one line fit for a log: guest-supplied text is
+/// cut and stripped of control characters.
+fn describe(result: &Result<JobEnd, RunError>) -> String {
+    let text = match result {
+        Ok(JobEnd::Exited(e)) => {
+            let status = match e.status {
+                ExitStatus::Code(c) => format!("exit {c}"),
+                ExitStatus::Signal(s) => format!("killed by signal {s}"),
+            };
+            match &e.stopped_by {
+                Some(cause) => format!("{status} (stopped: {cause:?})"),
+                None => status,
+            }
+        }
+        Ok(JobEnd::GuestError(g)) => format!("guest error: {}: {}", g.what, g.detail),
+        Err(e) => format!("VM failed: {e}"),
+    };
+    printable(&text, MAX_LOGGED_CHARS)
+}
+
+fn printable(s: &str, max_chars: usize) -> String {
+    let mut out: String = s
+        .chars()
+        .take(max_chars)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().nth(max_chars).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_protocol::{GuestError, RunnerExited};
+
+    #[test]
+    fn outcomes_read_well_and_guest_text_is_tamed() {
+        let exited = |status, stopped_by| {
+            Ok(JobEnd::Exited(RunnerExited {
+                status,
+                duration_ms: 1,
+                stopped_by,
+            }))
+        };
+        assert_eq!(describe(&exited(ExitStatus::Code(0), None)), "exit 0");
+        assert_eq!(
+            describe(&exited(ExitStatus::Signal(9), None)),
+            "killed by signal 9"
+        );
+        let hostile = Ok(JobEnd::GuestError(GuestError {
+            what: "spawn\x1b[2J".into(),
+            detail: "x".repeat(1000),
+        }));
+        let d = describe(&hostile);
+        assert!(d.starts_with("guest error: spawn?[2J: xxx"), "{d}");
+        assert!(
+            d.ends_with("...") && d.chars().count() == MAX_LOGGED_CHARS + 3,
+            "{d}"
+        );
+        assert_eq!(
+            describe(&Err(RunError::Killed)),
+            "VM failed: killed on request"
+        );
+    }
+}
