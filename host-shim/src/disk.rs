@@ -31,6 +31,10 @@ pub enum ScratchError {
     },
     #[error("mkfs.ext4 is not installed (needed for scratch disks): apt-get install e2fsprogs")]
     MkfsMissing,
+    #[error(
+        "scratch skeleton {dir} is not a directory: rebuild the image with `cargo xtask image`"
+    )]
+    Skeleton { dir: PathBuf },
     #[error("mkfs.ext4 failed on scratch disk {path}: {detail}")]
     Mkfs { path: PathBuf, detail: String },
 }
@@ -39,6 +43,20 @@ pub enum ScratchError {
 /// holding an empty ext4 labelled [`LABEL`]. On failure nothing is left
 /// at `path`.
 pub fn create_scratch(path: &Path, size_bytes: u64) -> Result<(), ScratchError> {
+    create_scratch_from(path, size_bytes, None)
+}
+
+/// [`create_scratch`], with the ext4 holding a copy of `skeleton` (owners
+/// and modes kept): the image's scratch skeleton, laid out as kiln-init
+/// would otherwise build it in the guest (`upper/`, `work/`, `home/`,
+/// `containers/`). mkfs writes those few files on the host in a fraction
+/// of what the guest's first reads of the base image and first writes to
+/// a fresh ext4 cost at boot.
+pub fn create_scratch_from(
+    path: &Path,
+    size_bytes: u64,
+    skeleton: Option<&Path>,
+) -> Result<(), ScratchError> {
     if size_bytes < MIN_SIZE {
         return Err(ScratchError::TooSmall {
             path: path.to_owned(),
@@ -62,7 +80,7 @@ pub fn create_scratch(path: &Path, size_bytes: u64) -> Result<(), ScratchError> 
         })?;
     let result = file.set_len(size_bytes).map_err(io).and_then(|()| {
         drop(file);
-        mkfs(path)
+        mkfs(path, skeleton)
     });
     if result.is_err() {
         let _ = std::fs::remove_file(path);
@@ -79,9 +97,18 @@ fn mkfs_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn mkfs(path: &Path) -> Result<(), ScratchError> {
+fn mkfs(path: &Path, skeleton: Option<&Path>) -> Result<(), ScratchError> {
     let binary = mkfs_binary().ok_or(ScratchError::MkfsMissing)?;
-    let out = Command::new(binary)
+    let mut cmd = Command::new(binary);
+    if let Some(dir) = skeleton {
+        if !dir.is_dir() {
+            return Err(ScratchError::Skeleton {
+                dir: dir.to_owned(),
+            });
+        }
+        cmd.arg("-d").arg(dir);
+    }
+    let out = cmd
         .args(["-F", "-q", "-m", "0", "-L", LABEL])
         // The disk lives for one job and is thrown away after: a journal
         // would protect nothing and cost writes.
@@ -147,6 +174,45 @@ mod tests {
             .filter(|l| !l.contains("ITABLE_ZEROED"))
             .collect();
         assert!(lazy.is_empty(), "{lazy:?}");
+    }
+
+    #[test]
+    fn skeleton_is_laid_onto_the_disk_with_owners_and_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let skel = d.path().join("skel");
+        std::fs::create_dir_all(skel.join("home/runner")).expect("mkdir");
+        std::fs::create_dir_all(skel.join("upper")).expect("mkdir");
+        std::fs::write(skel.join("home/runner/.bashrc"), "export A=1\n").expect("write");
+        let runner = skel.join("home/runner");
+        std::fs::set_permissions(&runner, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+        // As root (CI and this host), the owner must survive too.
+        let as_root = nix::unistd::geteuid().is_root();
+        if as_root {
+            nix::unistd::chown(&runner, Some(1001.into()), Some(1001.into())).expect("chown");
+        }
+        let p = d.path().join("scratch.ext4");
+        create_scratch_from(&p, 1 << 30, Some(&skel)).expect("create");
+        let debugfs = |req: &str| {
+            let out = Command::new("debugfs")
+                .args(["-R", req])
+                .arg(&p)
+                .output()
+                .expect("debugfs");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert_eq!(debugfs("cat /home/runner/.bashrc"), "export A=1\n");
+        let stat = debugfs("stat /home/runner");
+        assert!(stat.contains("Mode:  0750"), "{stat}");
+        if as_root {
+            assert!(stat.contains("User:  1001"), "{stat}");
+        }
+        assert!(debugfs("ls -l /").contains("upper"));
+
+        let q = d.path().join("other.ext4");
+        let err = create_scratch_from(&q, 1 << 30, Some(&d.path().join("gone"))).unwrap_err();
+        assert!(err.to_string().contains("cargo xtask image"), "{err}");
+        assert!(!q.exists(), "a failed disk is removed");
     }
 
     #[test]

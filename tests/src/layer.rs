@@ -21,6 +21,7 @@ pub fn boot_image(assets: &Assets) -> BootImage {
         initrd: Some(assets.initrd.clone()),
         base_image: None,
         modules: ModuleSet::Listed(module_names()),
+        scratch_skeleton: None,
     }
 }
 

@@ -50,6 +50,7 @@ fn built_kernel_boots_the_image_without_an_initramfs() {
         base_image: Some(base.clone()),
         // Everything is built in: kiln-init is asked to load nothing.
         modules: ModuleSet::Listed(Vec::new()),
+        scratch_skeleton: None,
     };
     let mut req = VmRequest::new(
         boot,

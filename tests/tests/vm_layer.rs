@@ -554,6 +554,7 @@ async fn firecracker_case(on_start: &str) {
         initrd: None,
         base_image: Some(d.join("images/rootfs.ext4")),
         modules: kiln::vm::ModuleSet::Listed(Vec::new()),
+        scratch_skeleton: None,
     };
     layer::warm_up_runtime().await;
     let fds_before = layer::open_fds();

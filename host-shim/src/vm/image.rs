@@ -15,6 +15,9 @@ pub const ROOTFS: &str = "rootfs.ext4";
 pub const KERNEL: &str = "vmlinuz";
 pub const INITRD: &str = "initrd";
 pub const MANIFEST: &str = "manifest.json";
+/// Optional: the scratch disk's starting layout (`cargo xtask image`
+/// writes it; see [`crate::disk::create_scratch_from`]).
+pub const SCRATCH_SKELETON: &str = "scratch-skel";
 /// The manifest format this shim understands.
 pub const MANIFEST_FORMAT: u32 = 1;
 /// A manifest is a few KiB; anything far larger is not one.
@@ -161,6 +164,9 @@ impl Image {
                 initrd: Some(dir.join(INITRD)),
                 base_image: Some(dir.join(ROOTFS)),
                 modules,
+                // Images from before the skeleton existed still boot:
+                // kiln-init lays the scratch disk out itself.
+                scratch_skeleton: Some(dir.join(SCRATCH_SKELETON)).filter(|d| d.is_dir()),
             },
             user,
             kernel_release,

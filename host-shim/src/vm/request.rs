@@ -39,6 +39,10 @@ pub struct BootImage {
     /// Shared read-only by every VM; kiln-init's lower layer.
     pub base_image: Option<PathBuf>,
     pub modules: ModuleSet,
+    /// Laid onto each VM's fresh scratch disk (see
+    /// [`crate::disk::create_scratch_from`]); `None`: kiln-init builds the
+    /// layout itself.
+    pub scratch_skeleton: Option<PathBuf>,
 }
 
 /// Bounds on each wait of a VM's life.
@@ -185,6 +189,7 @@ mod tests {
             initrd: None,
             base_image: None,
             modules: ModuleSet::Unknown,
+            scratch_skeleton: None,
         };
         let job = kiln_protocol::Job {
             protocol_version: kiln_protocol::PROTOCOL_VERSION,

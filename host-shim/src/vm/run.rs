@@ -235,9 +235,12 @@ impl Launcher {
             Some(bytes) => {
                 let path = self.dirs.scratch_path(&id)?;
                 let p = path.clone();
-                tokio::task::spawn_blocking(move || disk::create_scratch(&p, bytes))
-                    .await
-                    .map_err(|e| RunError::Task(e.to_string()))??;
+                let skeleton = req.boot.scratch_skeleton.clone();
+                tokio::task::spawn_blocking(move || {
+                    disk::create_scratch_from(&p, bytes, skeleton.as_deref())
+                })
+                .await
+                .map_err(|e| RunError::Task(e.to_string()))??;
                 guard.scratch = Some(path.clone());
                 Some(path)
             }

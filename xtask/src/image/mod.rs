@@ -22,6 +22,7 @@ pub mod recipe;
 pub mod rootpath;
 pub mod runner;
 pub mod scratch;
+pub mod skeleton;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -176,6 +177,8 @@ pub enum ImageError {
     },
     #[error(transparent)]
     Recipe(#[from] recipe::RecipeError),
+    #[error(transparent)]
+    Skeleton(#[from] skeleton::SkeletonError),
     #[error(transparent)]
     Mirror(#[from] mirror::MirrorError),
     #[error(transparent)]
@@ -421,6 +424,8 @@ pub fn build(opts: &Options, progress: &Progress) -> Result<Outcome, ImageError>
         packages.len()
     ));
 
+    skeleton::build(&root, &staging.path().join(skeleton::DIR))?;
+
     let step = progress.step("mkfs.ext4");
     let usage = ext4::usage(&root)?;
     let size_mib = opts.size_mib.unwrap_or_else(|| ext4::auto_size_mib(usage));
@@ -487,6 +492,16 @@ pub fn build(opts: &Options, progress: &Progress) -> Result<Outcome, ImageError>
         let dst = opts.out.join(name);
         std::fs::rename(path, &dst).map_err(io(&dst))?;
     }
+    // A directory cannot be renamed over a non-empty one: the old skeleton
+    // goes first (the image is incomplete, without a manifest, until the
+    // manifest is written below).
+    let skel = opts.out.join(skeleton::DIR);
+    match std::fs::remove_dir_all(&skel) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&skel)(e)),
+        _ => {}
+    }
+    let staged_skel = staging.path().join(skeleton::DIR);
+    std::fs::rename(&staged_skel, &skel).map_err(io(&skel))?;
     manifest.write(&manifest_path)?;
     step.done("");
     drop(staging);
