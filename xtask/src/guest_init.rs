@@ -76,7 +76,10 @@ pub fn build(workspace: &Path, target: &str) -> Result<PathBuf, GuestInitError> 
             stderr: tail(&stderr, 6000),
         });
     }
-    let path = target_dir.join(target).join(GUEST_PROFILE).join("kiln-init");
+    let path = target_dir
+        .join(target)
+        .join(GUEST_PROFILE)
+        .join("kiln-init");
     if path.is_file() {
         Ok(path)
     } else {
