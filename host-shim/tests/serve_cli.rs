@@ -31,11 +31,28 @@ name = "small"
 labels = ["self-hosted", "kiln-small"]
 vcpus = 2
 memory_mib = 2048
+image = "image"
 "#;
 
+/// `kiln serve` checks the App key and opens each pool's image at
+/// start-up: a throw-away key, and an image directory with the files
+/// `kiln::vm::Image::open` checks (no VM boots in these tests).
 fn dir_with_config(secret_mode: u32) -> tempfile::TempDir {
+    use rsa::pkcs1::{EncodeRsaPrivateKey, LineEnding};
     let dir = tempfile::tempdir().expect("tempdir");
-    for (name, content) in [("webhook-secret", "s3cret\n"), ("key.pem", "key\n")] {
+    let image = dir.path().join("image");
+    std::fs::create_dir(&image).expect("mkdir image");
+    for (name, content) in [
+        ("rootfs.ext4", "x"),
+        ("vmlinuz", "x"),
+        ("initrd", "x"),
+        ("manifest.json", r#"{"format":1}"#),
+    ] {
+        std::fs::write(image.join(name), content).expect("write image file");
+    }
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("RSA keygen");
+    let pem = key.to_pkcs1_pem(LineEnding::LF).expect("pem").to_string();
+    for (name, content) in [("webhook-secret", "s3cret\n"), ("key.pem", pem.as_str())] {
         let path = dir.path().join(name);
         std::fs::write(&path, content).expect("write");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(secret_mode))
@@ -50,6 +67,9 @@ fn kiln_serve(config: &Path) -> Child {
         .args(["serve", "--config"])
         .arg(config)
         .env("KILN_LOG", "info")
+        .env("KILN_STATE_DIR", config.with_file_name("state"))
+        .env("KILN_RUNTIME_DIR", config.with_file_name("run"))
+        .env("KILN_DISK_DIR", config.with_file_name("disks"))
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -168,4 +188,24 @@ fn a_world_readable_secret_stops_it_with_chmod_600() {
         "{stderr}"
     );
     assert!(stderr.contains("config.toml"), "{stderr}");
+}
+
+#[test]
+fn a_missing_image_stops_it_naming_the_pool_and_the_directory() {
+    let dir = dir_with_config(0o600);
+    let image = dir.path().join("image");
+    std::fs::remove_dir_all(&image).expect("remove image");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["serve", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .env("NO_COLOR", "1")
+        .env("KILN_STATE_DIR", dir.path().join("state"))
+        .env("KILN_RUNTIME_DIR", dir.path().join("run"))
+        .output()
+        .expect("run kiln serve");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pool \"small\""), "{stderr}");
+    assert!(stderr.contains(&image.display().to_string()), "{stderr}");
+    assert!(stderr.contains("cargo xtask image"), "{stderr}");
 }
