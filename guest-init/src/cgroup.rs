@@ -26,9 +26,11 @@ pub struct Delegation {
     pub procs: File,
 }
 
-/// Moves PID 1 to `init` and enables the controllers the kernel has.
-/// Returns the enabled controllers.
-pub fn setup_root() -> Result<Vec<String>, SysError> {
+/// Moves PID 1 to `init`, enables the controllers the kernel has, and
+/// creates the runner's subtree — `runner` with the same controllers, and
+/// its leaf `runner/job` — before the job (and its user) is known, so the
+/// boot does it beside the module loads. [`delegate`] hands it over.
+pub fn setup_root() -> Result<(), SysError> {
     favor_dynamic_moves()?;
     let root = Path::new(ROOT);
     let init = root.join("init");
@@ -36,10 +38,15 @@ pub fn setup_root() -> Result<Vec<String>, SysError> {
     write(&init.join("cgroup.procs"), "0")?;
     let available = read(&root.join("cgroup.controllers"))?;
     let enable = controllers_to_enable(&available);
+    let runner = root.join("runner");
+    make_dir(&runner)?;
+    make_dir(&runner.join("job"))?;
     if !enable.is_empty() {
-        write(&root.join("cgroup.subtree_control"), &subtree_line(&enable))?;
+        let line = subtree_line(&enable);
+        write(&root.join("cgroup.subtree_control"), &line)?;
+        write(&runner.join("cgroup.subtree_control"), &line)?;
     }
-    Ok(enable)
+    Ok(())
 }
 
 /// cgroup2's `favordynmods` (Linux 6.0+): without it, each move of a
@@ -61,19 +68,11 @@ fn favor_dynamic_moves() -> Result<(), SysError> {
     }
 }
 
-/// Creates `runner` (controllers enabled, owned by the user) and its leaf
-/// `runner/job`, and opens the leaf's `cgroup.procs` for the child.
-pub fn delegate(controllers: &[String], uid: u32, gid: u32) -> Result<Delegation, SysError> {
+/// Gives `runner` and `runner/job` (made by [`setup_root`]) to the job's
+/// user, and opens the leaf's `cgroup.procs` for the child.
+pub fn delegate(uid: u32, gid: u32) -> Result<Delegation, SysError> {
     let runner = Path::new(ROOT).join("runner");
     let job = runner.join("job");
-    make_dir(&runner)?;
-    make_dir(&job)?;
-    if !controllers.is_empty() {
-        write(
-            &runner.join("cgroup.subtree_control"),
-            &subtree_line(controllers),
-        )?;
-    }
     for dir in [&runner, &job] {
         give(dir, uid, gid)?;
         for f in DELEGATED_FILES {

@@ -66,7 +66,7 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
     // work on other vCPUs; what needs no module runs beside them. The
     // stamps keep the two apart: CgroupsReady when this thread's share is
     // done, ModulesLoaded when the wait for the loads is over.
-    let controllers = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let loading = s.spawn(|| kmod::load(&cfg.modules, &release));
         let early = without_modules();
         t.mark(BootPhase::CgroupsReady);
@@ -113,8 +113,8 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
     configure::apply(&job).step("configure the VM")?;
     t.mark(BootPhase::JobConfigured);
 
-    let cgroup = cgroup::delegate(&controllers, job.user.uid, job.user.gid)
-        .step("delegate the runner's cgroup")?;
+    let cgroup =
+        cgroup::delegate(job.user.uid, job.user.gid).step("delegate the runner's cgroup")?;
     say!(
         "starting {} as {} (uid {})",
         job.command.program,
@@ -153,11 +153,10 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
 /// The boot steps that need no kernel module: cgroup delegation (the
 /// hierarchy is the same wherever it is mounted, so the root switch does
 /// not undo it), kernel parameters, and the loopback interface.
-fn without_modules() -> Result<Vec<String>, Fatal> {
-    let controllers = cgroup::setup_root().step("set up cgroups")?;
+fn without_modules() -> Result<(), Fatal> {
+    cgroup::setup_root().step("set up cgroups")?;
     sysctl::apply().step("set kernel parameters")?;
-    configure::loopback().step("bring up the loopback interface")?;
-    Ok(controllers)
+    configure::loopback().step("bring up the loopback interface")
 }
 
 fn kernel_release() -> String {
