@@ -68,32 +68,35 @@ pub fn binary_facts(path: &Path) -> anyhow::Result<(u64, bool)> {
     Ok((data.len() as u64, stripped))
 }
 
-/// Builds the `kiln` binary in release mode (as deployed) and returns it.
-pub fn build_kiln(workspace: &Path) -> anyhow::Result<PathBuf> {
+/// Builds `bins` ((package, binary) pairs) in release mode, as deployed,
+/// in one cargo invocation, and returns the directory they are in.
+pub fn build_release(workspace: &Path, bins: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
-    eprintln!("memory: building kiln (release) for the `kiln run` figure");
-    let status = std::process::Command::new(&cargo)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "kiln",
-            "--bin",
-            "kiln",
-        ])
+    let names: Vec<&str> = bins.iter().map(|(_, b)| *b).collect();
+    eprintln!("bench: building {} (release)", names.join(", "));
+    let mut cmd = std::process::Command::new(&cargo);
+    cmd.args(["build", "--release", "--quiet"]);
+    for (package, bin) in bins {
+        cmd.args(["-p", package, "--bin", bin]);
+    }
+    let status = cmd
         .arg("--target-dir")
         .arg(&target)
         .current_dir(workspace)
         .status()
         .with_context(|| format!("running {cargo}"))?;
     if !status.success() {
-        bail!("building kiln failed");
+        bail!("building {} failed", names.join(", "));
     }
-    Ok(target.join("release/kiln"))
+    Ok(target.join("release"))
+}
+
+/// Builds the `kiln` binary in release mode (as deployed) and returns it.
+pub fn build_kiln(workspace: &Path) -> anyhow::Result<PathBuf> {
+    Ok(build_release(workspace, &[("kiln", "kiln")])?.join("kiln"))
 }
 
 /// One `kiln run` with a job that holds the VM: the kiln process's RSS

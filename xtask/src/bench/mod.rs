@@ -3,7 +3,8 @@
 //!
 //! - [`boot`] — 1. boot to runner, kiln-init against systemd.
 //! - [`disk`] — 2. per-VM disk, Kiln's scratch disk against copying.
-//! - 3. webhook ingestion waits for `kiln serve` (recorded as pending).
+//! - [`webhook`] — 3. webhook ingestion, `kiln serve` against a minimal
+//!   axum server (no VM).
 //! - [`churn`] — 4. VMs back to back, and what they leave behind.
 //! - [`memory`] — 5. kiln-init's and the host side's memory.
 //!
@@ -26,13 +27,14 @@ pub mod render;
 pub mod results;
 pub mod stats;
 pub mod vmkit;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::ValueEnum;
 
-use results::{BackendInfo, Pending, Results, SCHEMA};
+use results::{BackendInfo, Results, Webhook, SCHEMA};
 use vmkit::Kit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,6 +43,7 @@ pub enum Which {
     Disk,
     Churn,
     Memory,
+    Webhook,
 }
 
 #[derive(clap::Args, Debug)]
@@ -55,6 +58,13 @@ pub struct Args {
     /// VMs in the churn benchmark [default: 10, --quick: 3].
     #[arg(long, value_name = "N")]
     pub churn_vms: Option<usize>,
+    /// Requests per webhook throughput run [default: 20000, --quick: 5000].
+    #[arg(long, value_name = "N")]
+    pub webhook_requests: Option<usize>,
+    /// Seconds per webhook latency run, at 1000 requests/s [default: 5,
+    /// --quick: 2].
+    #[arg(long, value_name = "S")]
+    pub webhook_seconds: Option<u32>,
     /// Only these benchmarks (comma-separated); writes under
     /// target/kiln-bench/ unless --md/--json say otherwise.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
@@ -109,6 +119,13 @@ impl Args {
         self.only.is_empty() || self.only.contains(&w)
     }
 
+    /// Whether any benchmark that boots VMs (or needs the bench image) runs.
+    fn wants_vms(&self) -> bool {
+        [Which::Boot, Which::Disk, Which::Churn, Which::Memory]
+            .into_iter()
+            .any(|w| self.wants(w))
+    }
+
     /// A full run: every benchmark, N runs.
     fn full(&self) -> bool {
         !self.quick && self.only.is_empty()
@@ -126,12 +143,6 @@ impl Args {
         )
     }
 }
-
-const WEBHOOK_REASON: &str = "Signed `workflow_job` deliveries per second and latency percentiles \
-against a running `kiln serve` with no capacity for VMs, beside a minimal axum handler that only \
-returns 202 (the ceiling); targets: within 2x of the ceiling, p99 under 5 ms at 1000 requests/s. \
-**Not measured yet:** `kiln serve` (the [serve] issue) has not landed, and a figure against \
-anything else would be made up. This section will be filled by `cargo xtask bench` once it has.";
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = crate::workspace_root();
@@ -158,13 +169,209 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--churn-vms must be at least 1");
     }
 
+    let vms = if args.wants_vms() || args.prepare {
+        Some(prepare_vms(&args, &root, &work)?)
+    } else {
+        None
+    };
+    if args.prepare {
+        return Ok(());
+    }
+    // Built before anything is measured, so the compile does not overlap.
+    let kiln_run = args.wants(Which::Memory) && !args.no_kiln_run;
+    let webhook_bins = args.wants(Which::Webhook);
+    let mut release = Vec::new();
+    if kiln_run || webhook_bins {
+        release.push(("kiln", "kiln"));
+    }
+    if webhook_bins {
+        release.push(("xtask", "kiln-bench-http"));
+    }
+    let release_dir = if release.is_empty() {
+        None
+    } else {
+        Some(memory::build_release(&root, &release)?)
+    };
+    let kiln_binary = release_dir
+        .as_ref()
+        .filter(|_| kiln_run)
+        .map(|d| d.join("kiln"));
+    let webhook_settings = webhook::Settings {
+        runs,
+        requests: args
+            .webhook_requests
+            .unwrap_or(if args.quick { 5_000 } else { 20_000 }),
+        connections: 32,
+        rate: 1000,
+        rate_seconds: args
+            .webhook_seconds
+            .unwrap_or(if args.quick { 2 } else { 5 }),
+        warmup: if args.quick { 1_000 } else { 2_000 },
+    };
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let bench = async {
+        let backend = match &vms {
+            Some(v) => Some(v.backend().await?),
+            None => None,
+        };
+        let label = backend
+            .as_ref()
+            .map_or_else(|| "no VM".to_owned(), |b| b.label.clone());
+        let mut load = Vec::new();
+        let boot = match &vms {
+            Some(v) if args.wants(Which::Boot) => {
+                let meter = machine::Meter::start("boot");
+                let sp = boot::SystemdPath::new(&v.kit, v.initrd.clone())?;
+                let r = boot::run(&v.kit, &sp, runs, &label).await?;
+                load.push(meter.finish());
+                Some(r)
+            }
+            _ => None,
+        };
+        let disk = match &vms {
+            Some(v) if args.wants(Which::Disk) => {
+                let meter = machine::Meter::start("disk");
+                let rootfs = v.img.dir.join(crate::image::ROOTFS);
+                let dir = work.join("disk-bench");
+                let r = tokio::task::block_in_place(|| disk::run(&dir, &rootfs, runs))?;
+                load.push(meter.finish());
+                Some(r)
+            }
+            _ => None,
+        };
+        let webhook = match &release_dir {
+            Some(dir) if args.wants(Which::Webhook) => {
+                let meter = machine::Meter::start("webhook");
+                let bins = webhook::Binaries {
+                    kiln: dir.join("kiln"),
+                    http: dir.join("kiln-bench-http"),
+                };
+                let r = webhook::run(&bins, &work, webhook_settings).await?;
+                load.push(meter.finish());
+                Some(Webhook::Measured(Box::new(r)))
+            }
+            _ => None,
+        };
+        let churn = match &vms {
+            Some(v) if args.wants(Which::Churn) => {
+                let meter = machine::Meter::start("churn");
+                let r = churn::run(&v.kit, churn_vms).await?;
+                load.push(meter.finish());
+                Some(r)
+            }
+            _ => None,
+        };
+        let memory = match &vms {
+            Some(v) if args.wants(Which::Memory) => {
+                let meter = machine::Meter::start("memory");
+                let (rss, hwm, systemd) = match &boot {
+                    Some(b) => (
+                        b.kiln.pid1_rss_kib.clone(),
+                        b.kiln.pid1_hwm_kib.clone(),
+                        Some(b.systemd.pid1_rss_kib.clone()),
+                    ),
+                    None => {
+                        let (r, h) = boot::kiln_pid1_memory(&v.kit, runs).await?;
+                        (r, h, None)
+                    }
+                };
+                let inputs = memory::Inputs {
+                    kiln_init: &v.img.kiln_init,
+                    kiln_init_rss: rss,
+                    kiln_init_hwm: hwm,
+                    systemd_rss: systemd,
+                    kiln_binary: kiln_binary.clone(),
+                };
+                let r = memory::run(&v.kit, runs, inputs).await?;
+                load.push(meter.finish());
+                Some(r)
+            }
+            _ => None,
+        };
+        anyhow::Ok(Results {
+            schema: SCHEMA,
+            generated_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            command: command_line(),
+            mode: if args.full() {
+                "full"
+            } else if args.quick {
+                "quick"
+            } else {
+                "partial"
+            }
+            .into(),
+            runs,
+            git: machine::git_revision(&root),
+            machine: machine::describe(vms.as_ref().map_or(&work, |v| &v.kit.dirs.disks)),
+            backend,
+            load,
+            boot,
+            disk,
+            churn,
+            memory,
+            webhook,
+        })
+    };
+    // On Ctrl-C or SIGTERM the benchmark's future is dropped, which kills
+    // and removes its VMs, instead of the process dying with them running.
+    let results = rt.block_on(async {
+        tokio::select! {
+            r = bench => r,
+            s = interrupted() => Err(anyhow::anyhow!("{s}: stopped; the running VMs were torn down")),
+        }
+    })?;
+    drop(vms);
+
+    let (md, json) = args.outputs(&root, &work);
+    write(&json, &serde_json::to_string_pretty(&results)?)?;
+    write(&md, &render::render(&results))?;
+    eprintln!("bench: wrote {} and {}", md.display(), json.display());
+    Ok(())
+}
+
+/// What the VM benchmarks share: the bench image, the VM kit, the systemd
+/// path's initramfs.
+struct VmSetup {
+    kit: Kit,
+    img: images::BenchImage,
+    initrd: PathBuf,
+}
+
+impl VmSetup {
+    /// The backend every VM figure is labelled with (probes KVM once).
+    async fn backend(&self) -> anyhow::Result<BackendInfo> {
+        let kit = &self.kit;
+        let (accel, reason) = kit.accel().await?;
+        let accel_name = accel.as_str().to_uppercase();
+        Ok(BackendInfo {
+            label: format!("QEMU {accel_name}"),
+            vmm: "QEMU".into(),
+            accel: accel_name,
+            machine: kit.qemu.machine.name().into(),
+            accel_reason: reason,
+            vcpus: kit.vcpus,
+            memory_mib: kit.memory_mib,
+            guest_kernel: self.img.kernel.release.clone(),
+            extra_kernel_args: kit.kernel_args.clone(),
+        })
+    }
+}
+
+fn prepare_vms(args: &Args, root: &Path, work: &Path) -> anyhow::Result<VmSetup> {
     eprintln!("bench: preparing the probe, the bench image and the systemd initramfs");
     let arch_target = match crate::image::host_debian_arch() {
         "arm64" => "aarch64-unknown-linux-musl",
         _ => crate::guest_init::X86_64_TARGET,
     };
     let probe = probe::build(&work.join("probe"), arch_target)?;
-    let img = images::bench_image(&root, &work, &probe, args.force_image)?;
+    let img = images::bench_image(root, work, &probe, args.force_image)?;
     let busybox = images::find_busybox()?;
     // Short: VM sockets live below it (Unix socket paths are limited).
     let runtime = PathBuf::from(format!("/tmp/kiln-bench-{}", std::process::id()));
@@ -173,7 +380,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         runtime,
         work.join("disks"),
         work.join("accel-probe"),
-        work.clone(),
+        work.to_path_buf(),
         args.vcpus,
         args.memory,
     )?;
@@ -192,133 +399,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             img.dir.display(),
             initrd.display()
         );
-        return Ok(());
     }
-    // Built before anything is measured, so the compile does not overlap.
-    let kiln_binary = if args.wants(Which::Memory) && !args.no_kiln_run {
-        Some(memory::build_kiln(&root)?)
-    } else {
-        None
-    };
-
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let bench = async {
-        let (accel, reason) = kit.accel().await?;
-        let accel_name = accel.as_str().to_uppercase();
-        let backend = BackendInfo {
-            label: format!("QEMU {accel_name}"),
-            vmm: "QEMU".into(),
-            accel: accel_name,
-            machine: kit.qemu.machine.name().into(),
-            accel_reason: reason,
-            vcpus: kit.vcpus,
-            memory_mib: kit.memory_mib,
-            guest_kernel: img.kernel.release.clone(),
-            extra_kernel_args: kit.kernel_args.clone(),
-        };
-        let label = backend.label.clone();
-        let mut load = Vec::new();
-        let boot = if args.wants(Which::Boot) {
-            let meter = machine::Meter::start("boot");
-            let sp = boot::SystemdPath::new(&kit, initrd.clone())?;
-            let r = boot::run(&kit, &sp, runs, &label).await?;
-            load.push(meter.finish());
-            Some(r)
-        } else {
-            None
-        };
-        let disk = if args.wants(Which::Disk) {
-            let meter = machine::Meter::start("disk");
-            let rootfs = img.dir.join(crate::image::ROOTFS);
-            let dir = work.join("disk-bench");
-            let r = tokio::task::block_in_place(|| disk::run(&dir, &rootfs, runs))?;
-            load.push(meter.finish());
-            Some(r)
-        } else {
-            None
-        };
-        let churn = if args.wants(Which::Churn) {
-            let meter = machine::Meter::start("churn");
-            let r = churn::run(&kit, churn_vms).await?;
-            load.push(meter.finish());
-            Some(r)
-        } else {
-            None
-        };
-        let memory = if args.wants(Which::Memory) {
-            let meter = machine::Meter::start("memory");
-            let (rss, hwm, systemd) = match &boot {
-                Some(b) => (
-                    b.kiln.pid1_rss_kib.clone(),
-                    b.kiln.pid1_hwm_kib.clone(),
-                    Some(b.systemd.pid1_rss_kib.clone()),
-                ),
-                None => {
-                    let (r, h) = boot::kiln_pid1_memory(&kit, runs).await?;
-                    (r, h, None)
-                }
-            };
-            let inputs = memory::Inputs {
-                kiln_init: &img.kiln_init,
-                kiln_init_rss: rss,
-                kiln_init_hwm: hwm,
-                systemd_rss: systemd,
-                kiln_binary: kiln_binary.clone(),
-            };
-            let r = memory::run(&kit, runs, inputs).await?;
-            load.push(meter.finish());
-            Some(r)
-        } else {
-            None
-        };
-        anyhow::Ok(Results {
-            schema: SCHEMA,
-            generated_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-            command: command_line(),
-            mode: if args.full() {
-                "full"
-            } else if args.quick {
-                "quick"
-            } else {
-                "partial"
-            }
-            .into(),
-            runs,
-            git: machine::git_revision(&root),
-            machine: machine::describe(&kit.dirs.disks),
-            backend,
-            load,
-            boot,
-            disk,
-            churn,
-            memory,
-            webhook: Pending {
-                status: "not yet: needs kiln serve".into(),
-                reason: WEBHOOK_REASON.into(),
-            },
-        })
-    };
-    // On Ctrl-C or SIGTERM the benchmark's future is dropped, which kills
-    // and removes its VMs, instead of the process dying with them running.
-    let results = rt.block_on(async {
-        tokio::select! {
-            r = bench => r,
-            s = interrupted() => Err(anyhow::anyhow!("{s}: stopped; the running VMs were torn down")),
-        }
-    })?;
-    drop(kit);
-
-    let (md, json) = args.outputs(&root, &work);
-    write(&json, &serde_json::to_string_pretty(&results)?)?;
-    write(&md, &render::render(&results))?;
-    eprintln!("bench: wrote {} and {}", md.display(), json.display());
-    Ok(())
+    Ok(VmSetup { kit, img, initrd })
 }
 
 /// Resolves on the first SIGINT or SIGTERM, naming it.

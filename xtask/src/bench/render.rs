@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::results::{BootPath, Counts, Figure, Results, Target};
+use super::results::{BootPath, Counts, Figure, Results, Target, Webhook, WebhookResults};
 use super::stats::Stat;
 
 /// Other work above this share of the host's CPUs makes the host "busy".
@@ -133,7 +133,7 @@ fn figure<'a>(list: &'a [Figure], name: &str) -> Option<&'a Figure> {
 
 /// The headline figures (medians) and every target's verdict.
 fn summary(o: &mut String, r: &Results) {
-    let label = &r.backend.label;
+    let label = label(r);
     let _ = writeln!(o, "## Summary\n");
     let _ = writeln!(
         o,
@@ -210,10 +210,22 @@ fn summary(o: &mut String, r: &Results) {
             );
         }
     }
-    let _ = writeln!(o, "| Webhook ingestion | {} | — | — |\n", r.webhook.status);
+    match &r.webhook {
+        Some(Webhook::Measured(w)) => webhook_summary(o, w),
+        Some(Webhook::Pending(p)) => {
+            let _ = writeln!(o, "| Webhook ingestion | {} | — | — |", p.status);
+        }
+        None => {}
+    }
+    o.push('\n');
+    let measured = match &r.webhook {
+        Some(Webhook::Measured(w)) => Some(w.targets.as_slice()),
+        _ => None,
+    };
     let targets: Vec<&Target> = [
         r.boot.as_ref().map(|b| b.targets.as_slice()),
         r.disk.as_ref().map(|d| d.targets.as_slice()),
+        measured,
     ]
     .into_iter()
     .flatten()
@@ -232,8 +244,13 @@ fn summary(o: &mut String, r: &Results) {
     }
 }
 
+/// What the VM figures are labelled with; "no VM" when none ran.
+fn label(r: &Results) -> &str {
+    r.backend.as_ref().map_or("no VM", |b| b.label.as_str())
+}
+
 pub fn render(r: &Results) -> String {
-    let label = &r.backend.label;
+    let label = label(r);
     let mut o = String::new();
     let _ = writeln!(o, "# Kiln benchmarks\n");
     let _ = writeln!(
@@ -247,18 +264,16 @@ pub fn render(r: &Results) -> String {
         r.runs,
         if r.runs == 1 { "" } else { "s" }
     );
-    let _ = writeln!(
-        o,
-        "**Every figure here is {label}** ({} {}, `-M {}`, {} vCPU, {} MiB guest): {}. \
-         TCG emulates every guest instruction, so guest-side times are many times what \
-         they are under KVM; read the ratios, not the absolute guest times, as the result.\n",
-        r.backend.vmm,
-        r.backend.accel,
-        r.backend.machine,
-        r.backend.vcpus,
-        r.backend.memory_mib,
-        r.backend.accel_reason
-    );
+    if let Some(b) = &r.backend {
+        let _ = writeln!(
+            o,
+            "**Every VM figure here is {label}** ({} {}, `-M {}`, {} vCPU, {} MiB guest): {}. \
+             TCG emulates every guest instruction, so guest-side times are many times what \
+             they are under KVM; read the ratios, not the absolute guest times, as the result. \
+             Figures without a VM (the per-VM disk, webhook ingestion) are labelled as such.\n",
+            b.vmm, b.accel, b.machine, b.vcpus, b.memory_mib, b.accel_reason
+        );
+    }
 
     summary(&mut o, r);
     let _ = writeln!(o, "## Method\n");
@@ -283,7 +298,12 @@ pub fn render(r: &Results) -> String {
         "- The \"runner\" is `kiln-probe` (xtask/src/bench/probe/kiln_probe.rs), a static musl \
          binary whose first act is to read `CLOCK_BOOTTIME`, then PID 1's `VmRSS`."
     );
-    if !r.backend.extra_kernel_args.is_empty() {
+    let extra_args = r
+        .backend
+        .as_ref()
+        .map(|b| b.extra_kernel_args.clone())
+        .unwrap_or_default();
+    if !extra_args.is_empty() {
         let _ = writeln!(
             o,
             "- Every guest, on every path, boots with `{}` added to the command line kiln \
@@ -291,7 +311,7 @@ pub fn render(r: &Results) -> String {
              jiffies (the TSC fails its stability check; there is no HPET, ACPI PM timer or \
              kvmclock) and every `CLOCK_BOOTTIME` stamp moves in 4 ms steps. TCG's TSC follows \
              the host's clock.",
-            r.backend.extra_kernel_args.join(" ")
+            extra_args.join(" ")
         );
     }
     let m = &r.machine;
@@ -301,13 +321,15 @@ pub fn render(r: &Results) -> String {
          disks on {}.",
         m.nproc, m.cpu_model, m.memory_gib, m.os, m.kernel, m.qemu, m.vhost_device_vsock, m.disk_fs
     );
-    let _ = writeln!(
-        o,
-        "- Guest: Debian's cloud kernel {} (modular: virtio, vsock, virtio_blk and overlay load \
-         as modules in both paths), the bench image (the real recipe plus systemd, \
-         rootfs/bench-systemd/).",
-        r.backend.guest_kernel
-    );
+    if let Some(b) = &r.backend {
+        let _ = writeln!(
+            o,
+            "- Guest: Debian's cloud kernel {} (modular: virtio, vsock, virtio_blk and overlay \
+             load as modules in both paths), the bench image (the real recipe plus systemd, \
+             rootfs/bench-systemd/).",
+            b.guest_kernel
+        );
+    }
     let busy = r.load.iter().any(|l| l.others_cpu_pct > BUSY_PCT);
     let loads: Vec<String> = r
         .load
@@ -422,8 +444,14 @@ pub fn render(r: &Results) -> String {
         targets_table(&mut o, &d.targets);
     }
 
-    let _ = writeln!(o, "## 3. Webhook ingestion — {}\n", r.webhook.status);
-    let _ = writeln!(o, "{}\n", r.webhook.reason);
+    match &r.webhook {
+        Some(Webhook::Measured(w)) => webhook_section(&mut o, w),
+        Some(Webhook::Pending(p)) => {
+            let _ = writeln!(o, "## 3. Webhook ingestion — {}\n", p.status);
+            let _ = writeln!(o, "{}\n", p.reason);
+        }
+        None => {}
+    }
 
     if let Some(c) = &r.churn {
         let _ = writeln!(o, "## 4. VM churn ({label})\n");
@@ -516,12 +544,16 @@ pub fn render(r: &Results) -> String {
             "| for scale: vhost-device-vsock per VM | {} |",
             kib_row(&mem.vhost_rss_kib)
         );
+        if let Some(w) = measured_webhook(r) {
+            serve_memory_rows(&mut o, w);
+        }
         let _ = writeln!(
             o,
-            "\nkiln-init on disk: {} bytes ({:.0} KiB), {}. `kiln serve` does not exist yet: the \
-             host side is measured as the `kiln run` process (one VM, whole process) and as the \
-             VM layer inside the bench process, idle and with {} VMs (what a daemon embedding it \
-             adds per VM). The in-process figure is this process's RSS, so allocator slack counts.\n",
+            "\nkiln-init on disk: {} bytes ({:.0} KiB), {}. The host side per running VM is \
+             measured as the `kiln run` process (one VM, whole process) and as the VM layer \
+             inside the bench process (what `kiln serve` embeds), idle and with {} VMs: what a \
+             daemon embedding it adds per VM. The in-process figure is this process's RSS, so \
+             allocator slack counts.{}\n",
             mem.kiln_init_bytes,
             mem.kiln_init_bytes as f64 / 1024.0,
             if mem.kiln_init_stripped {
@@ -529,11 +561,250 @@ pub fn render(r: &Results) -> String {
             } else {
                 "NOT stripped"
             },
-            mem.in_process_vms
+            mem.in_process_vms,
+            if measured_webhook(r).is_some() {
+                SERVE_MEMORY_NOTE
+            } else {
+                ""
+            }
         );
         incidents(&mut o, &mem.incidents);
+    } else if let Some(w) = measured_webhook(r) {
+        let _ = writeln!(o, "## 5. Memory (`kiln serve`: host, no VM)\n");
+        let _ = writeln!(o, "| Memory | min | median | max |");
+        let _ = writeln!(o, "|---|---:|---:|---:|");
+        serve_memory_rows(&mut o, w);
+        let _ = writeln!(o, "\n{}\n", SERVE_MEMORY_NOTE.trim_start());
     }
     o
+}
+
+const SERVE_MEMORY_NOTE: &str = " `kiln serve`'s own RSS comes from the webhook benchmark \
+(host, no VM): idle after start-up, and with its queue holding every job the benchmark queued. \
+Its RSS per running VM is not measured as such: the bench's `kiln serve` has no capacity for \
+VMs. The memory benchmark's \"VM layer in one process\" figures are that figure: the VM \
+layer `kiln serve` embeds, with VMs running.";
+
+fn measured_webhook(r: &Results) -> Option<&WebhookResults> {
+    match &r.webhook {
+        Some(Webhook::Measured(w)) => Some(w),
+        _ => None,
+    }
+}
+
+/// One measurement (min = median = max).
+fn kib_once(v: f64) -> String {
+    let k = kib(v);
+    format!("{k} | {k} | {k}")
+}
+
+fn serve_memory_rows(o: &mut String, w: &WebhookResults) {
+    let m = &w.memory;
+    let _ = writeln!(
+        o,
+        "| `kiln serve` RSS idle, after start-up (host, no VM) | {} |",
+        kib_once(m.idle_rss_kib)
+    );
+    let _ = writeln!(
+        o,
+        "| `kiln serve` RSS with {} jobs queued (host, no VM) | {} |",
+        m.queued_jobs,
+        kib_once(m.queued_rss_kib)
+    );
+    let per = format!("{:.0} B", m.per_queued_job_bytes);
+    let _ = writeln!(
+        o,
+        "| `kiln serve`: added per queued job (incl. its de-duplication entries) | {per} | {per} | {per} |"
+    );
+    let _ = writeln!(
+        o,
+        "| for scale: the ceiling server idle (host, no VM) | {} |",
+        kib_once(m.ceiling_idle_rss_kib)
+    );
+}
+
+/// Requests per second: whole numbers.
+fn rps(v: f64) -> String {
+    format!("{v:.0}")
+}
+
+fn rps_row(s: &Stat) -> String {
+    format!("{} | {} | {}", rps(s.min), rps(s.median), rps(s.max))
+}
+
+fn webhook_summary(o: &mut String, w: &WebhookResults) {
+    let (k, c) = (&w.kiln, &w.ceiling);
+    let _ = writeln!(
+        o,
+        "| Webhook ingestion, {} connections (loopback, host, no VM) | {} req/s | ceiling {} req/s | {:.2}x |",
+        w.connections,
+        rps(k.throughput_rps.median),
+        rps(c.throughput_rps.median),
+        c.throughput_rps.median / k.throughput_rps.median
+    );
+    let _ = writeln!(
+        o,
+        "| Webhook p99 at {} req/s (loopback, host, no VM) | {} ms | ceiling {} ms | {:.2}x |",
+        w.rate_per_s,
+        ms(k.p99_ms.median),
+        ms(c.p99_ms.median),
+        c.p99_ms.median / k.p99_ms.median
+    );
+    let _ = writeln!(
+        o,
+        "| `kiln serve` RSS idle / per queued job (host, no VM) | {} / {:.0} B | — | — |",
+        kib(w.memory.idle_rss_kib),
+        w.memory.per_queued_job_bytes
+    );
+}
+
+fn webhook_section(o: &mut String, w: &WebhookResults) {
+    let (k, c) = (&w.kiln, &w.ceiling);
+    let _ = writeln!(o, "## 3. Webhook ingestion (loopback, host, no VM)\n");
+    let _ = writeln!(
+        o,
+        "Signed `workflow_job` `queued` deliveries (POST /webhook, {:.1} KiB JSON bodies shaped \
+         like GitHub's, each with its own `X-GitHub-Delivery` GUID and job id, signed with \
+         HMAC-SHA256 before the clock starts) against the real `kiln serve` (release build), \
+         beside the ceiling: a minimal axum server that only answers 202. Over 127.0.0.1; no VM \
+         is involved, and neither figure depends on the VM backend.\n",
+        w.body_bytes / 1024.0
+    );
+    let _ = writeln!(o, "`kiln serve` set-up:\n");
+    for l in &w.setup {
+        let _ = writeln!(o, "- {l}");
+    }
+    o.push('\n');
+    for side in [k, c] {
+        let _ = writeln!(o, "**{}** does, per delivery:\n", side.name);
+        for i in &side.includes {
+            let _ = writeln!(o, "- {i}");
+        }
+        o.push('\n');
+    }
+    let _ = writeln!(
+        o,
+        "Load: `kiln-bench-http load` (xtask/src/bin/, release build, hyper's HTTP/1.1 client on \
+         one Tokio thread, keep-alive connections opened before the clock), its own process per \
+         run. Runs alternate between the servers (which goes first alternates too), after a \
+         discarded warm-up of {} deliveries each. It shares the host's CPUs with the server \
+         under test (the other server is idle meanwhile).\n",
+        w.warmup_requests
+    );
+    let _ = writeln!(
+        o,
+        "**Throughput** (closed loop: {} connections, each sending its next delivery as soon as \
+         the last is answered; {} deliveries per run; counted: answers as expected per second):\n",
+        w.connections, w.requests_per_run
+    );
+    let _ = writeln!(
+        o,
+        "| Throughput (loopback, host, no VM) | min | median | max |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|");
+    for side in [k, c] {
+        let _ = writeln!(
+            o,
+            "| {}: requests/s | {} |",
+            side.name,
+            rps_row(&side.throughput_rps)
+        );
+    }
+    for side in [k, c] {
+        let _ = writeln!(
+            o,
+            "| {}: server CPU time per request, µs | {} |",
+            side.name,
+            ms_row(&side.cpu_us_per_request)
+        );
+    }
+    for side in [k, c] {
+        let _ = writeln!(
+            o,
+            "| load generator's CPU against {}, % of one core | {} |",
+            side.name,
+            ms_row(&side.client_cpu_pct)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nCeiling / `kiln serve` (medians): **{:.2}x** in requests/s, {:.2}x in server CPU per \
+         request.\n",
+        c.throughput_rps.median / k.throughput_rps.median,
+        k.cpu_us_per_request.median / c.cpu_us_per_request.median
+    );
+    let _ = writeln!(
+        o,
+        "**Latency** (open loop: {} deliveries at {} per second on a fixed schedule kept by a \
+         thread of its own, sent on any idle connection of {}; each latency runs from the \
+         request's *scheduled* time to its whole answer, so a stall counts against every request \
+         it delays — no coordinated omission). Percentiles are per run (nearest rank); the \
+         columns are over runs:\n",
+        w.rate_requests, w.rate_per_s, w.connections
+    );
+    let _ = writeln!(
+        o,
+        "| Latency at {} req/s (loopback, host, no VM) | min | median | max |",
+        w.rate_per_s
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|");
+    for side in [k, c] {
+        for (what, st) in [
+            ("p50", &side.p50_ms),
+            ("p90", &side.p90_ms),
+            ("p99", &side.p99_ms),
+            ("max", &side.max_ms),
+        ] {
+            let _ = writeln!(o, "| {}: {what} ms | {} |", side.name, ms_row(st));
+        }
+    }
+    for side in [k, c] {
+        let _ = writeln!(
+            o,
+            "| {}: answered per second over the run | {} |",
+            side.name,
+            rps_row(&side.achieved_rps)
+        );
+    }
+    for side in [k, c] {
+        let _ = writeln!(
+            o,
+            "| the client's own lateness against {} (p99 of scheduled time to send), ms | {} |",
+            side.name,
+            ms_row(&side.send_lateness_p99_ms)
+        );
+    }
+    o.push('\n');
+    let ch = &w.check;
+    let other: Vec<String> = ch
+        .other_answers
+        .iter()
+        .map(|(a, n)| format!("{n}x `{a}`"))
+        .collect();
+    let count = |v: Option<usize>| v.map_or_else(|| "unknown".to_owned(), |n| n.to_string());
+    let _ = writeln!(
+        o,
+        "Check that the figures are of real enqueues: `kiln serve` got {} deliveries (warm-up \
+         included); {} were answered 202 `queued`{}{}; its log has {} `job queued` lines, and its \
+         SIGTERM summary dropped {} queued jobs. Verified: **{}**.\n",
+        ch.sent,
+        ch.queued_answers,
+        if other.is_empty() {
+            String::new()
+        } else {
+            format!(", others: {}", other.join(", "))
+        },
+        if ch.failed > 0 {
+            format!(", {} got no answer", ch.failed)
+        } else {
+            String::new()
+        },
+        count(ch.log_job_queued),
+        count(ch.dropped_at_shutdown),
+        if ch.verified { "yes" } else { "NO" }
+    );
+    targets_table(o, &w.targets);
+    incidents(o, &w.incidents);
 }
 
 #[cfg(test)]
@@ -582,7 +853,7 @@ mod tests {
                 vhost_device_vsock: "0.3".into(),
                 disk_fs: "/dev/vda ext4".into(),
             },
-            backend: BackendInfo {
+            backend: Some(BackendInfo {
                 label: "QEMU TCG".into(),
                 vmm: "QEMU".into(),
                 accel: "TCG".into(),
@@ -592,7 +863,7 @@ mod tests {
                 memory_mib: 1024,
                 guest_kernel: "6.1.0-56-cloud-amd64".into(),
                 extra_kernel_args: vec!["tsc=reliable".into()],
-            },
+            }),
             load: vec![LoadSample {
                 during: "boot".into(),
                 load1_before: 3.5,
@@ -659,9 +930,71 @@ mod tests {
                 incidents: vec![],
             }),
             memory: None,
-            webhook: Pending {
+            webhook: Some(Webhook::Pending(Pending {
                 status: "not yet: needs kiln serve".into(),
                 reason: "no server".into(),
+            })),
+        }
+    }
+
+    fn side(name: &str, rps: &[f64], p99: &[f64]) -> WebhookSide {
+        WebhookSide {
+            name: name.into(),
+            includes: vec![format!("{name} things")],
+            throughput_rps: stat(rps),
+            cpu_us_per_request: stat(&[120.0, 130.0]),
+            client_cpu_pct: stat(&[60.0, 70.0]),
+            p50_ms: stat(&[0.3, 0.4]),
+            p90_ms: stat(&[0.5, 0.6]),
+            p99_ms: stat(p99),
+            max_ms: stat(&[9.0, 12.0]),
+            achieved_rps: stat(&[999.0, 1000.0]),
+            send_lateness_p99_ms: stat(&[0.08, 0.09]),
+        }
+    }
+
+    fn webhook(verified: bool) -> WebhookResults {
+        let mut other = std::collections::BTreeMap::new();
+        if !verified {
+            other.insert("503 queue full".to_owned(), 3);
+        }
+        WebhookResults {
+            kiln: side("kiln serve", &[9000.0, 11000.0], &[1.5, 2.5]),
+            ceiling: side("ceiling", &[25000.0, 35000.0], &[0.5, 0.7]),
+            connections: 32,
+            requests_per_run: 20_000,
+            warmup_requests: 2000,
+            rate_per_s: 1000,
+            rate_requests: 5000,
+            body_bytes: 5120.0,
+            setup: vec!["one pool, `max_vms = 0`".into()],
+            targets: vec![Target {
+                what: "kiln serve's throughput against the ceiling's".into(),
+                goal: "within 2x".into(),
+                measured: "3.00x".into(),
+                verdict: "not met".into(),
+                note: "loopback".into(),
+            }],
+            check: WebhookCheck {
+                sent: 52_000,
+                queued_answers: if verified { 52_000 } else { 51_997 },
+                other_answers: other,
+                failed: 0,
+                log_job_queued: Some(if verified { 52_000 } else { 51_997 }),
+                dropped_at_shutdown: Some(if verified { 52_000 } else { 51_997 }),
+                verified,
+            },
+            memory: ServeMemory {
+                idle_rss_kib: 6000.0,
+                queued_rss_kib: 6000.0 + 52_000.0 * 0.5,
+                queued_jobs: 52_000,
+                per_queued_job_bytes: 512.0,
+                ceiling_idle_rss_kib: 3000.0,
+            },
+            incidents: if verified {
+                vec![]
+            } else {
+                vec!["run 1, Throughput, kiln serve: 3x 503 queue full".into()]
             },
         }
     }
@@ -729,6 +1062,152 @@ mod tests {
             md.contains("- systemd boot 2: attempt 1 failed and was retried: hung"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn webhook_section_and_memory_lines_render() {
+        let mut r = results();
+        r.webhook = Some(Webhook::Measured(Box::new(webhook(true))));
+        let md = render(&r);
+        for want in [
+            "## 3. Webhook ingestion (loopback, host, no VM)",
+            "| kiln serve: requests/s | 9000 | 10000 | 11000 |",
+            "| ceiling: requests/s | 25000 | 30000 | 35000 |",
+            "| kiln serve: p99 ms | 1.50 | 2.00 | 2.50 |",
+            "| ceiling: p99 ms | 0.50 | 0.60 | 0.70 |",
+            "Ceiling / `kiln serve` (medians): **3.00x** in requests/s",
+            "| Webhook ingestion, 32 connections (loopback, host, no VM) | 10000 req/s | ceiling 30000 req/s | 3.00x |",
+            "| Webhook p99 at 1000 req/s (loopback, host, no VM) | 2.00 ms | ceiling 0.60 ms | 0.30x |",
+            "- kiln serve's throughput against the ceiling's — within 2x: **not met** (3.00x)",
+            "Verified: **yes**",
+            "52000 `job queued` lines",
+            "- kiln serve things",
+            // No memory benchmark ran: kiln serve's memory gets a section of its own.
+            "## 5. Memory (`kiln serve`: host, no VM)",
+            "| `kiln serve` RSS idle, after start-up (host, no VM) | 6000 KiB | 6000 KiB | 6000 KiB |",
+            "| `kiln serve`: added per queued job (incl. its de-duplication entries) | 512 B | 512 B | 512 B |",
+        ] {
+            assert!(md.contains(want), "{want} missing:\n{md}");
+        }
+        assert!(!md.contains("not yet: needs kiln serve"), "{md}");
+        // Sections stay in order.
+        let at = |h: &str| md.find(h).unwrap_or(usize::MAX);
+        assert!(at("## 2. Per-VM disk") < at("## 3. Webhook"), "{md}");
+        assert!(at("## 3. Webhook") < at("## 4. VM churn"), "{md}");
+        assert!(at("## 4. VM churn") < at("## 5. Memory"), "{md}");
+
+        // A failed check is called out, with what else came back.
+        r.webhook = Some(Webhook::Measured(Box::new(webhook(false))));
+        let md = render(&r);
+        assert!(md.contains("Verified: **NO**"), "{md}");
+        assert!(md.contains("others: 3x `503 queue full`"), "{md}");
+        assert!(
+            md.contains("- run 1, Throughput, kiln serve: 3x 503 queue full"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn serve_memory_joins_the_memory_section() {
+        let mut r = results();
+        r.webhook = Some(Webhook::Measured(Box::new(webhook(true))));
+        r.memory = Some(MemoryResults {
+            kiln_init_rss_kib: stat(&[600.0]),
+            kiln_init_hwm_kib: stat(&[640.0]),
+            kiln_init_bytes: 600_000,
+            kiln_init_stripped: true,
+            systemd_rss_kib: None,
+            kiln_run_rss_kib: Some(stat(&[4300.0])),
+            in_process_idle_rss_kib: stat(&[13_000.0]),
+            in_process_busy_rss_kib: stat(&[13_100.0]),
+            in_process_vms: 2,
+            in_process_per_vm_kib: stat(&[50.0]),
+            qemu_rss_kib: stat(&[250_000.0]),
+            vhost_rss_kib: stat(&[3800.0]),
+            guest_memory_mib: 1024,
+            incidents: vec![],
+        });
+        let md = render(&r);
+        assert!(md.contains("## 5. Memory (QEMU TCG)"), "{md}");
+        assert!(!md.contains("## 5. Memory (`kiln serve`"), "{md}");
+        assert!(
+            md.contains("| `kiln serve` RSS with 52000 jobs queued (host, no VM) | 31.2 MiB |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Its RSS per running VM is not measured as such"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| VM layer in one process: added per running VM | 50 KiB |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn runs_without_vms_or_webhook_render() {
+        // `--only webhook`: no backend, no VM sections.
+        let mut r = results();
+        r.backend = None;
+        r.boot = None;
+        r.disk = None;
+        r.churn = None;
+        r.webhook = Some(Webhook::Measured(Box::new(webhook(true))));
+        let md = render(&r);
+        assert!(!md.contains("Every VM figure here is"), "{md}");
+        assert!(!md.contains("- Guest:"), "{md}");
+        assert!(
+            md.contains("## 3. Webhook ingestion (loopback, host, no VM)"),
+            "{md}"
+        );
+        // `--only boot`: no webhook section at all.
+        let mut r = results();
+        r.webhook = None;
+        let md = render(&r);
+        assert!(!md.contains("## 3."), "{md}");
+        assert!(!md.contains("Webhook"), "{md}");
+        assert!(md.contains("Every VM figure here is QEMU TCG"), "{md}");
+    }
+
+    #[test]
+    fn results_json_from_before_kiln_serve_still_renders() {
+        // Schema 1: `backend` always there, `webhook` the pending note.
+        let mut v = serde_json::to_value(results()).expect("json");
+        v["schema"] = serde_json::json!(1);
+        v["webhook"] = serde_json::json!({
+            "status": "not yet: needs kiln serve",
+            "reason": "**Not measured yet:** `kiln serve` has not landed."
+        });
+        let old: Results = serde_json::from_value(v.clone()).expect("old file parses");
+        assert!(matches!(old.webhook, Some(Webhook::Pending(_))));
+        assert!(old.backend.is_some());
+        let md = render(&old);
+        assert!(
+            md.contains("## 3. Webhook ingestion — not yet: needs kiln serve"),
+            "{md}"
+        );
+        assert!(md.contains("**Not measured yet:**"), "{md}");
+        assert!(
+            md.contains("| Webhook ingestion | not yet: needs kiln serve | — | — |"),
+            "{md}"
+        );
+        // A file with neither key parses too.
+        if let Some(o) = v.as_object_mut() {
+            o.remove("webhook");
+            o.remove("backend");
+        }
+        let bare: Results = serde_json::from_value(v).expect("parses");
+        assert!(bare.webhook.is_none() && bare.backend.is_none());
+    }
+
+    #[test]
+    fn measured_webhook_round_trips_through_json() {
+        let mut r = results();
+        r.webhook = Some(Webhook::Measured(Box::new(webhook(true))));
+        let text = serde_json::to_string(&r).expect("json");
+        let back: Results = serde_json::from_str(&text).expect("parse");
+        assert!(matches!(back.webhook, Some(Webhook::Measured(_))));
+        assert_eq!(render(&back), render(&r));
     }
 
     #[test]

@@ -2,12 +2,16 @@
 //! is rendered from. Durations are milliseconds, memory KiB, sizes bytes,
 //! unless a field's name says otherwise.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::stats::Stat;
 
-/// Bumped when a field changes meaning.
-pub const SCHEMA: u32 = 1;
+/// Bumped when a field changes meaning. 2: `backend` is absent when no VM
+/// benchmark ran; `webhook` holds measurements (or, from schema 1, why
+/// there were none), and is absent when it did not run.
+pub const SCHEMA: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
@@ -21,7 +25,9 @@ pub struct Results {
     /// `git describe`-like: the commit, `-dirty` when the tree had changes.
     pub git: Option<String>,
     pub machine: MachineInfo,
-    pub backend: BackendInfo,
+    /// The VMs' backend; absent when only host-side benchmarks ran.
+    #[serde(default)]
+    pub backend: Option<BackendInfo>,
     /// The host's load average before each benchmark (other work on the
     /// machine skews every figure).
     pub load: Vec<LoadSample>,
@@ -29,7 +35,8 @@ pub struct Results {
     pub disk: Option<DiskResults>,
     pub churn: Option<ChurnResults>,
     pub memory: Option<MemoryResults>,
-    pub webhook: Pending,
+    #[serde(default)]
+    pub webhook: Option<Webhook>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,6 +213,98 @@ pub struct MemoryResults {
     pub guest_memory_mib: u32,
     /// Runs that failed and were retried.
     pub incidents: Vec<String>,
+}
+
+/// Benchmark 3, or (in files from before `kiln serve`) why it did not run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Webhook {
+    Measured(Box<WebhookResults>),
+    Pending(Pending),
+}
+
+/// `kiln serve` against the ceiling, over loopback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookResults {
+    pub kiln: WebhookSide,
+    pub ceiling: WebhookSide,
+    /// Keep-alive connections in the throughput runs (and available to
+    /// the rate runs).
+    pub connections: usize,
+    /// Requests per throughput run.
+    pub requests_per_run: usize,
+    /// Requests per side before the measured runs, not reported.
+    pub warmup_requests: usize,
+    /// The open-loop runs' schedule.
+    pub rate_per_s: u32,
+    pub rate_requests: usize,
+    /// Mean request body.
+    pub body_bytes: f64,
+    /// How `kiln serve` was set up, one line each.
+    pub setup: Vec<String>,
+    pub targets: Vec<Target>,
+    pub check: WebhookCheck,
+    pub memory: ServeMemory,
+    /// Load runs with answers other than the expected one, or failures.
+    pub incidents: Vec<String>,
+}
+
+/// One server, over the runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookSide {
+    pub name: String,
+    /// What it does per delivery.
+    pub includes: Vec<String>,
+    /// Closed loop: deliveries answered as expected per second.
+    pub throughput_rps: Stat,
+    /// The server process's CPU time per delivery in the throughput runs, µs.
+    pub cpu_us_per_request: Stat,
+    /// The load generator's CPU time in the throughput runs, % of one core.
+    pub client_cpu_pct: Stat,
+    /// Open loop: latency from each request's scheduled time, ms.
+    pub p50_ms: Stat,
+    pub p90_ms: Stat,
+    pub p99_ms: Stat,
+    pub max_ms: Stat,
+    /// Open loop: deliveries answered per second over the run.
+    pub achieved_rps: Stat,
+    /// Open loop: p99 of how late the client put requests on a
+    /// connection (its own share of the latency), ms.
+    pub send_lateness_p99_ms: Stat,
+}
+
+/// Whether `kiln serve` really queued what the figures count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookCheck {
+    /// Deliveries sent to `kiln serve`, warm-up included.
+    pub sent: usize,
+    /// Answered 202 `queued`.
+    pub queued_answers: usize,
+    /// Every other answer, "STATUS BODY" -> count.
+    pub other_answers: BTreeMap<String, usize>,
+    /// No answer (connection errors).
+    pub failed: usize,
+    /// `job queued` lines in `kiln serve`'s log.
+    pub log_job_queued: Option<usize>,
+    /// The queue's length at shutdown (its `dropped_from_queue` log field).
+    pub dropped_at_shutdown: Option<usize>,
+    /// All of the above agree: every delivery sent was queued.
+    pub verified: bool,
+}
+
+/// `kiln serve`'s resident memory (`VmRSS`), KiB.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeMemory {
+    /// After start-up, before any delivery.
+    pub idle_rss_kib: f64,
+    /// With `queued_jobs` jobs queued (every measured delivery's).
+    pub queued_rss_kib: f64,
+    pub queued_jobs: usize,
+    /// (queued - idle) / queued_jobs, bytes; includes the de-duplication
+    /// memory of those deliveries and the allocator's slack.
+    pub per_queued_job_bytes: f64,
+    /// The ceiling server after start-up, for scale.
+    pub ceiling_idle_rss_kib: f64,
 }
 
 /// A benchmark that cannot run yet.
