@@ -6,6 +6,7 @@
 //! - [`assets`] — kiln-init, kernel and initramfs, built once per process.
 //! - [`job`] — jobs for test payloads (busybox `sh -c` as `runner`).
 //! - [`disk`] — ext4 base and scratch images, read back without mounting.
+//! - [`fake_github`] — a fake GitHub API for `kiln serve`'s end-to-end tests.
 //! - [`vm`] — [`TestVm::boot`]: one VM, one job, everything it produced.
 //!
 //! Nothing is skipped: a missing prerequisite fails the test with the
@@ -13,6 +14,7 @@
 
 pub mod assets;
 pub mod disk;
+pub mod fake_github;
 pub mod job;
 pub mod layer;
 pub mod prereq;

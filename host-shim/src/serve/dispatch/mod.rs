@@ -444,7 +444,7 @@ impl Shared {
 fn log_outcome(queued_ms: u64, o: &Outcome, took: Duration) {
     let Some(report) = &o.report else {
         tracing::warn!(
-            runner_id = ?o.runner_id,
+            runner_id = o.runner_id,
             queued_ms,
             jit_ms = o.jit_ms,
             total_ms = ms(took),
@@ -459,19 +459,19 @@ fn log_outcome(queued_ms: u64, o: &Outcome, took: Duration) {
     macro_rules! line {
         ($level:ident, $msg:literal) => {
             tracing::$level!(
-                runner_id = ?o.runner_id,
-                vm,
-                backend = report.backend,
+                runner_id = o.runner_id,
+                vm = %vm,
+                backend = %report.backend,
                 exit = %exit,
                 stop = ?report.stop,
                 queued_ms,
                 jit_ms = o.jit_ms,
                 vm_ms = ms(report.timing.total),
-                job_ms = ?report.timing.job.map(ms),
+                job_ms = report.timing.job.map(ms),
                 total_ms = ms(took),
                 timing = %report.timing.render(),
-                teardown = ?teardown,
-                log = ?log,
+                teardown = teardown.as_deref(),
+                log = log.as_deref(),
                 $msg
             )
         };

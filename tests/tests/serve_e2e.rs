@@ -1,0 +1,549 @@
+//! `kiln serve` end to end, in-process: the real [`Server`] with the
+//! production dispatcher over QEMU (the test assets), against a fake GitHub
+//! on 127.0.0.1, fed a signed `workflow_job` webhook over real HTTP.
+//!
+//! The image is a minimal one whose `/opt/actions-runner/run.sh` (the path
+//! the dispatcher starts, as in `cargo xtask image`'s images) is a
+//! stand-in: it prints a hash of the JIT config it got in
+//! `ACTIONS_RUNNER_INPUT_JITCONFIG`, who it runs as, and whether the config
+//! is in its argv or the kernel command line. For job id 999 it then
+//! holds, for the cancellation test.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use kiln::config::{Config, HostFacts};
+use kiln::github::webhook::sign;
+use kiln::github::ClientPolicy;
+use kiln::secret::Secret;
+use kiln::serve::dispatch::{production_with, Production, Settings};
+use kiln::serve::Server;
+use kiln::vm::{Backend, RuntimeDirs, Timeouts};
+use kiln_vm_tests::fake_github::{test_key, Failure, FakeGithub, APP_ID};
+use kiln_vm_tests::{assets, layer, prereq};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use xtask::initramfs::{self, Initramfs};
+
+const WEBHOOK_SECRET: &str = "serve-e2e-webhook-secret";
+const INSTALLATION: u64 = 77;
+const RUNNER_GROUP: u64 = 7;
+const LABELS: &[&str] = &["self-hosted", "linux", "kiln-tiny"];
+/// The image manifest's `kiln-sudo` gid (see `layer::minimal_image_dir`).
+const SUDO_GID: u32 = 1100;
+
+/// The stand-in runner. `printf %s` so the hash is of the value alone.
+const STAND_IN: &str = r#"#!/bin/sh
+cfg="$ACTIONS_RUNNER_INPUT_JITCONFIG"
+echo "stand-in runner started"
+echo "jit-sha256=$(printf %s "$cfg" | sha256sum | cut -d' ' -f1)"
+echo "jit-len=${#cfg}"
+echo "uid=$(id -u)"
+echo "groups=$(id -G)"
+echo "argc=$#"
+if [ -n "$cfg" ] && tr '\0' ' ' < /proc/$$/cmdline | grep -qF -- "$cfg"; then
+  echo "argv-has-config=yes"
+else
+  echo "argv-has-config=no"
+fi
+if [ -n "$cfg" ] && grep -qF -- "$cfg" /proc/cmdline; then
+  echo "kernel-cmdline-has-config=yes"
+else
+  echo "kernel-cmdline-has-config=no"
+fi
+echo "to stderr" >&2
+# The cancellation test's job (id 999) holds until it is killed.
+case "$(hostname)" in
+  *-999-*) echo holding; sleep 600;;
+esac
+"#;
+
+/// Every tracing line of this process, to check what was logged (and that
+/// no JIT config was).
+fn captured() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buf);
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_ansi(false)
+            .with_writer(move || Capture(Arc::clone(&sink)))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        std::io::stderr().write_all(data)?;
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logs_text() -> String {
+    String::from_utf8_lossy(&captured().lock().unwrap()).into_owned()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A minimal image (see [`layer::minimal_image_dir`]) whose base rootfs
+/// also holds the stand-in runner at `/opt/actions-runner/run.sh`.
+fn stand_in_image(dir: &Path) -> anyhow::Result<PathBuf> {
+    let assets = assets::get()?;
+    let image = layer::minimal_image_dir(dir)?;
+    let mut fs = Initramfs::new();
+    for (d, perm) in [
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("run", 0o755),
+        ("tmp", 0o1777),
+        ("root", 0o700),
+        ("var", 0o755),
+        ("etc", 0o755),
+        ("opt", 0o755),
+        ("opt/actions-runner", 0o755),
+    ] {
+        fs.dir(d, perm)?;
+    }
+    initramfs::add_busybox(&mut fs, &assets.busybox)?;
+    assets::add_accounts(&mut fs)?;
+    fs.file("opt/actions-runner/run.sh", 0o755, STAND_IN)?;
+    let staging = dir.join("stand-in-root");
+    fs.unpack_to(&staging)?;
+    let rootfs = image.join("rootfs.ext4");
+    std::fs::remove_file(&rootfs)?;
+    let mkfs = prereq::require(&prereq::MKFS_EXT4)?;
+    let out = Command::new(mkfs)
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&staging)
+        .arg(&rootfs)
+        .arg("64M")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "mkfs.ext4 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&staging)?;
+    Ok(image)
+}
+
+/// An image directory with the files `Image::open` checks, for tests in
+/// which no VM boots.
+fn unbootable_image(dir: &Path) -> PathBuf {
+    let image = dir.join("image");
+    std::fs::create_dir_all(&image).unwrap();
+    for f in ["rootfs.ext4", "vmlinuz", "initrd"] {
+        std::fs::write(image.join(f), "x").unwrap();
+    }
+    std::fs::write(image.join("manifest.json"), r#"{"format":1}"#).unwrap();
+    image
+}
+
+fn write_secret(path: &Path, content: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, content).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// `kiln serve` in this process, listening on 127.0.0.1.
+struct Kiln {
+    root: TempDir,
+    addr: std::net::SocketAddr,
+    server: Arc<Server<Production>>,
+    dispatcher: Production,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Kiln {
+    async fn start(fake: &FakeGithub, image: &Path, sudo: bool, backend: Backend) -> Kiln {
+        // Short: VM sockets live below it (107-byte limit).
+        let root = tempfile::Builder::new()
+            .prefix("kiln-serve-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        write_secret(&root.path().join("webhook-secret"), WEBHOOK_SECRET);
+        write_secret(&root.path().join("app-key.pem"), &test_key().private_pem);
+        let config = format!(
+            r#"
+listen = "127.0.0.1:0"
+webhook_secret_file = "webhook-secret"
+
+[github]
+api_url = "{url}"
+app_id = {APP_ID}
+private_key_file = "app-key.pem"
+org = "acme"
+runner_group_id = {RUNNER_GROUP}
+
+[host]
+vcpus = 2
+memory_mib = 4096
+
+[[pool]]
+name = "tiny"
+labels = {labels}
+vcpus = 1
+memory_mib = 512
+scratch_gib = 1
+image = "{image}"
+sudo = {sudo}
+job_timeout = "2m"
+"#,
+            url = fake.url,
+            labels = serde_json::to_string(LABELS).unwrap(),
+            image = image.display(),
+        );
+        let path = root.path().join("config.toml");
+        std::fs::write(&path, config).unwrap();
+        let facts = HostFacts {
+            cpus: 2,
+            memory_mib: 8192,
+        };
+        let config = Config::load_with_host(&path, &facts).unwrap();
+        let settings = Settings {
+            backend: Some(backend),
+            dirs: RuntimeDirs::new(root.path().join("run"), root.path().join("disks")),
+            state_dir: root.path().join("state"),
+            log_max_bytes: 1 << 20,
+            log_keep: 10,
+            github: ClientPolicy {
+                request_timeout: Duration::from_secs(10),
+                max_attempts: 2,
+                first_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(50),
+                ..ClientPolicy::default()
+            },
+            grace: Duration::from_secs(5),
+            timeouts: Timeouts::default(),
+        };
+        let dispatcher = production_with(&config, settings).await.unwrap();
+        let server = Arc::new(Server::new(&config, dispatcher.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = Arc::clone(&server);
+        tokio::spawn(async move {
+            serving
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Kiln {
+            root,
+            addr,
+            server,
+            dispatcher,
+            stop: Some(stop),
+        }
+    }
+
+    /// Sends a signed `queued` webhook for job `job_id`; returns the status line.
+    async fn queued(&self, job_id: u64) -> String {
+        let body = serde_json::to_vec(&json!({
+            "action": "queued",
+            "workflow_job": {
+                "id": job_id, "run_id": job_id + 1, "run_attempt": 1, "labels": LABELS,
+                "status": "queued", "runner_name": null, "steps": [],
+            },
+            "repository": {"full_name": "acme/widgets", "private": true},
+            "organization": {"login": "acme"},
+            "installation": {"id": INSTALLATION},
+            "sender": {"login": "octocat"},
+        }))
+        .unwrap();
+        let head = format!(
+            "POST /webhook HTTP/1.1\r\nHost: kiln.test\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nX-GitHub-Event: workflow_job\r\n\
+             X-GitHub-Delivery: delivery-{job_id}\r\nX-Hub-Signature-256: {}\r\n\
+             Content-Length: {}\r\n\r\n",
+            sign(&Secret::new(WEBHOOK_SECRET), &body),
+            body.len()
+        );
+        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        answer.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// Waits until `n` jobs have finished and every job task is gone.
+    async fn wait_finished(&self, n: u64, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let snap = self.server.scheduler().snapshot();
+            if snap.finished >= n && snap.running == 0 && self.dispatcher.running() == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "jobs not finished within {within:?}: {snap:?}\nlogs:\n{}",
+                logs_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn job_logs(&self) -> Vec<PathBuf> {
+        layer::entries_below(&self.root.path().join("state/logs"))
+    }
+
+    /// Nothing of any VM is left: files, sockets, processes.
+    fn assert_no_vm_left(&self) {
+        let run = self.root.path().join("run");
+        let left: Vec<PathBuf> = [
+            run.join("vms"),
+            run.join("cids"),
+            self.root.path().join("disks"),
+        ]
+        .iter()
+        .flat_map(|d| layer::entries_below(d))
+        .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        let sockets = layer::unix_sockets_below(self.root.path());
+        assert!(sockets.is_empty(), "sockets left: {sockets:?}");
+        // Tests run in parallel: only this server's VMMs (their command
+        // lines name its directories) count.
+        let mine = self.root.path().to_string_lossy().into_owned();
+        let vmms: Vec<_> = layer::children()
+            .into_iter()
+            .filter(|(pid, _)| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&mine))
+            })
+            .collect();
+        assert!(vmms.is_empty(), "VMM processes left: {vmms:?}");
+    }
+}
+
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_webhook_runs_the_runner_in_a_vm_and_deletes_it() {
+    let _ = captured();
+    let image_dir = tempfile::tempdir().unwrap();
+    let image = stand_in_image(image_dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
+    let fake = FakeGithub::start().await;
+    let assets = assets::get().unwrap_or_else(|e| panic!("{e:#}"));
+    let backend = Backend::Qemu(layer::qemu_config(assets).unwrap());
+    let kiln = Kiln::start(&fake, &image, true, backend).await;
+    layer::warm_up_runtime().await;
+
+    let job_id = 31_415_926_535;
+    let status = kiln.queued(job_id).await;
+    assert!(status.contains("202"), "{status}");
+    kiln.wait_finished(1, Duration::from_secs(240)).await;
+
+    // GitHub was asked for a JIT runner with the pool's labels and group.
+    let registered = fake.registered();
+    assert_eq!(registered.len(), 1, "{registered:?}");
+    let runner = &registered[0];
+    assert_eq!(runner.scope, "orgs/acme");
+    assert_eq!(runner.request["labels"], json!(LABELS));
+    assert_eq!(runner.request["runner_group_id"], json!(RUNNER_GROUP));
+    assert_eq!(runner.request["work_folder"], json!("_work"));
+    let name = runner.request["name"].as_str().unwrap().to_owned();
+    assert!(
+        name.starts_with(&format!("kiln-tiny-{job_id}-")) && name.len() <= 64,
+        "{name}"
+    );
+
+    // The stand-in saw exactly that config, in its environment only, as
+    // the runner user with the sudo group (the pool has sudo = true).
+    let logs = kiln.job_logs();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(
+        logs[0].file_name().unwrap().to_string_lossy(),
+        format!("{job_id}-{name}.log")
+    );
+    let log = std::fs::read_to_string(&logs[0]).unwrap();
+    eprintln!("job log:\n{log}");
+    let want = sha256_hex(runner.encoded.as_bytes());
+    assert!(log.contains(&format!("jit-sha256={want}\n")), "{log}");
+    assert!(
+        log.contains(&format!("jit-len={}\n", runner.encoded.len())),
+        "{log}"
+    );
+    assert!(log.contains("uid=1001\n"), "{log}");
+    let groups = log
+        .lines()
+        .find_map(|l| l.strip_prefix("groups="))
+        .unwrap_or_default();
+    assert!(
+        groups.split(' ').any(|g| g == SUDO_GID.to_string()),
+        "{groups}"
+    );
+    assert!(log.contains("argc=0\n"), "{log}");
+    assert!(log.contains("argv-has-config=no\n"), "{log}");
+    assert!(log.contains("kernel-cmdline-has-config=no\n"), "{log}");
+    assert!(log.contains("to stderr\n"), "{log}");
+    assert!(log.contains("[kiln] exit 0;"), "{log}");
+    // The log holds the runner's output, never the config itself.
+    assert!(!log.contains(&runner.encoded), "{log}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&logs[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    // The runner registration is gone, capacity is back, nothing is left.
+    assert_eq!(fake.deleted(), [runner.id]);
+    assert!(fake.live_runners().is_empty());
+    let snap = kiln.server.scheduler().snapshot();
+    assert_eq!(
+        (snap.running, snap.vcpus_used, snap.memory_mib_used),
+        (0, 0, 0)
+    );
+    assert_eq!(snap.finished, 1);
+    kiln.assert_no_vm_left();
+
+    let traced = logs_text();
+    assert!(
+        traced.lines().any(|l| l.contains("job done")
+            && l.contains(&format!("job_id={job_id}"))
+            && l.contains("exit=exit 0")
+            && l.contains("vm=kiln-")),
+        "no `job done` line:\n{traced}"
+    );
+    assert!(
+        !traced.contains(&runner.encoded),
+        "the JIT config reached a log line"
+    );
+    assert!(!traced.contains("jit-sha256"), "job output reached tracing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jit_failure_starts_no_vm_and_frees_the_capacity() {
+    let _ = captured();
+    let image_dir = tempfile::tempdir().unwrap();
+    let image = unbootable_image(image_dir.path());
+    let fake = FakeGithub::start().await;
+    // No VM boots here: the backend is never used.
+    let backend = Backend::Qemu(kiln::vmm::qemu::QemuConfig::default());
+    let kiln = Kiln::start(&fake, &image, false, backend).await;
+
+    // 422 is not retried; 500 is, until the policy's 2 attempts are spent.
+    fake.fail_next(
+        1,
+        "/generate-jitconfig",
+        Failure::status(422, "Validation Failed: no such runner group"),
+    );
+    let status = kiln.queued(27_182_818_001).await;
+    assert!(status.contains("202"), "{status}");
+    kiln.wait_finished(1, Duration::from_secs(30)).await;
+    fake.fail_next(
+        2,
+        "/generate-jitconfig",
+        Failure::status(500, "Server Error"),
+    );
+    let status = kiln.queued(27_182_818_002).await;
+    assert!(status.contains("202"), "{status}");
+    kiln.wait_finished(2, Duration::from_secs(30)).await;
+
+    assert_eq!(
+        fake.count(axum::http::Method::POST, "/generate-jitconfig"),
+        3
+    );
+    assert!(fake.registered().is_empty());
+    assert!(
+        fake.deleted().is_empty(),
+        "nothing registered, nothing to delete"
+    );
+    let snap = kiln.server.scheduler().snapshot();
+    assert_eq!(
+        (snap.running, snap.vcpus_used, snap.memory_mib_used),
+        (0, 0, 0)
+    );
+    assert!(kiln.job_logs().is_empty(), "{:?}", kiln.job_logs());
+    kiln.assert_no_vm_left();
+
+    let traced = logs_text();
+    let failed = |job: u64, what: &str| {
+        traced.lines().any(|l| {
+            l.contains("no JIT runner config")
+                && l.contains(&format!("job_id={job}"))
+                && l.contains(what)
+        })
+    };
+    assert!(failed(27_182_818_001, "HTTP 422"), "{traced}");
+    assert!(failed(27_182_818_002, "HTTP 500"), "{traced}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_still_kills_its_vm_and_deletes_its_runner() {
+    let _ = captured();
+    let image_dir = tempfile::tempdir().unwrap();
+    let image = stand_in_image(image_dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
+    let fake = FakeGithub::start().await;
+    let assets = assets::get().unwrap_or_else(|e| panic!("{e:#}"));
+    let backend = Backend::Qemu(layer::qemu_config(assets).unwrap());
+    let kiln = Kiln::start(&fake, &image, false, backend).await;
+    layer::warm_up_runtime().await;
+
+    let status = kiln.queued(999).await;
+    assert!(status.contains("202"), "{status}");
+    // Until the stand-in runs and holds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let holding = kiln
+            .job_logs()
+            .first()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .is_some_and(|t| t.contains("holding"));
+        if holding {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stand-in never held:\n{}",
+            logs_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What a second SIGTERM does: drop the running dispatch futures.
+    assert_eq!(kiln.server.scheduler().abort_running(), 1);
+    tokio::time::timeout(Duration::from_secs(10), kiln.server.scheduler().wait_idle())
+        .await
+        .expect("capacity comes back at once");
+    // The job's own task goes on: kill, teardown, runner deletion.
+    assert_eq!(kiln.dispatcher.finish(Duration::from_secs(60)).await, 0);
+
+    let registered = fake.registered();
+    assert_eq!(registered.len(), 1, "{registered:?}");
+    assert_eq!(fake.deleted(), [registered[0].id]);
+    kiln.assert_no_vm_left();
+    let log = std::fs::read_to_string(&kiln.job_logs()[0]).unwrap();
+    assert!(log.contains("[kiln] VM failed: killed on request"), "{log}");
+    let traced = logs_text();
+    assert!(
+        traced.lines().any(|l| l.contains("job failed")
+            && l.contains("job_id=999")
+            && l.contains("killed on request")),
+        "{traced}"
+    );
+}
