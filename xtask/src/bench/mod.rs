@@ -58,7 +58,7 @@ pub struct Args {
     /// VMs in the churn benchmark [default: 10, --quick: 3].
     #[arg(long, value_name = "N")]
     pub churn_vms: Option<usize>,
-    /// Requests per webhook throughput run [default: 20000, --quick: 5000].
+    /// Requests per webhook throughput run [default: 30000, --quick: 10000].
     #[arg(long, value_name = "N")]
     pub webhook_requests: Option<usize>,
     /// Seconds per webhook latency run, at 1000 requests/s [default: 5,
@@ -200,7 +200,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         runs,
         requests: args
             .webhook_requests
-            .unwrap_or(if args.quick { 5_000 } else { 20_000 }),
+            .unwrap_or(if args.quick { 10_000 } else { 30_000 }),
         connections: 32,
         rate: 1000,
         rate_seconds: args

@@ -284,20 +284,23 @@ pub fn render(r: &Results) -> String {
          after one discarded warm-up of each, so both see the same host.",
         r.runs
     );
-    let _ = writeln!(
-        o,
-        "- Guest phases come from `CLOCK_BOOTTIME` stamps (kiln-init's `BootPhase` stamps in \
-         `Hello`/`RunnerStarted`; the probe's own clock read at its first instruction; the \
-         systemd path's initramfs stamps with the same probe). Host phases come from the host's \
-         monotonic clock. The time before the guest kernel's clock starts is estimated the same \
-         way on both paths: host time from QEMU's start to the guest's vsock connection, minus \
-         the guest clock at that connection."
-    );
-    let _ = writeln!(
-        o,
-        "- The \"runner\" is `kiln-probe` (xtask/src/bench/probe/kiln_probe.rs), a static musl \
-         binary whose first act is to read `CLOCK_BOOTTIME`, then PID 1's `VmRSS`."
-    );
+    // The guest-side method only matters when guests ran.
+    if r.backend.is_some() {
+        let _ = writeln!(
+            o,
+            "- Guest phases come from `CLOCK_BOOTTIME` stamps (kiln-init's `BootPhase` stamps in \
+             `Hello`/`RunnerStarted`; the probe's own clock read at its first instruction; the \
+             systemd path's initramfs stamps with the same probe). Host phases come from the host's \
+             monotonic clock. The time before the guest kernel's clock starts is estimated the same \
+             way on both paths: host time from QEMU's start to the guest's vsock connection, minus \
+             the guest clock at that connection."
+        );
+        let _ = writeln!(
+            o,
+            "- The \"runner\" is `kiln-probe` (xtask/src/bench/probe/kiln_probe.rs), a static musl \
+             binary whose first act is to read `CLOCK_BOOTTIME`, then PID 1's `VmRSS`."
+        );
+    }
     let extra_args = r
         .backend
         .as_ref()
