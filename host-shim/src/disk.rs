@@ -210,7 +210,8 @@ mod tests {
         assert!(debugfs("ls -l /").contains("upper"));
 
         let q = d.path().join("other.ext4");
-        let err = create_scratch_from(&q, 1 << 30, Some(&d.path().join("gone"))).unwrap_err();
+        let err = create_scratch_from(&q, 1 << 30, Some(&d.path().join("gone")))
+            .expect_err("a missing skeleton fails");
         assert!(err.to_string().contains("cargo xtask image"), "{err}");
         assert!(!q.exists(), "a failed disk is removed");
     }
