@@ -244,7 +244,28 @@ fn small_image_with_runner_builds_caches_and_gates_sudo() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["initrd", "manifest.json", "rootfs.ext4", "vmlinuz"]);
+    assert_eq!(
+        names,
+        [
+            "initrd",
+            "manifest.json",
+            "rootfs.ext4",
+            "scratch-skel",
+            "vmlinuz"
+        ]
+    );
+    // The scratch skeleton: the overlay's dirs and the runner's home, owned
+    // by the runner as in the image.
+    let skel = out.join("scratch-skel");
+    for dir in ["upper", "work", "home/runner"] {
+        assert!(skel.join(dir).is_dir(), "scratch-skel/{dir}");
+    }
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata(skel.join("home/runner")).expect("stat")
+        ),
+        1001
+    );
     let rootfs = out.join("rootfs.ext4");
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("r"))
