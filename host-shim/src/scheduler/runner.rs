@@ -73,14 +73,11 @@ impl<D: Dispatch> Scheduler<D> {
         }
         let (delivery, job_id, pool) = (job.delivery.clone(), job.job_id, Arc::clone(&job.pool));
         state.queue.enqueue(job)?;
-        tracing::info!(
-            %delivery,
-            job_id,
-            pool = %pool.name,
-            queued = state.queue.queued(),
-            "job queued"
-        );
+        let queued = state.queue.queued();
         start_ready(&self.inner, &mut state);
+        // Logged outside the lock: every webhook and every job's end takes it.
+        drop(state);
+        tracing::info!(%delivery, job_id, pool = %pool.name, queued, "job queued");
         Ok(())
     }
 

@@ -51,6 +51,16 @@ impl<K: Hash + Eq + Clone> RecentSet<K> {
         }
     }
 
+    /// Forgets `k`. Meant for an entry just inserted: it is looked for
+    /// from the newest end.
+    pub fn remove(&mut self, k: &K) {
+        if self.set.remove(k) {
+            if let Some(i) = self.order.iter().rposition(|x| x == k) {
+                self.order.remove(i);
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.set.len()
     }
@@ -84,6 +94,13 @@ impl Seen {
         self.deliveries.insert(delivery.to_string());
         self.jobs.insert((job_id, action));
     }
+
+    /// Takes back [`Seen::remember`], for a delivery that was refused after
+    /// all (so a redelivery is taken).
+    pub fn forget(&mut self, delivery: &str, job_id: u64, action: WorkflowJobAction) {
+        self.deliveries.remove(&delivery.to_string());
+        self.jobs.remove(&(job_id, action));
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +123,20 @@ mod tests {
         }
         assert_eq!(s.len(), 3);
         assert_eq!(s.order.len(), 3);
+    }
+
+    #[test]
+    fn forgetting_takes_back_a_remembered_delivery() {
+        let mut seen = Seen::new(3);
+        seen.remember("d1", 1, WorkflowJobAction::Queued);
+        seen.remember("d2", 2, WorkflowJobAction::Queued);
+        seen.forget("d2", 2, WorkflowJobAction::Queued);
+        assert!(!seen.is_duplicate("d2", 2, WorkflowJobAction::Queued));
+        assert!(seen.is_duplicate("d1", 1, WorkflowJobAction::Queued));
+        assert_eq!(seen.deliveries.order.len(), 1, "no stale entry left behind");
+        // Forgetting what was never there changes nothing.
+        seen.forget("d9", 9, WorkflowJobAction::Queued);
+        assert_eq!(seen.deliveries.len(), 1);
     }
 
     #[test]

@@ -135,17 +135,22 @@ impl<D: Dispatch> App<D> {
     fn accept(&self, delivery: &str, ev: WorkflowJobEvent) -> Response {
         let job_id = ev.workflow_job.id;
         let action = ev.action;
-        // Held until the delivery is recorded, so two copies arriving at
-        // once cannot both pass the check.
-        let mut seen = self.lock_seen();
-        if seen.is_duplicate(delivery, job_id, action) {
-            tracing::debug!(
-                %delivery,
-                job_id,
-                action = action.as_str(),
-                "duplicate delivery"
-            );
-            return answer(StatusCode::ACCEPTED, "duplicate");
+        // Checked and recorded in one step, so two copies arriving at once
+        // cannot both pass; the lock is not held while the job is queued
+        // (that logs, and every delivery takes this lock).
+        {
+            let mut seen = self.lock_seen();
+            if seen.is_duplicate(delivery, job_id, action) {
+                drop(seen);
+                tracing::debug!(
+                    %delivery,
+                    job_id,
+                    action = action.as_str(),
+                    "duplicate delivery"
+                );
+                return answer(StatusCode::ACCEPTED, "duplicate");
+            }
+            seen.remember(delivery, job_id, action);
         }
         let response = match action {
             WorkflowJobAction::Queued => self.queue(delivery, ev),
@@ -161,10 +166,12 @@ impl<D: Dispatch> App<D> {
                 answer(StatusCode::ACCEPTED, "ignored: action")
             }
         };
-        // Refused deliveries (503) stay unrecorded, so a redelivery of the
-        // same one is taken once there is room.
-        if response.status() == StatusCode::ACCEPTED {
-            seen.remember(delivery, job_id, action);
+        // Refused deliveries (503) are forgotten again, so a redelivery of
+        // the same one is taken once there is room. (A copy that arrived
+        // meanwhile was answered "duplicate": GitHub has the job queued
+        // either way, and it only redelivers on request.)
+        if response.status() != StatusCode::ACCEPTED {
+            self.lock_seen().forget(delivery, job_id, action);
         }
         response
     }
