@@ -85,7 +85,7 @@ pub const SYSTEMD_PHASES: &[(&str, &str)] = &[
 fn kiln_includes() -> Vec<String> {
     vec![
         "the bench image's own initramfs: kiln-init as /init plus the modules".into(),
-        "kiln-init mounts, loads the modules, builds the overlay root on the scratch disk and switches into it".into(),
+        "kiln-init mounts; loads the modules on parallel threads while its own thread sets up cgroups, sysctls and lo; builds the overlay root on the scratch disk (laid out on the host from the image's scratch skeleton, as on the systemd path) and switches into it".into(),
         "it dials the host, which answers with the Job through the real conversation code (kiln::vm::Launcher, as `kiln run`)".into(),
         "the Job runs the probe as user `runner` in its own cgroup".into(),
     ]
@@ -284,8 +284,13 @@ async fn systemd_once(kit: &Kit, sp: &SystemdPath) -> anyhow::Result<SystemdRun>
     let mut vm: Option<RunningVm> = None;
     let result = async {
         let s = scratch.clone();
-        tokio::task::spawn_blocking(move || kiln::disk::create_scratch(&s, SCRATCH_BYTES))
-            .await??;
+        // The same scratch disk as kiln-init's path: the image's skeleton
+        // laid onto it (the initramfs script then copies nothing either).
+        let skeleton = kit.image.boot.scratch_skeleton.clone();
+        tokio::task::spawn_blocking(move || {
+            kiln::disk::create_scratch_from(&s, SCRATCH_BYTES, skeleton.as_deref())
+        })
+        .await??;
         let mut spec = spec_shape(
             kit,
             &dir,

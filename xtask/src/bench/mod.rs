@@ -237,8 +237,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(v) if args.wants(Which::Disk) => {
                 let meter = machine::Meter::start("disk");
                 let rootfs = v.img.dir.join(crate::image::ROOTFS);
+                let skeleton = v.img.dir.join(crate::image::skeleton::DIR);
                 let dir = work.join("disk-bench");
-                let r = tokio::task::block_in_place(|| disk::run(&dir, &rootfs, runs))?;
+                let r = tokio::task::block_in_place(|| disk::run(&dir, &rootfs, &skeleton, runs))?;
                 load.push(meter.finish());
                 Some(r)
             }

@@ -364,7 +364,8 @@ pub fn render(r: &Results) -> String {
         let _ = writeln!(
             o,
             "Same kernel, QEMU, kernel command line, base image, fresh 20 GiB sparse scratch \
-             disk and module set on both paths; the same probe as the runner.\n"
+             disk (with the image's scratch skeleton) and module set on both paths; the same \
+             probe as the runner.\n"
         );
         for p in [&b.kiln, &b.systemd] {
             let _ = writeln!(o, "**{}** path includes:\n", p.name);
@@ -419,8 +420,9 @@ pub fn render(r: &Results) -> String {
         let _ = writeln!(o, "## 2. Per-VM disk (host side)\n");
         let _ = writeln!(
             o,
-            "Kiln gives each VM a fresh sparse scratch disk with an empty ext4 \
-             (`kiln::disk::create_scratch`) and attaches the shared base image read-only; the \
+            "Kiln gives each VM a fresh sparse scratch disk, an ext4 holding only the image's \
+             scratch skeleton (`kiln::disk::create_scratch_from`: mkfs.ext4 -d, the overlay's \
+             dirs and /home's few files), and attaches the shared base image read-only; the \
              naive way copies an image per VM. Images: {}. No VM runs here: these are the \
              host's filesystem ({}) and the same for every backend (the disks serve {label} here).\n",
             d.image_what, r.machine.disk_fs
