@@ -1,21 +1,24 @@
-//! A fake GitHub API on 127.0.0.1 for `kiln serve`'s end-to-end tests: the
-//! App token exchange (the JWT checked against a key made at test time),
-//! `generate-jitconfig` and runner deletion for repo, org and enterprise
-//! scope, as GitHub documents them (see /work/shared/reference/github.md),
-//! plus injected failures. A smaller copy of `host-shim/tests/github_fake`,
-//! which another crate's tests cannot import.
+//! A fake GitHub API on 127.0.0.1, for the GitHub App client's tests
+//! (`tests/github_api.rs`) and `kiln serve`'s end-to-end tests
+//! (`tests/serve_e2e.rs`): the App token exchange (the JWT checked against
+//! a key made at test time), `generate-jitconfig` and runner deletion for
+//! repo, org and enterprise scope, checked the way GitHub documents them
+//! (see /work/shared/reference/github.md), with an optional GHES `/api/v3`
+//! prefix, plus injected trouble: canned answers (5xx, rate limits, bodies
+//! that break the documented shape), delays and revoked tokens.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey, LineEnding};
+use rsa::pkcs8::EncodePrivateKey;
 use serde_json::{json, Value};
 
 pub const APP_ID: u64 = 4242;
@@ -24,7 +27,9 @@ pub const APP_ID: u64 = 4242;
 /// the repository).
 pub struct TestKey {
     /// PKCS#1 (`BEGIN RSA PRIVATE KEY`), the format GitHub hands out.
-    pub private_pem: String,
+    pub private_pkcs1: String,
+    /// PKCS#8 (`BEGIN PRIVATE KEY`), which Kiln accepts too.
+    pub private_pkcs8: String,
     pub public_pem: String,
 }
 
@@ -33,7 +38,8 @@ pub fn test_key() -> &'static TestKey {
     KEY.get_or_init(|| {
         let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("RSA keygen");
         TestKey {
-            private_pem: key.to_pkcs1_pem(LineEnding::LF).expect("pkcs1").to_string(),
+            private_pkcs1: key.to_pkcs1_pem(LineEnding::LF).expect("pkcs1").to_string(),
+            private_pkcs8: key.to_pkcs8_pem(LineEnding::LF).expect("pkcs8").to_string(),
             public_pem: key
                 .to_public_key()
                 .to_pkcs1_pem(LineEnding::LF)
@@ -42,27 +48,66 @@ pub fn test_key() -> &'static TestKey {
     })
 }
 
-/// An answer used instead of the real one for the next request.
+/// An answer given instead of the real one (see [`FakeGithub::fail_next`]).
 #[derive(Clone, Debug)]
 pub struct Failure {
     pub status: u16,
-    pub message: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
 }
 
 impl Failure {
+    /// GitHub's error JSON with this status and message.
     pub fn status(status: u16, message: &str) -> Self {
         Self {
             status,
-            message: message.into(),
+            headers: vec![],
+            body: json!({ "message": message }).to_string(),
+        }
+    }
+
+    pub fn server_error() -> Self {
+        Self::status(500, "Server Error")
+    }
+
+    /// A primary rate limit: 403, remaining 0, reset at `reset_unix`.
+    pub fn rate_limited_until(reset_unix: u64) -> Self {
+        Self {
+            headers: vec![
+                ("x-ratelimit-remaining", "0".into()),
+                ("x-ratelimit-reset", reset_unix.to_string()),
+            ],
+            ..Self::status(403, "API rate limit exceeded for installation ID 7.")
+        }
+    }
+
+    /// A secondary rate limit with `Retry-After`.
+    pub fn retry_after(secs: u64) -> Self {
+        Self {
+            headers: vec![("retry-after", secs.to_string())],
+            ..Self::status(429, "You have exceeded a secondary rate limit.")
+        }
+    }
+
+    /// Any status with this body as it is, e.g. a 201 that does not match
+    /// the documentation.
+    pub fn raw(status: u16, body: String) -> Self {
+        Self {
+            status,
+            headers: vec![],
+            body,
         }
     }
 }
 
-/// One request the fake answered.
+/// One request the fake received.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub method: Method,
+    /// Without the GHES `/api/v3` prefix.
     pub path: String,
+    /// Whether the request came with the GHES `/api/v3` prefix.
+    pub ghes_prefix: bool,
 }
 
 /// A runner registered through `generate-jitconfig`.
@@ -74,21 +119,26 @@ pub struct Registered {
     /// The request body as sent.
     pub request: Value,
     /// The `encoded_jit_config` handed out: random, so a test can tell
-    /// whether it reached a guest, a log or a file.
+    /// whether it reached a guest, a log, an error or a file.
     pub encoded: String,
 }
 
 #[derive(Default)]
 struct Inner {
+    token_lifetime: Duration,
+    /// Valid tokens and when they expire (Unix seconds).
     tokens: HashMap<String, u64>,
     token_requests: u32,
     next_runner_id: u64,
     /// Still registered: id -> scope.
     live: HashMap<u64, String>,
+    /// Every registration, deleted or not, in order.
     registered: Vec<Registered>,
     deleted: Vec<u64>,
-    /// (path suffix, answer): the next request to such a path gets it.
+    /// (path suffix, answer), in order: a request gets the first answer
+    /// whose suffix its path ends with ("" matches every path).
     failures: VecDeque<(String, Failure)>,
+    delay: Duration,
     seen: Vec<Seen>,
 }
 
@@ -102,6 +152,7 @@ pub struct FakeGithub {
 impl FakeGithub {
     pub async fn start() -> Self {
         let inner = Arc::new(Mutex::new(Inner {
+            token_lifetime: Duration::from_secs(3600),
             next_runner_id: 100,
             ..Inner::default()
         }));
@@ -128,17 +179,57 @@ impl FakeGithub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Answers the next `n` requests, whatever their path, with `failure`.
+    pub fn fail_next(&self, n: usize, failure: Failure) {
+        self.fail_next_for(n, "", failure);
+    }
+
     /// Answers the next `n` requests to paths ending with `suffix` with
-    /// `failure`.
-    pub fn fail_next(&self, n: usize, suffix: &str, failure: Failure) {
+    /// `failure`; other requests are answered as usual meanwhile.
+    pub fn fail_next_for(&self, n: usize, suffix: &str, failure: Failure) {
         let mut inner = self.lock();
         inner
             .failures
             .extend(std::iter::repeat_n((suffix.to_owned(), failure), n));
     }
 
+    /// Waits this long before every answer.
+    pub fn set_delay(&self, delay: Duration) {
+        self.lock().delay = delay;
+    }
+
+    /// How long from now the tokens issued from now on expire.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.lock().token_lifetime = lifetime;
+    }
+
+    /// Invalidates every token issued so far (as when an App is re-keyed).
+    pub fn revoke_tokens(&self) {
+        self.lock().tokens.clear();
+    }
+
+    /// Installation tokens issued.
+    pub fn token_requests(&self) -> u32 {
+        self.lock().token_requests
+    }
+
+    /// Tokens issued and not revoked, for leak checks.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.lock().tokens.keys().cloned().collect()
+    }
+
+    /// Every runner registered, deleted or not, in order.
     pub fn registered(&self) -> Vec<Registered> {
         self.lock().registered.clone()
+    }
+
+    /// Every `encoded_jit_config` handed out, in order, for leak checks.
+    pub fn jit_configs(&self) -> Vec<String> {
+        self.lock()
+            .registered
+            .iter()
+            .map(|r| r.encoded.clone())
+            .collect()
     }
 
     /// Runner ids deleted, in order.
@@ -146,13 +237,14 @@ impl FakeGithub {
         self.lock().deleted.clone()
     }
 
-    /// Runner ids still registered.
+    /// Runner ids still registered, sorted.
     pub fn live_runners(&self) -> Vec<u64> {
         let mut ids: Vec<u64> = self.lock().live.keys().copied().collect();
         ids.sort_unstable();
         ids
     }
 
+    /// Every request received, in order.
     pub fn seen(&self) -> Vec<Seen> {
         self.lock().seen.clone()
     }
@@ -175,16 +267,28 @@ impl FakeGithub {
         }
         let jwt = bearer(headers, "Bearer ").ok_or("A JSON web token could not be decoded")?;
         let mut validation = Validation::new(Algorithm::RS256);
+        // iss is Kiln's numeric App id, which jsonwebtoken's own issuer check
+        // (strings only) cannot read: `Claims` requires and checks it instead.
         validation.set_required_spec_claims(&["exp", "iat"]);
         validation.leeway = 0;
         let claims = jsonwebtoken::decode::<Claims>(&jwt, &self.decoding_key, &validation)
             .map_err(|e| format!("bad JWT: {e}"))?
             .claims;
+        let now = now_unix();
         if claims.iss != APP_ID {
             return Err(format!("iss {} is not the App id {APP_ID}", claims.iss));
         }
-        if claims.iat > now_unix() || claims.exp <= claims.iat || claims.exp - claims.iat > 600 {
-            return Err("iat/exp out of GitHub's bounds".into());
+        if claims.iat > now {
+            return Err(
+                "'Issued at' claim (iat) must be an Integer representing a time in the past".into(),
+            );
+        }
+        if claims.exp <= claims.iat || claims.exp - claims.iat > 600 {
+            return Err("'Expiration time' claim ('exp') is too far in the future".into());
+        }
+        if now - claims.iat < 50 {
+            // Kiln backdates iat by 60 s for clock skew: make sure it still does.
+            return Err(format!("iat is only {} s in the past", now - claims.iat));
         }
         Ok(())
     }
@@ -198,6 +302,15 @@ impl FakeGithub {
             _ => Err("Bad credentials".into()),
         }
     }
+
+    /// Takes the first injected failure meant for `path`, if any.
+    fn take_failure(inner: &mut Inner, path: &str) -> Option<Failure> {
+        let at = inner
+            .failures
+            .iter()
+            .position(|(suffix, _)| path.ends_with(suffix.as_str()))?;
+        inner.failures.remove(at).map(|(_, f)| f)
+    }
 }
 
 async fn handle(
@@ -207,28 +320,28 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let path = uri.path().to_owned();
-    let failure = {
+    let (path, ghes_prefix) = match uri.path().strip_prefix("/api/v3") {
+        Some(rest) => (rest.to_owned(), true),
+        None => (uri.path().to_owned(), false),
+    };
+    let (delay, failure) = {
         let mut inner = fake.lock();
         inner.seen.push(Seen {
             method: method.clone(),
             path: path.clone(),
+            ghes_prefix,
         });
-        match inner.failures.front() {
-            Some((suffix, _)) if path.ends_with(suffix.as_str()) => {
-                inner.failures.pop_front().map(|(_, f)| f)
-            }
-            _ => None,
-        }
+        let failure = FakeGithub::take_failure(&mut inner, &path);
+        (inner.delay, failure)
     };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     if let Some(f) = failure {
-        return error(StatusCode::from_u16(f.status).expect("status"), &f.message);
+        return injected(f);
     }
     if headers.get("user-agent").is_none() {
-        return error(
-            StatusCode::FORBIDDEN,
-            "Please make sure your request has a User-Agent header",
-        );
+        return error(StatusCode::FORBIDDEN, "Request forbidden by administrative rules. Please make sure your request has a User-Agent header");
     }
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
@@ -236,12 +349,20 @@ async fn handle(
             if let Err(m) = fake.check_jwt(&headers) {
                 return error(StatusCode::UNAUTHORIZED, &m);
             }
+            if id.parse::<u64>().is_err() {
+                return error(StatusCode::NOT_FOUND, "Not Found");
+            }
             let mut inner = fake.lock();
             inner.token_requests += 1;
             let token = format!("ghs_fake{:08}{id}", inner.token_requests);
-            let expires = now_unix() + 3600;
+            let expires = now_unix() + inner.token_lifetime.as_secs();
             inner.tokens.insert(token.clone(), expires);
-            let body = json!({"token": token, "expires_at": rfc3339(expires)});
+            let body = json!({
+                "token": token,
+                "expires_at": rfc3339(expires),
+                "permissions": {"organization_self_hosted_runners": "write"},
+                "repository_selection": "all",
+            });
             (StatusCode::CREATED, body.to_string()).into_response()
         }
         (Method::POST, [scope @ .., "actions", "runners", "generate-jitconfig"])
@@ -279,10 +400,16 @@ async fn handle(
                 request: request.clone(),
                 encoded: encoded.clone(),
             });
+            let labels: Vec<Value> = request["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|l| json!({"name": l, "type": "custom"}))
+                .collect();
             let answer = json!({
                 "runner": {
                     "id": id, "name": name, "os": "unknown", "status": "offline", "busy": false,
-                    "labels": request["labels"],
+                    "labels": labels,
                 },
                 "encoded_jit_config": encoded,
             });
@@ -323,8 +450,14 @@ fn check_jit_body(body: &Value) -> Result<(), String> {
     let labels = body["labels"]
         .as_array()
         .ok_or("labels is missing or not an array")?;
-    if labels.is_empty() || labels.len() > 100 || !labels.iter().all(Value::is_string) {
-        return Err("labels must be 1 to 100 strings".into());
+    if labels.is_empty() || labels.len() > 100 {
+        return Err(format!(
+            "labels must have 1 to 100 items, not {}",
+            labels.len()
+        ));
+    }
+    if !labels.iter().all(Value::is_string) {
+        return Err("labels must be strings".into());
     }
     if !body["work_folder"].is_string() && !body["work_folder"].is_null() {
         return Err("work_folder must be a string".into());
@@ -339,6 +472,21 @@ fn bearer(headers: &HeaderMap, scheme: &str) -> Option<String> {
         .ok()?
         .strip_prefix(scheme)
         .map(str::to_owned)
+}
+
+fn injected(f: Failure) -> Response {
+    let mut response = (
+        StatusCode::from_u16(f.status).expect("status"),
+        [("content-type", "application/json")],
+        f.body,
+    )
+        .into_response();
+    for (name, value) in f.headers {
+        response
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(&value).expect("header"));
+    }
+    response
 }
 
 fn error(status: StatusCode, message: &str) -> Response {

@@ -6,7 +6,8 @@
 //! - [`assets`] — kiln-init, kernel and initramfs, built once per process.
 //! - [`job`] — jobs for test payloads (busybox `sh -c` as `runner`).
 //! - [`disk`] — ext4 base and scratch images, read back without mounting.
-//! - [`fake_github`] — a fake GitHub API for `kiln serve`'s end-to-end tests.
+//! - [`fake_github`] — a fake GitHub API for the GitHub App client's tests
+//!   and `kiln serve`'s end-to-end tests.
 //! - [`vm`] — [`TestVm::boot`]: one VM, one job, everything it produced.
 //!
 //! Nothing is skipped: a missing prerequisite fails the test with the

@@ -182,7 +182,7 @@ impl Kiln {
             .tempdir_in("/tmp")
             .unwrap();
         write_secret(&root.path().join("webhook-secret"), WEBHOOK_SECRET);
-        write_secret(&root.path().join("app-key.pem"), &test_key().private_pem);
+        write_secret(&root.path().join("app-key.pem"), &test_key().private_pkcs1);
         let config = format!(
             r#"
 listen = "127.0.0.1:0"
@@ -448,7 +448,7 @@ async fn a_jit_failure_starts_no_vm_and_frees_the_capacity() {
     let kiln = Kiln::start(&fake, &image, false, backend).await;
 
     // 422 is not retried; 500 is, until the policy's 2 attempts are spent.
-    fake.fail_next(
+    fake.fail_next_for(
         1,
         "/generate-jitconfig",
         Failure::status(422, "Validation Failed: no such runner group"),
@@ -456,7 +456,7 @@ async fn a_jit_failure_starts_no_vm_and_frees_the_capacity() {
     let status = kiln.queued(27_182_818_001).await;
     assert!(status.contains("202"), "{status}");
     kiln.wait_finished(1, Duration::from_secs(30)).await;
-    fake.fail_next(
+    fake.fail_next_for(
         2,
         "/generate-jitconfig",
         Failure::status(500, "Server Error"),

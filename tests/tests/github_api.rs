@@ -1,6 +1,4 @@
-//! The GitHub App client against a fake GitHub API on 127.0.0.1.
-
-mod github_fake;
+//! The GitHub App client against a fake GitHub API on 127.0.0.1 (no VM).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +7,7 @@ use hyper::Method;
 use kiln::github::{ClientPolicy, GithubApp, GithubError, JitRequest, RunnerScope};
 use kiln::secret::Secret;
 
-use github_fake::{now_unix, test_key, Failure, FakeGithub, APP_ID};
+use kiln_vm_tests::fake_github::{now_unix, test_key, Failure, FakeGithub, APP_ID};
 
 const INSTALLATION: u64 = 77;
 
@@ -92,7 +90,7 @@ async fn jit_configs_for_org_repo_and_enterprise() {
             .await
             .unwrap_or_else(|e| panic!("{scope}: {e}"));
         assert_eq!(jit.runner_name, name);
-        assert!(fake.runner_ids().contains(&jit.runner_id));
+        assert!(fake.live_runners().contains(&jit.runner_id));
         assert_eq!(
             fake.jit_configs().last().map(String::as_str),
             Some(jit.encoded.expose())
@@ -317,11 +315,11 @@ async fn delete_runner_204_and_404_are_ok() {
         .jit_config(INSTALLATION, &scope, &request("kiln-d"))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(fake.runner_ids(), vec![jit.runner_id]);
+    assert_eq!(fake.live_runners(), vec![jit.runner_id]);
     app.delete_runner(INSTALLATION, &scope, jit.runner_id)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(fake.runner_ids().is_empty());
+    assert!(fake.live_runners().is_empty());
     let path = format!("/repos/acme/widgets/actions/runners/{}", jit.runner_id);
     assert_eq!(fake.count(Method::DELETE, &path), 1);
     // Gone already (the runner took its job and deregistered): still Ok.
