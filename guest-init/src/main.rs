@@ -62,23 +62,27 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
 
     let cfg = cmdline::read().step("read the kernel command line")?;
     let release = kernel_release();
-    // Module loads are the longest step here and mostly the kernel's own
-    // work on other vCPUs; what needs no module runs beside them. The
-    // stamps keep the two apart: CgroupsReady when this thread's share is
-    // done, ModulesLoaded when the wait for the loads is over.
-    std::thread::scope(|s| {
-        let loading = s.spawn(|| kmod::load(&cfg.modules, &release));
-        let early = without_modules();
-        t.mark(BootPhase::CgroupsReady);
-        let loaded = loading
-            .join()
-            .map_err(|_| Fatal::new("load kernel modules", "the loader thread panicked"))?;
-        loaded.step("load kernel modules")?;
+    // Two paths at once. This thread: the modules (loaded on parallel
+    // threads of their own), then the overlay root, which needs them. A
+    // second thread: what needs no module — the cgroup tree, sysctls, lo —
+    // mostly waits on the kernel, so it overlaps the loads, or, on a kernel
+    // with everything built in, the root's disk work. It must be done
+    // before the root switch moves /sys and /proc away under it.
+    let switched = std::thread::scope(|s| {
+        let early = s.spawn(|| {
+            let result = without_modules();
+            (result, timing::boottime_ns())
+        });
+        kmod::load(&cfg.modules, &release).step("load kernel modules")?;
         t.mark(BootPhase::ModulesLoaded);
-        early
+        let built = root::build(&cfg).step("build the root filesystem")?;
+        let (result, done_at) = early
+            .join()
+            .map_err(|_| Fatal::new("set up cgroups", "the thread panicked"))?;
+        result?;
+        t.mark_at(BootPhase::CgroupsReady, done_at);
+        root::switch(built).step("switch to the new root")
     })?;
-
-    let switched = root::prepare(&cfg).step("build the root filesystem")?;
     if switched != root::Switched::No {
         say!("switched to the overlay root ({switched:?})");
     }

@@ -38,11 +38,18 @@ pub enum Switched {
     MoveChroot,
 }
 
-/// Builds the overlay root if the command line asks for one and switches
-/// into it, taking `/proc`, `/sys` and `/dev` along.
-pub fn prepare(cfg: &BootConfig) -> Result<Switched, SysError> {
+/// The overlay root, mounted and ready to switch into.
+#[derive(Debug)]
+pub struct Built {
+    new_root: std::path::PathBuf,
+}
+
+/// Builds the overlay root if the command line asks for one (`None`:
+/// the first root stays). Only mounts below the staging area: `/proc`,
+/// `/sys` and `/dev` stay where they are until [`switch`].
+pub fn build(cfg: &BootConfig) -> Result<Option<Built>, SysError> {
     if cfg.root.is_none() && cfg.scratch.is_none() {
-        return Ok(Switched::No);
+        return Ok(None);
     }
     let stage = Path::new(STAGE);
     let base = stage.join("base");
@@ -116,6 +123,16 @@ pub fn prepare(cfg: &BootConfig) -> Result<Switched, SysError> {
         }
     }
 
+    Ok(Some(Built { new_root }))
+}
+
+/// Switches into the built root, taking `/proc`, `/sys` and `/dev` along.
+/// Paths under them are gone for a moment: nothing else may use them
+/// meanwhile.
+pub fn switch(built: Option<Built>) -> Result<Switched, SysError> {
+    let Some(Built { new_root }) = built else {
+        return Ok(Switched::No);
+    };
     for m in CARRIED {
         let dst = new_root.join(m.trim_start_matches('/'));
         mkdir_p(&dst)?;

@@ -20,6 +20,13 @@ impl Timeline {
         });
     }
 
+    /// A phase another thread reached at `at_ns`, kept in time order with
+    /// the others.
+    pub fn mark_at(&mut self, phase: BootPhase, at_ns: u64) {
+        let i = self.stamps.partition_point(|s| s.at_ns <= at_ns);
+        self.stamps.insert(i, PhaseStamp { phase, at_ns });
+    }
+
     /// Every phase so far, in order.
     pub fn all(&self) -> Vec<PhaseStamp> {
         self.stamps.clone()
@@ -65,5 +72,28 @@ mod tests {
             vec![BootPhase::JobReceived, BootPhase::RunnerSpawned]
         );
         assert!(t.from(BootPhase::ChannelOpen).is_empty());
+    }
+
+    #[test]
+    fn a_stamp_from_another_thread_goes_in_time_order() {
+        let mut t = Timeline::new();
+        t.mark(BootPhase::InitStart);
+        let early = boottime_ns();
+        t.mark(BootPhase::ModulesLoaded);
+        t.mark_at(BootPhase::CgroupsReady, early);
+        let phases: Vec<_> = t.all().iter().map(|s| s.phase).collect();
+        assert_eq!(
+            phases,
+            [
+                BootPhase::InitStart,
+                BootPhase::CgroupsReady,
+                BootPhase::ModulesLoaded
+            ]
+        );
+        t.mark_at(BootPhase::ChannelOpen, u64::MAX);
+        assert_eq!(
+            t.all().last().map(|s| s.phase),
+            Some(BootPhase::ChannelOpen)
+        );
     }
 }

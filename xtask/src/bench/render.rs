@@ -393,7 +393,13 @@ pub fn render(r: &Results) -> String {
         }
         o.push('\n');
         let kiln_total = b.kiln.total.median;
-        let mut biggest: Vec<&Figure> = b.kiln.phases.iter().collect();
+        // A phase that runs beside others is not a share of the total.
+        let mut biggest: Vec<&Figure> = b
+            .kiln
+            .phases
+            .iter()
+            .filter(|f| !f.name.ends_with("(beside)"))
+            .collect();
         biggest.sort_by(|a, b| b.stat.median.total_cmp(&a.stat.median));
         let top: Vec<String> = biggest
             .iter()
