@@ -35,7 +35,17 @@ pub async fn run(kit: &Kit, vms: usize) -> anyhow::Result<ChurnResults> {
             Ok(()) => per_vm.push(t.elapsed().as_secs_f64() * 1e3),
             Err(e) => {
                 failures += 1;
-                let line = format!("churn VM {i} failed: {}", super::vmkit::summary(&e));
+                // The whole error, with the console's last 16 KiB, for
+                // diagnosing a rare guest hang after the fact.
+                let kept = kit
+                    .console_dir
+                    .join(format!("console-churn-failed-{i}.log"));
+                let _ = std::fs::write(&kept, format!("{e:#}\n"));
+                let line = format!(
+                    "churn VM {i} failed: {} (whole console: {})",
+                    super::vmkit::summary(&e),
+                    kept.display()
+                );
                 eprintln!("{line}");
                 incidents.push(line);
             }
