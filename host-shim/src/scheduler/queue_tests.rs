@@ -1,33 +1,5 @@
-use std::time::{Duration, Instant};
-
 use super::*;
-
-fn pool(name: &str, vcpus: u32, memory_mib: u64, max_vms: Option<u32>) -> Arc<Pool> {
-    Arc::new(Pool {
-        name: name.into(),
-        labels: vec![name.into()],
-        vcpus,
-        memory_mib,
-        scratch_gib: 20,
-        image: "/img".into(),
-        sudo: false,
-        max_vms,
-        job_timeout: Duration::from_secs(60),
-    })
-}
-
-fn job(id: u64, pool: &Arc<Pool>) -> QueuedJob {
-    QueuedJob {
-        delivery: format!("d{id}"),
-        job_id: id,
-        run_id: 1,
-        installation_id: 1,
-        repository: "acme/widgets".into(),
-        labels: pool.labels.clone(),
-        pool: Arc::clone(pool),
-        received: Instant::now(),
-    }
-}
+use crate::scheduler::test_support::{job, pool};
 
 fn host(vcpus: u32, memory_mib: u64) -> HostCapacity {
     HostCapacity { vcpus, memory_mib }

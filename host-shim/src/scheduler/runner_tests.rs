@@ -4,33 +4,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::*;
-
-fn pool(name: &str, vcpus: u32, max_vms: Option<u32>) -> Arc<Pool> {
-    Arc::new(Pool {
-        name: name.into(),
-        labels: vec![name.into()],
-        vcpus,
-        memory_mib: 512,
-        scratch_gib: 20,
-        image: "/img".into(),
-        sudo: false,
-        max_vms,
-        job_timeout: Duration::from_secs(60),
-    })
-}
-
-fn job(id: u64, pool: &Arc<Pool>) -> QueuedJob {
-    QueuedJob {
-        delivery: format!("d{id}"),
-        job_id: id,
-        run_id: 1,
-        installation_id: 1,
-        repository: "acme/widgets".into(),
-        labels: pool.labels.clone(),
-        pool: Arc::clone(pool),
-        received: Instant::now(),
-    }
-}
+use crate::scheduler::test_support::{job, pool};
 
 const HOST: HostCapacity = HostCapacity {
     vcpus: 4,
@@ -119,7 +93,7 @@ impl Harness {
 
 #[tokio::test]
 async fn holds_capacity_while_dispatch_runs_and_starts_the_next_when_it_returns() {
-    let p = pool("p", 2, None);
+    let p = pool("p", 2, 512, None);
     let mut h = harness(&[Arc::clone(&p)], vec![]);
     for id in 1..=3 {
         h.scheduler.enqueue(job(id, &p)).expect("enqueue");
@@ -147,7 +121,7 @@ async fn holds_capacity_while_dispatch_runs_and_starts_the_next_when_it_returns(
 
 #[tokio::test]
 async fn a_panicking_dispatch_releases_its_capacity() {
-    let p = pool("p", 4, None);
+    let p = pool("p", 4, 512, None);
     let mut h = harness(&[Arc::clone(&p)], vec![1]);
     h.scheduler.enqueue(job(1, &p)).expect("enqueue");
     h.scheduler.enqueue(job(2, &p)).expect("enqueue");
@@ -159,7 +133,7 @@ async fn a_panicking_dispatch_releases_its_capacity() {
 
 #[tokio::test]
 async fn cancelled_queued_jobs_never_start() {
-    let p = pool("p", 4, None);
+    let p = pool("p", 4, 512, None);
     let mut h = harness(&[Arc::clone(&p)], vec![]);
     h.scheduler.enqueue(job(1, &p)).expect("enqueue");
     h.scheduler.enqueue(job(2, &p)).expect("enqueue");
@@ -177,7 +151,7 @@ async fn cancelled_queued_jobs_never_start() {
 
 #[tokio::test]
 async fn close_drops_the_queue_and_abort_cancels_running_jobs() {
-    let p = pool("p", 2, None);
+    let p = pool("p", 2, 512, None);
     let mut h = harness(&[Arc::clone(&p)], vec![]);
     for id in 1..=3 {
         h.scheduler.enqueue(job(id, &p)).expect("enqueue");
