@@ -14,6 +14,15 @@ use crate::prereq;
 /// A base root filesystem: busybox, the accounts, the usual mount points.
 /// kiln-init mounts it read-only as the overlay's lower layer.
 pub fn base_image(dir: &Path, assets: &Assets) -> anyhow::Result<PathBuf> {
+    base_image_with(dir, assets, &[])
+}
+
+/// [`base_image`] plus `files` (path, mode, content; parents 0755).
+pub fn base_image_with(
+    dir: &Path,
+    assets: &Assets,
+    files: &[(&str, u32, &str)],
+) -> anyhow::Result<PathBuf> {
     let mut fs = Initramfs::new();
     for (d, perm) in [
         ("proc", 0o555),
@@ -30,6 +39,9 @@ pub fn base_image(dir: &Path, assets: &Assets) -> anyhow::Result<PathBuf> {
     initramfs::add_busybox(&mut fs, &assets.busybox)?;
     assets::add_accounts(&mut fs)?;
     fs.file("etc/kiln-base", 0o644, "the base image\n")?;
+    for (path, mode, content) in files {
+        fs.file(path, *mode, *content)?;
+    }
     let staging = dir.join("base-root");
     fs.unpack_to(&staging)?;
     let image = dir.join("base.ext4");

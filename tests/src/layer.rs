@@ -58,10 +58,16 @@ pub fn module_names() -> Vec<String> {
 /// `rootfs.ext4` (busybox and the accounts, runner uid 1001), the test
 /// kernel and initramfs, and a `manifest.json` in its format.
 pub fn minimal_image_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    minimal_image_dir_with(dir, &[])
+}
+
+/// [`minimal_image_dir`] whose rootfs also holds `files` (path, mode,
+/// content), e.g. a stand-in actions runner.
+pub fn minimal_image_dir_with(dir: &Path, files: &[(&str, u32, &str)]) -> anyhow::Result<PathBuf> {
     let assets = assets::get()?;
     let out = dir.join("image");
     std::fs::create_dir_all(&out)?;
-    let base = crate::disk::base_image(dir, assets)?;
+    let base = crate::disk::base_image_with(dir, assets, files)?;
     std::fs::rename(&base, out.join("rootfs.ext4")).context("placing rootfs.ext4")?;
     std::os::unix::fs::symlink(&assets.kernel.vmlinuz, out.join("vmlinuz"))?;
     std::os::unix::fs::symlink(&assets.initrd, out.join("initrd"))?;
@@ -214,4 +220,43 @@ pub fn mounts_below(dir: &Path) -> Vec<String> {
         .filter(|p| p.starts_with(&prefix))
         .map(str::to_owned)
         .collect()
+}
+
+/// Processes whose command line mentions `path` (a VM's QEMU or
+/// vhost-device-vsock names its directory).
+pub fn processes_mentioning(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            out.push(cmdline);
+        }
+    }
+    out
+}
+
+/// Nothing of any VM is left under `root`, laid out as `$KILN_RUNTIME_DIR
+/// = root/run` and `$KILN_DISK_DIR = root/disks`: no VM directory, CID
+/// lease, scratch disk, socket, or process naming it.
+pub fn assert_no_vm_left(root: &Path) {
+    let run = root.join("run");
+    let left: Vec<PathBuf> = [run.join("vms"), run.join("cids"), root.join("disks")]
+        .iter()
+        .flat_map(|d| entries_below(d))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let sockets = unix_sockets_below(root);
+    assert!(sockets.is_empty(), "sockets left: {sockets:?}");
+    let procs = processes_mentioning(root);
+    assert!(procs.is_empty(), "processes left behind: {procs:?}");
 }

@@ -103,44 +103,8 @@ impl Kiln {
 
     /// Nothing of any VM is left: files, sockets, processes.
     fn assert_clean(&self) {
-        let run = self.root.path().join("run");
-        let left: Vec<PathBuf> = [
-            run.join("vms"),
-            run.join("cids"),
-            self.root.path().join("disks"),
-        ]
-        .iter()
-        .flat_map(|d| layer::entries_below(d))
-        .collect();
-        assert!(left.is_empty(), "left behind: {left:?}");
-        assert!(
-            layer::unix_sockets_below(self.root.path()).is_empty(),
-            "{:?}",
-            layer::unix_sockets_below(self.root.path())
-        );
-        let procs = processes_mentioning(self.root.path());
-        assert!(procs.is_empty(), "processes left behind: {procs:?}");
+        layer::assert_no_vm_left(self.root.path());
     }
-}
-
-/// Processes whose command line mentions `path` (a VM's QEMU or
-/// vhost-device-vsock names its directory).
-fn processes_mentioning(path: &Path) -> Vec<String> {
-    let needle = path.to_string_lossy().into_owned();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) {
-            out.push(cmdline);
-        }
-    }
-    out
 }
 
 fn timing_line(stderr: &[u8]) -> String {

@@ -11,7 +11,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -23,12 +22,11 @@ use kiln::serve::dispatch::{production_with, Production, Settings};
 use kiln::serve::Server;
 use kiln::vm::{Backend, RuntimeDirs, Timeouts};
 use kiln_vm_tests::fake_github::{test_key, Failure, FakeGithub, APP_ID};
-use kiln_vm_tests::{assets, layer, prereq};
+use kiln_vm_tests::{assets, layer};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use xtask::initramfs::{self, Initramfs};
 
 const WEBHOOK_SECRET: &str = "serve-e2e-webhook-secret";
 const INSTALLATION: u64 = 77;
@@ -107,44 +105,7 @@ fn sha256_hex(data: &[u8]) -> String {
 /// A minimal image (see [`layer::minimal_image_dir`]) whose base rootfs
 /// also holds the stand-in runner at `/opt/actions-runner/run.sh`.
 fn stand_in_image(dir: &Path) -> anyhow::Result<PathBuf> {
-    let assets = assets::get()?;
-    let image = layer::minimal_image_dir(dir)?;
-    let mut fs = Initramfs::new();
-    for (d, perm) in [
-        ("proc", 0o555),
-        ("sys", 0o555),
-        ("dev", 0o755),
-        ("run", 0o755),
-        ("tmp", 0o1777),
-        ("root", 0o700),
-        ("var", 0o755),
-        ("etc", 0o755),
-        ("opt", 0o755),
-        ("opt/actions-runner", 0o755),
-    ] {
-        fs.dir(d, perm)?;
-    }
-    initramfs::add_busybox(&mut fs, &assets.busybox)?;
-    assets::add_accounts(&mut fs)?;
-    fs.file("opt/actions-runner/run.sh", 0o755, STAND_IN)?;
-    let staging = dir.join("stand-in-root");
-    fs.unpack_to(&staging)?;
-    let rootfs = image.join("rootfs.ext4");
-    std::fs::remove_file(&rootfs)?;
-    let mkfs = prereq::require(&prereq::MKFS_EXT4)?;
-    let out = Command::new(mkfs)
-        .args(["-q", "-F", "-t", "ext4", "-d"])
-        .arg(&staging)
-        .arg(&rootfs)
-        .arg("64M")
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "mkfs.ext4 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_dir_all(&staging)?;
-    Ok(image)
+    layer::minimal_image_dir_with(dir, &[("opt/actions-runner/run.sh", 0o755, STAND_IN)])
 }
 
 /// An image directory with the files `Image::open` checks, for tests in
@@ -309,31 +270,10 @@ job_timeout = "2m"
         layer::entries_below(&self.root.path().join("state/logs"))
     }
 
-    /// Nothing of any VM is left: files, sockets, processes.
+    /// Nothing of any VM is left: files, sockets, processes (this
+    /// server's: their command lines name its directories).
     fn assert_no_vm_left(&self) {
-        let run = self.root.path().join("run");
-        let left: Vec<PathBuf> = [
-            run.join("vms"),
-            run.join("cids"),
-            self.root.path().join("disks"),
-        ]
-        .iter()
-        .flat_map(|d| layer::entries_below(d))
-        .collect();
-        assert!(left.is_empty(), "left behind: {left:?}");
-        let sockets = layer::unix_sockets_below(self.root.path());
-        assert!(sockets.is_empty(), "sockets left: {sockets:?}");
-        // Tests run in parallel: only this server's VMMs (their command
-        // lines name its directories) count.
-        let mine = self.root.path().to_string_lossy().into_owned();
-        let vmms: Vec<_> = layer::children()
-            .into_iter()
-            .filter(|(pid, _)| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&mine))
-            })
-            .collect();
-        assert!(vmms.is_empty(), "VMM processes left: {vmms:?}");
+        layer::assert_no_vm_left(self.root.path());
     }
 }
 
