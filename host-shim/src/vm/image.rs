@@ -78,6 +78,14 @@ pub struct Image {
     pub user: ImageUser,
     /// `uname -r` of the guest kernel, when the manifest says.
     pub kernel_release: Option<String>,
+    /// The gid that grants sudo in the guest (`kiln-sudo`), when the
+    /// manifest names one.
+    pub sudo_gid: Option<u32>,
+    /// Built with `--sudo`: every job gets sudo, whatever its pool says.
+    pub sudo_always: bool,
+    /// Built with `--no-runner` (the manifest's `runner` is `null`): the
+    /// actions runner is not in it.
+    pub without_runner: bool,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +95,21 @@ struct ManifestView {
     kernel: Option<KernelView>,
     #[serde(default)]
     accounts: Option<AccountsView>,
+    /// `"group"` (sudo through the group) or `"always"`.
+    #[serde(default)]
+    sudo: Option<String>,
+    /// Absent (an older manifest), `null` (no runner), or the runner.
+    #[serde(default, deserialize_with = "present")]
+    runner: Option<Option<serde::de::IgnoredAny>>,
+}
+
+/// Tells a field set to `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -102,6 +125,8 @@ struct AccountsView {
     uid: u32,
     gid: u32,
     home: String,
+    #[serde(default)]
+    sudo_gid: Option<u32>,
 }
 
 impl Image {
@@ -144,6 +169,7 @@ impl Image {
                 found: m.format,
             });
         }
+        let sudo_gid = m.accounts.as_ref().and_then(|a| a.sudo_gid);
         let user = m
             .accounts
             .map(|a| ImageUser {
@@ -170,6 +196,9 @@ impl Image {
             },
             user,
             kernel_release,
+            sudo_gid,
+            sudo_always: m.sudo.as_deref() == Some("always"),
+            without_runner: matches!(m.runner, Some(None)),
         })
     }
 }
@@ -220,6 +249,26 @@ mod tests {
         assert_eq!(img.user.name, "builder");
         assert_eq!(img.boot.base_image, Some(d.path().join(ROOTFS)));
         assert_eq!(img.kernel_release.as_deref(), Some("6.1.0-56-cloud-amd64"));
+        assert_eq!(img.sudo_gid, Some(1));
+        assert!(!img.sudo_always);
+        assert!(!img.without_runner, "no runner key: an older manifest");
+    }
+
+    #[test]
+    fn sudo_mode_and_a_missing_runner_are_read() {
+        let d = tempfile::tempdir().expect("tempdir");
+        write_all(d.path(), r#"{"format":1,"sudo":"always","runner":null}"#);
+        let img = Image::open(d.path()).expect("open");
+        assert!(img.sudo_always);
+        assert!(img.without_runner);
+        assert_eq!(img.sudo_gid, None);
+        write_all(
+            d.path(),
+            r#"{"format":1,"sudo":"group","runner":{"version":"2.321.0","sha256":"ab"}}"#,
+        );
+        let img = Image::open(d.path()).expect("open");
+        assert!(!img.sudo_always);
+        assert!(!img.without_runner);
     }
 
     #[test]

@@ -17,12 +17,6 @@ pub enum SetupError {
         #[source]
         source: ImageError,
     },
-    #[error("pool {pool:?}: cannot read {}: {problem}", path.display())]
-    Manifest {
-        pool: String,
-        path: PathBuf,
-        problem: String,
-    },
     #[error("pool {pool:?} has sudo = true, but {} names no accounts.sudo_gid: rebuild the image with `cargo xtask image`, or set sudo = false", manifest.display())]
     NoSudoGroup { pool: String, manifest: PathBuf },
     #[error("pool {pool:?}: memory_mib = {memory_mib} is more than a VM can have")]

@@ -1,18 +1,12 @@
 //! Each pool's image, opened once at start-up so a missing or broken image
 //! stops `kiln serve` at once instead of failing every job.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-
-use serde::Deserialize;
+use std::path::Path;
 
 use super::error::SetupError;
 use crate::config::Pool;
 use crate::vm::image::MANIFEST;
 use crate::vm::Image;
-
-/// A manifest is a few KiB (see [`crate::vm::image`]).
-const MANIFEST_MAX: u64 = 16 << 20;
 
 /// What a pool's VMs boot, checked.
 #[derive(Debug, Clone)]
@@ -25,25 +19,6 @@ pub struct PoolImage {
     pub memory_mib: u32,
 }
 
-/// The parts of `manifest.json` the VM layer does not read.
-#[derive(Deserialize, Default)]
-struct Extras {
-    #[serde(default)]
-    accounts: Option<Accounts>,
-    /// `"group"` (sudo through the group) or `"always"` (`--sudo` image).
-    #[serde(default)]
-    sudo: Option<String>,
-    /// `null` for a `--no-runner` image.
-    #[serde(default)]
-    runner: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct Accounts {
-    #[serde(default)]
-    sudo_gid: Option<u32>,
-}
-
 impl PoolImage {
     /// Opens `pool`'s image; `config` is the config file, for messages.
     pub fn open(pool: &Pool, config: &Path) -> Result<Self, SetupError> {
@@ -52,31 +27,20 @@ impl PoolImage {
             config: config.to_owned(),
             source,
         })?;
-        let manifest = image.dir.join(MANIFEST);
-        let extras = read_extras(&manifest).map_err(|problem| SetupError::Manifest {
-            pool: pool.name.clone(),
-            path: manifest.clone(),
-            problem,
-        })?;
-        let sudo_gid = extras.accounts.and_then(|a| a.sudo_gid);
-        if pool.sudo && sudo_gid.is_none() {
+        if pool.sudo && image.sudo_gid.is_none() {
             return Err(SetupError::NoSudoGroup {
                 pool: pool.name.clone(),
-                manifest,
+                manifest: image.dir.join(MANIFEST),
             });
         }
-        if !pool.sudo && extras.sudo.as_deref() == Some("always") {
+        if !pool.sudo && image.sudo_always {
             tracing::warn!(
                 pool = %pool.name,
                 image = %image.dir.display(),
                 "the pool has sudo = false, but its image was built with --sudo: its jobs get sudo anyway"
             );
         }
-        if extras
-            .runner
-            .as_ref()
-            .is_some_and(serde_json::Value::is_null)
-        {
+        if image.without_runner {
             tracing::warn!(
                 pool = %pool.name,
                 image = %image.dir.display(),
@@ -88,24 +52,17 @@ impl PoolImage {
             memory_mib: pool.memory_mib,
         })?;
         Ok(PoolImage {
+            sudo_gid: if pool.sudo { image.sudo_gid } else { None },
             image,
-            sudo_gid: if pool.sudo { sudo_gid } else { None },
             memory_mib,
         })
     }
 }
 
-fn read_extras(path: &PathBuf) -> Result<Extras, String> {
-    let mut text = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MANIFEST_MAX).read_to_end(&mut text))
-        .map_err(|e| e.to_string())?;
-    serde_json::from_slice(&text).map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use std::time::Duration;
 
     fn pool(image: &Path, sudo: bool) -> Pool {
