@@ -18,13 +18,10 @@ use crate::mounts::{mkdir_p, CARRIED};
 /// its own `/run`.
 const STAGE: &str = "/run/kiln";
 
-/// The scratch disk is fresh (sparse, so its unwritten inode tables read
-/// as zeros) and dies with the VM: zeroing its inode tables in the
-/// background (ext4lazyinit) would only compete with the job for the
-/// disk and the vCPUs.
-const SCRATCH_OPTIONS: &str = "noinit_itable";
-
-/// Directories of the scratch disk bound onto the new root.
+/// Directories of the scratch disk bound onto the new root. The image's
+/// scratch skeleton (xtask/src/image/skeleton.rs, `COPIED`) lays out the
+/// same ones on the host; the guest is a separate crate, so the list is
+/// kept twice.
 const SCRATCH_BINDS: &[(&str, &str)] = &[("home", "home"), ("containers", "var/lib/containers")];
 
 /// Whether a root switch happened, and how.
@@ -60,7 +57,7 @@ pub fn build(cfg: &BootConfig) -> Result<Option<Built>, SysError> {
     }
 
     match &cfg.root {
-        Some(dev) => mount_ext4(dev, &base, MsFlags::MS_RDONLY, "")?,
+        Some(dev) => mount_ext4(dev, &base, MsFlags::MS_RDONLY)?,
         None => {
             // Non-recursive bind: the lower layer is the root's own files,
             // without /proc, /dev and the rest mounted on it.
@@ -76,7 +73,7 @@ pub fn build(cfg: &BootConfig) -> Result<Option<Built>, SysError> {
         }
     }
     match &cfg.scratch {
-        Some(dev) => mount_ext4(dev, &scratch, MsFlags::empty(), SCRATCH_OPTIONS)?,
+        Some(dev) => mount_ext4(dev, &scratch, MsFlags::empty())?,
         // A base image without a scratch disk still gets a writable root,
         // in RAM.
         None => mount(
@@ -164,9 +161,8 @@ fn switch_to(new_root: &Path) -> Result<Switched, SysError> {
     }
 }
 
-fn mount_ext4(dev: &Path, at: &Path, flags: MsFlags, data: &str) -> Result<(), SysError> {
-    let data = (!data.is_empty()).then_some(data);
-    mount(Some(dev), at, Some("ext4"), flags, data).or_sys(|| {
+fn mount_ext4(dev: &Path, at: &Path, flags: MsFlags) -> Result<(), SysError> {
+    mount(Some(dev), at, Some("ext4"), flags, None::<&str>).or_sys(|| {
         let ro = if flags.contains(MsFlags::MS_RDONLY) {
             " read-only"
         } else {
