@@ -53,9 +53,13 @@ impl<K: Hash + Eq + Clone> RecentSet<K> {
 
     /// Forgets `k`. Meant for an entry just inserted: it is looked for
     /// from the newest end.
-    pub fn remove(&mut self, k: &K) {
+    pub fn remove<Q>(&mut self, k: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         if self.set.remove(k) {
-            if let Some(i) = self.order.iter().rposition(|x| x == k) {
+            if let Some(i) = self.order.iter().rposition(|x| x.borrow() == k) {
                 self.order.remove(i);
             }
         }
@@ -98,7 +102,7 @@ impl Seen {
     /// Takes back [`Seen::remember`], for a delivery that was refused after
     /// all (so a redelivery is taken).
     pub fn forget(&mut self, delivery: &str, job_id: u64, action: WorkflowJobAction) {
-        self.deliveries.remove(&delivery.to_string());
+        self.deliveries.remove(delivery);
         self.jobs.remove(&(job_id, action));
     }
 }
