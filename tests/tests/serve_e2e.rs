@@ -285,16 +285,23 @@ impl Drop for Kiln {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queued_webhook_runs_the_runner_in_a_vm_and_deletes_it() {
+/// A fake GitHub and `kiln serve` over QEMU with the stand-in runner's
+/// image (kept in the returned directory), its pool's sudo as given.
+async fn with_stand_in(sudo: bool) -> (tempfile::TempDir, FakeGithub, Kiln) {
     let _ = captured();
     let image_dir = tempfile::tempdir().unwrap();
     let image = stand_in_image(image_dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
     let fake = FakeGithub::start().await;
     let assets = assets::get().unwrap_or_else(|e| panic!("{e:#}"));
     let backend = Backend::Qemu(layer::qemu_config(assets).unwrap());
-    let kiln = Kiln::start(&fake, &image, true, backend).await;
+    let kiln = Kiln::start(&fake, &image, sudo, backend).await;
     layer::warm_up_runtime().await;
+    (image_dir, fake, kiln)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_webhook_runs_the_runner_in_a_vm_and_deletes_it() {
+    let (_image_dir, fake, kiln) = with_stand_in(true).await;
 
     let job_id = 31_415_926_535;
     let status = kiln.queued(job_id).await;
@@ -436,14 +443,7 @@ async fn a_jit_failure_starts_no_vm_and_frees_the_capacity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_job_still_kills_its_vm_and_deletes_its_runner() {
-    let _ = captured();
-    let image_dir = tempfile::tempdir().unwrap();
-    let image = stand_in_image(image_dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
-    let fake = FakeGithub::start().await;
-    let assets = assets::get().unwrap_or_else(|e| panic!("{e:#}"));
-    let backend = Backend::Qemu(layer::qemu_config(assets).unwrap());
-    let kiln = Kiln::start(&fake, &image, false, backend).await;
-    layer::warm_up_runtime().await;
+    let (_image_dir, fake, kiln) = with_stand_in(false).await;
 
     let status = kiln.queued(999).await;
     assert!(status.contains("202"), "{status}");
