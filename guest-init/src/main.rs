@@ -62,19 +62,25 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
 
     let cfg = cmdline::read().step("read the kernel command line")?;
     let release = kernel_release();
-    // Two paths at once. This thread: the modules (loaded on parallel
-    // threads of their own), then the overlay root, which needs them. A
-    // second thread: what needs no module — the cgroup tree, sysctls, lo —
-    // mostly waits on the kernel, so it overlaps the loads, or, on a kernel
-    // with everything built in, the root's disk work. It must be done
-    // before the root switch moves /sys and /proc away under it.
+    // Three paths at once. The modules load in the background from here
+    // on. A second thread does what needs no module — the cgroup tree,
+    // sysctls, lo — which mostly waits on the kernel. This thread builds
+    // the overlay root as soon as its disks and overlayfs are there (the
+    // vsock chain and tun go on loading meanwhile), and meets the cgroup
+    // thread before the root switch moves /sys and /proc away under it.
+    let mut modules = kmod::Loading::start(cfg.modules.clone(), release.clone());
     let switched = std::thread::scope(|s| {
         let early = s.spawn(|| {
             let result = without_modules();
             (result, timing::boottime_ns())
         });
-        kmod::load(&cfg.modules, &release).step("load kernel modules")?;
-        t.mark(BootPhase::ModulesLoaded);
+        if !modules.wait_until(|| root::sources_present(&cfg)) {
+            // Every load has ended and something is still missing: a
+            // failed load says why; if none failed, the mount below names
+            // what is missing.
+            modules.finish().step("load kernel modules")?;
+        }
+        t.mark(BootPhase::RootDevicesReady);
         let built = root::build(&cfg).step("build the root filesystem")?;
         let (result, done_at) = early
             .join()
@@ -90,6 +96,11 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
     mounts::open_up_devices().step("open up device nodes")?;
     mounts::make_root_shared().step("share the root's mounts")?;
     t.mark(BootPhase::RootReady);
+
+    // The channel needs vsock, and the job may need any of the rest (tun
+    // for rootless podman's network): all loads end here.
+    let loaded_at = modules.finish().step("load kernel modules")?;
+    t.mark_at(BootPhase::ModulesLoaded, loaded_at);
 
     let chan =
         channel.insert(Channel::connect(channel::CONNECT_BUDGET).step("connect to the host")?);

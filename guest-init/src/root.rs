@@ -41,6 +41,28 @@ pub struct Built {
     new_root: std::path::PathBuf,
 }
 
+/// Whether what [`build`] mounts is there: the disks named by `kiln.root`
+/// and `kiln.scratch`, and overlayfs. Drivers loading as modules bring
+/// them; a kernel with them built in has them from the start.
+pub fn sources_present(cfg: &BootConfig) -> bool {
+    if cfg.root.is_none() && cfg.scratch.is_none() {
+        return true;
+    }
+    let disks = [&cfg.root, &cfg.scratch]
+        .into_iter()
+        .flatten()
+        .all(|dev| dev.exists());
+    disks
+        && std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| has_filesystem(&t, "overlay"))
+}
+
+/// Whether `/proc/filesystems` (`nodev\toverlay` lines) lists `name`.
+fn has_filesystem(table: &str, name: &str) -> bool {
+    table
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some(name))
+}
+
 /// Builds the overlay root if the command line asks for one (`None`:
 /// the first root stays). Only mounts below the staging area: `/proc`,
 /// `/sys` and `/dev` stay where they are until [`switch`].
@@ -225,6 +247,25 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), SysError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filesystems_table() {
+        let t = "nodev\tsysfs\nnodev\ttmpfs\n\text4\nnodev\toverlay\n";
+        assert!(has_filesystem(t, "overlay"));
+        assert!(has_filesystem(t, "ext4"));
+        assert!(!has_filesystem(t, "fuse"));
+        assert!(!has_filesystem("nodev\toverlayfs\n", "overlay"));
+    }
+
+    #[test]
+    fn nothing_to_wait_for_without_a_root() {
+        assert!(sources_present(&BootConfig::default()));
+        let missing = BootConfig {
+            scratch: Some("/dev/kiln-test-no-such-disk".into()),
+            ..BootConfig::default()
+        };
+        assert!(!sources_present(&missing));
+    }
 
     #[test]
     fn copy_tree_keeps_files_links_and_modes() {

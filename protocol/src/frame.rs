@@ -193,10 +193,14 @@ mod tests {
         let err = decode_first::<GuestMessage>(&body).expect_err("mismatch");
         assert!(matches!(
             err,
-            FrameError::VersionMismatch { ours: 1, theirs: 7 }
+            FrameError::VersionMismatch {
+                ours: crate::PROTOCOL_VERSION,
+                theirs: 7
+            }
         ));
         let s = err.to_string();
-        assert!(s.contains("version 7") && s.contains("version 1"), "{s}");
+        let ours = format!("version {}", crate::PROTOCOL_VERSION);
+        assert!(s.contains("version 7") && s.contains(&ours), "{s}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub use message::{
 };
 
 /// Bumped on every incompatible change to any message.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The host's vsock context id, as seen from a guest.
 pub const HOST_CID: u32 = 2;

@@ -60,8 +60,9 @@ pub enum BootPhase {
     InitStart,
     /// `/proc`, `/sys`, `/dev`, `/run`, `/tmp`, cgroup2 mounted.
     Mounted,
-    /// Kernel modules from `kiln.modules=` loaded. kiln-init stamps it
-    /// after `CgroupsReady`: the loads run beside that work.
+    /// Every kernel module from `kiln.modules=` loaded. The loads run in
+    /// the background from `Mounted` on, beside the root's work; kiln-init
+    /// waits for them all before it dials the host.
     ModulesLoaded,
     /// The overlay root is in place (or none was asked for).
     RootReady,
@@ -77,6 +78,9 @@ pub enum BootPhase {
     JobConfigured,
     /// The job's command was spawned (just before its exec).
     RunnerSpawned,
+    /// The root's disks and overlayfs are there: what the root waited
+    /// for, while the other modules may still be loading.
+    RootDevicesReady,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -153,30 +153,37 @@ async fn job_runs_output_streams_and_every_phase_is_timed() {
         ["prepared", "vmm", "hello", "job", "runner", "ended"]
     );
 
-    // The guest's boot stamps, each once, in time order. The cgroup set-up
-    // runs on a thread beside the module loads and the root's build, so
-    // CgroupsReady falls anywhere between Mounted and the root switch.
+    // The guest's boot stamps, each once, in time order. The module loads
+    // and the cgroup set-up run on threads of their own from Mounted on:
+    // the cgroups are done before the root switch, the loads before the
+    // channel opens.
     let phases: Vec<BootPhase> = s.phases().iter().map(|p| p.phase).collect();
     let main_thread = [
         BootPhase::InitStart,
         BootPhase::Mounted,
-        BootPhase::ModulesLoaded,
+        BootPhase::RootDevicesReady,
         BootPhase::RootReady,
         BootPhase::ChannelOpen,
         BootPhase::JobReceived,
         BootPhase::JobConfigured,
         BootPhase::RunnerSpawned,
     ];
-    let without_cgroups: Vec<BootPhase> = phases
+    let beside = [BootPhase::CgroupsReady, BootPhase::ModulesLoaded];
+    let on_main_thread: Vec<BootPhase> = phases
         .iter()
         .copied()
-        .filter(|p| *p != BootPhase::CgroupsReady)
+        .filter(|p| !beside.contains(p))
         .collect();
-    assert_eq!(without_cgroups, main_thread, "{d}");
+    assert_eq!(on_main_thread, main_thread, "{d}");
     let at = |want| phases.iter().position(|p| *p == want);
     let cg = at(BootPhase::CgroupsReady).expect("CgroupsReady stamped");
     assert!(
         at(BootPhase::Mounted) < Some(cg) && Some(cg) < at(BootPhase::RootReady),
+        "{phases:?}"
+    );
+    let loaded = at(BootPhase::ModulesLoaded).expect("ModulesLoaded stamped");
+    assert!(
+        at(BootPhase::Mounted) < Some(loaded) && Some(loaded) < at(BootPhase::ChannelOpen),
         "{phases:?}"
     );
     assert!(s.phases().windows(2).all(|w| w[0].at_ns <= w[1].at_ns));

@@ -44,16 +44,24 @@ pub const KILN_PHASES: &[(&str, &str)] = &[
         "/proc /sys /dev /run /tmp cgroup2, console",
     ),
     (
-        "kiln-init: modules",
-        "the Debian kernel's virtio/vsock/blk/overlay/tun modules, loaded on parallel threads",
+        "kiln-init: root's modules",
+        "the wait for the loads that bring the root's disks and overlayfs (virtio, virtio_blk, overlay); the others go on loading",
     ),
     (
         "kiln-init: root",
         "mount base (ro) and scratch, overlay, binds, switch root",
     ),
     (
+        "kiln-init: other modules",
+        "the wait for the loads still running once the root is up (vsock, tun); 0 when they ended first",
+    ),
+    (
+        "kiln-init: modules (beside)",
+        "every load of the Debian kernel's virtio/blk/overlay/vsock/tun modules, on threads of their own from mounts on (not in the sum)",
+    ),
+    (
         "kiln-init: cgroups (beside)",
-        "cgroup v2 delegation, sysctls, lo up, on a thread of its own beside the two above (from mounts to its end; not in the sum)",
+        "cgroup v2 delegation, sysctls, lo up, on a thread of its own from mounts on (not in the sum)",
     ),
     ("kiln-init: connect", "vsock connect to the host"),
     (
@@ -171,12 +179,16 @@ async fn kiln_once(kit: &Kit, launcher: &Launcher) -> anyhow::Result<KilnRun> {
     let p = summary.phases();
     let init = stamp(&p, BootPhase::InitStart)?;
     let mounted = stamp(&p, BootPhase::Mounted)?;
+    let root_devices = stamp(&p, BootPhase::RootDevicesReady)?;
     let modules = stamp(&p, BootPhase::ModulesLoaded)?;
     let root = stamp(&p, BootPhase::RootReady)?;
     let cgroups = stamp(&p, BootPhase::CgroupsReady)?;
     let channel = stamp(&p, BootPhase::ChannelOpen)?;
     let received = stamp(&p, BootPhase::JobReceived)?;
     let configured = stamp(&p, BootPhase::JobConfigured)?;
+    // PID 1 waits for the last loads after the root only if they are
+    // still running then.
+    let modules_joined = root.max(modules);
     let t = &report.timing;
     let vmm_start = t.vmm_start.context("no VMM start time")?;
     let pre_kernel = t.pre_kernel.context("no pre-kernel estimate")?;
@@ -186,10 +198,12 @@ async fn kiln_once(kit: &Kit, launcher: &Launcher) -> anyhow::Result<KilnRun> {
         ("pre-kernel", ms(pre_kernel)),
         ("kernel", ns_ms(init)),
         ("kiln-init: mounts", span(init, mounted)),
-        ("kiln-init: modules", span(mounted, modules)),
-        ("kiln-init: root", span(modules, root)),
+        ("kiln-init: root's modules", span(mounted, root_devices)),
+        ("kiln-init: root", span(root_devices, root)),
+        ("kiln-init: other modules", span(root, modules_joined)),
+        ("kiln-init: modules (beside)", span(mounted, modules)),
         ("kiln-init: cgroups (beside)", span(mounted, cgroups)),
-        ("kiln-init: connect", span(root, channel)),
+        ("kiln-init: connect", span(modules_joined, channel)),
         ("host handshake", handshake),
         ("kiln-init: configure", span(received, configured)),
         ("runner exec", span(configured, probe.at_ns)),
@@ -198,10 +212,9 @@ async fn kiln_once(kit: &Kit, launcher: &Launcher) -> anyhow::Result<KilnRun> {
         phases,
         total: ms(vmm_start) + ms(pre_kernel) + ns_ms(probe.at_ns),
         init_share: span(init, probe.at_ns) - handshake,
-        // What a kernel with the modules built in would not wait for: the
-        // loads themselves (the cgroup thread runs beside them, and would
-        // run beside the root's disk work instead).
-        modules: span(mounted, modules),
+        // What a kernel with the modules built in would not wait for: PID
+        // 1's waits for the loads (the loads themselves run beside).
+        modules: span(mounted, root_devices) + span(root, modules_joined),
         prepare: t.prepare.map_or(0.0, ms),
         report: probe,
     })

@@ -58,17 +58,20 @@ impl Machine {
                 "virtio_pci",
             ]),
         }
-        m.extend([
-            "vsock",
-            "vmw_vsock_virtio_transport_common",
-            "vmw_vsock_virtio_transport",
-        ]);
+        // kiln-init starts the loads in this order as far as dependencies
+        // allow, and builds the root as soon as its disks and overlayfs are
+        // in: those first, then vsock, which it needs only after the root.
         if spec.base_image.is_some() || spec.scratch_disk.is_some() {
             m.push("virtio_blk");
         }
         if spec.scratch_disk.is_some() {
             m.push("overlay");
         }
+        m.extend([
+            "vsock",
+            "vmw_vsock_virtio_transport_common",
+            "vmw_vsock_virtio_transport",
+        ]);
         if spec.base_image.is_some() {
             // A job image runs rootless podman, whose networking (slirp4netns,
             // pasta) opens /dev/net/tun; the image has no /lib/modules to load
@@ -502,6 +505,11 @@ mod tests {
         assert!(!q.contains(&"virtio_mmio"));
         assert!(!q.contains(&"tun"), "no job image, no tun");
         s.base_image = Some("/b".into());
-        assert!(Machine::Microvm.guest_modules(&s).contains(&"tun"));
+        let m = Machine::Microvm.guest_modules(&s);
+        assert!(m.contains(&"tun"));
+        // What the root needs comes first: kiln-init starts loads in this
+        // order and builds the root before it needs vsock.
+        let pos = |name| m.iter().position(|x| *x == name).expect("listed");
+        assert!(pos("virtio_blk") < pos("vsock") && pos("overlay") < pos("vsock"));
     }
 }
