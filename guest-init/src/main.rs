@@ -55,7 +55,7 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
     supervise::block_signals().step("block signals")?;
     shutdown::disable_ctrl_alt_del();
 
-    mounts::mount_all().step("mount filesystems")?;
+    mounts::mount_early().step("mount filesystems")?;
     console::attach();
     rcu::expedite(true);
     t.mark(BootPhase::Mounted);
@@ -93,14 +93,15 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
         say!("switched to the overlay root ({switched:?})");
     }
     mounts::mount_all().step("mount filesystems in the new root")?;
-    mounts::open_up_devices().step("open up device nodes")?;
     mounts::make_root_shared().step("share the root's mounts")?;
     t.mark(BootPhase::RootReady);
 
     // The channel needs vsock, and the job may need any of the rest (tun
-    // for rootless podman's network): all loads end here.
+    // for rootless podman's network): all loads end here, before the
+    // device nodes they made are opened up.
     let loaded_at = modules.finish().step("load kernel modules")?;
     t.mark_at(BootPhase::ModulesLoaded, loaded_at);
+    mounts::open_up_devices().step("open up device nodes")?;
 
     let chan =
         channel.insert(Channel::connect(channel::CONNECT_BUDGET).step("connect to the host")?);
@@ -124,6 +125,7 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
     let received = Instant::now();
     t.mark(BootPhase::JobReceived);
     job.validate().step("check the job")?;
+    runner::prefetch(&job);
 
     configure::apply(&job).step("configure the VM")?;
     t.mark(BootPhase::JobConfigured);
@@ -165,10 +167,13 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
     Ok(())
 }
 
-/// The boot steps that need no kernel module: cgroup delegation (the
-/// hierarchy is the same wherever it is mounted, so the root switch does
-/// not undo it), kernel parameters, and the loopback interface.
+/// The boot steps that need no kernel module: the other mounts (below
+/// /dev, they move along with it into the new root; cgroup2), cgroup
+/// delegation (the hierarchy is the same wherever it is mounted, so the
+/// root switch does not undo it), kernel parameters, and the loopback
+/// interface.
 fn without_modules() -> Result<(), Fatal> {
+    mounts::mount_all().step("mount filesystems")?;
     cgroup::setup_root().step("set up cgroups")?;
     sysctl::apply().step("set kernel parameters")?;
     configure::loopback().step("bring up the loopback interface")

@@ -14,6 +14,9 @@ struct Fs {
     fstype: &'static str,
     flags: MsFlags,
     data: &'static str,
+    /// Needed by the boot itself, before anything else runs: the rest is
+    /// mounted on a thread beside the module loads (see [`mount_early`]).
+    early: bool,
 }
 
 const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
@@ -25,54 +28,63 @@ const FILESYSTEMS: &[Fs] = &[
         target: "/proc",
         fstype: "proc",
         flags: NOSUID_NODEV_NOEXEC,
+        early: true,
         data: "",
     },
     Fs {
         target: "/sys",
         fstype: "sysfs",
         flags: NOSUID_NODEV_NOEXEC,
+        early: true,
         data: "",
     },
     Fs {
         target: "/dev",
         fstype: "devtmpfs",
         flags: MsFlags::MS_NOSUID,
+        early: true,
         data: "mode=0755",
     },
     Fs {
         target: "/dev/pts",
         fstype: "devpts",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        early: false,
         data: "gid=5,mode=0620,ptmxmode=0666",
     },
     Fs {
         target: "/dev/shm",
         fstype: "tmpfs",
         flags: NOSUID_NODEV,
+        early: false,
         data: "mode=1777",
     },
     Fs {
         target: "/dev/mqueue",
         fstype: "mqueue",
         flags: NOSUID_NODEV_NOEXEC,
+        early: false,
         data: "",
     },
     Fs {
         target: "/sys/fs/cgroup",
         fstype: "cgroup2",
         flags: NOSUID_NODEV_NOEXEC,
+        early: false,
         data: "nsdelegate",
     },
     Fs {
         target: "/run",
         fstype: "tmpfs",
         flags: NOSUID_NODEV,
+        early: true,
         data: "mode=0755",
     },
     Fs {
         target: "/tmp",
         fstype: "tmpfs",
         flags: NOSUID_NODEV,
+        early: false,
         data: "mode=1777",
     },
 ];
@@ -81,13 +93,25 @@ const FILESYSTEMS: &[Fs] = &[
 /// are mounted afresh in the new root.
 pub const CARRIED: &[&str] = &["/proc", "/sys", "/dev"];
 
-/// Mounts whatever of [`FILESYSTEMS`] is not mounted yet. Run again after
-/// a root switch, it fills in what the new root lacks.
+/// Mounts what the boot needs first: `/proc`, `/sys`, `/dev` and `/run`
+/// (the root's staging area). [`mount_all`] does the rest.
+pub fn mount_early() -> Result<(), SysError> {
+    mount_missing(|fs| fs.early)
+}
+
+/// Mounts whatever of [`FILESYSTEMS`] is not mounted yet, and the links in
+/// `/dev`. Run again after a root switch, it fills in what the new root
+/// lacks (`/dev` and what is below it moves along).
 pub fn mount_all() -> Result<(), SysError> {
+    mount_missing(|_| true)?;
+    links()
+}
+
+fn mount_missing(wanted: impl Fn(&Fs) -> bool) -> Result<(), SysError> {
     // Empty until /proc is up; read again once it is.
     let mut present = mounted();
     for fs in FILESYSTEMS {
-        if present.contains(fs.target) {
+        if !wanted(fs) || present.contains(fs.target) {
             continue;
         }
         mkdir_p(Path::new(fs.target))?;
@@ -98,7 +122,7 @@ pub fn mount_all() -> Result<(), SysError> {
             present = mounted();
         }
     }
-    links()
+    Ok(())
 }
 
 /// The mount points in this process's view, from `/proc/self/mounts`
@@ -213,6 +237,27 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(unescape("a\\134b\\011"), "a\\b\t");
         assert_eq!(unescape("trailing\\04"), "trailing\\04");
+    }
+
+    #[test]
+    fn early_mounts_are_what_the_boot_needs_and_their_parents() {
+        let early: Vec<&str> = FILESYSTEMS
+            .iter()
+            .filter(|f| f.early)
+            .map(|f| f.target)
+            .collect();
+        assert_eq!(early, ["/proc", "/sys", "/dev", "/run"]);
+        // A later mount's parent is early or mounted before it on the
+        // same thread; an early mount never sits below a later one.
+        for fs in FILESYSTEMS.iter().filter(|f| f.early) {
+            assert!(
+                !FILESYSTEMS
+                    .iter()
+                    .any(|o| !o.early && fs.target.starts_with(&format!("{}/", o.target))),
+                "{} sits below a later mount",
+                fs.target
+            );
+        }
     }
 
     #[test]

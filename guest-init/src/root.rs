@@ -78,35 +78,19 @@ pub fn build(cfg: &BootConfig) -> Result<Option<Built>, SysError> {
         mkdir_p(d)?;
     }
 
-    match &cfg.root {
-        Some(dev) => mount_ext4(dev, &base, MsFlags::MS_RDONLY)?,
-        None => {
-            // Non-recursive bind: the lower layer is the root's own files,
-            // without /proc, /dev and the rest mounted on it.
-            bind(Path::new("/"), &base)?;
-            mount(
-                None::<&str>,
-                &base,
-                None::<&str>,
-                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-            .or_sys(|| format!("remount {} read-only", base.display()))?;
-        }
-    }
-    match &cfg.scratch {
-        Some(dev) => mount_ext4(dev, &scratch, MsFlags::empty())?,
-        // A base image without a scratch disk still gets a writable root,
-        // in RAM.
-        None => mount(
-            Some("tmpfs"),
-            &scratch,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            Some("mode=0755"),
-        )
-        .or_sys(|| format!("mount tmpfs on {}", scratch.display()))?,
-    }
+    // The two mounts are independent, and each is mostly the kernel's own
+    // work (reading and checking the superblock and group descriptors):
+    // side by side they take one vCPU each.
+    let (base_mounted, scratch_mounted) = std::thread::scope(|s| {
+        let scratch_mount = s.spawn(|| mount_scratch(cfg, &scratch));
+        let base_mounted = mount_base(cfg, &base);
+        (base_mounted, scratch_mount.join())
+    });
+    base_mounted?;
+    scratch_mounted.map_err(|_| SysError {
+        action: format!("mount {}", scratch.display()),
+        source: std::io::Error::other("the mounting thread panicked"),
+    })??;
     let upper = scratch.join("upper");
     let work = scratch.join("work");
     mkdir_p(&upper)?;
@@ -180,6 +164,44 @@ fn switch_to(new_root: &Path) -> Result<Switched, SysError> {
             Ok(Switched::MoveChroot)
         }
         Err(e) => Err(e).or_sys(|| format!("pivot_root into {}", new_root.display())),
+    }
+}
+
+/// The overlay's lower layer: `kiln.root` read-only, or else the first
+/// root itself.
+fn mount_base(cfg: &BootConfig, base: &Path) -> Result<(), SysError> {
+    match &cfg.root {
+        Some(dev) => mount_ext4(dev, base, MsFlags::MS_RDONLY),
+        None => {
+            // Non-recursive bind: the lower layer is the root's own files,
+            // without /proc, /dev and the rest mounted on it.
+            bind(Path::new("/"), base)?;
+            mount(
+                None::<&str>,
+                base,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+            .or_sys(|| format!("remount {} read-only", base.display()))
+        }
+    }
+}
+
+/// The overlay's upper layer: `kiln.scratch`, or else RAM.
+fn mount_scratch(cfg: &BootConfig, scratch: &Path) -> Result<(), SysError> {
+    match &cfg.scratch {
+        Some(dev) => mount_ext4(dev, scratch, MsFlags::empty()),
+        // A base image without a scratch disk still gets a writable root,
+        // in RAM.
+        None => mount(
+            Some("tmpfs"),
+            scratch,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )
+        .or_sys(|| format!("mount tmpfs on {}", scratch.display())),
     }
 }
 

@@ -58,7 +58,8 @@ pub struct PhaseStamp {
 pub enum BootPhase {
     /// kiln-init's first instruction.
     InitStart,
-    /// `/proc`, `/sys`, `/dev`, `/run`, `/tmp`, cgroup2 mounted.
+    /// `/proc`, `/sys`, `/dev` and `/run` mounted: what the boot needs
+    /// first (the other mounts are made beside the module loads).
     Mounted,
     /// Every kernel module from `kiln.modules=` loaded. The loads run in
     /// the background from `Mounted` on, beside the root's work; kiln-init
