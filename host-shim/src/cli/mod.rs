@@ -6,6 +6,7 @@
 
 pub mod doctor;
 pub mod duration;
+mod log_writer;
 pub mod run;
 pub mod serve;
 mod signals;
@@ -47,21 +48,16 @@ fn init_tracing(default: &str) {
         .init();
 }
 
-/// The daemon's logs: the same, but written by a thread of their own, so
-/// the webhook handlers (a line per queued job) never wait on stderr's
-/// lock and write(2). That thread drains every waiting line into a buffer
-/// and flushes once the queue is empty: one write(2) per burst, not per
-/// line, and no delay when idle. Lines logged while [`LOG_QUEUE_LINES`]
-/// wait block (nothing is dropped); the guard flushes what is left when
-/// `kiln serve` exits.
-fn init_daemon_tracing(default: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+/// The daemon's logs: the same, but written in batches by a thread of
+/// their own (see [`log_writer`]), so a webhook handler's line per queued
+/// job costs no system call. The guard writes what is left when `kiln
+/// serve` exits.
+fn init_daemon_tracing(default: &str) -> Option<log_writer::FlushGuard> {
+    let Ok((writer, guard)) = log_writer::batched(std::io::stderr()) else {
+        // No thread for the logs: write them directly.
+        init_tracing(default);
+        return None;
+    };
     tracing_subscriber::fmt()
         .with_env_filter(log_filter(default))
         // Colour codes only for a person at a terminal, not for journald
@@ -69,13 +65,8 @@ fn init_daemon_tracing(default: &str) -> tracing_appender::non_blocking::WorkerG
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(writer)
         .init();
-    guard
+    Some(guard)
 }
-
-/// Log lines waiting for the log thread. The queue is allocated up front:
-/// the library's default (128k lines) costs ~4 MiB of RSS for bursts no
-/// webhook rate produces.
-const LOG_QUEUE_LINES: usize = 8192;
 
 fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
     tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
