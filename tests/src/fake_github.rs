@@ -1,6 +1,7 @@
 //! A fake GitHub API on 127.0.0.1, for the GitHub App client's tests
-//! (`tests/github_api.rs`) and `kiln serve`'s end-to-end tests
-//! (`tests/serve_e2e.rs`): the App token exchange (the JWT checked against
+//! (`tests/github_api.rs`), `kiln serve`'s end-to-end tests
+//! (`tests/serve_e2e.rs`) and, as a process (`src/bin/fake-github`), `cargo
+//! xtask bench`'s `kiln serve` memory figures: the App token exchange (the JWT checked against
 //! a key made at test time), `generate-jitconfig` and runner deletion for
 //! repo, org and enterprise scope, checked the way GitHub documents them
 //! (see /work/shared/reference/github.md), with an optional GHES `/api/v3`

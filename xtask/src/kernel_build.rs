@@ -91,12 +91,35 @@ pub struct Args {
     pub jobs: Option<usize>,
 }
 
+impl Args {
+    /// The defaults, for `arch`.
+    pub fn for_arch(arch: Arch) -> Args {
+        Args {
+            source: None,
+            arch,
+            out: None,
+            config_only: false,
+            jobs: None,
+        }
+    }
+}
+
+/// Where [`run`] puts the kernel image by default.
+pub fn image_path(workspace: &Path, arch: Arch) -> PathBuf {
+    let (_, produced) = arch.image();
+    default_out(workspace, arch).join(produced.rsplit('/').next().unwrap_or(produced))
+}
+
+fn default_out(workspace: &Path, arch: Arch) -> PathBuf {
+    workspace.join("target/kiln-kernel").join(arch.name())
+}
+
 pub fn run(args: Args) -> Result<()> {
     let ws = workspace_root();
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| ws.join("target/kiln-kernel").join(args.arch.name()));
+        .unwrap_or_else(|| default_out(&ws, args.arch));
     let progress = Progress::new();
     ensure_tools(args.arch, args.config_only)?;
     let source = match &args.source {

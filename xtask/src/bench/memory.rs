@@ -1,9 +1,12 @@
 //! Benchmark 5, memory: kiln-init's resident memory as the runner starts
 //! (the probe reads PID 1's `VmRSS`) and its size on disk; the host side
-//! per running VM. `kiln serve` does not exist yet, so the host side is
-//! measured two ways: the `kiln run` process while its VM runs a job, and
-//! the VM layer embedded in this process (as `kiln serve` will embed it),
-//! idle and with VMs running.
+//! per running VM, three ways: the `kiln run` process while its VM runs a
+//! job; the VM layer embedded in this process, idle and with VMs running;
+//! and the real `kiln serve` idle and with VMs running jobs ([`serve`]).
+//!
+//! - [`serve`] — `kiln serve` against the fake GitHub, with a stand-in runner.
+
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -71,14 +74,29 @@ pub fn binary_facts(path: &Path) -> anyhow::Result<(u64, bool)> {
 /// Builds `bins` ((package, binary) pairs) in release mode, as deployed,
 /// in one cargo invocation, and returns the directory they are in.
 pub fn build_release(workspace: &Path, bins: &[(&str, &str)]) -> anyhow::Result<PathBuf> {
+    build(workspace, bins, true)
+}
+
+/// Builds the fake GitHub API (`tests/src/bin/fake-github`) for the
+/// `kiln serve` figures and returns it. A debug build: it is not measured.
+pub fn build_fake_github(workspace: &Path) -> anyhow::Result<PathBuf> {
+    Ok(build(workspace, &[("kiln-vm-tests", "fake-github")], false)?.join("fake-github"))
+}
+
+/// `bins` in one cargo invocation, release or debug; their directory.
+fn build(workspace: &Path, bins: &[(&str, &str)], release: bool) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
     let names: Vec<&str> = bins.iter().map(|(_, b)| *b).collect();
-    eprintln!("bench: building {} (release)", names.join(", "));
+    let profile = if release { "release" } else { "debug" };
+    eprintln!("bench: building {} ({profile})", names.join(", "));
     let mut cmd = std::process::Command::new(&cargo);
-    cmd.args(["build", "--release", "--quiet"]);
+    cmd.args(["build", "--quiet"]);
+    if release {
+        cmd.arg("--release");
+    }
     for (package, bin) in bins {
         cmd.args(["-p", package, "--bin", bin]);
     }
@@ -91,7 +109,7 @@ pub fn build_release(workspace: &Path, bins: &[(&str, &str)]) -> anyhow::Result<
     if !status.success() {
         bail!("building {} failed", names.join(", "));
     }
-    Ok(target.join("release"))
+    Ok(target.join(profile))
 }
 
 /// Builds the `kiln` binary in release mode (as deployed) and returns it.
@@ -203,6 +221,10 @@ pub struct Inputs<'a> {
     pub kiln_init_hwm: Stat,
     pub systemd_rss: Option<Stat>,
     pub kiln_binary: Option<PathBuf>,
+    /// For the `kiln serve` figures; `None` skips them.
+    pub serve: Option<serve::Binaries>,
+    /// The bench's work directory (target/kiln-bench).
+    pub work: &'a Path,
 }
 
 pub const IN_PROCESS_VMS: usize = 2;
@@ -243,6 +265,10 @@ pub async fn run(kit: &Kit, runs: usize, inputs: Inputs<'_>) -> anyhow::Result<M
         qemu.push(q as f64);
         vhost.push(v as f64);
     }
+    let serve = match &inputs.serve {
+        Some(bins) => Some(serve::run(kit, bins, inputs.work, runs, &mut incidents).await?),
+        None => None,
+    };
     let stat = |v: &[f64]| Stat::of(v).context("no memory figures");
     Ok(MemoryResults {
         kiln_init_rss_kib: inputs.kiln_init_rss,
@@ -258,6 +284,7 @@ pub async fn run(kit: &Kit, runs: usize, inputs: Inputs<'_>) -> anyhow::Result<M
         qemu_rss_kib: stat(&qemu)?,
         vhost_rss_kib: stat(&vhost)?,
         guest_memory_mib: kit.memory_mib,
+        serve,
         incidents,
     })
 }

@@ -92,9 +92,14 @@ pub struct Args {
     /// clock moves in 4 ms steps under TCG.
     #[arg(long)]
     pub plain_cmdline: bool,
-    /// Skip the `kiln run` memory figure (it builds kiln in release mode).
+    /// Skip the `kiln run` and `kiln serve` memory figures (they build
+    /// kiln in release mode, and the fake GitHub API).
     #[arg(long)]
     pub no_kiln_run: bool,
+    /// Boot only Debian's cloud kernel, not also Kiln's production kernel
+    /// (which `cargo xtask kernel` builds, once, if it is missing).
+    #[arg(long)]
+    pub no_built_kernel: bool,
     /// Build the bench image, the probe and the systemd initramfs, then stop.
     #[arg(long)]
     pub prepare: bool,
@@ -196,6 +201,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .as_ref()
         .filter(|_| kiln_run)
         .map(|d| d.join("kiln"));
+    let serve_bins = match &kiln_binary {
+        Some(kiln) => Some(memory::serve::Binaries {
+            kiln: kiln.clone(),
+            fake_github: memory::build_fake_github(&root)?,
+        }),
+        None => None,
+    };
     let webhook_settings = webhook::Settings {
         runs,
         requests: args
@@ -226,8 +238,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let boot = match &vms {
             Some(v) if args.wants(Which::Boot) => {
                 let meter = machine::Meter::start("boot");
-                let sp = boot::SystemdPath::new(&v.kit, v.initrd.clone())?;
-                let r = boot::run(&v.kit, &sp, runs, &label).await?;
+                let mut kernels = vec![boot::BootKernel::debian(
+                    &v.kit,
+                    &v.img.kernel.release,
+                    v.initrd.clone(),
+                )?];
+                if let Some(b) = &v.built_in {
+                    kernels.push(boot::BootKernel::built_in(
+                        &v.kit,
+                        b.vmlinux.clone(),
+                        b.initrd.clone(),
+                    )?);
+                }
+                let r = boot::run(&v.kit, &kernels, runs, &label).await?;
                 load.push(meter.finish());
                 Some(r)
             }
@@ -287,6 +310,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     kiln_init_hwm: hwm,
                     systemd_rss: systemd,
                     kiln_binary: kiln_binary.clone(),
+                    serve: serve_bins.clone(),
+                    work: &work,
                 };
                 let r = memory::run(&v.kit, runs, inputs).await?;
                 load.push(meter.finish());
@@ -338,10 +363,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// What the VM benchmarks share: the bench image, the VM kit, the systemd
-/// path's initramfs.
+/// path's initramfs, and the production kernel's boot when it is built.
 struct VmSetup {
     kit: Kit,
     img: images::BenchImage,
+    initrd: PathBuf,
+    built_in: Option<BuiltIn>,
+}
+
+/// Kiln's production kernel, and the systemd path's initramfs for it (no
+/// modules: everything is built in).
+struct BuiltIn {
+    vmlinux: PathBuf,
     initrd: PathBuf,
 }
 
@@ -393,15 +426,51 @@ fn prepare_vms(args: &Args, root: &Path, work: &Path) -> anyhow::Result<VmSetup>
     let modules = boot::modules_for(&kit, &kiln::vm::Backend::Qemu(kit.qemu.clone()));
     let names: Vec<&str> = modules.iter().map(String::as_str).collect();
     images::systemd_initramfs(&img.kernel, &names, &probe, &busybox, &initrd)?;
+    let built_in = if args.no_built_kernel || !args.wants(Which::Boot) {
+        None
+    } else {
+        let vmlinux = production_kernel(root)?;
+        let initrd = work.join("systemd-initrd-built-in");
+        images::systemd_initramfs(&img.kernel, &[], &probe, &busybox, &initrd)?;
+        Some(BuiltIn { vmlinux, initrd })
+    };
     if args.prepare {
         eprintln!(
-            "bench: prepared {} (image {}), {}",
+            "bench: prepared {} (image {}), {}{}",
             probe.display(),
             img.dir.display(),
-            initrd.display()
+            initrd.display(),
+            built_in
+                .as_ref()
+                .map(|b| format!(", {} and {}", b.vmlinux.display(), b.initrd.display()))
+                .unwrap_or_default()
         );
     }
-    Ok(VmSetup { kit, img, initrd })
+    Ok(VmSetup {
+        kit,
+        img,
+        initrd,
+        built_in,
+    })
+}
+
+/// Kiln's production guest kernel, built by `cargo xtask kernel` (about
+/// 10 minutes on two cores) if it is not there yet.
+fn production_kernel(root: &Path) -> anyhow::Result<PathBuf> {
+    let arch = match crate::image::host_debian_arch() {
+        "arm64" => crate::kernel_build::Arch::Aarch64,
+        _ => crate::kernel_build::Arch::X86_64,
+    };
+    let vmlinux = crate::kernel_build::image_path(root, arch);
+    if !vmlinux.is_file() {
+        eprintln!(
+            "bench: building the production kernel {} (`cargo xtask kernel`, about 10 minutes on two cores; --no-built-kernel skips its boot figures)",
+            vmlinux.display()
+        );
+        crate::kernel_build::run(crate::kernel_build::Args::for_arch(arch))
+            .context("building the production kernel")?;
+    }
+    Ok(vmlinux)
 }
 
 /// Resolves on the first SIGINT or SIGTERM, naming it.

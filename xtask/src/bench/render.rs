@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
-use super::results::{BootPath, Counts, Figure, Results, Target, Webhook, WebhookResults};
+use super::results::{
+    BootPath, Counts, Figure, Ratio, Results, ServeVmMemory, Target, Webhook, WebhookResults,
+};
 use super::stats::Stat;
 
 /// Other work above this share of the host's CPUs makes the host "busy".
@@ -72,7 +74,7 @@ fn targets_table(out: &mut String, targets: &[Target]) {
     out.push('\n');
 }
 
-fn phase_table(out: &mut String, p: &BootPath, label: &str) {
+fn phase_table(out: &mut String, p: &BootPath, label: &str, modular: bool) {
     let _ = writeln!(
         out,
         "| {} phase ({label}) | covers | min ms | median ms | max ms |",
@@ -92,17 +94,83 @@ fn phase_table(out: &mut String, p: &BootPath, label: &str) {
         "| PID 1's share | first userspace instruction to runner exec, without the wait for the host | {} |",
         ms_row(&p.init_share)
     );
-    let _ = writeln!(
-        out,
-        "| PID 1's share without modules | the same, module loading taken out | {} |",
-        ms_row(&p.init_share_without_modules)
-    );
+    if modular {
+        let _ = writeln!(
+            out,
+            "| PID 1's share without modules | the same, PID 1's waits for module loads taken out | {} |",
+            ms_row(&p.init_share_without_modules)
+        );
+    }
     let _ = writeln!(
         out,
         "| (before VMM start) | VM directory, CID, scratch disk: not in the total | {} |",
         ms_row(&p.prepare)
     );
     out.push('\n');
+}
+
+/// One kernel's comparison: what each path does, their phases, the
+/// ratios, and where kiln-init's path spends its time.
+fn boot_comparison(
+    o: &mut String,
+    kernel: &str,
+    modular: bool,
+    kiln: &BootPath,
+    systemd: &BootPath,
+    ratios: &[Ratio],
+    label: &str,
+) {
+    let _ = writeln!(o, "### On {kernel}\n");
+    for p in [kiln, systemd] {
+        let _ = writeln!(o, "**{}** path includes:\n", p.name);
+        for i in &p.includes {
+            let _ = writeln!(o, "- {i}");
+        }
+        o.push('\n');
+    }
+    phase_table(o, kiln, label, modular);
+    phase_table(o, systemd, label, modular);
+    let _ = writeln!(
+        o,
+        "| Comparison ({label}, medians) | kiln-init ms | systemd ms | systemd / kiln-init |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|");
+    for ra in ratios {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | **{:.1}x** |",
+            ra.what,
+            ms(ra.kiln_ms),
+            ms(ra.systemd_ms),
+            ra.ratio
+        );
+    }
+    o.push('\n');
+    let kiln_total = kiln.total.median;
+    // A phase that runs beside others is not a share of the total.
+    let mut biggest: Vec<&Figure> = kiln
+        .phases
+        .iter()
+        .filter(|f| !f.name.ends_with("(beside)"))
+        .collect();
+    biggest.sort_by(|a, b| b.stat.median.total_cmp(&a.stat.median));
+    let top: Vec<String> = biggest
+        .iter()
+        .take(4)
+        .map(|f| {
+            format!(
+                "{} {} ms ({:.0}%)",
+                f.name,
+                ms(f.stat.median),
+                100.0 * f.stat.median / kiln_total
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        o,
+        "Where kiln-init's path spends its time (medians, share of VMM start to runner exec): {}.\n",
+        top.join("; ")
+    );
 }
 
 fn incidents(out: &mut String, list: &[String]) {
@@ -143,25 +211,27 @@ fn summary(o: &mut String, r: &Results) {
     if let Some(b) = &r.boot {
         let _ = writeln!(
             o,
-            "| Boot: VMM start to runner exec ({label}) | {} ms | systemd {} ms | {:.1}x |",
+            "| Boot: VMM start to runner exec, Debian's modular kernel ({label}) | {} ms | systemd {} ms | {:.1}x |",
             ms(b.kiln.total.median),
             ms(b.systemd.total.median),
             b.systemd.total.median / b.kiln.total.median
         );
         let _ = writeln!(
             o,
-            "| Boot: PID 1's share, no host wait ({label}) | {} ms | systemd {} ms | {:.1}x |",
+            "| Boot: PID 1's share, no host wait, Debian's modular kernel ({label}) | {} ms | systemd {} ms | {:.1}x |",
             ms(b.kiln.init_share.median),
             ms(b.systemd.init_share.median),
             b.systemd.init_share.median / b.kiln.init_share.median
         );
-        let _ = writeln!(
-            o,
-            "| Boot: the same without module loading ({label}) | {} ms | systemd {} ms | {:.1}x |",
-            ms(b.kiln.init_share_without_modules.median),
-            ms(b.systemd.init_share_without_modules.median),
-            b.systemd.init_share_without_modules.median / b.kiln.init_share_without_modules.median
-        );
+        if let Some(c) = &b.built_in {
+            let _ = writeln!(
+                o,
+                "| Boot: PID 1's share on the production kernel, everything built in ({label}) | {} ms | systemd {} ms | {:.1}x |",
+                ms(c.kiln.init_share.median),
+                ms(c.systemd.init_share.median),
+                c.systemd.init_share.median / c.kiln.init_share.median
+            );
+        }
     }
     if let Some(d) = &r.disk {
         let kiln = figure(&d.kiln, "40 GiB scratch disk, beside the 2 GiB image");
@@ -207,6 +277,14 @@ fn summary(o: &mut String, r: &Results) {
                 o,
                 "| `kiln run` RSS with its VM running ({label}) | {} | — | — |",
                 kib(k.median)
+            );
+        }
+        if let Some(s) = &m.serve {
+            let _ = writeln!(
+                o,
+                "| `kiln serve` RSS idle / added per running VM ({label}) | {} / {} | — | — |",
+                kib(s.idle_rss_kib.median),
+                kib(s.per_vm_kib.median)
             );
         }
     }
@@ -325,12 +403,19 @@ pub fn render(r: &Results) -> String {
         m.nproc, m.cpu_model, m.memory_gib, m.os, m.kernel, m.qemu, m.vhost_device_vsock, m.disk_fs
     );
     if let Some(b) = &r.backend {
+        let built_in = r.boot.as_ref().is_some_and(|boot| boot.built_in.is_some());
         let _ = writeln!(
             o,
-            "- Guest: Debian's cloud kernel {} (modular: virtio, vsock, virtio_blk and overlay \
-             load as modules in both paths), the bench image (the real recipe plus systemd, \
-             rootfs/bench-systemd/).",
-            b.guest_kernel
+            "- Guest: Debian's cloud kernel {} (modular: virtio, vsock, virtio_blk, overlay \
+             and tun load as modules in both paths){}, the bench image (the real recipe plus \
+             systemd, rootfs/bench-systemd/).",
+            b.guest_kernel,
+            if built_in {
+                "; for the boot benchmark also Kiln's production kernel (`cargo xtask kernel` \
+                 from kernel/*.fragment: Debian's 6.1 sources, everything built in, no modules)"
+            } else {
+                ""
+            }
         );
     }
     let busy = r.load.iter().any(|l| l.others_cpu_pct > BUSY_PCT);
@@ -363,61 +448,21 @@ pub fn render(r: &Results) -> String {
         let _ = writeln!(o, "## 1. Boot to runner ({label})\n");
         let _ = writeln!(
             o,
-            "Same kernel, QEMU, kernel command line, base image, fresh 20 GiB sparse scratch \
-             disk (with the image's scratch skeleton) and module set on both paths; the same \
-             probe as the runner.\n"
+            "On each kernel below, both paths boot the same kernel, QEMU, kernel command line, \
+             base image, fresh 20 GiB sparse scratch disk (with the image's scratch skeleton) \
+             and module set; the same probe is the runner.\n"
         );
-        for p in [&b.kiln, &b.systemd] {
-            let _ = writeln!(o, "**{}** path includes:\n", p.name);
-            for i in &p.includes {
-                let _ = writeln!(o, "- {i}");
-            }
-            o.push('\n');
-        }
-        phase_table(&mut o, &b.kiln, label);
-        phase_table(&mut o, &b.systemd, label);
-        let _ = writeln!(
-            o,
-            "| Comparison ({label}, medians) | kiln-init ms | systemd ms | systemd / kiln-init |"
-        );
-        let _ = writeln!(o, "|---|---:|---:|---:|");
-        for ra in &b.ratios {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | **{:.1}x** |",
-                ra.what,
-                ms(ra.kiln_ms),
-                ms(ra.systemd_ms),
-                ra.ratio
+        let kernel = if b.kernel.is_empty() {
+            "Debian's cloud kernel (modular)"
+        } else {
+            b.kernel.as_str()
+        };
+        if let Some(c) = &b.built_in {
+            boot_comparison(
+                &mut o, &c.kernel, c.modular, &c.kiln, &c.systemd, &c.ratios, label,
             );
         }
-        o.push('\n');
-        let kiln_total = b.kiln.total.median;
-        // A phase that runs beside others is not a share of the total.
-        let mut biggest: Vec<&Figure> = b
-            .kiln
-            .phases
-            .iter()
-            .filter(|f| !f.name.ends_with("(beside)"))
-            .collect();
-        biggest.sort_by(|a, b| b.stat.median.total_cmp(&a.stat.median));
-        let top: Vec<String> = biggest
-            .iter()
-            .take(4)
-            .map(|f| {
-                format!(
-                    "{} {} ms ({:.0}%)",
-                    f.name,
-                    ms(f.stat.median),
-                    100.0 * f.stat.median / kiln_total
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            o,
-            "Where kiln-init's path spends its time (medians, share of VMM start to runner exec): {}.\n",
-            top.join("; ")
-        );
+        boot_comparison(&mut o, kernel, true, &b.kiln, &b.systemd, &b.ratios, label);
         targets_table(&mut o, &b.targets);
         incidents(&mut o, &b.incidents);
     }
@@ -555,16 +600,19 @@ pub fn render(r: &Results) -> String {
             "| for scale: vhost-device-vsock per VM | {} |",
             kib_row(&mem.vhost_rss_kib)
         );
+        if let Some(s) = &mem.serve {
+            serve_vm_rows(&mut o, s);
+        }
         if let Some(w) = measured_webhook(r) {
             serve_memory_rows(&mut o, w);
         }
         let _ = writeln!(
             o,
             "\nkiln-init on disk: {} bytes ({:.0} KiB), {}. The host side per running VM is \
-             measured as the `kiln run` process (one VM, whole process) and as the VM layer \
-             inside the bench process (what `kiln serve` embeds), idle and with {} VMs: what a \
-             daemon embedding it adds per VM. The in-process figure is this process's RSS, so \
-             allocator slack counts.{}\n",
+             measured as the `kiln run` process (one VM, whole process), as the VM layer \
+             inside the bench process (what `kiln serve` embeds), idle and with {} VMs, and as \
+             the real `kiln serve` running jobs in VMs. The in-process figure is this process's \
+             RSS, so allocator slack counts.{}\n",
             mem.kiln_init_bytes,
             mem.kiln_init_bytes as f64 / 1024.0,
             if mem.kiln_init_stripped {
@@ -574,27 +622,146 @@ pub fn render(r: &Results) -> String {
             },
             mem.in_process_vms,
             if measured_webhook(r).is_some() {
-                SERVE_MEMORY_NOTE
+                serve_queued_note(Some(mem.serve.is_some()))
             } else {
-                ""
+                String::new()
             }
         );
+        if let Some(s) = &mem.serve {
+            serve_vm_note(&mut o, s);
+        }
         incidents(&mut o, &mem.incidents);
     } else if let Some(w) = measured_webhook(r) {
         let _ = writeln!(o, "## 5. Memory (`kiln serve`: host, no VM)\n");
         let _ = writeln!(o, "| Memory | min | median | max |");
         let _ = writeln!(o, "|---|---:|---:|---:|");
         serve_memory_rows(&mut o, w);
-        let _ = writeln!(o, "\n{}\n", SERVE_MEMORY_NOTE.trim_start());
+        let _ = writeln!(o, "\n{}\n", serve_queued_note(None).trim_start());
     }
     o
 }
 
-const SERVE_MEMORY_NOTE: &str = " `kiln serve`'s own RSS comes from the webhook benchmark \
-(host, no VM): idle after start-up, and with its queue holding every job the benchmark queued. \
-Its RSS per running VM is not measured as such: the bench's `kiln serve` has no capacity for \
-VMs. The memory benchmark's \"VM layer in one process\" figures are that figure: the VM \
-layer `kiln serve` embeds, with VMs running.";
+/// Where the queued-job figures come from, and where the running-VM ones
+/// are: `vms_measured` is whether this run's memory benchmark measured
+/// `kiln serve` with VMs (`None`: the memory benchmark did not run).
+fn serve_queued_note(vms_measured: Option<bool>) -> String {
+    let queued = " `kiln serve`'s RSS idle and per queued job come from the webhook benchmark \
+(host, no VM): its `kiln serve` has `max_vms = 0`, so no job starts and its queue ends up holding \
+every job the benchmark queued.";
+    let vms = match vms_measured {
+        Some(true) => " Its RSS with VMs running is the `kiln serve` rows above.",
+        Some(false) => {
+            " Its RSS with VMs running was not measured in this run (`--no-kiln-run`, or \
+results from before that figure)."
+        }
+        None => {
+            " Its RSS with VMs running is measured by the memory benchmark, which did not run \
+here."
+        }
+    };
+    format!("{queued}{vms}")
+}
+
+/// `kiln serve` with VMs running: its own RSS at each step, and its VMMs'.
+fn serve_vm_rows(o: &mut String, s: &ServeVmMemory) {
+    let _ = writeln!(
+        o,
+        "| `kiln serve` RSS idle, before any job | {} |",
+        kib_row(&s.idle_rss_kib)
+    );
+    let _ = writeln!(
+        o,
+        "| `kiln serve` RSS with 1 VM running a job | {} |",
+        kib_row(&s.one_vm_rss_kib)
+    );
+    let _ = writeln!(
+        o,
+        "| `kiln serve` RSS with {} VMs running jobs | {} |",
+        s.vms,
+        kib_row(&s.vms_rss_kib)
+    );
+    let _ = writeln!(
+        o,
+        "| `kiln serve`: added per running VM (({} VMs - idle) / {}) | {} |",
+        s.vms,
+        s.vms,
+        kib_row(&s.per_vm_kib)
+    );
+    let _ = writeln!(
+        o,
+        "| `kiln serve` RSS after the jobs ended | {} |",
+        kib_row(&s.after_rss_kib)
+    );
+    let _ = writeln!(
+        o,
+        "| for scale: its {} QEMUs together ({} vCPU, {} MiB guest each) | {} |",
+        s.vms,
+        s.vcpus,
+        s.memory_mib,
+        kib_row(&s.qemu_rss_kib)
+    );
+    let _ = writeln!(
+        o,
+        "| for scale: its {} vhost-device-vsock together | {} |",
+        s.vms,
+        kib_row(&s.vhost_rss_kib)
+    );
+}
+
+/// How `kiln serve` was run with VMs, and whether the runs were real.
+fn serve_vm_note(o: &mut String, s: &ServeVmMemory) {
+    let c = &s.check;
+    let _ = writeln!(
+        o,
+        "`kiln serve` with VMs: the release build, with one pool for the bench image with room \
+         for exactly {vms} VMs of {vcpus} vCPU and {mem} MiB, against a fake GitHub API on \
+         127.0.0.1 (tests/src/bin/fake-github: App token, JIT configs, runner deletion) and fed \
+         signed `workflow_job` webhooks. The bench image has no actions runner, so the pool's \
+         image is the bench image (rootfs, kernel, initramfs, manifest) with a stand-in \
+         `/opt/actions-runner/run.sh` in its scratch skeleton's overlay layer: it reports ready \
+         (and whether its JIT config arrived, never the config) and holds the VM {hold} s. \
+         `VmRSS` is read before any job, 1 s after the first VM's stand-in reported ready, 1 s \
+         after the stand-ins of all {vms} had (the samples check that 1, then {vms} QEMUs run \
+         and that no job ended yet), and once every job ended. The figures include what the first job loads once (the GitHub \
+         client, the VM layer's code): the 1-VM row against the {vms}-VM row shows the \
+         increment of one more VM.\n",
+        vms = s.vms,
+        vcpus = s.vcpus,
+        mem = s.memory_mib,
+        hold = s.hold_s,
+    );
+    let left = if c.left_behind.is_empty() {
+        "nothing".to_owned()
+    } else {
+        let shown: Vec<&str> = c.left_behind.iter().take(5).map(String::as_str).collect();
+        format!(
+            "{} item(s): {}{}",
+            c.left_behind.len(),
+            shown.join("; "),
+            if c.left_behind.len() > shown.len() {
+                "; …"
+            } else {
+                ""
+            }
+        )
+    };
+    let _ = writeln!(
+        o,
+        "Check that the runs were real: {} jobs sent; {} stand-ins reported ready with a JIT \
+         config; {} jobs ended `job done`, {} otherwise; the fake GitHub got {} JIT requests, \
+         {} runners were deleted and {} left registered; left behind once `kiln serve` stopped \
+         (VMM processes, VM directories, CID leases, scratch disks): {}. Verified: **{}**.\n",
+        c.jobs,
+        c.ready_with_jit,
+        c.jobs_done,
+        c.jobs_not_done,
+        c.jit_requests,
+        c.runners_deleted,
+        c.runners_left,
+        left,
+        if c.verified { "yes" } else { "NO" }
+    );
+}
 
 fn measured_webhook(r: &Results) -> Option<&WebhookResults> {
     match &r.webhook {
@@ -886,6 +1053,19 @@ mod tests {
                 bench_cpu_pct: 60.0,
             }],
             boot: Some(BootResults {
+                kernel: "Debian's cloud kernel 6.1.0-test (modular)".into(),
+                built_in: Some(BootComparison {
+                    kernel: "Kiln's production kernel".into(),
+                    modular: false,
+                    kiln: path("kiln-init"),
+                    systemd: path("systemd"),
+                    ratios: vec![Ratio {
+                        what: "PID 1's share".into(),
+                        kiln_ms: 250.0,
+                        systemd_ms: 6000.0,
+                        ratio: 24.0,
+                    }],
+                }),
                 kiln: path("kiln-init"),
                 systemd: path("systemd"),
                 ratios: vec![Ratio {
@@ -1062,7 +1242,31 @@ mod tests {
         assert!(!md.contains("## 5. Memory"), "{md}");
         assert!(
             md.contains(
-                "| Boot: VMM start to runner exec (QEMU TCG) | 2500 ms | systemd 2500 ms | 1.0x |"
+                "| Boot: VMM start to runner exec, Debian's modular kernel (QEMU TCG) | 2500 ms | systemd 2500 ms | 1.0x |"
+            ),
+            "{md}"
+        );
+        // Both kernels' comparisons, the production kernel's first, and
+        // only the modular one with a "without modules" row.
+        let built_in = md
+            .find("### On Kiln's production kernel")
+            .expect("built-in section");
+        let debian = md
+            .find("### On Debian's cloud kernel 6.1.0-test (modular)")
+            .expect("Debian section");
+        assert!(built_in < debian, "{md}");
+        assert_eq!(
+            md.matches("| PID 1's share without modules |").count(),
+            2,
+            "{md}"
+        );
+        assert!(
+            md.contains("| PID 1's share | 250 | 6000 | **24.0x** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| Boot: PID 1's share on the production kernel, everything built in (QEMU TCG) | "
             ),
             "{md}"
         );
@@ -1122,11 +1326,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn serve_memory_joins_the_memory_section() {
-        let mut r = results();
-        r.webhook = Some(Webhook::Measured(Box::new(webhook(true))));
-        r.memory = Some(MemoryResults {
+    fn memory(serve: Option<ServeVmMemory>) -> MemoryResults {
+        MemoryResults {
             kiln_init_rss_kib: stat(&[600.0]),
             kiln_init_hwm_kib: stat(&[640.0]),
             kiln_init_bytes: 600_000,
@@ -1140,8 +1341,47 @@ mod tests {
             qemu_rss_kib: stat(&[250_000.0]),
             vhost_rss_kib: stat(&[3800.0]),
             guest_memory_mib: 1024,
+            serve,
             incidents: vec![],
-        });
+        }
+    }
+
+    fn serve_vms(verified: bool) -> ServeVmMemory {
+        ServeVmMemory {
+            vms: 2,
+            vcpus: 1,
+            memory_mib: 1024,
+            hold_s: 20,
+            idle_rss_kib: stat(&[9000.0, 9200.0, 9100.0]),
+            one_vm_rss_kib: stat(&[12_000.0, 12_400.0, 12_200.0]),
+            vms_rss_kib: stat(&[12_300.0, 12_700.0, 12_500.0]),
+            per_vm_kib: stat(&[1650.0, 1750.0, 1700.0]),
+            after_rss_kib: stat(&[12_100.0, 12_300.0, 12_200.0]),
+            qemu_rss_kib: stat(&[500_000.0, 520_000.0, 510_000.0]),
+            vhost_rss_kib: stat(&[7600.0, 7800.0, 7700.0]),
+            check: ServeVmCheck {
+                jobs: 6,
+                ready_with_jit: 6,
+                jobs_done: if verified { 6 } else { 5 },
+                jobs_not_done: if verified { 0 } else { 1 },
+                jit_requests: 6,
+                runners_deleted: 6,
+                runners_left: 0,
+                left_behind: if verified {
+                    vec![]
+                } else {
+                    vec!["file: /tmp/kiln-bench-1/serve/cids/7".into()]
+                },
+                verified,
+            },
+        }
+    }
+
+    #[test]
+    fn serve_memory_joins_the_memory_section() {
+        let mut r = results();
+        r.webhook = Some(Webhook::Measured(Box::new(webhook(true))));
+        r.memory = Some(memory(None));
         let md = render(&r);
         assert!(md.contains("## 5. Memory (QEMU TCG)"), "{md}");
         assert!(!md.contains("## 5. Memory (`kiln serve`"), "{md}");
@@ -1149,14 +1389,89 @@ mod tests {
             md.contains("| `kiln serve` RSS with 52000 jobs queued (host, no VM) | 31.2 MiB |"),
             "{md}"
         );
+        // Without the running-VM figures (`--no-kiln-run`), the note says so.
         assert!(
-            md.contains("Its RSS per running VM is not measured as such"),
+            md.contains("Its RSS with VMs running was not measured in this run"),
             "{md}"
         );
+        assert!(!md.contains("not measured as such"), "{md}");
+        assert!(!md.contains("`kiln serve` RSS with 1 VM running"), "{md}");
+        assert!(!md.contains("added per running VM ("), "{md}");
         assert!(
             md.contains("| VM layer in one process: added per running VM | 50 KiB |"),
             "{md}"
         );
+        // `--only webhook`: the memory benchmark is named as where they are.
+        r.memory = None;
+        let md = render(&r);
+        assert!(
+            md.contains("## 5. Memory (`kiln serve`: host, no VM)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("measured by the memory benchmark, which did not run here"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn serve_with_vms_renders_its_figures_and_check() {
+        let mut r = results();
+        r.webhook = Some(Webhook::Measured(Box::new(webhook(true))));
+        r.memory = Some(memory(Some(serve_vms(true))));
+        let md = render(&r);
+        for want in [
+            "| `kiln serve` RSS idle, before any job | 9000 KiB | 9100 KiB | 9200 KiB |",
+            "| `kiln serve` RSS with 1 VM running a job | 11.7 MiB | 11.9 MiB | 12.1 MiB |",
+            "| `kiln serve` RSS with 2 VMs running jobs | 12.0 MiB | 12.2 MiB | 12.4 MiB |",
+            "| `kiln serve`: added per running VM ((2 VMs - idle) / 2) | 1650 KiB | 1700 KiB | 1750 KiB |",
+            "| `kiln serve` RSS after the jobs ended | 11.8 MiB | 11.9 MiB | 12.0 MiB |",
+            "| for scale: its 2 QEMUs together (1 vCPU, 1024 MiB guest each) | 488.3 MiB | 498.0 MiB | 507.8 MiB |",
+            "| for scale: its 2 vhost-device-vsock together | 7600 KiB | 7700 KiB | 7800 KiB |",
+            // The summary row.
+            "| `kiln serve` RSS idle / added per running VM (QEMU TCG) | 9100 KiB / 1700 KiB | — | — |",
+            "room for exactly 2 VMs of 1 vCPU and 1024 MiB",
+            "holds the VM 20 s",
+            "6 jobs sent; 6 stand-ins reported ready with a JIT config; 6 jobs ended `job done`, 0 otherwise; \
+             the fake GitHub got 6 JIT requests, 6 runners were deleted and 0 left registered",
+            "scratch disks): nothing. Verified: **yes**.",
+            "Its RSS with VMs running is the `kiln serve` rows above.",
+        ] {
+            assert!(md.contains(want), "{want} missing:\n{md}");
+        }
+        assert!(!md.contains("not measured"), "{md}");
+        // Its rows come before the webhook's queued-job rows, in one table.
+        let at = |h: &str| md.find(h).unwrap_or(usize::MAX);
+        assert!(
+            at("| `kiln serve` RSS idle, before any job") < at("jobs queued (host, no VM)"),
+            "{md}"
+        );
+
+        // A run that was not clean says so, and what was left.
+        r.memory = Some(memory(Some(serve_vms(false))));
+        let md = render(&r);
+        assert!(md.contains("5 jobs ended `job done`, 1 otherwise"), "{md}");
+        assert!(
+            md.contains("scratch disks): 1 item(s): file: /tmp/kiln-bench-1/serve/cids/7. Verified: **NO**."),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn memory_results_from_before_kiln_serve_with_vms_still_parse() {
+        let mut r = results();
+        r.memory = Some(memory(Some(serve_vms(true))));
+        let text = serde_json::to_string(&r).expect("json");
+        let back: Results = serde_json::from_str(&text).expect("parse");
+        assert_eq!(render(&back), render(&r));
+        let mut v = serde_json::to_value(&r).expect("json");
+        if let Some(m) = v["memory"].as_object_mut() {
+            m.remove("serve");
+        }
+        let old: Results = serde_json::from_value(v).expect("an older file parses");
+        let old_memory = old.memory.expect("memory");
+        assert!(old_memory.serve.is_none());
+        assert_eq!(old_memory.in_process_vms, 2);
     }
 
     #[test]

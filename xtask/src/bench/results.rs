@@ -10,8 +10,9 @@ use super::stats::Stat;
 
 /// Bumped when a field changes meaning. 2: `backend` is absent when no VM
 /// benchmark ran; `webhook` holds measurements (or, from schema 1, why
-/// there were none), and is absent when it did not run.
-pub const SCHEMA: u32 = 2;
+/// there were none), and is absent when it did not run. 3: `boot` names
+/// its kernel and may hold the production kernel's comparison too.
+pub const SCHEMA: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
@@ -93,12 +94,31 @@ pub struct Figure {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BootResults {
+    /// The kernel `kiln`, `systemd` and `ratios` booted (absent before
+    /// schema 3: Debian's cloud kernel).
+    #[serde(default)]
+    pub kernel: String,
     pub kiln: BootPath,
     pub systemd: BootPath,
     pub ratios: Vec<Ratio>,
     pub targets: Vec<Target>,
     /// Runs that failed and were retried.
     pub incidents: Vec<String>,
+    /// The same comparison on Kiln's production kernel, everything built
+    /// in (schema 3; absent when it was not built).
+    #[serde(default)]
+    pub built_in: Option<BootComparison>,
+}
+
+/// Both paths on one kernel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootComparison {
+    pub kernel: String,
+    /// Whether both paths loaded modules.
+    pub modular: bool,
+    pub kiln: BootPath,
+    pub systemd: BootPath,
+    pub ratios: Vec<Ratio>,
 }
 
 /// One way of booting to the runner, over N runs.
@@ -201,7 +221,7 @@ pub struct MemoryResults {
     pub systemd_rss_kib: Option<Stat>,
     /// The `kiln run` process while its VM runs a job.
     pub kiln_run_rss_kib: Option<Stat>,
-    /// The VM layer inside one process (what `kiln serve` will embed):
+    /// The VM layer inside one process (what `kiln serve` embeds):
     /// the process idle, and with `vms` VMs running.
     pub in_process_idle_rss_kib: Stat,
     pub in_process_busy_rss_kib: Stat,
@@ -211,8 +231,64 @@ pub struct MemoryResults {
     pub qemu_rss_kib: Stat,
     pub vhost_rss_kib: Stat,
     pub guest_memory_mib: u32,
+    /// The real `kiln serve` with VMs running; absent when skipped
+    /// (`--no-kiln-run`) and in files from before it was measured.
+    #[serde(default)]
+    pub serve: Option<ServeVmMemory>,
     /// Runs that failed and were retried.
     pub incidents: Vec<String>,
+}
+
+/// `kiln serve` (release build) running jobs in VMs: its own resident
+/// memory (`VmRSS`, KiB) over the runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeVmMemory {
+    /// VMs running at once at the busiest sample; the pool's room.
+    pub vms: usize,
+    /// Each VM's size.
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// How long each job (the stand-in runner) holds its VM, seconds.
+    pub hold_s: u64,
+    /// After start-up, before any job.
+    pub idle_rss_kib: Stat,
+    /// With one VM's runner running.
+    pub one_vm_rss_kib: Stat,
+    /// With `vms` runners running.
+    pub vms_rss_kib: Stat,
+    /// (`vms_rss_kib` - `idle_rss_kib`) / `vms`, per run.
+    pub per_vm_kib: Stat,
+    /// Once every job ended (VMs torn down, runners deleted).
+    pub after_rss_kib: Stat,
+    /// For scale: `kiln serve`'s QEMU and vhost-device-vsock children at
+    /// the busiest sample, summed over its `vms` VMs.
+    pub qemu_rss_kib: Stat,
+    pub vhost_rss_kib: Stat,
+    pub check: ServeVmCheck,
+}
+
+/// Whether the runs were real, summed over them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServeVmCheck {
+    /// Jobs sent (`vms` per run).
+    pub jobs: usize,
+    /// Stand-in runners that reported ready with a JIT config in their
+    /// environment.
+    pub ready_with_jit: usize,
+    /// Jobs `kiln serve` logged as `job done` (the runner exited 0).
+    pub jobs_done: usize,
+    /// Jobs that ended any other way.
+    pub jobs_not_done: usize,
+    /// `generate-jitconfig` requests the fake GitHub got.
+    pub jit_requests: usize,
+    /// Runner registrations deleted, and left registered.
+    pub runners_deleted: usize,
+    pub runners_left: usize,
+    /// VM processes and files left once `kiln serve` stopped.
+    pub left_behind: Vec<String>,
+    /// All of the above agree: one VM, JIT config and runner deletion per
+    /// job, and nothing left.
+    pub verified: bool,
 }
 
 /// Benchmark 3, or (in files from before `kiln serve`) why it did not run.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use kiln::vm::{Backend, Image, Launcher, RuntimeDirs, Timeouts, VmRequest};
+use kiln::vm::{Backend, BootImage, Image, Launcher, RuntimeDirs, Timeouts, VmRequest};
 use kiln::vmm::qemu::{Accel, QemuConfig};
 use kiln_protocol::Job;
 
@@ -112,6 +112,12 @@ impl Kit {
 
     /// One VM with this kit's size and a fresh scratch disk.
     pub fn request(&self, job: Job) -> VmRequest {
+        self.request_with(self.image.boot.clone(), job)
+    }
+
+    /// [`Kit::request`], booting `boot` (another kernel) instead of the
+    /// image's own.
+    pub fn request_with(&self, boot: BootImage, job: Job) -> VmRequest {
         VmRequest {
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
@@ -121,7 +127,7 @@ impl Kit {
                 boot: BOOT_TIMEOUT,
                 ..Timeouts::default()
             },
-            ..VmRequest::new(self.image.boot.clone(), job)
+            ..VmRequest::new(boot, job)
         }
     }
 

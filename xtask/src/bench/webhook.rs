@@ -66,27 +66,28 @@ enum Side {
     Ceiling,
 }
 
-struct Server {
-    child: Child,
-    pid: u32,
-    addr: SocketAddr,
-    log: PathBuf,
+/// A server process the bench started (`kiln serve`, the ceiling).
+pub(super) struct Server {
+    pub(super) child: Child,
+    pub(super) pid: u32,
+    pub(super) addr: SocketAddr,
+    pub(super) log: PathBuf,
 }
 
 /// A port nothing listens on now (the kernel's pick; it stays free for
 /// the moment until the server binds it).
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
 }
 
-fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+pub(super) fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 600 {}", path.display()))
 }
 
-fn random_hex(bytes: usize) -> anyhow::Result<String> {
+pub(super) fn random_hex(bytes: usize) -> anyhow::Result<String> {
     let mut buf = vec![0u8; bytes];
     let mut f = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
     std::io::Read::read_exact(&mut f, &mut buf).context("reading /dev/urandom")?;
@@ -161,13 +162,13 @@ async fn healthy(addr: SocketAddr) -> bool {
     )
 }
 
-fn log_tail(log: &Path) -> String {
+pub(super) fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
-async fn start(
+pub(super) async fn start(
     mut cmd: Command,
     addr: SocketAddr,
     log: PathBuf,
@@ -213,7 +214,7 @@ async fn start(
 }
 
 /// Asks `server` to stop with SIGTERM and waits for it (then kills it).
-async fn stop(server: &mut Server, what: &str) -> anyhow::Result<()> {
+pub(super) async fn stop(server: &mut Server, what: &str) -> anyhow::Result<()> {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &server.pid.to_string()])
         .status();
@@ -244,7 +245,7 @@ pub fn parse_serve_log(text: &str) -> (usize, Option<usize>) {
 }
 
 /// `text` without terminal escape sequences (`ESC [ ... letter`).
-fn strip_ansi(text: &str) -> String {
+pub(super) fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
     while let Some(c) = chars.next() {

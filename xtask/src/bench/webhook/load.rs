@@ -131,7 +131,10 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
-fn request(addr: SocketAddr, d: Delivery) -> anyhow::Result<Request<Full<Bytes>>> {
+pub(in crate::bench) fn request(
+    addr: SocketAddr,
+    d: Delivery,
+) -> anyhow::Result<Request<Full<Bytes>>> {
     Request::post("/webhook")
         .header("host", addr.to_string())
         .header("user-agent", "GitHub-Hookshot/8e5b1fd")
@@ -147,7 +150,9 @@ fn request(addr: SocketAddr, d: Delivery) -> anyhow::Result<Request<Full<Bytes>>
         .context("building a request")
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+pub(in crate::bench) async fn connect(
+    addr: SocketAddr,
+) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
@@ -161,7 +166,7 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
 
 /// What one answer was: `Ok(None)` as expected, `Ok(Some(key))` another
 /// answer, `Err` no answer.
-async fn send(
+pub(in crate::bench) async fn send(
     conn: &mut SendRequest<Full<Bytes>>,
     req: Request<Full<Bytes>>,
     expect: Option<&str>,
