@@ -63,12 +63,14 @@ fn boot_and_run(t: &mut Timeline, channel: &mut Option<Channel>) -> Result<(), F
     let cfg = cmdline::read().step("read the kernel command line")?;
     let release = kernel_release();
     // Three paths at once. The modules load in the background from here
-    // on. A second thread does what needs no module — the cgroup tree,
-    // sysctls, lo — which mostly waits on the kernel. This thread builds
-    // the overlay root as soon as its disks and overlayfs are there (the
-    // vsock chain and tun go on loading meanwhile), and meets the cgroup
-    // thread before the root switch moves /sys and /proc away under it.
-    let mut modules = kmod::Loading::start(cfg.modules.clone(), release.clone());
+    // on (their files are open already: the root switch does not take them
+    // away). A second thread does what needs no module — the other mounts,
+    // the cgroup tree, sysctls, lo — which mostly waits on the kernel. This
+    // thread builds the overlay root as soon as its disks and overlayfs are
+    // there (the vsock chain and tun go on loading meanwhile), and meets
+    // the cgroup thread before the root switch moves /sys and /proc away
+    // under it.
+    let mut modules = kmod::Loading::start(&cfg.modules, &release);
     let switched = std::thread::scope(|s| {
         let early = s.spawn(|| {
             let result = without_modules();

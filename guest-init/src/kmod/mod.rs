@@ -56,7 +56,9 @@ pub enum ModuleError {
 /// Module loads running in the background.
 pub struct Loading {
     progress: Arc<Progress>,
-    thread: Option<JoinHandle<Result<Vec<String>, ModuleError>>>,
+    thread: Option<JoinHandle<Result<(), ModuleError>>>,
+    /// Planning failed: no load started.
+    error: Option<ModuleError>,
     ended_at: u64,
 }
 
@@ -81,24 +83,34 @@ impl Progress {
 }
 
 impl Loading {
-    /// Starts loading `names` from `/lib/modules/<release>` on threads of
-    /// their own, and returns at once.
-    pub fn start(names: Vec<String>, release: String) -> Loading {
+    /// Plans the loads of `names` from `/lib/modules/<release>` and opens
+    /// every file here, then loads them on threads of their own and
+    /// returns. Opened first, because PID 1 may switch to another root
+    /// (without `/lib/modules`) while the loads still run.
+    pub fn start(names: &[String], release: &str) -> Loading {
         let progress = Arc::new(Progress::default());
-        if names.is_empty() {
-            // A kernel with everything built in: no thread to start.
+        let ended = |progress: Arc<Progress>, error: Option<ModuleError>| {
             progress.advance(true);
-            return Loading {
+            Loading {
                 progress,
                 thread: None,
+                error,
                 ended_at: crate::timing::boottime_ns(),
-            };
+            }
+        };
+        let plan = match plan(names, release) {
+            Ok(plan) => plan,
+            Err(e) => return ended(progress, Some(e)),
+        };
+        if plan.files.is_empty() {
+            // Nothing listed, or all built in: no thread to start.
+            return ended(progress, None);
         }
         let p = Arc::clone(&progress);
         let thread = std::thread::Builder::new()
             .name("kmod".into())
             .spawn(move || {
-                let result = load(&names, &release, &|| p.advance(false));
+                let result = plan.load(&|| p.advance(false));
                 p.advance(true);
                 result
             });
@@ -106,17 +118,10 @@ impl Loading {
             Ok(handle) => Loading {
                 progress,
                 thread: Some(handle),
+                error: None,
                 ended_at: 0,
             },
-            Err(e) => {
-                progress.advance(true);
-                let error = ModuleError::Thread(e.to_string());
-                Loading {
-                    progress,
-                    thread: Some(std::thread::spawn(move || Err(error))),
-                    ended_at: 0,
-                }
-            }
+            Err(e) => ended(progress, Some(ModuleError::Thread(e.to_string()))),
         }
     }
 
@@ -146,9 +151,12 @@ impl Loading {
     /// (`CLOCK_BOOTTIME`), or what went wrong. Only the first call can
     /// fail: an error ends the boot.
     pub fn finish(&mut self) -> Result<u64, ModuleError> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
         if let Some(thread) = self.thread.take() {
             match thread.join() {
-                Ok(result) => result.map(drop)?,
+                Ok(result) => result?,
                 Err(_) => return Err(ModuleError::Thread("it panicked".into())),
             }
             let ended_at = self.lock().1;
@@ -165,24 +173,35 @@ impl Loading {
     }
 }
 
-/// Loads `names` from `/lib/modules/<release>`, calling `ended` after each
-/// load (whether it worked or not).
-pub fn load(
-    names: &[String],
-    release: &str,
-    ended: &(dyn Fn() + Sync),
-) -> Result<Vec<String>, ModuleError> {
+/// The modules to load, each file open, and for each the ones it waits for.
+pub struct Plan {
+    /// The file's path (for messages) and the open file.
+    files: Vec<(String, File)>,
+    waits: Vec<Vec<usize>>,
+}
+
+/// Plans the loads of `names` from `/lib/modules/<release>`: each after
+/// its dependencies (from `modules.dep`, else in the given order), each
+/// once, built-in ones skipped, every file opened.
+pub fn plan(names: &[String], release: &str) -> Result<Plan, ModuleError> {
+    plan_in(&PathBuf::from("/lib/modules").join(release), names)
+}
+
+/// [`plan`] from the modules below `dir`.
+fn plan_in(dir: &Path, names: &[String]) -> Result<Plan, ModuleError> {
     if names.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Plan {
+            files: Vec::new(),
+            waits: Vec::new(),
+        });
     }
-    let dir = PathBuf::from("/lib/modules").join(release);
     let dir_s = dir.display().to_string();
     let dep_path = dir.join("modules.dep");
     let (index, known) = match std::fs::read_to_string(&dep_path) {
         Ok(text) => (DepIndex::parse(&text)?, true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut found = Vec::new();
-            find_modules(&dir, &dir, &mut found);
+            find_modules(dir, dir, &mut found);
             (DepIndex::from_paths(found), false)
         }
         Err(source) => {
@@ -197,36 +216,54 @@ pub fn load(
         Path::new("/sys/module").join(name).exists()
             || builtin.lines().any(|l| module_name(l) == name)
     };
-    let plan = index.plan(names, present, &dir_s)?;
-    let waits = index.schedule(&plan, known);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .clamp(1, MAX_THREADS);
-    run_in_order(&waits, threads, |i| {
-        let result = insert(&dir.join(&plan[i]));
-        ended();
-        result
-    })?;
-    Ok(plan)
+    let order = index.plan(names, present, &dir_s)?;
+    let waits = index.schedule(&order, known);
+    let files = order
+        .iter()
+        .map(|rel| {
+            let path = dir.join(rel);
+            let shown = path.display().to_string();
+            File::open(&path)
+                .map(|f| (shown.clone(), f))
+                .map_err(|source| ModuleError::Read {
+                    path: shown,
+                    source,
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Plan { files, waits })
 }
 
-fn insert(path: &Path) -> Result<(), ModuleError> {
-    let file = File::open(path).map_err(|source| ModuleError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+impl Plan {
+    /// Loads every file on up to `MAX_THREADS` threads (no more than the
+    /// VM has vCPUs), each once its dependencies are in, calling `ended`
+    /// after each load, whether it worked or not.
+    pub fn load(&self, ended: &(dyn Fn() + Sync)) -> Result<(), ModuleError> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, MAX_THREADS);
+        run_in_order(&self.waits, threads, |i| {
+            let (path, file) = &self.files[i];
+            let result = insert(path, file);
+            ended();
+            result
+        })
+    }
+}
+
+fn insert(path: &str, file: &File) -> Result<(), ModuleError> {
     let compressed = [".ko.xz", ".ko.zst", ".ko.gz"]
         .iter()
-        .any(|s| path.to_string_lossy().ends_with(s));
+        .any(|s| path.ends_with(s));
     let flags = if compressed {
         ModuleInitFlags::from_bits_retain(MODULE_INIT_COMPRESSED_FILE)
     } else {
         ModuleInitFlags::empty()
     };
-    match finit_module(&file, c"" as &CStr, flags) {
+    match finit_module(file, c"" as &CStr, flags) {
         Ok(()) | Err(Errno::EEXIST) => Ok(()),
         Err(source) => Err(ModuleError::Load {
-            path: path.display().to_string(),
+            path: path.to_owned(),
             source,
         }),
     }
@@ -270,11 +307,12 @@ mod tests {
                 p.advance(false);
             }
             p.advance(true);
-            Ok(vec!["a.ko".to_owned()])
+            Ok(())
         });
         let mut loading = Loading {
             progress,
             thread: Some(thread),
+            error: None,
             ended_at: 0,
         };
         // Holds after the second load: returns then, not at the end.
@@ -300,6 +338,7 @@ mod tests {
                     source: Errno::ENOEXEC,
                 })
             })),
+            error: None,
             ended_at: 0,
         };
         assert!(!loading.wait_until(|| false));
@@ -309,8 +348,44 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_that_fails_starts_nothing_and_says_why() {
+        let names = vec!["kiln_test_module".to_owned()];
+        let mut loading = Loading::start(&names, "kiln-test-no-such-release");
+        assert!(loading.thread.is_none());
+        assert!(!loading.wait_until(|| false));
+        let err = loading.finish().unwrap_err().to_string();
+        assert!(
+            err.contains("kiln_test_module") && err.contains("kiln-test-no-such-release"),
+            "{err}"
+        );
+        assert!(loading.finish().is_ok());
+    }
+
+    #[test]
+    fn planned_files_are_open_before_any_load() {
+        let dir = std::env::temp_dir().join(format!("kiln-init-kmod-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("kernel")).unwrap();
+        std::fs::write(dir.join("kernel/a.ko"), b"not a module").unwrap();
+        std::fs::write(dir.join("kernel/b.ko"), b"not a module").unwrap();
+        std::fs::write(
+            dir.join("modules.dep"),
+            "kernel/b.ko: kernel/a.ko\nkernel/a.ko:\n",
+        )
+        .unwrap();
+        let p = plan_in(&dir, &["b".to_owned()]).unwrap();
+        // The files stay readable through the plan after they are gone.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let names: Vec<String> = p.files.iter().map(|(path, _)| module_name(path)).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(p.waits, vec![vec![], vec![0]]);
+        for (_, f) in &p.files {
+            assert_eq!(f.metadata().unwrap().len(), 12);
+        }
+    }
+
+    #[test]
     fn nothing_to_load_ends_at_once() {
-        let mut loading = Loading::start(Vec::new(), "none".into());
+        let mut loading = Loading::start(&[], "none");
         assert!(loading.thread.is_none(), "no thread for nothing");
         assert!(!loading.wait_until(|| false));
         assert!(loading.wait_until(|| true));
