@@ -68,8 +68,6 @@ pub struct WorkflowJobEvent {
     pub action: WorkflowJobAction,
     pub workflow_job: WorkflowJob,
     pub repository: Repository,
-    #[serde(default)]
-    pub organization: Option<Organization>,
     /// Present when the webhook comes from a GitHub App (Kiln's case).
     #[serde(default)]
     pub installation: Option<Installation>,
@@ -131,11 +129,6 @@ fn first_attempt() -> u64 {
 pub struct Repository {
     /// `owner/name`.
     pub full_name: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Organization {
-    pub login: String,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -215,7 +208,6 @@ mod tests {
         assert_eq!(ev.workflow_job.labels, ["self-hosted", "Linux"]);
         assert_eq!(ev.workflow_job.runner_name, None);
         assert_eq!(ev.repository.full_name, "acme/widgets");
-        assert_eq!(ev.organization.map(|o| o.login).as_deref(), Some("acme"));
         assert_eq!(ev.installation.map(|i| i.id), Some(42));
     }
 
