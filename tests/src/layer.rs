@@ -245,14 +245,25 @@ pub fn processes_mentioning(path: &Path) -> Vec<String> {
     out
 }
 
+/// What is below a disks directory besides its scratch disk templates,
+/// which stay for the next VMs (`kiln::disk::Templates`): VMs' disks.
+pub fn scratch_disks_left(disks: &Path) -> Vec<PathBuf> {
+    let templates = disks.join(kiln::vm::TEMPLATES_DIR);
+    entries_below(disks)
+        .into_iter()
+        .filter(|p| !p.starts_with(&templates))
+        .collect()
+}
+
 /// Nothing of any VM is left under `root`, laid out as `$KILN_RUNTIME_DIR
 /// = root/run` and `$KILN_DISK_DIR = root/disks`: no VM directory, CID
 /// lease, scratch disk, socket, or process naming it.
 pub fn assert_no_vm_left(root: &Path) {
     let run = root.join("run");
-    let left: Vec<PathBuf> = [run.join("vms"), run.join("cids"), root.join("disks")]
+    let left: Vec<PathBuf> = [run.join("vms"), run.join("cids")]
         .iter()
         .flat_map(|d| entries_below(d))
+        .chain(scratch_disks_left(&root.join("disks")))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     let sockets = unix_sockets_below(root);

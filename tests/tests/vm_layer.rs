@@ -221,7 +221,7 @@ async fn job_runs_output_streams_and_every_phase_is_timed() {
         "{:?}",
         layer::entries_below(&dirs.runtime)
     );
-    assert!(layer::entries_below(&dirs.disks).is_empty());
+    assert!(layer::scratch_disks_left(&dirs.disks).is_empty());
 }
 
 #[test]
@@ -504,7 +504,7 @@ async fn twenty_vms_some_failing_leave_nothing_behind() {
         .filter(|p| !p.is_dir())
         .chain(layer::entries_below(&dirs.vms()))
         .chain(layer::entries_below(&dirs.cids()))
-        .chain(layer::entries_below(&dirs.disks))
+        .chain(layer::scratch_disks_left(&dirs.disks))
         .collect();
     assert!(left.is_empty(), "files left behind: {left:?}");
     assert!(
@@ -623,9 +623,10 @@ async fn firecracker_case(on_start: &str) {
         "Firecracker left running"
     );
     assert_eq!(backend.uids_in_use(), 0);
-    let left: Vec<_> = [dirs.vms(), dirs.cids(), dirs.disks.clone()]
+    let left: Vec<_> = [dirs.vms(), dirs.cids()]
         .iter()
         .flat_map(|p| layer::entries_below(p))
+        .chain(layer::scratch_disks_left(&dirs.disks))
         .collect();
     assert!(left.is_empty(), "{left:?}");
     assert!(

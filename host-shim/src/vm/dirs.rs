@@ -5,8 +5,11 @@
 //! - `<runtime>/cids/<cid>`: guest CID leases ([`super::cid`]).
 //! - `<disks>/<id>.ext4`: scratch disks. They grow with what the job
 //!   writes, so they belong on a real disk, never on a tmpfs.
+//! - `<disks>/templates/`: the scratch disks later ones are copied from
+//!   ([`crate::disk::Templates`]); only what an image's skeleton holds.
 //!
-//! Everything a VM adds here is removed at its teardown.
+//! Everything a VM adds here is removed at its teardown; the templates
+//! stay for the next VMs.
 
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -16,6 +19,8 @@ use std::path::{Path, PathBuf};
 pub const RUNTIME_DIR_ENV: &str = "KILN_RUNTIME_DIR";
 /// Scratch disk directory, when set: `KILN_DISK_DIR`.
 pub const DISK_DIR_ENV: &str = "KILN_DISK_DIR";
+/// The templates' directory below the disks' ([`RuntimeDirs::templates`]).
+pub const TEMPLATES_DIR: &str = "templates";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirsError {
@@ -105,6 +110,12 @@ impl RuntimeDirs {
             dir: parent,
             tries: TRIES,
         })
+    }
+
+    /// Where scratch disk templates are kept, below the disks (the same
+    /// filesystem, so a copy can share blocks).
+    pub fn templates(&self) -> PathBuf {
+        self.disks.join(TEMPLATES_DIR)
     }
 
     /// Where VM `id`'s scratch disk goes; creates the disk directory.

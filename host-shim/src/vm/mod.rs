@@ -30,7 +30,7 @@ pub mod stop;
 pub mod timing;
 
 pub use backend::{Backend, BackendChoice, BackendError, ConsoleMode, RunningVm, VmmExit};
-pub use dirs::RuntimeDirs;
+pub use dirs::{RuntimeDirs, TEMPLATES_DIR};
 pub use guard::TeardownError;
 pub use image::{Image, ImageError, ImageUser};
 pub use output::{CollectSink, DiscardSink, OutputSink, StdioSink};

@@ -236,11 +236,13 @@ impl Launcher {
                 let path = self.dirs.scratch_path(&id)?;
                 let p = path.clone();
                 let skeleton = req.boot.scratch_skeleton.clone();
-                tokio::task::spawn_blocking(move || {
-                    disk::create_scratch_from(&p, bytes, skeleton.as_deref())
+                let templates = disk::Templates::new(self.dirs.templates());
+                let made = tokio::task::spawn_blocking(move || {
+                    templates.create(&p, bytes, skeleton.as_deref())
                 })
                 .await
                 .map_err(|e| RunError::Task(e.to_string()))??;
+                tracing::debug!(vm = %id, how = ?made, "scratch disk made");
                 guard.scratch = Some(path.clone());
                 Some(path)
             }

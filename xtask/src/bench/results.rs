@@ -167,12 +167,14 @@ pub struct Target {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskResults {
-    /// Kiln's way: a fresh sparse scratch disk per VM; the base image is
-    /// attached read-only and never copied.
+    /// Kiln's way: a fresh sparse scratch disk per VM, copied from its
+    /// template; the base image is attached read-only and never copied.
     pub kiln: Vec<Figure>,
     /// Copying an image per VM.
     pub naive: Vec<Figure>,
-    /// Other ways to the same disk, for comparison.
+    /// What Kiln pays once per image and disk size (mkfs, which makes the
+    /// template). Results from before templates hold other ways to the
+    /// same disk here.
     pub alternatives: Vec<Figure>,
     pub image_bytes: u64,
     pub image_what: String,

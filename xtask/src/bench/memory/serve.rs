@@ -446,10 +446,13 @@ fn left_behind(runtime: &Path, disks: &Path) -> Vec<String> {
         .chain(processes_mentioning(disks))
         .collect();
     let mut left: Vec<String> = procs.iter().map(|(_, c)| format!("process: {c}")).collect();
+    // Scratch disk templates stay for the next VMs: not a VM's.
+    let templates = disks.join(kiln::vm::TEMPLATES_DIR);
     for d in [runtime.join("vms"), runtime.join("cids"), disks.to_owned()] {
         left.extend(
             entries_below(&d)
                 .into_iter()
+                .filter(|p| !p.starts_with(&templates))
                 .map(|p| format!("file: {}", p.display())),
         );
     }

@@ -7,6 +7,16 @@
 //! as already zeroed and the guest kernel never starts its lazy-init thread
 //! writing them either.
 
+//!
+//! - [`template`] — later disks copied from the first one made.
+//! - [`clone`] — sparse copies (reflink, or the data ranges only).
+
+mod clone;
+mod template;
+
+pub use clone::Cloned;
+pub use template::{Made, Templates};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
