@@ -216,11 +216,17 @@ pub fn qemu_args(
             format!("{},chardev=vsock", machine.device("vhost-user-vsock")),
         );
     for disk in disks(spec) {
-        let ro = if disk.read_only { ",readonly=on" } else { "" };
+        // The scratch disk is thrown away with the VM: the guest's flushes
+        // need not reach the host's disk (Firecracker's `Unsafe` cache).
+        let mode = if disk.read_only {
+            ",readonly=on"
+        } else {
+            ",cache=unsafe"
+        };
         a.opt(
             "-drive",
             join(&[
-                format!("id={},format=raw,if=none{ro},file=", disk.id).as_ref(),
+                format!("id={},format=raw,if=none{mode},file=", disk.id).as_ref(),
                 &escape(disk.path),
             ]),
         )
@@ -416,7 +422,7 @@ mod tests {
             value_of(&args, "-drive"),
             [
                 "id=base,format=raw,if=none,readonly=on,file=/img/base,,v1.ext4",
-                "id=scratch,format=raw,if=none,file=/run/kiln/t-1/scratch.ext4"
+                "id=scratch,format=raw,if=none,cache=unsafe,file=/run/kiln/t-1/scratch.ext4"
             ]
         );
         assert_eq!(
