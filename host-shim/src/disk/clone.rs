@@ -31,11 +31,11 @@ pub fn clone_sparse(src: &File, dst: &File) -> io::Result<Cloned> {
     let meta = src.metadata()?;
     let ranges = data_ranges(src, meta.len())?;
     let data: u64 = ranges.iter().map(|(_, n)| n).sum();
-    if !reports_holes(data, meta.blocks() * 512) {
+    let allocated = meta.blocks() * 512;
+    if !reports_holes(data, allocated) {
         return Err(io::Error::other(format!(
-            "the filesystem does not report holes ({data} bytes of data for {} allocated): \
-             a copy would write every byte",
-            meta.blocks() * 512
+            "the filesystem does not report holes ({data} bytes of data for {allocated} \
+             allocated): a copy would write every byte"
         )));
     }
     dst.set_len(meta.len())?;

@@ -6,7 +6,6 @@
 //! holes), which it knows reads back as zeros, so it marks the inode tables
 //! as already zeroed and the guest kernel never starts its lazy-init thread
 //! writing them either.
-
 //!
 //! - [`template`] — later disks copied from the first one made.
 //! - [`clone`] — sparse copies (reflink, or the data ranges only).
@@ -67,13 +66,7 @@ pub fn create_scratch_from(
     size_bytes: u64,
     skeleton: Option<&Path>,
 ) -> Result<(), ScratchError> {
-    if size_bytes < MIN_SIZE {
-        return Err(ScratchError::TooSmall {
-            path: path.to_owned(),
-            size: size_bytes,
-            min: MIN_SIZE,
-        });
-    }
+    check_request(path, size_bytes, skeleton)?;
     let io = |source| ScratchError::Io {
         path: path.to_owned(),
         source,
@@ -98,6 +91,28 @@ pub fn create_scratch_from(
     result
 }
 
+/// What every way of making a scratch disk checks first: the size, and
+/// that the skeleton (if any) is a directory.
+fn check_request(
+    path: &Path,
+    size_bytes: u64,
+    skeleton: Option<&Path>,
+) -> Result<(), ScratchError> {
+    if size_bytes < MIN_SIZE {
+        return Err(ScratchError::TooSmall {
+            path: path.to_owned(),
+            size: size_bytes,
+            min: MIN_SIZE,
+        });
+    }
+    match skeleton {
+        Some(dir) if !dir.is_dir() => Err(ScratchError::Skeleton {
+            dir: dir.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// mkfs.ext4 lives in /sbin, which a non-login root shell's PATH may lack.
 fn mkfs_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -111,11 +126,6 @@ fn mkfs(path: &Path, skeleton: Option<&Path>) -> Result<(), ScratchError> {
     let binary = mkfs_binary().ok_or(ScratchError::MkfsMissing)?;
     let mut cmd = Command::new(binary);
     if let Some(dir) = skeleton {
-        if !dir.is_dir() {
-            return Err(ScratchError::Skeleton {
-                dir: dir.to_owned(),
-            });
-        }
         cmd.arg("-d").arg(dir);
     }
     let out = cmd
@@ -144,6 +154,16 @@ fn mkfs(path: &Path, skeleton: Option<&Path>) -> Result<(), ScratchError> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    /// What `debugfs -R REQUEST disk` prints (the disk is not mounted).
+    pub(super) fn debugfs(disk: &Path, request: &str) -> String {
+        let out = Command::new("debugfs")
+            .args(["-R", request])
+            .arg(disk)
+            .output()
+            .expect("debugfs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 
     #[test]
     fn large_disk_is_sparse_and_cheap() {
@@ -203,14 +223,7 @@ mod tests {
         }
         let p = d.path().join("scratch.ext4");
         create_scratch_from(&p, 1 << 30, Some(&skel)).expect("create");
-        let debugfs = |req: &str| {
-            let out = Command::new("debugfs")
-                .args(["-R", req])
-                .arg(&p)
-                .output()
-                .expect("debugfs");
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
+        let debugfs = |req: &str| debugfs(&p, req);
         assert_eq!(debugfs("cat /home/runner/.bashrc"), "export A=1\n");
         let stat = debugfs("stat /home/runner");
         assert!(stat.contains("Mode:  0750"), "{stat}");

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 
 use super::clone::{clone_sparse, Cloned};
-use super::{create_scratch_from, ScratchError, MIN_SIZE};
+use super::{check_request, create_scratch_from, ScratchError};
 
 /// Templates kept at most; the oldest go first.
 pub const KEEP: usize = 8;
@@ -68,18 +68,7 @@ impl Templates {
         size_bytes: u64,
         skeleton: Option<&Path>,
     ) -> Result<Made, ScratchError> {
-        if size_bytes < MIN_SIZE {
-            return Err(ScratchError::TooSmall {
-                path: path.to_owned(),
-                size: size_bytes,
-                min: MIN_SIZE,
-            });
-        }
-        if let Some(dir) = skeleton.filter(|d| !d.is_dir()) {
-            return Err(ScratchError::Skeleton {
-                dir: dir.to_owned(),
-            });
-        }
+        check_request(path, size_bytes, skeleton)?;
         match self.copy_of_template(path, size_bytes, skeleton) {
             Ok(made) => Ok(made),
             Err(Fallback::Caller(e)) => Err(e),
@@ -227,10 +216,7 @@ fn key(size: u64, skeleton: Option<&Path>) -> std::io::Result<String> {
     if let Some(dir) = skeleton {
         digest_tree(dir, Path::new(""), &mut h)?;
     }
-    Ok(h.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex::encode(&h.finalize()[..16]))
 }
 
 fn digest_tree(root: &Path, rel: &Path, h: &mut Sha256) -> std::io::Result<()> {
@@ -267,6 +253,7 @@ fn digest_tree(root: &Path, rel: &Path, h: &mut Sha256) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::MIN_SIZE;
     use std::process::Command;
 
     fn skeleton(root: &Path) -> PathBuf {
@@ -286,12 +273,7 @@ mod tests {
     }
 
     fn cat(disk: &Path, file: &str) -> String {
-        let out = Command::new("debugfs")
-            .args(["-R", &format!("cat {file}")])
-            .arg(disk)
-            .output()
-            .expect("debugfs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        crate::disk::tests::debugfs(disk, &format!("cat {file}"))
     }
 
     #[test]

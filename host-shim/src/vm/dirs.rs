@@ -160,8 +160,7 @@ pub(crate) fn make_private_dir_all(dir: &Path) -> Result<(), DirsError> {
 fn new_id() -> String {
     let mut bytes = [0u8; 6];
     super::random::fill(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("kiln-{hex}")
+    format!("kiln-{}", hex::encode(bytes))
 }
 
 #[cfg(test)]

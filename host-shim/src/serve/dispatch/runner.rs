@@ -36,7 +36,7 @@ pub fn runner_name(pool: &str, job_id: u64, suffix: &str) -> String {
 pub fn random_suffix() -> std::io::Result<String> {
     let mut bytes = [0u8; SUFFIX_LEN / 2];
     crate::vm::random::try_fill(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(bytes))
 }
 
 /// The guest's hostname: the runner's name where RFC 1123 allows it
