@@ -283,7 +283,7 @@ async fn a_signed_queued_job_is_accepted_and_dispatched_to_its_pool() {
         (7, 70, INSTALLATION)
     );
     assert_eq!(job.repository, "acme/widgets");
-    assert_eq!(job.delivery, "d-1");
+    assert_eq!(&*job.delivery, "d-1");
     assert_eq!(job.labels, SMALL);
 
     let (status, _) = k

@@ -11,7 +11,7 @@ use crate::config::Pool;
 #[derive(Debug, Clone)]
 pub struct QueuedJob {
     /// The `X-GitHub-Delivery` that queued it, for logs.
-    pub delivery: String,
+    pub delivery: Arc<str>,
     pub job_id: u64,
     pub run_id: u64,
     pub installation_id: u64,

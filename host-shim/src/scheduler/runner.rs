@@ -71,7 +71,8 @@ impl<D: Dispatch> Scheduler<D> {
         if state.closed {
             return Err(EnqueueError::Closed);
         }
-        let (delivery, job_id, pool) = (job.delivery.clone(), job.job_id, Arc::clone(&job.pool));
+        let (delivery, job_id, pool) =
+            (Arc::clone(&job.delivery), job.job_id, Arc::clone(&job.pool));
         state.queue.enqueue(job)?;
         let queued = state.queue.queued();
         start_ready(&self.inner, &mut state);

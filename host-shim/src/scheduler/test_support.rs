@@ -25,7 +25,7 @@ pub(crate) fn pool(name: &str, vcpus: u32, memory_mib: u64, max_vms: Option<u32>
 /// Job `id` asking for exactly `pool`'s labels.
 pub(crate) fn job(id: u64, pool: &Arc<Pool>) -> QueuedJob {
     QueuedJob {
-        delivery: format!("d{id}"),
+        delivery: format!("d{id}").into(),
         job_id: id,
         run_id: 1,
         installation_id: 1,

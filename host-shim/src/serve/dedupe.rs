@@ -7,6 +7,7 @@
 use std::borrow::Borrow;
 use std::collections::{HashSet, VecDeque};
 use std::hash::Hash;
+use std::sync::Arc;
 
 use crate::github::webhook::WorkflowJobAction;
 
@@ -74,10 +75,11 @@ impl<K: Hash + Eq + Clone> RecentSet<K> {
     }
 }
 
-/// What the webhook handler has seen.
+/// What the webhook handler has seen. Delivery ids are shared with the
+/// queued job (`Arc<str>`): remembering one copies nothing.
 #[derive(Debug)]
 pub struct Seen {
-    pub deliveries: RecentSet<String>,
+    pub deliveries: RecentSet<Arc<str>>,
     pub jobs: RecentSet<(u64, WorkflowJobAction)>,
 }
 
@@ -94,8 +96,8 @@ impl Seen {
         self.deliveries.contains(delivery) || self.jobs.contains(&(job_id, action))
     }
 
-    pub fn remember(&mut self, delivery: &str, job_id: u64, action: WorkflowJobAction) {
-        self.deliveries.insert(delivery.to_string());
+    pub fn remember(&mut self, delivery: &Arc<str>, job_id: u64, action: WorkflowJobAction) {
+        self.deliveries.insert(Arc::clone(delivery));
         self.jobs.insert((job_id, action));
     }
 
@@ -132,8 +134,8 @@ mod tests {
     #[test]
     fn forgetting_takes_back_a_remembered_delivery() {
         let mut seen = Seen::new(3);
-        seen.remember("d1", 1, WorkflowJobAction::Queued);
-        seen.remember("d2", 2, WorkflowJobAction::Queued);
+        seen.remember(&"d1".into(), 1, WorkflowJobAction::Queued);
+        seen.remember(&"d2".into(), 2, WorkflowJobAction::Queued);
         seen.forget("d2", 2, WorkflowJobAction::Queued);
         assert!(!seen.is_duplicate("d2", 2, WorkflowJobAction::Queued));
         assert!(seen.is_duplicate("d1", 1, WorkflowJobAction::Queued));
@@ -146,7 +148,7 @@ mod tests {
     #[test]
     fn duplicate_by_delivery_or_by_job_and_action() {
         let mut seen = Seen::new(10);
-        seen.remember("d1", 7, WorkflowJobAction::Queued);
+        seen.remember(&"d1".into(), 7, WorkflowJobAction::Queued);
         assert!(seen.is_duplicate("d1", 8, WorkflowJobAction::Completed));
         assert!(seen.is_duplicate("d2", 7, WorkflowJobAction::Queued));
         assert!(!seen.is_duplicate("d2", 7, WorkflowJobAction::Completed));

@@ -9,17 +9,16 @@ use std::time::Instant;
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::header::CONTENT_LENGTH;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::App;
 use crate::github::webhook::{
-    verify_signature, SignatureError, WorkflowJobAction, WorkflowJobEvent, DELIVERY_HEADER,
-    EVENT_HEADER, SIGNATURE_HEADER,
+    parse_workflow_job, verify_signature, SignatureError, WorkflowJobAction, WorkflowJobEvent,
+    DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER,
 };
 use crate::scheduler::{Dispatch, EnqueueError, QueuedJob};
 
@@ -55,26 +54,33 @@ const MAX_DELIVERY_LEN: usize = 128;
 /// Parse errors are cut to this in answers and logs.
 const MAX_REASON_LEN: usize = 200;
 
+// Looked up as `HeaderName`s: a `&str` name is parsed again on every lookup.
+const DELIVERY: HeaderName = HeaderName::from_static(DELIVERY_HEADER);
+const EVENT: HeaderName = HeaderName::from_static(EVENT_HEADER);
+const SIGNATURE: HeaderName = HeaderName::from_static(SIGNATURE_HEADER);
+
 pub(super) async fn handle<D: Dispatch>(
     State(app): State<Arc<App<D>>>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    // Taken apart rather than extracted as a `HeaderMap`, which would copy it.
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     // Header values that are not visible ASCII fail `to_str`, so what is
     // logged below cannot forge log lines.
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let declared_len = header(CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+    let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let declared_len = header(&CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if declared_len.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         return answer(StatusCode::PAYLOAD_TOO_LARGE, TOO_LARGE);
     }
-    let delivery = header(DELIVERY_HEADER).unwrap_or("");
+    let delivery = header(&DELIVERY).unwrap_or("");
     if delivery.len() > MAX_DELIVERY_LEN {
         return answer(StatusCode::BAD_REQUEST, "X-GitHub-Delivery is too long");
     }
-    let Some(event) = header(EVENT_HEADER) else {
+    let Some(event) = header(&EVENT) else {
         return answer(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
     };
-    let signature = headers.get(SIGNATURE_HEADER).map(|v| v.as_bytes());
+    let signature = headers.get(SIGNATURE).map(|v| v.as_bytes());
     if signature.is_none() {
         tracing::warn!(%delivery, %event, reason = %SignatureError::Missing, "webhook refused: bad signature");
         return answer(StatusCode::UNAUTHORIZED, "bad signature");
@@ -116,10 +122,10 @@ pub(super) async fn handle<D: Dispatch>(
             return answer(StatusCode::ACCEPTED, "ignored: not a workflow_job event");
         }
     }
-    let ev: WorkflowJobEvent = match serde_json::from_slice(&body) {
+    let ev = match parse_workflow_job(&body) {
         Ok(ev) => ev,
         Err(e) => {
-            let reason = truncate(&format!("invalid workflow_job payload: {e}"));
+            let reason = truncate(&e.to_string());
             tracing::warn!(%delivery, %reason, "webhook refused");
             return answer(StatusCode::BAD_REQUEST, reason);
         }
@@ -127,12 +133,13 @@ pub(super) async fn handle<D: Dispatch>(
     if delivery.is_empty() {
         return answer(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery header");
     }
-    app.accept(delivery, ev)
+    // One copy of the id, shared by the de-duplication sets and the job.
+    app.accept(Arc::from(delivery), ev)
 }
 
 impl<D: Dispatch> App<D> {
     /// A signed, parsed `workflow_job`: de-duplicate, then queue or dequeue.
-    fn accept(&self, delivery: &str, ev: WorkflowJobEvent) -> Response {
+    fn accept(&self, delivery: Arc<str>, ev: WorkflowJobEvent) -> Response {
         let job_id = ev.workflow_job.id;
         let action = ev.action;
         // Checked and recorded in one step, so two copies arriving at once
@@ -140,7 +147,7 @@ impl<D: Dispatch> App<D> {
         // (that logs, and every delivery takes this lock).
         {
             let mut seen = self.lock_seen();
-            if seen.is_duplicate(delivery, job_id, action) {
+            if seen.is_duplicate(&delivery, job_id, action) {
                 drop(seen);
                 tracing::debug!(
                     %delivery,
@@ -150,10 +157,10 @@ impl<D: Dispatch> App<D> {
                 );
                 return answer(StatusCode::ACCEPTED, "duplicate");
             }
-            seen.remember(delivery, job_id, action);
+            seen.remember(&delivery, job_id, action);
         }
         let response = match action {
-            WorkflowJobAction::Queued => self.queue(delivery, ev),
+            WorkflowJobAction::Queued => self.queue(Arc::clone(&delivery), ev),
             WorkflowJobAction::Completed => match self.scheduler.cancel_queued(job_id) {
                 Some(job) => {
                     tracing::info!(%delivery, job_id, pool = %job.pool.name, "job completed before it ran: removed from the queue");
@@ -171,12 +178,12 @@ impl<D: Dispatch> App<D> {
         // meanwhile was answered "duplicate": GitHub has the job queued
         // either way, and it only redelivers on request.)
         if response.status() != StatusCode::ACCEPTED {
-            self.lock_seen().forget(delivery, job_id, action);
+            self.lock_seen().forget(&delivery, job_id, action);
         }
         response
     }
 
-    fn queue(&self, delivery: &str, ev: WorkflowJobEvent) -> Response {
+    fn queue(&self, delivery: Arc<str>, ev: WorkflowJobEvent) -> Response {
         let job_id = ev.workflow_job.id;
         let labels = ev.workflow_job.labels;
         let Some(pool) = self.pools.iter().find(|p| p.accepts(&labels)) else {
@@ -195,7 +202,7 @@ impl<D: Dispatch> App<D> {
             );
         };
         let job = QueuedJob {
-            delivery: delivery.to_string(),
+            delivery: Arc::clone(&delivery),
             job_id,
             run_id: ev.workflow_job.run_id,
             installation_id: installation.id,
@@ -223,8 +230,9 @@ impl<D: Dispatch> App<D> {
     }
 }
 
-fn answer(status: StatusCode, text: impl Into<String>) -> Response {
-    (status, text.into()).into_response()
+/// A plain-text answer; a `&'static str` body is sent without a copy.
+fn answer(status: StatusCode, text: impl IntoResponse) -> Response {
+    (status, text).into_response()
 }
 
 fn truncate(s: &str) -> String {

@@ -577,7 +577,7 @@ pub async fn run(
     }
 
     let kiln_side = k.side("kiln serve", vec![
-        "headers checked, body read (at most 32 at once), HMAC-SHA256 over the raw body, the JSON parsed".into(),
+        "headers checked, body read (at most 32 at once), HMAC-SHA256 over the raw body, the JSON parsed for the fields the scheduler reads (sonic-rs)".into(),
         "de-duplication on the delivery id and (job id, action), the pool matched by labels".into(),
         "the job queued in the scheduler, answered 202 `queued`; one `job queued` log line (info, the default) to a file".into(),
     ])?;
