@@ -74,7 +74,13 @@ pub struct PayloadError(String);
 /// reads, and sonic-rs skips those with SIMD where serde_json matches
 /// every key. The derive below is the same for both.
 pub fn parse_workflow_job(body: &[u8]) -> Result<WorkflowJobEvent, PayloadError> {
-    sonic_rs::from_slice(body).map_err(|e| PayloadError(e.to_string()))
+    sonic_rs::from_slice(body).map_err(|e| {
+        // sonic-rs appends the lines of the body around the error; the
+        // reason goes to logs, so only its first line is kept (what was
+        // wrong, at which line and column), as serde_json's error read.
+        let text = e.to_string();
+        PayloadError(text.lines().next().unwrap_or_default().to_string())
+    })
 }
 
 /// A `workflow_job` delivery: only what the scheduler reads.
@@ -215,6 +221,18 @@ mod tests {
 
         let err = parse_workflow_job(br#"{"action": "queued"}"#).expect_err("no workflow_job");
         assert!(err.to_string().contains("workflow_job"), "{err}");
+    }
+
+    #[test]
+    fn a_parse_error_is_one_line_without_the_body() {
+        let body = b"{\"action\": \"queued\",\n \"workflow_job\": {\"id\": x, \"secretish\": 1}}";
+        let err = parse_workflow_job(body).expect_err("not JSON").to_string();
+        assert_eq!(err.lines().count(), 1, "{err:?}");
+        assert!(err.contains("line 2 column"), "{err}");
+        assert!(
+            !err.contains("secretish") && !err.contains("\"id\""),
+            "{err}"
+        );
     }
 
     mod same_as_serde_json {
