@@ -5,6 +5,7 @@
 //! - [`conversation`] — the exchange with one guest's kiln-init: Hello, Job, events, Cancel.
 //! - [`disk`] — per-VM scratch disks.
 //! - [`doctor`] — `kiln doctor`: what this host lacks, and how to fix it.
+//! - [`net`] — every VM's network: namespace, veth, tap, addresses, the nftables egress policy.
 //! - [`github`] — GitHub: webhook verification and payloads, the App's REST calls.
 //! - [`scheduler`] — the job queue: capacity accounting and dispatch, FIFO per host.
 //! - [`secret`] — [`secret::Secret`]: strings that print as `[redacted]`.
@@ -19,6 +20,7 @@ pub mod conversation;
 pub mod disk;
 pub mod doctor;
 pub mod github;
+pub mod net;
 pub mod scheduler;
 pub mod secret;
 pub mod serve;

@@ -1,0 +1,1 @@
+//! Running `nft`: see [`super`].

@@ -1,0 +1,1 @@
+//! The egress policy: see [`super`].
