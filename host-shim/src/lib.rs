@@ -5,6 +5,8 @@
 //! - [`conversation`] — the exchange with one guest's kiln-init: Hello, Job, events, Cancel.
 //! - [`disk`] — per-VM scratch disks.
 //! - [`doctor`] — `kiln doctor`: what this host lacks, and how to fix it.
+//! - [`lease`] — numbered host resources (CIDs, address slots) leased across processes by lock files.
+//! - [`random`] — random bytes from the kernel.
 //! - [`net`] — every VM's network: namespace, veth, tap, addresses, the nftables egress policy.
 //! - [`github`] — GitHub: webhook verification and payloads, the App's REST calls.
 //! - [`scheduler`] — the job queue: capacity accounting and dispatch, FIFO per host.
@@ -20,7 +22,9 @@ pub mod conversation;
 pub mod disk;
 pub mod doctor;
 pub mod github;
+pub mod lease;
 pub mod net;
+pub mod random;
 pub mod scheduler;
 pub mod secret;
 pub mod serve;

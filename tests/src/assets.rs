@@ -51,7 +51,11 @@ pub fn module_names() -> Vec<&'static str> {
         vcpus: 1,
         memory_mib: 128,
         guest_cid: 3,
-        tap: None,
+        // With a network device, so the initramfs carries its driver.
+        net: Some(kiln::vmm::NetAttach {
+            netns: PathBuf::new(),
+            tap: "x".into(),
+        }),
         console_limit_bytes: 0,
     };
     let mut names = Machine::Microvm.guest_modules(&spec);

@@ -9,15 +9,20 @@
 //! - [`fake_github`] — a fake GitHub API for the GitHub App client's tests
 //!   and `kiln serve`'s end-to-end tests.
 //! - [`vm`] — [`TestVm::boot`]: one VM, one job, everything it produced.
+//! - [`netlab`] — throwaway network namespaces standing in for the host,
+//!   the internet, a private LAN and the metadata service, for the network
+//!   tests.
 //!
 //! Nothing is skipped: a missing prerequisite fails the test with the
-//! command that installs it.
+//! command that installs it. (Tests that need root, such as the network
+//! lab's, say so and return when not root.)
 
 pub mod assets;
 pub mod disk;
 pub mod fake_github;
 pub mod job;
 pub mod layer;
+pub mod netlab;
 pub mod prereq;
 pub mod vm;
 

@@ -245,7 +245,7 @@ impl TestVm {
             // Each VM has its own vhost-device-vsock, so CIDs need not be
             // unique; they are anyway, which keeps logs unambiguous.
             guest_cid: 3 + (pid % 100_000) * 1000 + n % 1000,
-            tap: None,
+            net: None,
             console_limit_bytes: 1 << 20,
         };
         let mut modules = assets::modules_arg(opts.machine, &spec);

@@ -35,7 +35,7 @@ fn base_spec() -> VmSpec {
         vcpus: 1,
         memory_mib: 128,
         guest_cid: 3,
-        tap: None,
+        net: None,
         console_limit_bytes: 1 << 20,
     }
 }
@@ -58,7 +58,10 @@ fn sample_specs() -> Vec<VmSpec> {
                 s.scratch_disk = Some("/tmp/kiln/vm-1/scratch.ext4".into());
             }
             if bits & 8 != 0 {
-                s.tap = Some("kiln-tap7".into());
+                s.net = Some(kiln::vmm::NetAttach {
+                    netns: "/run/netns/kiln-x".into(),
+                    tap: "kiln-tap7".into(),
+                });
                 s.kernel_args = vec!["kiln.modules=virtio_net".into(), "kiln.debug".into()];
             }
             s.vcpus = vcpus;

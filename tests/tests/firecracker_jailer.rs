@@ -130,7 +130,7 @@ impl Rig {
             vcpus: 2,
             memory_mib: 512,
             guest_cid: 3,
-            tap: None,
+            net: None,
             console_limit_bytes: 4096,
         }
     }

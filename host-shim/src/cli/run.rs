@@ -23,6 +23,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -30,6 +31,7 @@ use kiln_protocol::{CommandSpec, ExitStatus, Job, UserSpec, WallClock, PROTOCOL_
 
 use super::duration::parse_duration;
 use super::signals;
+use crate::net::{NetConfig, NetRequest, Network};
 use crate::vm::{
     select_backend, stop_channel, BackendChoice, BackendOptions, ConsoleMode, DiscardSink, Image,
     ImageUser, JobEnd, Launcher, RunError, RuntimeDirs, StdioSink, StopLevel, Timeouts, VmReport,
@@ -75,10 +77,35 @@ pub struct RunArgs {
     /// Attach the guest's serial console for debugging (see `kiln run --help`).
     #[arg(long)]
     pub console: bool,
+    /// The VM's network: `egress` (the public internet and the DNS
+    /// resolvers, nothing private, not the host, not other VMs; what
+    /// `kiln serve`'s jobs get) or `none` (only `lo`).
+    #[arg(long, value_name = "MODE", default_value = "egress", value_parser = ["egress", "none"])]
+    pub network: String,
+    /// Also allow CIDR (a private registry, a cache), on PORT only when
+    /// given (TCP and UDP): `10.1.2.3:5000`, `10.1.0.0/16`, `[fd00::1]:443`.
+    /// Repeatable.
+    #[arg(long, value_name = "CIDR[:PORT]", value_parser = parse_allow)]
+    pub allow: Vec<crate::net::Allow>,
+    /// A DNS resolver for the VM (only these get port 53) [default: the
+    /// host's upstream resolvers]. Repeatable.
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<std::net::IpAddr>,
+    /// The address pool VMs' /30 links come from.
+    #[arg(long, value_name = "CIDR", default_value = crate::net::DEFAULT_POOL4)]
+    pub net_pool: ipnet::Ipv4Net,
+    /// The link VM traffic leaves by [default: the default route's]. Repeatable.
+    #[arg(long, value_name = "IF")]
+    pub uplink: Vec<String>,
     /// The command and its arguments, after `--`. A bare name is looked up
     /// in the guest's PATH.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+fn parse_allow(s: &str) -> Result<crate::net::Allow, String> {
+    s.parse()
+        .map_err(|e: crate::net::policy::AllowParseError| e.to_string())
 }
 
 fn parse_backend(s: &str) -> Result<BackendChoice, String> {
@@ -177,7 +204,22 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     opts.qemu.accel_cache = Some(dirs.runtime.join("accel-probe"));
     let selected = select_backend(&opts).await?;
     tracing::info!(backend = selected.backend.name(), why = %selected.reason, "backend chosen");
-    let launcher = Launcher::new(selected.backend, dirs)?;
+    let network = match args.network.as_str() {
+        "none" => None,
+        _ => {
+            let mut cfg = NetConfig::defaults(&dirs.runtime);
+            cfg.pool4 = args.net_pool;
+            cfg.uplinks = args.uplink.clone();
+            let net = Network::start(&cfg)
+                .await
+                .context("setting up the VM's network (--network none runs without one)")?;
+            Some(Arc::new(net))
+        }
+    };
+    let mut launcher = Launcher::new(selected.backend, dirs)?;
+    if let Some(n) = &network {
+        launcher = launcher.with_network(n.clone());
+    }
 
     let job = job_for(&args.command, &image.user, args.timeout, args.grace)?;
     let console = if args.console {
@@ -195,6 +237,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             boot: args.boot_timeout,
             ..Timeouts::default()
         },
+        network: network.as_ref().map(|_| NetRequest {
+            allow: args.allow.clone(),
+            dns: (!args.dns.is_empty()).then(|| args.dns.clone()),
+            tap_owner: None,
+        }),
         ..VmRequest::new(image.boot.clone(), job)
     };
 
@@ -218,6 +265,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .await
     };
     watcher.abort();
+    if let Some(n) = &network {
+        if let Err(e) = n.stop().await {
+            eprintln!("kiln run: removing the egress policy: {e}");
+        }
+    }
     Ok(finish(&report, first_signal.get()))
 }
 

@@ -3,12 +3,14 @@
 //! [`VmGuard::teardown`] is the orderly path, taken after success and
 //! after every error: stop the VMM (waiting for the guest to power off, or
 //! killing it), reap its processes, remove the backend's jail and cgroup,
-//! the listener's socket, the scratch disk and the VM directory, and give
+//! the listener's socket, the VM's network (namespace, veth, tap, policy
+//! elements, address), the scratch disk and the VM directory, and give
 //! the CID back. If the guard is dropped instead (a panic, or the caller
 //! dropped the future), `Drop` does what can be done without waiting:
 //! SIGKILL to the VMM's processes, and the same removals.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -16,6 +18,7 @@ use tokio::time::Instant;
 use super::backend::{RunningVm, VmmExit};
 use super::cid::CidLease;
 use super::console::ConsoleFollower;
+use crate::net::{Network, VmNet};
 use crate::vsock::HybridListener;
 
 /// How much of the end of the console log a report keeps.
@@ -34,6 +37,8 @@ pub(super) struct VmGuard {
     pub cid: Option<CidLease>,
     pub live: Option<Live>,
     pub follower: Option<ConsoleFollower>,
+    /// The VM's network, removed after its VMM is gone.
+    pub net: Option<(Arc<Network>, VmNet)>,
     finished: bool,
 }
 
@@ -62,6 +67,7 @@ impl VmGuard {
             cid: None,
             live: None,
             follower: None,
+            net: None,
             finished: false,
         }
     }
@@ -92,6 +98,9 @@ impl VmGuard {
         let console_tail = console_log
             .map(|p| crate::vmm::qemu::console::read_tail(&p, CONSOLE_TAIL))
             .unwrap_or_default();
+        if let Some((network, net)) = self.net.take() {
+            problems.extend(network.detach(net).await);
+        }
         if let Some(p) = self.scratch.take() {
             if let Err(e) = remove_file(&p) {
                 problems.push(e);
@@ -126,6 +135,8 @@ impl Drop for VmGuard {
         // Firecracker's Drop kills it and removes its jail.
         drop(self.live.take());
         drop(self.follower.take());
+        // VmNet's own Drop removes its namespace and policy elements.
+        drop(self.net.take());
         if let Some(p) = self.scratch.take() {
             if let Err(e) = remove_file(&p) {
                 tracing::warn!(vm = %self.id, error = %e, "scratch disk left behind");

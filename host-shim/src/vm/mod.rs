@@ -22,7 +22,7 @@ pub mod dirs;
 mod guard;
 pub mod image;
 pub mod output;
-pub mod random;
+pub use crate::random;
 pub mod request;
 mod run;
 pub mod select;

@@ -88,7 +88,11 @@ pub struct VmRequest {
     pub scratch_bytes: Option<u64>,
     /// Extra kernel arguments, never secrets; after the layer's own.
     pub kernel_args: Vec<String>,
+    /// The job; its `network` and `dns` are filled in from the VM's
+    /// network when `network` is set.
     pub job: Job,
+    /// The VM's network (see [`crate::net`]); `None`: no network device.
+    pub network: Option<crate::net::NetRequest>,
     pub console: ConsoleMode,
     /// The most console output kept in the log.
     pub console_limit_bytes: u64,
@@ -121,6 +125,7 @@ impl VmRequest {
             scratch_bytes: None,
             kernel_args: Vec::new(),
             job,
+            network: None,
             console: ConsoleMode::Log,
             console_limit_bytes: 1 << 20,
             max_output_bytes: 256 << 20,
@@ -154,7 +159,7 @@ impl VmRequest {
             vcpus: self.vcpus,
             memory_mib: self.memory_mib,
             guest_cid: 3,
-            tap: None,
+            net: None,
             console_limit_bytes: self.console_limit_bytes,
         }
         .validate()?;

@@ -4,6 +4,7 @@
 //! guest's power-off within a timeout, and a teardown on every path.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_protocol::{ExitStatus, GuestError, RunnerExited, WallClock};
@@ -21,7 +22,8 @@ use super::stop::{StopLevel, StopSignal};
 use super::timing::{Marks, Timing};
 use crate::conversation::{self, Conversation, ConversationError, Event, Limits, Summary};
 use crate::disk::{self, ScratchError};
-use crate::vmm::VmSpec;
+use crate::net::{NetError, Network};
+use crate::vmm::{NetAttach, VmSpec};
 
 /// How long the guest may take, once its VMM has exited, to deliver what it
 /// sent before powering off (it is already in the socket's buffers).
@@ -35,6 +37,8 @@ pub struct Launcher {
     backend: Backend,
     dirs: RuntimeDirs,
     cids: CidAllocator,
+    /// VMs' networks; `None`: VMs cannot have one.
+    network: Option<Arc<Network>>,
 }
 
 /// Milestones of a run, for callers that watch (tests, progress displays).
@@ -66,6 +70,10 @@ pub enum RunError {
     Cid(#[from] CidError),
     #[error(transparent)]
     Scratch(#[from] ScratchError),
+    #[error("the VM's network: {0}")]
+    Network(#[from] NetError),
+    #[error("the job asks for a network, but this launcher has none (start it with Launcher::with_network)")]
+    NoNetwork,
     #[error("starting the VM: {0}")]
     Backend(#[from] BackendError),
     #[error("the VMM exited ({status}) before the guest said Hello")]
@@ -141,7 +149,18 @@ impl Launcher {
             backend,
             dirs,
             cids,
+            network: None,
         })
+    }
+
+    /// Lets this launcher's VMs have a network (requests with `network` set).
+    pub fn with_network(mut self, network: Arc<Network>) -> Self {
+        self.network = Some(network);
+        self
+    }
+
+    pub fn network(&self) -> Option<&Arc<Network>> {
+        self.network.as_ref()
     }
 
     pub fn backend(&self) -> &Backend {
@@ -259,9 +278,25 @@ impl Launcher {
             vcpus: req.vcpus,
             memory_mib: req.memory_mib,
             guest_cid: cid,
-            tap: None,
+            net: None,
             console_limit_bytes: req.console_limit_bytes,
         };
+        let mut job = req.job.clone();
+        if let Some(net_req) = &req.network {
+            let network = self.network.as_ref().ok_or(RunError::NoNetwork)?;
+            let vm_net = network.attach(&id, net_req).await?;
+            spec.net = Some(NetAttach {
+                netns: vm_net
+                    .netns_path()
+                    .map(ToOwned::to_owned)
+                    .unwrap_or_default(),
+                tap: vm_net.tap().to_owned(),
+            });
+            job.network = Some(vm_net.guest_config().clone());
+            job.dns = vm_net.dns().to_vec();
+            tracing::debug!(vm = %id, net = ?vm_net.guest_config(), "VM network attached");
+            guard.net = Some((network.clone(), vm_net));
+        }
         let modules = req.boot.modules.select(&self.backend.guest_modules(&spec));
         if !modules.is_empty() {
             spec.kernel_args
@@ -319,7 +354,6 @@ impl Launcher {
         notify(progress, Progress::Hello);
         // The guest sets its clock from the job: the time of sending, not
         // of the request (the boot took a while).
-        let mut job = req.job.clone();
         job.clock = WallClock::now();
         let mut conv = greeting.send_job(&job, limits).await?;
         notify(progress, Progress::JobSent);

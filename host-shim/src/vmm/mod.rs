@@ -8,4 +8,4 @@ pub mod firecracker;
 pub mod qemu;
 pub mod spec;
 
-pub use spec::{VmSpec, VmSpecError};
+pub use spec::{NetAttach, VmSpec, VmSpecError};

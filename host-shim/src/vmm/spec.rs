@@ -28,10 +28,21 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// The guest's vsock context id, at least 3.
     pub guest_cid: u32,
-    /// A tap device on the host for eth0; `None` means no network device.
-    pub tap: Option<String>,
+    /// eth0: a tap inside the VM's network namespace; `None`: no network
+    /// device at all.
+    pub net: Option<NetAttach>,
     /// The most bytes of serial console output kept; the rest is dropped.
     pub console_limit_bytes: u64,
+}
+
+/// Where a VM's network device attaches: tap `tap` in the network
+/// namespace at `netns` (see [`crate::net`]). The VMM runs in that
+/// namespace (Firecracker through the jailer's `--netns`, QEMU by joining
+/// it before exec) and attaches to the tap by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetAttach {
+    pub netns: PathBuf,
+    pub tap: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

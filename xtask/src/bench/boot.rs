@@ -381,7 +381,7 @@ fn spec_shape(
         vcpus: kit.vcpus,
         memory_mib: kit.memory_mib,
         guest_cid: cid,
-        tap: None,
+        net: None,
         console_limit_bytes: 1 << 20,
     }
 }

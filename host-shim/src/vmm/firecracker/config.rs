@@ -119,10 +119,10 @@ pub fn requests(spec: &VmSpec) -> Vec<ApiRequest> {
             cache_type: Some(CacheType::Unsafe),
         }));
     }
-    if let Some(tap) = &spec.tap {
+    if let Some(net) = &spec.net {
         out.push(ApiRequest::NetworkInterface(NetworkInterface {
             iface_id: NET_IFACE_ID.to_owned(),
-            host_dev_name: tap.clone(),
+            host_dev_name: net.tap.clone(),
             guest_mac: None,
         }));
     }
@@ -154,7 +154,10 @@ mod tests {
             vcpus: 2,
             memory_mib: 1024,
             guest_cid: 7,
-            tap: Some("kiln-tap0".into()),
+            net: Some(crate::vmm::NetAttach {
+                netns: "/run/netns/kiln-x".into(),
+                tap: "kiln-tap0".into(),
+            }),
             console_limit_bytes: 4096,
         }
     }
@@ -209,7 +212,7 @@ mod tests {
         let mut s = spec();
         s.base_image = None;
         s.scratch_disk = None;
-        s.tap = None;
+        s.net = None;
         let paths: Vec<String> = requests(&s).iter().map(ApiRequest::path).collect();
         assert_eq!(
             paths,

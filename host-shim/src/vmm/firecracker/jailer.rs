@@ -117,8 +117,8 @@ pub fn jailer_args(
     for (file, value) in cgroup_limits(spec, settings.memory_overhead_mib) {
         push("--cgroup", format!("{file}={value}").into());
     }
-    if let Some(dir) = &settings.netns_dir {
-        push("--netns", dir.join(&spec.id).into_os_string());
+    if let Some(net) = &spec.net {
+        push("--netns", net.netns.clone().into_os_string());
     }
     args.push("--".into());
     args.push("--api-sock".into());
@@ -144,16 +144,20 @@ mod tests {
             vcpus: 2,
             memory_mib: 2048,
             guest_cid: 3,
-            tap: None,
+            net: None,
             console_limit_bytes: 1 << 20,
         }
     }
 
     #[test]
     fn argv_is_exactly_what_the_jailer_expects() {
-        let mut settings = FirecrackerSettings::new("/usr/bin/jailer", "/usr/bin/firecracker");
-        settings.netns_dir = Some("/var/run/netns".into());
-        let args = jailer_args(&settings, &spec(), 900_007, 900_007).unwrap();
+        let settings = FirecrackerSettings::new("/usr/bin/jailer", "/usr/bin/firecracker");
+        let mut s = spec();
+        s.net = Some(crate::vmm::NetAttach {
+            netns: "/run/netns/kiln-0123456789ab".into(),
+            tap: "kt-0123456789ab".into(),
+        });
+        let args = jailer_args(&settings, &s, 900_007, 900_007).unwrap();
         let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             args,
@@ -177,7 +181,7 @@ mod tests {
                 "--cgroup",
                 "memory.max=2214592512",
                 "--netns",
-                "/var/run/netns/job-42",
+                "/run/netns/kiln-0123456789ab",
                 "--",
                 "--api-sock",
                 "/run/firecracker.socket",
@@ -186,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn no_netns_flag_without_a_netns_dir_and_limits_follow_the_spec() {
+    fn no_netns_flag_without_a_network_and_limits_follow_the_spec() {
         let settings = FirecrackerSettings::new("/j", "/f");
         let mut s = spec();
         s.vcpus = 1;

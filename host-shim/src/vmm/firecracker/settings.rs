@@ -29,9 +29,6 @@ pub struct FirecrackerSettings {
     pub cgroup_root: PathBuf,
     /// The jailer's `--parent-cgroup`: VM cgroups are `<cgroup_root>/<parent_cgroup>/<id>`.
     pub parent_cgroup: String,
-    /// When set, each VM joins the network namespace `<netns_dir>/<id>`
-    /// (`--netns`), which the network layer creates with the VM's tap inside.
-    pub netns_dir: Option<PathBuf>,
     /// Added to the guest memory for `memory.max`: the VMM's own memory and
     /// the page cache of its disk I/O.
     pub memory_overhead_mib: u32,
@@ -56,7 +53,6 @@ impl FirecrackerSettings {
             uid_range: 900_000..=900_999,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             parent_cgroup: "kiln".to_owned(),
-            netns_dir: None,
             memory_overhead_mib: 64,
             api_socket_timeout: Duration::from_secs(5),
             api_request_timeout: Duration::from_secs(5),
@@ -150,14 +146,6 @@ impl FirecrackerSettings {
                     self.uid_range
                 ),
             ));
-        }
-        if let Some(dir) = &self.netns_dir {
-            if !dir.is_absolute() {
-                return Err(bad(
-                    "netns_dir",
-                    format!("{} must be an absolute path", dir.display()),
-                ));
-            }
         }
         Ok(exec_name)
     }

@@ -78,7 +78,7 @@ impl Machine {
             // it from later, so kiln-init loads it from the initramfs at boot.
             m.push("tun");
         }
-        if spec.tap.is_some() {
+        if spec.net.is_some() {
             m.extend(["failover", "net_failover", "virtio_net"]);
         }
         m
@@ -235,7 +235,8 @@ pub fn qemu_args(
             format!("{},drive={}", machine.device("virtio-blk"), disk.id),
         );
     }
-    if let Some(tap) = &spec.tap {
+    if let Some(net) = &spec.net {
+        let tap = &net.tap;
         if tap.is_empty()
             || tap.len() > 15
             || !tap
@@ -246,7 +247,9 @@ pub fn qemu_args(
         }
         a.opt(
             "-netdev",
-            format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+            // vhost=off: vhost-net is a KVM accelerator that needs
+            // /dev/vhost-net; QEMU runs in the VM's namespace, where the tap is.
+            format!("tap,id=net0,ifname={tap},script=no,downscript=no,vhost=off"),
         )
         .opt(
             "-device",
@@ -341,7 +344,7 @@ mod tests {
             vcpus: 2,
             memory_mib: 512,
             guest_cid: 3,
-            tap: None,
+            net: None,
             console_limit_bytes: 1 << 20,
         }
     }
@@ -404,7 +407,10 @@ mod tests {
         let mut s = spec();
         s.base_image = Some("/img/base,v1.ext4".into());
         s.scratch_disk = Some("/run/kiln/t-1/scratch.ext4".into());
-        s.tap = Some("kiln-tap0".into());
+        s.net = Some(crate::vmm::NetAttach {
+            netns: "/run/netns/kiln-x".into(),
+            tap: "kiln-tap0".into(),
+        });
         s.initrd = None;
         let args = strings(
             &qemu_args(
@@ -436,7 +442,7 @@ mod tests {
         );
         assert_eq!(
             value_of(&args, "-netdev"),
-            ["tap,id=net0,ifname=kiln-tap0,script=no,downscript=no"]
+            ["tap,id=net0,ifname=kiln-tap0,script=no,downscript=no,vhost=off"]
         );
         assert!(value_of(&args, "-initrd").is_empty());
         // KVM: no TSC hint; disks named in attach order.
@@ -485,7 +491,10 @@ mod tests {
     #[test]
     fn bad_tap_names_are_refused() {
         let mut s = spec();
-        s.tap = Some("tap,id=x".into());
+        s.net = Some(crate::vmm::NetAttach {
+            netns: "/run/netns/kiln-x".into(),
+            tap: "tap,id=x".into(),
+        });
         let err = qemu_args(&s, Machine::Microvm, Accel::Tcg, None, &Layout::of(&s.dir))
             .expect_err("bad tap");
         assert!(err.to_string().contains("tap,id=x"), "{err}");

@@ -59,6 +59,12 @@ pub enum QemuError {
     BadTap { name: String },
     #[error("{path}: {why}")]
     UnusablePath { path: PathBuf, why: &'static str },
+    #[error("opening the VM's network namespace {path}: {source}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("socket path {path} is {len} bytes, over the {MAX_UDS_PATH}-byte limit of Unix sockets; use a shorter VM directory")]
     PathTooLong { path: PathBuf, len: usize },
     #[error("could not start {what} ({binary}): {source}")]
@@ -192,6 +198,35 @@ fn parse_cpu_khz(cpuinfo: &str) -> Option<u64> {
     (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
 }
 
+/// QEMU runs in the VM's network namespace, where its tap is (as the
+/// jailer puts Firecracker there); vhost-device-vsock stays in the host's:
+/// it only serves Unix sockets.
+fn join_netns_before_exec(command: &mut Command, netns: &Path) -> Result<(), QemuError> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let ns: OwnedFd = std::fs::File::open(netns)
+        .map_err(|source| QemuError::Netns {
+            path: netns.to_owned(),
+            source,
+        })?
+        .into();
+    let fd = ns.as_raw_fd();
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: it makes one raw `setns`
+    // system call on an fd the parent keeps open (`ns` moves into the
+    // closure, which the Command holds until it is dropped after spawn).
+    unsafe {
+        command.pre_exec(move || {
+            let _keep = &ns;
+            if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(())
+}
+
 /// How a VM ended.
 #[derive(Debug)]
 pub struct VmExit {
@@ -300,6 +335,9 @@ impl QemuVm {
             &layout,
         )?;
         let mut command = Command::new(&qemu_bin);
+        if let Some(net) = &spec.net {
+            join_netns_before_exec(&mut command, &net.netns)?;
+        }
         match cfg.serial {
             SerialConsole::Log => {
                 command.stdin(Stdio::null()).stdout(Stdio::piped());
@@ -519,7 +557,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 256,
             guest_cid: 3,
-            tap: None,
+            net: None,
             console_limit_bytes: 1024,
         }
     }
