@@ -333,3 +333,83 @@ async fn a_silent_job_hits_the_deadline() {
     assert!(matches!(err, ConversationError::Deadline { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// After its Hello, a guest whose PID 1 was taken over dials the host again
+/// and again: none of these connections may wait in the listener's backlog.
+/// The conversation itself goes on.
+#[tokio::test]
+async fn extra_connections_after_the_greeting_are_refused_at_once() {
+    let s = setup();
+    let path = s.path.clone();
+    let guest = tokio::spawn(async move {
+        let mut g = dial(&path).await;
+        write_message(&mut g, &hello(PROTOCOL_VERSION))
+            .await
+            .expect("hello");
+        let _job: HostMessage = read_opening(&mut g).await.expect("job");
+        let (refused, open) = storm(&path, 1000).await;
+        write_message(
+            &mut g,
+            &GuestMessage::RunnerStarted(RunnerStarted {
+                pid: 7,
+                phases: vec![],
+            }),
+        )
+        .await
+        .expect("started");
+        write_message(
+            &mut g,
+            &GuestMessage::RunnerExited(RunnerExited {
+                status: ExitStatus::Code(0),
+                duration_ms: 1,
+                stopped_by: None,
+            }),
+        )
+        .await
+        .expect("exited");
+        (refused, open)
+    });
+    let mut conv = greet(&s.listener, &quick())
+        .await
+        .expect("greet")
+        .send_job(&job(), quick())
+        .await
+        .expect("send");
+    let mut events = 0;
+    while conv.next_event().await.expect("event").is_some() {
+        events += 1;
+    }
+    assert_eq!(events, 2);
+    let (refused, open) = guest.await.expect("guest");
+    assert_eq!(
+        (refused, open),
+        (1000, 0),
+        "every extra connection is refused, none is left open"
+    );
+}
+
+/// Dials `path` `n` times, keeping what connects; returns how many dials
+/// were refused and how many connections were still open a second later
+/// (a dial the backlog cannot take counts as open: it is waiting).
+async fn storm(path: &std::path::Path, n: usize) -> (usize, usize) {
+    use tokio::io::AsyncReadExt;
+    let mut refused = 0;
+    let mut open = 0;
+    let mut connected = Vec::new();
+    for _ in 0..n {
+        match UnixStream::connect(path).await {
+            Ok(c) => connected.push(c),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            Err(_) => open += 1,
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    for mut c in connected {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout_at(deadline, c.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(_)) | Err(_) => open += 1,
+        }
+    }
+    (refused, open)
+}
