@@ -7,9 +7,10 @@
 //!
 //! The guest is hostile. Every wait has a limit; frames are checked by the
 //! protocol crate before anything is allocated; [`reader`] checks each
-//! message against what may come next and bounds the total output. Any
-//! violation ends the conversation with an error saying what was wrong, and
-//! the caller ends the VM.
+//! message against what may come next and bounds the total output. What
+//! the guest sizes (boot stamps, texts) is cut to a bound and its memory
+//! given back. Any violation ends the conversation with an error saying
+//! what was wrong, and the caller ends the VM.
 
 mod reader;
 mod summary;

@@ -8,7 +8,7 @@ use kiln_protocol::{FrameError, GuestError, GuestMessage, MAX_OUTPUT_CHUNK};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::mpsc;
 
-use super::summary::bound_text;
+use super::summary::{bound_phases, bound_text};
 use super::{ConversationError, Event, Limits};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +72,7 @@ impl Checker {
             })),
             (State::Sent, GuestMessage::RunnerStarted(mut s)) => {
                 self.state = State::Running;
-                s.phases.truncate(super::summary::MAX_PHASES);
+                s.phases = bound_phases(s.phases);
                 Ok(Event::RunnerStarted(s))
             }
             (State::Running, GuestMessage::RunnerStarted(_)) => violation("RunnerStarted twice"),

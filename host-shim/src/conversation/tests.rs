@@ -413,3 +413,72 @@ async fn storm(path: &std::path::Path, n: usize) -> (usize, usize) {
     }
     (refused, open)
 }
+
+fn stamps(n: usize) -> Vec<PhaseStamp> {
+    vec![
+        PhaseStamp {
+            phase: BootPhase::InitStart,
+            at_ns: 1,
+        };
+        n
+    ]
+}
+
+/// What the guest sizes is cut to a bound, and so is the memory it took:
+/// a Hello of 500 000 boot stamps (one frame) decodes into about 8 MiB.
+#[tokio::test]
+async fn guest_sized_vectors_and_texts_keep_only_their_bounded_capacity() {
+    let s = setup();
+    let path = s.path.clone();
+    tokio::spawn(async move {
+        let mut g = dial(&path).await;
+        let huge = GuestMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            init_version: "v".repeat(20_000),
+            kernel_release: "k".repeat(20_000),
+            boot: stamps(500_000),
+        });
+        write_message(&mut g, &huge).await.expect("hello");
+        let _job: HostMessage = read_opening(&mut g).await.expect("job");
+        let started = GuestMessage::RunnerStarted(RunnerStarted {
+            pid: 7,
+            phases: stamps(500_000),
+        });
+        write_message(&mut g, &started).await.expect("started");
+        let error = GuestMessage::Error(kiln_protocol::GuestError {
+            what: "w".repeat(400_000),
+            detail: "d".repeat(400_000),
+        });
+        write_message(&mut g, &error).await.expect("error");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    let limits = quick();
+    let greeting = greet(&s.listener, &limits).await.expect("greet");
+    let hello = greeting.hello();
+    let max_text = limits.max_text + '…'.len_utf8();
+    assert_eq!(hello.boot.len(), summary::MAX_PHASES);
+    assert!(
+        hello.boot.capacity() <= summary::MAX_PHASES,
+        "boot stamps keep room for {}",
+        hello.boot.capacity()
+    );
+    for text in [&hello.init_version, &hello.kernel_release] {
+        assert!(text.capacity() <= max_text, "{}", text.capacity());
+    }
+    let mut conv = greeting.send_job(&job(), limits).await.expect("send");
+    let Some(Event::RunnerStarted(started)) = conv.next_event().await.expect("started") else {
+        panic!("expected RunnerStarted");
+    };
+    assert_eq!(started.phases.len(), summary::MAX_PHASES);
+    assert!(
+        started.phases.capacity() <= summary::MAX_PHASES,
+        "{}",
+        started.phases.capacity()
+    );
+    let Some(Event::GuestError(e)) = conv.next_event().await.expect("error") else {
+        panic!("expected the guest's error");
+    };
+    for text in [&e.what, &e.detail] {
+        assert!(text.capacity() <= max_text, "{}", text.capacity());
+    }
+}
