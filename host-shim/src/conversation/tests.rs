@@ -60,6 +60,7 @@ fn quick() -> Limits {
         end_slack: Duration::from_secs(5),
         max_output_bytes: 1 << 20,
         max_text: 256,
+        max_frames_per_sec: 4096,
     }
 }
 
@@ -412,6 +413,51 @@ async fn storm(path: &std::path::Path, n: usize) -> (usize, usize) {
         }
     }
     (refused, open)
+}
+
+/// A guest that floods empty `Output` frames is stopped at the first one.
+#[tokio::test]
+async fn a_flood_of_empty_output_frames_ends_with_a_protocol_error_within_a_second() {
+    let s = setup();
+    let path = s.path.clone();
+    tokio::spawn(async move {
+        let mut g = dial(&path).await;
+        write_message(&mut g, &hello(PROTOCOL_VERSION))
+            .await
+            .expect("hello");
+        let _job: HostMessage = read_opening(&mut g).await.expect("job");
+        let started = GuestMessage::RunnerStarted(RunnerStarted {
+            pid: 7,
+            phases: vec![],
+        });
+        write_message(&mut g, &started).await.expect("started");
+        let empty = GuestMessage::Output(Output {
+            stream: Stream::Stdout,
+            data: vec![],
+        });
+        // Until the host hangs up.
+        while write_message(&mut g, &empty).await.is_ok() {}
+    });
+    let mut conv = greet(&s.listener, &quick())
+        .await
+        .expect("greet")
+        .send_job(&job(), quick())
+        .await
+        .expect("send");
+    let sent = std::time::Instant::now();
+    let err = loop {
+        match conv.next_event().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the conversation ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    let took = sent.elapsed();
+    assert!(
+        matches!(&err, ConversationError::Protocol(what) if what.contains("empty Output")),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(1), "took {took:?}");
 }
 
 fn stamps(n: usize) -> Vec<PhaseStamp> {
