@@ -16,7 +16,7 @@ use kiln::config::{Config, HostFacts};
 use kiln::github::webhook::sign;
 use kiln::scheduler::{Dispatch, QueuedJob, Snapshot};
 use kiln::secret::Secret;
-use kiln::serve::{BodyLimits, Server};
+use kiln::serve::{BodyLimits, HttpLimits, Server, ServerLimits};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -75,10 +75,10 @@ fn write_secret(path: &Path, content: &str) {
 
 /// Starts the server with `extra` top-level keys and [`POOLS`] (or `pools`).
 async fn start_with(extra: &str, pools: &str) -> Kiln {
-    start_limited(extra, pools, BodyLimits::default()).await
+    start_limited(extra, pools, ServerLimits::default()).await
 }
 
-async fn start_limited(extra: &str, pools: &str, limits: BodyLimits) -> Kiln {
+async fn start_limited(extra: &str, pools: &str, limits: ServerLimits) -> Kiln {
     let dir = tempfile::tempdir().expect("tempdir");
     write_secret(&dir.path().join("webhook-secret"), &format!("{SECRET}\n"));
     write_secret(&dir.path().join("key.pem"), "not parsed by the server\n");
@@ -451,10 +451,13 @@ async fn an_oversized_chunked_body_is_413_too() {
 
 #[tokio::test]
 async fn slow_uploads_are_bounded_in_number_and_time() {
-    let limits = BodyLimits {
-        in_flight: 1,
-        wait: Duration::from_millis(200),
-        read_timeout: Duration::from_millis(800),
+    let limits = ServerLimits {
+        body: BodyLimits {
+            in_flight: 1,
+            wait: Duration::from_millis(200),
+            read_timeout: Duration::from_millis(800),
+        },
+        ..ServerLimits::default()
     };
     let k = Arc::new(start_limited("", POOLS, limits).await);
     // Promises 100 bytes, sends 10, stalls: holds the only read slot.
@@ -484,6 +487,149 @@ async fn slow_uploads_are_bounded_in_number_and_time() {
         (StatusCode::OK, "pong"),
         "the slot is free again"
     );
+}
+
+/// Opens a connection, writes `bytes` and leaves it open.
+async fn stalled(addr: SocketAddr, bytes: &[u8]) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    s
+}
+
+/// True if the server closed `s` (EOF or reset) within `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+fn http_limits(http: HttpLimits) -> ServerLimits {
+    ServerLimits {
+        http,
+        ..ServerLimits::default()
+    }
+}
+
+/// Issue 13, item 2, in process: half a request line does not hold a
+/// connection past the header timeout.
+#[tokio::test]
+async fn half_a_request_line_is_closed_after_the_header_timeout() {
+    let k = start_limited(
+        "",
+        POOLS,
+        http_limits(HttpLimits {
+            header_timeout: Duration::from_millis(300),
+            ..HttpLimits::default()
+        }),
+    )
+    .await;
+    let mut slow = stalled(k.addr, b"POST /webh").await;
+    assert!(closed_within(&mut slow, Duration::from_secs(3)).await);
+    k.stop().await;
+}
+
+/// After its answer, a keep-alive connection has the header timeout to
+/// send its next request.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let k = start_limited(
+        "",
+        POOLS,
+        http_limits(HttpLimits {
+            header_timeout: Duration::from_millis(300),
+            ..HttpLimits::default()
+        }),
+    )
+    .await;
+    let mut c = stalled(k.addr, b"GET /healthz HTTP/1.1\r\nHost: k\r\n\r\n").await;
+    let mut buf = [0u8; 1024];
+    let n = c.read(&mut buf).await.expect("answer");
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert!(closed_within(&mut c, Duration::from_secs(3)).await);
+    k.stop().await;
+}
+
+/// A connection on which nothing moves is closed after the idle timeout,
+/// even when the header timeout is longer.
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    let k = start_limited(
+        "",
+        POOLS,
+        http_limits(HttpLimits {
+            header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_millis(300),
+            ..HttpLimits::default()
+        }),
+    )
+    .await;
+    let mut silent = stalled(k.addr, b"").await;
+    assert!(closed_within(&mut silent, Duration::from_secs(3)).await);
+    k.stop().await;
+}
+
+/// At the cap, a new connection makes room by closing the oldest
+/// connection that never sent a signed delivery; one that did is kept.
+#[tokio::test]
+async fn past_the_cap_the_oldest_untrusted_connection_makes_room() {
+    let k = start_limited(
+        "",
+        POOLS,
+        http_limits(HttpLimits {
+            max_connections: 4,
+            header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            ..HttpLimits::default()
+        }),
+    )
+    .await;
+    // GitHub's keep-alive connection, trusted by a signed ping.
+    let stream = tokio::net::TcpStream::connect(k.addr)
+        .await
+        .expect("connect");
+    let (mut github, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let ping = |id: &str| {
+        Request::post("/webhook")
+            .header("host", "kiln.test")
+            .header("x-github-event", "ping")
+            .header("x-github-delivery", id)
+            .header("x-hub-signature-256", sign(&Secret::new(SECRET), b"{}"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("request")
+    };
+    let resp = github.send_request(ping("d-1")).await.expect("first ping");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(stalled(k.addr, b"POST /webh").await);
+    }
+    // One more than the cap: the oldest idle one goes, not GitHub's.
+    let mut newest = stalled(k.addr, b"POST /webh").await;
+    assert!(closed_within(&mut idle[0], Duration::from_secs(2)).await);
+    let resp = github.send_request(ping("d-2")).await.expect("second ping");
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "the trusted connection was kept"
+    );
+    assert!(!closed_within(&mut newest, Duration::from_millis(100)).await);
+    assert!(k.server.connections() <= 4, "{}", k.server.connections());
+    // A request still arriving is waited for at shutdown.
+    drop((idle, newest));
+    k.stop().await;
 }
 
 #[tokio::test]

@@ -17,7 +17,8 @@ pub enum GuestMessage {
     Hello(Hello),
     /// The job's command was spawned.
     RunnerStarted(RunnerStarted),
-    /// A chunk of the job's stdout or stderr, at most `MAX_OUTPUT_CHUNK` bytes.
+    /// A chunk of the job's stdout or stderr: 1 to `MAX_OUTPUT_CHUNK` bytes
+    /// (the host ends the job on an empty one).
     Output(Output),
     /// The job's command ended; the guest powers off next.
     RunnerExited(RunnerExited),

@@ -7,10 +7,14 @@
 //!
 //! The guest is hostile. Every wait has a limit; frames are checked by the
 //! protocol crate before anything is allocated; [`reader`] checks each
-//! message against what may come next and bounds the total output. Any
-//! violation ends the conversation with an error saying what was wrong, and
-//! the caller ends the VM.
+//! message against what may come next, refuses empty output chunks, bounds
+//! the total output and paces the frames ([`pace`]: at most
+//! [`Limits::max_frames_per_sec`]). What the guest sizes (boot stamps,
+//! texts) is cut to a bound and its memory given back. Any violation ends
+//! the conversation with an error saying what was wrong, and the caller
+//! ends the VM.
 
+mod pace;
 mod reader;
 mod summary;
 
@@ -49,6 +53,10 @@ pub struct Limits {
     pub max_output_bytes: u64,
     /// Longest guest-supplied text kept (error details, versions).
     pub max_text: usize,
+    /// Frames read from the guest a second, on average, after bursts of up
+    /// to one second's worth. A faster guest waits (its writes block); the
+    /// host's work per VM stays bounded whatever the guest sends.
+    pub max_frames_per_sec: u32,
 }
 
 impl Default for Limits {
@@ -60,6 +68,8 @@ impl Default for Limits {
             end_slack: Duration::from_secs(30),
             max_output_bytes: 256 << 20,
             max_text: 4096,
+            // Full 32 KiB chunks at this rate are 128 MiB/s.
+            max_frames_per_sec: 4096,
         }
     }
 }

@@ -1,14 +1,17 @@
 //! Reads the guest's messages after the job was sent and checks each one
-//! against what may come next: `RunnerStarted` once, then `Output`, then
-//! `RunnerExited`; `Error` at any time. Stops at the last event, at the
-//! first violation, or when the consumer goes away.
+//! against what may come next: `RunnerStarted` once, then `Output` (never
+//! empty), then `RunnerExited`; `Error` at any time. Frames are read at
+//! most [`Limits::max_frames_per_sec`] a second ([`Pace`]). Stops at the
+//! last event, at the first violation, or when the consumer goes away.
 
 use kiln_protocol::tokio_codec::read_message;
 use kiln_protocol::{FrameError, GuestError, GuestMessage, MAX_OUTPUT_CHUNK};
-use tokio::net::unix::OwnedReadHalf;
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use super::summary::bound_text;
+use super::pace::Pace;
+use super::summary::{bound_phases, bound_text};
 use super::{ConversationError, Event, Limits};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,13 +21,17 @@ enum State {
     Running,
 }
 
-pub(super) async fn run(
-    mut read: OwnedReadHalf,
+pub(super) async fn run<R: AsyncRead + Unpin>(
+    mut read: R,
     tx: mpsc::Sender<Result<Event, ConversationError>>,
     limits: Limits,
 ) {
+    let mut pace = Pace::new(limits.max_frames_per_sec, Instant::now());
     let mut check = Checker::new(limits);
     loop {
+        // Waiting here leaves the guest's frames in the socket: it is
+        // slowed down, not refused.
+        tokio::time::sleep_until(pace.admit(Instant::now())).await;
         let msg = match read_message::<_, GuestMessage>(&mut read).await {
             Ok(m) => m,
             Err(FrameError::Closed) => {
@@ -72,7 +79,7 @@ impl Checker {
             })),
             (State::Sent, GuestMessage::RunnerStarted(mut s)) => {
                 self.state = State::Running;
-                s.phases.truncate(super::summary::MAX_PHASES);
+                s.phases = bound_phases(s.phases);
                 Ok(Event::RunnerStarted(s))
             }
             (State::Running, GuestMessage::RunnerStarted(_)) => violation("RunnerStarted twice"),
@@ -81,6 +88,11 @@ impl Checker {
                 violation("RunnerExited before RunnerStarted")
             }
             (State::Running, GuestMessage::Output(o)) => {
+                // An empty chunk carries nothing and costs the host a
+                // frame's work: kiln-init never sends one.
+                if o.data.is_empty() {
+                    return violation("an empty Output chunk");
+                }
                 if o.data.len() > MAX_OUTPUT_CHUNK {
                     return Err(ConversationError::Protocol(format!(
                         "an Output chunk of {} bytes, over the {MAX_OUTPUT_CHUNK}-byte limit",
@@ -103,7 +115,9 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_protocol::tokio_codec::write_message;
     use kiln_protocol::{ExitStatus, Hello, Output, RunnerExited, RunnerStarted, Stream};
+    use std::time::Duration;
 
     fn started() -> GuestMessage {
         GuestMessage::RunnerStarted(RunnerStarted {
@@ -174,6 +188,48 @@ mod tests {
             c.next(out(1)),
             Err(ConversationError::OutputLimit { limit: 100 })
         ));
+    }
+
+    #[test]
+    fn an_empty_output_chunk_is_refused() {
+        let mut c = Checker::new(Limits::default());
+        c.next(started()).expect("start");
+        assert!(protocol_error(c.next(out(0))).contains("empty Output"));
+    }
+
+    /// Virtual time: the pacing is measured exactly, not raced.
+    #[tokio::test(start_paused = true)]
+    async fn frames_beyond_the_rate_wait_for_their_slot() {
+        let (mut guest, host) = tokio::io::duplex(1 << 16);
+        let limits = Limits {
+            max_frames_per_sec: 100,
+            ..Limits::default()
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        tokio::spawn(run(host, tx, limits));
+        tokio::spawn(async move {
+            let mut frames = vec![started()];
+            frames.extend((0..300).map(|_| out(1)));
+            frames.push(exited());
+            for f in &frames {
+                write_message(&mut guest, f).await.expect("write");
+            }
+            // Keep the channel open until the host has read everything.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        });
+        let t0 = tokio::time::Instant::now();
+        let mut events = 0;
+        while let Some(ev) = rx.recv().await {
+            ev.expect("no violation");
+            events += 1;
+        }
+        assert_eq!(events, 302);
+        // The first 100 frames come at once, the other 202 at 100 a second.
+        let took = t0.elapsed();
+        assert!(
+            (Duration::from_millis(2010)..Duration::from_millis(2030)).contains(&took),
+            "{took:?}"
+        );
     }
 
     #[test]

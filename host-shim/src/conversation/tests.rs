@@ -60,6 +60,7 @@ fn quick() -> Limits {
         end_slack: Duration::from_secs(5),
         max_output_bytes: 1 << 20,
         max_text: 256,
+        max_frames_per_sec: 4096,
     }
 }
 
@@ -332,4 +333,198 @@ async fn a_silent_job_hits_the_deadline() {
     let err = conv.next_event().await.expect_err("deadline");
     assert!(matches!(err, ConversationError::Deadline { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// After its Hello, a guest whose PID 1 was taken over dials the host again
+/// and again: none of these connections may wait in the listener's backlog.
+/// The conversation itself goes on.
+#[tokio::test]
+async fn extra_connections_after_the_greeting_are_refused_at_once() {
+    let s = setup();
+    let path = s.path.clone();
+    let guest = tokio::spawn(async move {
+        let mut g = dial(&path).await;
+        write_message(&mut g, &hello(PROTOCOL_VERSION))
+            .await
+            .expect("hello");
+        let _job: HostMessage = read_opening(&mut g).await.expect("job");
+        let (refused, open) = storm(&path, 1000).await;
+        write_message(
+            &mut g,
+            &GuestMessage::RunnerStarted(RunnerStarted {
+                pid: 7,
+                phases: vec![],
+            }),
+        )
+        .await
+        .expect("started");
+        write_message(
+            &mut g,
+            &GuestMessage::RunnerExited(RunnerExited {
+                status: ExitStatus::Code(0),
+                duration_ms: 1,
+                stopped_by: None,
+            }),
+        )
+        .await
+        .expect("exited");
+        (refused, open)
+    });
+    let mut conv = greet(&s.listener, &quick())
+        .await
+        .expect("greet")
+        .send_job(&job(), quick())
+        .await
+        .expect("send");
+    let mut events = 0;
+    while conv.next_event().await.expect("event").is_some() {
+        events += 1;
+    }
+    assert_eq!(events, 2);
+    let (refused, open) = guest.await.expect("guest");
+    assert_eq!(
+        (refused, open),
+        (1000, 0),
+        "every extra connection is refused, none is left open"
+    );
+}
+
+/// Dials `path` `n` times, keeping what connects; returns how many dials
+/// were refused and how many connections were still open a second later
+/// (a dial the backlog cannot take counts as open: it is waiting).
+async fn storm(path: &std::path::Path, n: usize) -> (usize, usize) {
+    use tokio::io::AsyncReadExt;
+    let mut refused = 0;
+    let mut open = 0;
+    let mut connected = Vec::new();
+    for _ in 0..n {
+        match UnixStream::connect(path).await {
+            Ok(c) => connected.push(c),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
+            Err(_) => open += 1,
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    for mut c in connected {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout_at(deadline, c.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(_)) | Err(_) => open += 1,
+        }
+    }
+    (refused, open)
+}
+
+/// A guest that floods empty `Output` frames is stopped at the first one.
+#[tokio::test]
+async fn a_flood_of_empty_output_frames_ends_with_a_protocol_error_within_a_second() {
+    let s = setup();
+    let path = s.path.clone();
+    tokio::spawn(async move {
+        let mut g = dial(&path).await;
+        write_message(&mut g, &hello(PROTOCOL_VERSION))
+            .await
+            .expect("hello");
+        let _job: HostMessage = read_opening(&mut g).await.expect("job");
+        let started = GuestMessage::RunnerStarted(RunnerStarted {
+            pid: 7,
+            phases: vec![],
+        });
+        write_message(&mut g, &started).await.expect("started");
+        let empty = GuestMessage::Output(Output {
+            stream: Stream::Stdout,
+            data: vec![],
+        });
+        // Until the host hangs up.
+        while write_message(&mut g, &empty).await.is_ok() {}
+    });
+    let mut conv = greet(&s.listener, &quick())
+        .await
+        .expect("greet")
+        .send_job(&job(), quick())
+        .await
+        .expect("send");
+    let sent = std::time::Instant::now();
+    let err = loop {
+        match conv.next_event().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the conversation ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    let took = sent.elapsed();
+    assert!(
+        matches!(&err, ConversationError::Protocol(what) if what.contains("empty Output")),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+fn stamps(n: usize) -> Vec<PhaseStamp> {
+    vec![
+        PhaseStamp {
+            phase: BootPhase::InitStart,
+            at_ns: 1,
+        };
+        n
+    ]
+}
+
+/// What the guest sizes is cut to a bound, and so is the memory it took:
+/// a Hello of 500 000 boot stamps (one frame) decodes into about 8 MiB.
+#[tokio::test]
+async fn guest_sized_vectors_and_texts_keep_only_their_bounded_capacity() {
+    let s = setup();
+    let path = s.path.clone();
+    tokio::spawn(async move {
+        let mut g = dial(&path).await;
+        let huge = GuestMessage::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            init_version: "v".repeat(20_000),
+            kernel_release: "k".repeat(20_000),
+            boot: stamps(500_000),
+        });
+        write_message(&mut g, &huge).await.expect("hello");
+        let _job: HostMessage = read_opening(&mut g).await.expect("job");
+        let started = GuestMessage::RunnerStarted(RunnerStarted {
+            pid: 7,
+            phases: stamps(500_000),
+        });
+        write_message(&mut g, &started).await.expect("started");
+        let error = GuestMessage::Error(kiln_protocol::GuestError {
+            what: "w".repeat(400_000),
+            detail: "d".repeat(400_000),
+        });
+        write_message(&mut g, &error).await.expect("error");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    let limits = quick();
+    let greeting = greet(&s.listener, &limits).await.expect("greet");
+    let hello = greeting.hello();
+    let max_text = limits.max_text + '…'.len_utf8();
+    assert_eq!(hello.boot.len(), summary::MAX_PHASES);
+    assert!(
+        hello.boot.capacity() <= summary::MAX_PHASES,
+        "boot stamps keep room for {}",
+        hello.boot.capacity()
+    );
+    for text in [&hello.init_version, &hello.kernel_release] {
+        assert!(text.capacity() <= max_text, "{}", text.capacity());
+    }
+    let mut conv = greeting.send_job(&job(), limits).await.expect("send");
+    let Some(Event::RunnerStarted(started)) = conv.next_event().await.expect("started") else {
+        panic!("expected RunnerStarted");
+    };
+    assert_eq!(started.phases.len(), summary::MAX_PHASES);
+    assert!(
+        started.phases.capacity() <= summary::MAX_PHASES,
+        "{}",
+        started.phases.capacity()
+    );
+    let Some(Event::GuestError(e)) = conv.next_event().await.expect("error") else {
+        panic!("expected the guest's error");
+    };
+    for text in [&e.what, &e.detail] {
+        assert!(text.capacity() <= max_text, "{}", text.capacity());
+    }
 }

@@ -1,6 +1,9 @@
 //! `kiln serve`'s HTTP side: GitHub's webhooks in, jobs to the [`Scheduler`].
 //!
 //! - [`webhook`] — `POST /webhook`: signature, parsing, de-duplication, the queue.
+//! - [`http`] — the HTTP/1 server under the router: accept loop, timers.
+//! - [`conns`] — the open connections, and which one goes when room is needed.
+//! - [`limits`] — what an unauthenticated client may cost; the file limit.
 //! - [`dedupe`] — the bounded memory of deliveries already handled.
 //! - [`dispatch`] — the dispatcher `kiln serve` runs jobs with.
 //! - [`signals`] — SIGINT/SIGTERM: drain, then cancel.
@@ -8,9 +11,12 @@
 //!
 //! `GET /healthz` answers 200 while the server runs.
 
+mod conns;
 pub mod dedupe;
 pub mod dispatch;
 pub mod error;
+mod http;
+pub mod limits;
 pub mod signals;
 pub mod webhook;
 
@@ -24,11 +30,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use error::ServeError;
-pub use webhook::BodyLimits;
+pub use limits::{BodyLimits, HttpLimits, ServerLimits};
 
 use crate::config::{Config, Pool};
 use crate::scheduler::{Dispatch, Scheduler};
 use crate::secret::Secret;
+use conns::Connections;
 use dedupe::{Seen, DEDUPE_ENTRIES};
 use signals::Signals;
 
@@ -38,6 +45,7 @@ const HTTP_DRAIN: Duration = Duration::from_secs(10);
 /// The webhook server and its scheduler.
 pub struct Server<D: Dispatch> {
     app: Arc<App<D>>,
+    http: HttpLimits,
 }
 
 /// What the handlers share.
@@ -46,6 +54,8 @@ struct App<D: Dispatch> {
     pools: Vec<Arc<Pool>>,
     scheduler: Scheduler<D>,
     seen: Mutex<Seen>,
+    /// The open connections: who is closed when room is needed.
+    conns: Arc<Connections>,
     /// Bounds the webhook bodies being read at once.
     body_permits: Semaphore,
     body_limits: BodyLimits,
@@ -60,10 +70,10 @@ impl<D: Dispatch> App<D> {
 
 impl<D: Dispatch> Server<D> {
     pub fn new(config: &Config, dispatcher: D) -> Self {
-        Self::with_limits(config, dispatcher, BodyLimits::default())
+        Self::with_limits(config, dispatcher, ServerLimits::default())
     }
 
-    pub fn with_limits(config: &Config, dispatcher: D, body_limits: BodyLimits) -> Self {
+    pub fn with_limits(config: &Config, dispatcher: D, limits: ServerLimits) -> Self {
         Self {
             app: Arc::new(App {
                 webhook_secret: config.webhook_secret.clone(),
@@ -75,9 +85,11 @@ impl<D: Dispatch> Server<D> {
                     dispatcher,
                 ),
                 seen: Mutex::new(Seen::new(DEDUPE_ENTRIES)),
-                body_permits: Semaphore::new(body_limits.in_flight),
-                body_limits,
+                conns: Connections::new(limits.http.max_connections),
+                body_permits: Semaphore::new(limits.body.in_flight),
+                body_limits: limits.body,
             }),
+            http: limits.http,
         }
     }
 
@@ -100,9 +112,19 @@ impl<D: Dispatch> Server<D> {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
+        http::serve(
+            listener,
+            self.router(),
+            Arc::clone(&self.app.conns),
+            self.http,
+            shutdown,
+        )
+        .await
+    }
+
+    /// Connections open now (those told to close not counted).
+    pub fn connections(&self) -> usize {
+        self.app.conns.len()
     }
 }
 
@@ -112,13 +134,14 @@ impl<D: Dispatch> Server<D> {
 /// next cancels them.
 pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), ServeError> {
     let signals = Signals::install().map_err(ServeError::Signals)?;
+    let limits = server_limits();
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
             addr: config.listen,
             source,
         })?;
-    let server = Server::new(&config, dispatcher);
+    let server = Server::with_limits(&config, dispatcher, limits);
     for pool in &config.pools {
         tracing::info!(
             pool = %pool.name,
@@ -170,4 +193,29 @@ pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), Serve
     }
     tracing::info!("kiln serve: stopped");
     Ok(())
+}
+
+/// The default limits, with the file limit raised to its hard limit and
+/// at most half of it for connections.
+fn server_limits() -> ServerLimits {
+    let fd_limit = match limits::raise_fd_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("{e}");
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let limits = ServerLimits {
+        http: HttpLimits::for_fd_limit(fd_limit),
+        ..ServerLimits::default()
+    };
+    tracing::info!(
+        fd_limit,
+        max_connections = limits.http.max_connections,
+        header_timeout = ?limits.http.header_timeout,
+        idle_timeout = ?limits.http.idle_timeout,
+        "webhook limits"
+    );
+    limits
 }

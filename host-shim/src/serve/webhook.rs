@@ -7,14 +7,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use std::time::Duration;
-
 use axum::extract::{Request, State};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use super::http::ConnHandle;
 use super::App;
 use crate::github::webhook::{
     parse_workflow_job, verify_signature, SignatureError, WorkflowJobAction, WorkflowJobEvent,
@@ -24,27 +23,6 @@ use crate::scheduler::{Dispatch, EnqueueError, QueuedJob};
 
 /// GitHub's payloads go up to 25 MB.
 pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
-
-/// Bounds on reading deliveries whose signature cannot be checked yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyLimits {
-    /// Bodies read at once (each up to [`MAX_BODY_BYTES`]).
-    pub in_flight: usize,
-    /// How long a delivery may wait for its turn (then 503).
-    pub wait: Duration,
-    /// How long its body may take to arrive (then 408).
-    pub read_timeout: Duration,
-}
-
-impl Default for BodyLimits {
-    fn default() -> Self {
-        Self {
-            in_flight: 32,
-            wait: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 const TOO_LARGE: &str = "body larger than 25 MiB";
 
@@ -110,6 +88,10 @@ pub(super) async fn handle<D: Dispatch>(
     if let Err(e) = verify_signature(&app.webhook_secret, &body, signature) {
         tracing::warn!(%delivery, %event, reason = %e, "webhook refused: bad signature");
         return answer(StatusCode::UNAUTHORIZED, "bad signature");
+    }
+    // Whoever holds the webhook secret: its connection is the last to go.
+    if let Some(ConnHandle(conn)) = parts.extensions.get::<ConnHandle>() {
+        conn.trust();
     }
     match event {
         "ping" => {

@@ -1,11 +1,17 @@
 //! Guest-to-host connections: the VMM turns a guest's `connect(CID 2, P)`
 //! into a connection to the Unix socket `<uds>_P`, which must already be
 //! listening (Firecracker resets the guest at once otherwise).
+//!
+//! One guest, one connection: the listener closes its socket as soon as it
+//! has accepted one, so every later dial from the guest is refused by the
+//! kernel at once instead of waiting in the backlog, with its buffers, until
+//! the VM is torn down.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
 
 use super::MAX_UDS_PATH;
 
@@ -27,13 +33,19 @@ pub enum ListenerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the guest's connection on {path} was accepted already, and a listener accepts one: bind a new listener for another VM")]
+    AlreadyAccepted { path: PathBuf },
 }
 
-/// A listener on `<uds>_<port>`. Its socket file is removed when it is dropped.
+/// A listener on `<uds>_<port>` that accepts one connection. Its socket
+/// file is removed when it is dropped.
 #[derive(Debug)]
 pub struct HybridListener {
     path: PathBuf,
-    listener: UnixListener,
+    /// `None` once a connection was accepted: the socket is closed then.
+    /// A lock rather than `&mut self`, so that [`Self::accept`] stays
+    /// cancel-safe and callers can keep sharing the listener.
+    listener: Mutex<Option<UnixListener>>,
 }
 
 /// The Unix socket a VMM connects to when its guest dials `port` on the host.
@@ -58,26 +70,47 @@ impl HybridListener {
             source,
         })?;
         tracing::debug!(path = %path.display(), "vsock listener bound");
-        Ok(HybridListener { path, listener })
+        Ok(HybridListener {
+            path,
+            listener: Mutex::new(Some(listener)),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Waits at most `timeout` for the next guest connection.
+    /// Waits at most `timeout` for the guest's connection, then stops
+    /// listening: later connections to the path are refused. Cancel-safe:
+    /// if the wait is dropped or times out, the listener keeps listening.
     pub async fn accept(&self, timeout: Duration) -> Result<UnixStream, ListenerError> {
-        match tokio::time::timeout(timeout, self.listener.accept()).await {
+        match tokio::time::timeout(timeout, self.accept_once()).await {
             Err(_) => Err(ListenerError::AcceptTimeout {
                 path: self.path.clone(),
                 timeout,
             }),
-            Ok(Err(source)) => Err(ListenerError::Accept {
+            Ok(accepted) => accepted,
+        }
+    }
+
+    async fn accept_once(&self) -> Result<UnixStream, ListenerError> {
+        let mut slot = self.listener.lock().await;
+        let Some(listener) = slot.as_ref() else {
+            return Err(ListenerError::AlreadyAccepted {
+                path: self.path.clone(),
+            });
+        };
+        let (stream, _addr) = listener
+            .accept()
+            .await
+            .map_err(|source| ListenerError::Accept {
                 path: self.path.clone(),
                 source,
-            }),
-            Ok(Ok((stream, _addr))) => Ok(stream),
-        }
+            })?;
+        // Closes the socket: what the guest dials from now on is refused.
+        *slot = None;
+        tracing::debug!(path = %self.path.display(), "guest connected; vsock listener closed");
+        Ok(stream)
     }
 }
 
@@ -125,6 +158,45 @@ mod tests {
 
         drop(listener);
         assert!(!expected.exists(), "socket file must be removed on drop");
+    }
+
+    #[tokio::test]
+    async fn after_one_connection_later_dials_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = HybridListener::bind(&dir.path().join("v.sock"), 1024).expect("bind");
+        let first = UnixStream::connect(listener.path()).await.expect("connect");
+        let _accepted = listener
+            .accept(Duration::from_secs(5))
+            .await
+            .expect("accept");
+        let err = UnixStream::connect(listener.path())
+            .await
+            .expect_err("nobody listens any more");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        let err = listener
+            .accept(Duration::from_millis(50))
+            .await
+            .expect_err("one connection only");
+        assert!(
+            matches!(err, ListenerError::AlreadyAccepted { .. }),
+            "{err}"
+        );
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_accept_keeps_listening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = HybridListener::bind(&dir.path().join("v.sock"), 1024).expect("bind");
+        listener
+            .accept(Duration::from_millis(20))
+            .await
+            .expect_err("nobody dials yet");
+        let _guest = UnixStream::connect(listener.path()).await.expect("connect");
+        listener
+            .accept(Duration::from_secs(5))
+            .await
+            .expect("the listener still listens after a timeout");
     }
 
     #[tokio::test]
