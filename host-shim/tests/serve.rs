@@ -423,7 +423,7 @@ async fn completed_before_it_ran_removes_the_job_from_the_queue() {
 #[tokio::test]
 async fn an_oversized_body_is_413() {
     let k = start().await;
-    let body = vec![b' '; 25 * 1024 * 1024 + 1];
+    let body = vec![b' '; BodyLimits::default().max_bytes + 1];
     let (status, _) = k.send(Delivery::signed("workflow_job", "d-1", body)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(k.snapshot().queued, 0);
@@ -436,9 +436,9 @@ async fn an_oversized_chunked_body_is_413_too() {
     let head = "POST /webhook HTTP/1.1\r\nHost: k\r\nX-GitHub-Event: workflow_job\r\n\
                 X-GitHub-Delivery: d-1\r\nX-Hub-Signature-256: sha256=00\r\n\
                 Transfer-Encoding: chunked\r\n\r\n";
-    let chunk = vec![b' '; 1 << 20];
+    let chunk = vec![b' '; BodyLimits::default().max_bytes];
     let mut body = Vec::new();
-    for _ in 0..26 {
+    for _ in 0..2 {
         body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
         body.extend_from_slice(&chunk);
         body.extend_from_slice(b"\r\n");
@@ -449,44 +449,13 @@ async fn an_oversized_chunked_body_is_413_too() {
     k.stop().await;
 }
 
-#[tokio::test]
-async fn slow_uploads_are_bounded_in_number_and_time() {
-    let limits = ServerLimits {
-        body: BodyLimits {
-            in_flight: 1,
-            wait: Duration::from_millis(200),
-            read_timeout: Duration::from_millis(800),
-        },
-        ..ServerLimits::default()
-    };
-    let k = Arc::new(start_limited("", POOLS, limits).await);
-    // Promises 100 bytes, sends 10, stalls: holds the only read slot.
-    let head = "POST /webhook HTTP/1.1\r\nHost: k\r\nX-GitHub-Event: workflow_job\r\n\
-                X-GitHub-Delivery: d-1\r\nX-Hub-Signature-256: sha256=00\r\n\
-                Content-Length: 100\r\n\r\n";
-    let stalled = {
-        let k = Arc::clone(&k);
-        tokio::spawn(async move { k.raw(head.to_string(), vec![b'{'; 10]).await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (status, text) = k
-        .send(Delivery::signed("ping", "d-2", b"{}".to_vec()))
-        .await;
-    assert_eq!(
-        (status, text.as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, "busy")
-    );
-
-    let status = stalled.await.expect("stalled upload task");
-    assert_eq!(status, "HTTP/1.1 408 Request Timeout");
-    let (status, text) = k
-        .send(Delivery::signed("ping", "d-3", b"{}".to_vec()))
-        .await;
-    assert_eq!(
-        (status, text.as_str()),
-        (StatusCode::OK, "pong"),
-        "the slot is free again"
-    );
+/// Headers of a delivery with a bogus signature that promises `len` bytes.
+fn bogus_head(id: &str, len: usize) -> String {
+    format!(
+        "POST /webhook HTTP/1.1\r\nHost: k\r\nX-GitHub-Event: workflow_job\r\n\
+         X-GitHub-Delivery: {id}\r\nX-Hub-Signature-256: sha256=00\r\n\
+         Content-Length: {len}\r\n\r\n"
+    )
 }
 
 /// Opens a connection, writes `bytes` and leaves it open.
@@ -507,6 +476,86 @@ async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool 
             Ok(Ok(_)) => continue,
         }
     }
+}
+
+#[tokio::test]
+async fn a_stalled_upload_is_408_after_the_read_timeout() {
+    let limits = ServerLimits {
+        body: BodyLimits {
+            read_timeout: Duration::from_millis(500),
+            ..BodyLimits::default()
+        },
+        ..ServerLimits::default()
+    };
+    let k = start_limited("", POOLS, limits).await;
+    // Promises 100 bytes, sends 10, stalls.
+    let status = k.raw(bogus_head("d-1", 100), vec![b'{'; 10]).await;
+    assert_eq!(status, "HTTP/1.1 408 Request Timeout");
+    k.stop().await;
+}
+
+/// Issue 13, item 3: 32 senders with a bogus signature trickle their bodies;
+/// GitHub's delivery does not wait for them.
+#[tokio::test]
+async fn slow_senders_with_a_bogus_signature_do_not_delay_a_genuine_delivery() {
+    let mut k = start().await;
+    let mut senders = Vec::new();
+    for i in 0..32 {
+        let mut bytes = bogus_head(&format!("bogus-{i}"), 10_000).into_bytes();
+        bytes.extend_from_slice(&[b' '; 10]);
+        senders.push(stalled(k.addr, &bytes).await);
+    }
+    // Their bodies are being read now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent = Instant::now();
+    let (status, text) = k.send(Delivery::job("d-1", "queued", 7, SMALL)).await;
+    let took = sent.elapsed();
+    assert_eq!((status, text.as_str()), (StatusCode::ACCEPTED, "queued"));
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(k.next_job().await.job_id, 7);
+    drop(senders);
+    k.stop().await;
+}
+
+/// A sender that sent its bytes fast and stalled holds the whole body
+/// budget; GitHub's delivery makes room by closing it.
+#[tokio::test]
+async fn a_full_body_budget_closes_the_oldest_unverified_upload() {
+    let limits = ServerLimits {
+        body: BodyLimits {
+            max_bytes: 16 * 1024,
+            budget_bytes: 16 * 1024,
+            ..BodyLimits::default()
+        },
+        ..ServerLimits::default()
+    };
+    let k = start_limited("", POOLS, limits).await;
+    let mut bytes = bogus_head("hog", 16 * 1024).into_bytes();
+    bytes.extend_from_slice(&[b' '; 16 * 1024 - 1]);
+    let mut hog = stalled(k.addr, &bytes).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, text) = k
+        .send(Delivery::signed("ping", "d-1", b"{}".to_vec()))
+        .await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "pong"));
+    assert!(
+        closed_within(&mut hog, Duration::from_secs(1)).await,
+        "the stalled upload was closed to make room"
+    );
+    k.stop().await;
+}
+
+/// Other events carry nothing Kiln uses: their bodies are not read, so
+/// their size does not matter.
+#[tokio::test]
+async fn other_events_are_answered_without_reading_their_body() {
+    let k = start().await;
+    let head = "POST /webhook HTTP/1.1\r\nHost: k\r\nX-GitHub-Event: push\r\n\
+                X-GitHub-Delivery: d-1\r\nX-Hub-Signature-256: sha256=00\r\n\
+                Content-Length: 26000000\r\n\r\n";
+    let status = k.raw(head.to_string(), vec![b'{'; 10]).await;
+    assert_eq!(status, "HTTP/1.1 202 Accepted");
+    k.stop().await;
 }
 
 fn http_limits(http: HttpLimits) -> ServerLimits {

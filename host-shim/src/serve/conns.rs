@@ -2,17 +2,19 @@
 //! needed.
 //!
 //! Every connection is registered from its accept to its close. When a new
-//! one would pass the cap, one is told to close: the *oldest untrusted* one, and only when there is none, the
+//! one would pass the cap, or a body needs room in the budget, one is told
+//! to close: the *oldest untrusted* one, and only when there is none, the
 //! least recently trusted. A connection is trusted once a delivery on it
 //! was signed with the webhook secret, which only GitHub has. So a crowd
-//! of connections without it (idle, half a request line) only ages, and makes room for GitHub's next connection, the
+//! of connections without it (idle, half a request line, a trickling
+//! body) only ages, and makes room for GitHub's next connection, the
 //! newest, instead of keeping it out; GitHub's own keep-alive connection
 //! is never closed for them. Refusing new connections at the cap would do
 //! the opposite: whoever holds the slots would keep them, while the header
-//! timeout only bounds how long each one is held.
+//! and body timeouts only bound how long each one is held.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,8 @@ pub(crate) struct Conn {
     since: AtomicU64,
     /// Milliseconds from the epoch to the last byte moved either way.
     moved_at: AtomicU64,
+    /// Unverified body bytes its current request holds from the budget.
+    held: AtomicUsize,
     evicted: Notify,
 }
 
@@ -67,6 +71,7 @@ impl Connections {
             trusted: AtomicBool::new(false),
             since: AtomicU64::new(now),
             moved_at: AtomicU64::new(now),
+            held: AtomicUsize::new(0),
             evicted: Notify::new(),
         });
         let over = {
@@ -90,6 +95,12 @@ impl Connections {
     /// there is none.
     pub fn evict_any(&self) -> bool {
         self.evict(|_| true)
+    }
+
+    /// Tells a connection other than `except` that holds unverified body
+    /// bytes to close. False if there is none.
+    pub fn evict_holder(&self, except: u64) -> bool {
+        self.evict(|c| c.id != except && c.held.load(Relaxed) > 0)
     }
 
     fn evict(&self, candidate: impl Fn(&Conn) -> bool) -> bool {
@@ -119,6 +130,10 @@ impl Connections {
 }
 
 impl Conn {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// A delivery on this connection was signed with the webhook secret.
     pub fn trust(&self) {
         self.since.store(millis(self.epoch), Relaxed);
@@ -142,6 +157,16 @@ impl Conn {
     /// When bytes last moved on the connection.
     pub fn last_moved(&self) -> Instant {
         self.epoch + Duration::from_millis(self.moved_at.load(Relaxed))
+    }
+
+    /// Its request holds `bytes` more of the body budget.
+    pub fn hold(&self, bytes: usize) {
+        self.held.fetch_add(bytes, Relaxed);
+    }
+
+    /// Its request gave `bytes` of the body budget back.
+    pub fn release(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Relaxed);
     }
 
     /// Resolves once the connection was told to close.
@@ -223,5 +248,26 @@ mod tests {
         assert!(conns.evict_any());
         assert!(told_to_close(b.conn()).await);
         assert!(!told_to_close(a.conn()).await);
+    }
+
+    #[tokio::test]
+    async fn only_other_holders_make_room_in_the_budget() {
+        let conns = Connections::new(10);
+        let idle = conns.admit();
+        let me = conns.admit();
+        me.conn().hold(100);
+        assert!(
+            !conns.evict_holder(me.conn().id()),
+            "nobody else holds bytes"
+        );
+        let holder = conns.admit();
+        holder.conn().hold(10);
+        holder.conn().release(10);
+        assert!(!conns.evict_holder(me.conn().id()), "it gave them back");
+        holder.conn().hold(10);
+        assert!(conns.evict_holder(me.conn().id()));
+        assert!(told_to_close(holder.conn()).await);
+        assert!(!told_to_close(idle.conn()).await);
+        assert!(!told_to_close(me.conn()).await);
     }
 }

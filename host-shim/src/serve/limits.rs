@@ -56,12 +56,18 @@ impl HttpLimits {
     }
 }
 
-/// Bounds on reading deliveries whose signature cannot be checked yet.
+/// Reading the bodies of deliveries whose signature cannot be checked yet
+/// ([`super::body`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyLimits {
-    /// Bodies read at once (each up to [`super::webhook::MAX_BODY_BYTES`]).
-    pub in_flight: usize,
-    /// How long a delivery may wait for its turn (then 503).
+    /// Largest body read (413 beyond). A `workflow_job` delivery is about
+    /// 6 to 10 KiB; only `workflow_job` and `ping` bodies are read.
+    pub max_bytes: usize,
+    /// Body bytes held by all unverified deliveries together, counted as
+    /// they arrive (a slow sender holds only what it sent). When a body
+    /// needs more, the oldest other unverified upload is closed.
+    pub budget_bytes: usize,
+    /// How long a delivery may wait for room in the budget (then 503).
     pub wait: Duration,
     /// How long its body may take to arrive (then 408).
     pub read_timeout: Duration,
@@ -70,9 +76,10 @@ pub struct BodyLimits {
 impl Default for BodyLimits {
     fn default() -> Self {
         Self {
-            in_flight: 32,
-            wait: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(30),
+            max_bytes: 1024 * 1024,
+            budget_bytes: 32 * 1024 * 1024,
+            wait: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(5),
         }
     }
 }

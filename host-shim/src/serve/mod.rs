@@ -3,6 +3,7 @@
 //! - [`webhook`] — `POST /webhook`: signature, parsing, de-duplication, the queue.
 //! - [`http`] — the HTTP/1 server under the router: accept loop, timers.
 //! - [`conns`] — the open connections, and which one goes when room is needed.
+//! - [`body`] — reading unverified bodies under a shared byte budget.
 //! - [`limits`] — what an unauthenticated client may cost; the file limit.
 //! - [`dedupe`] — the bounded memory of deliveries already handled.
 //! - [`dispatch`] — the dispatcher `kiln serve` runs jobs with.
@@ -11,6 +12,7 @@
 //!
 //! `GET /healthz` answers 200 while the server runs.
 
+mod body;
 mod conns;
 pub mod dedupe;
 pub mod dispatch;
@@ -27,7 +29,6 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 pub use error::ServeError;
 pub use limits::{BodyLimits, HttpLimits, ServerLimits};
@@ -35,6 +36,7 @@ pub use limits::{BodyLimits, HttpLimits, ServerLimits};
 use crate::config::{Config, Pool};
 use crate::scheduler::{Dispatch, Scheduler};
 use crate::secret::Secret;
+use body::Budget;
 use conns::Connections;
 use dedupe::{Seen, DEDUPE_ENTRIES};
 use signals::Signals;
@@ -56,9 +58,8 @@ struct App<D: Dispatch> {
     seen: Mutex<Seen>,
     /// The open connections: who is closed when room is needed.
     conns: Arc<Connections>,
-    /// Bounds the webhook bodies being read at once.
-    body_permits: Semaphore,
-    body_limits: BodyLimits,
+    /// Bounds the unverified body bytes held at once.
+    budget: Budget,
 }
 
 impl<D: Dispatch> App<D> {
@@ -86,8 +87,7 @@ impl<D: Dispatch> Server<D> {
                 ),
                 seen: Mutex::new(Seen::new(DEDUPE_ENTRIES)),
                 conns: Connections::new(limits.http.max_connections),
-                body_permits: Semaphore::new(limits.body.in_flight),
-                body_limits: limits.body,
+                budget: Budget::new(limits.body),
             }),
             http: limits.http,
         }
@@ -215,6 +215,7 @@ fn server_limits() -> ServerLimits {
         max_connections = limits.http.max_connections,
         header_timeout = ?limits.http.header_timeout,
         idle_timeout = ?limits.http.idle_timeout,
+        body_budget_bytes = limits.body.budget_bytes,
         "webhook limits"
     );
     limits

@@ -1,8 +1,11 @@
-//! `POST /webhook`: GitHub's deliveries. The order matters: the body limit
-//! (413), the event header, the signature over the raw bytes (401), then
-//! parsing, de-duplication and the queue. Headers are checked before the
-//! body is read, so unsigned junk costs no buffering. The answer comes at once: no
-//! GitHub call and no VM work happen here, only bookkeeping under a lock.
+//! `POST /webhook`: GitHub's deliveries. The order matters: the headers
+//! first (event, signature present, declared length), so unsigned junk
+//! costs no buffering; events other than `workflow_job` and `ping` are
+//! answered 202 without reading their body (Kiln uses nothing in them);
+//! then the body, read under the shared budget ([`super::body`]: 413, 408,
+//! 503), the signature over the raw bytes (401), and parsing,
+//! de-duplication and the queue. The answer comes at once: no GitHub call
+//! and no VM work happen here, only bookkeeping under a lock.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,8 +14,8 @@ use axum::extract::{Request, State};
 use axum::http::header::CONTENT_LENGTH;
 use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use super::body::BodyError;
 use super::http::ConnHandle;
 use super::App;
 use crate::github::webhook::{
@@ -20,11 +23,6 @@ use crate::github::webhook::{
     DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER,
 };
 use crate::scheduler::{Dispatch, EnqueueError, QueuedJob};
-
-/// GitHub's payloads go up to 25 MB.
-pub const MAX_BODY_BYTES: usize = 25 * 1024 * 1024;
-
-const TOO_LARGE: &str = "body larger than 25 MiB";
 
 /// A delivery id longer than this is not GitHub's (a GUID is 36).
 const MAX_DELIVERY_LEN: usize = 128;
@@ -47,10 +45,6 @@ pub(super) async fn handle<D: Dispatch>(
     // Header values that are not visible ASCII fail `to_str`, so what is
     // logged below cannot forge log lines.
     let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let declared_len = header(&CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
-    if declared_len.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
-        return answer(StatusCode::PAYLOAD_TOO_LARGE, TOO_LARGE);
-    }
     let delivery = header(&DELIVERY).unwrap_or("");
     if delivery.len() > MAX_DELIVERY_LEN {
         return answer(StatusCode::BAD_REQUEST, "X-GitHub-Delivery is too long");
@@ -63,48 +57,29 @@ pub(super) async fn handle<D: Dispatch>(
         tracing::warn!(%delivery, %event, reason = %SignatureError::Missing, "webhook refused: bad signature");
         return answer(StatusCode::UNAUTHORIZED, "bad signature");
     }
-    // Unauthenticated bodies are buffered before the signature can be
-    // checked: a bounded number at a time, each for a bounded time, so a
-    // flood of big or slow uploads cannot take the host's memory.
-    let Ok(Ok(_permit)) =
-        tokio::time::timeout(app.body_limits.wait, app.body_permits.acquire()).await
-    else {
-        tracing::warn!(%delivery, %event, "webhook refused: too many deliveries being read at once");
-        return answer(StatusCode::SERVICE_UNAVAILABLE, "busy");
+    if !matches!(event, "workflow_job" | "ping") {
+        tracing::debug!(%delivery, %event, "event ignored");
+        return answer(StatusCode::ACCEPTED, "ignored: not a workflow_job event");
+    }
+    let declared_len = header(&CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+    let conn = parts.extensions.get::<ConnHandle>().map(|h| &h.0);
+    let body = match app.budget.read(body, declared_len, conn, &app.conns).await {
+        Ok(body) => body,
+        Err(e) => return body_refused(&e, delivery, event),
     };
-    let body = match tokio::time::timeout(
-        app.body_limits.read_timeout,
-        Limited::new(body, MAX_BODY_BYTES).collect(),
-    )
-    .await
-    {
-        Err(_) => return answer(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return answer(StatusCode::PAYLOAD_TOO_LARGE, TOO_LARGE)
-        }
-        Ok(Err(_)) => return answer(StatusCode::BAD_REQUEST, "cannot read the body"),
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
-    if let Err(e) = verify_signature(&app.webhook_secret, &body, signature) {
+    if let Err(e) = verify_signature(&app.webhook_secret, &body.bytes, signature) {
         tracing::warn!(%delivery, %event, reason = %e, "webhook refused: bad signature");
         return answer(StatusCode::UNAUTHORIZED, "bad signature");
     }
     // Whoever holds the webhook secret: its connection is the last to go.
-    if let Some(ConnHandle(conn)) = parts.extensions.get::<ConnHandle>() {
+    if let Some(conn) = conn {
         conn.trust();
     }
-    match event {
-        "ping" => {
-            tracing::info!(%delivery, "ping from GitHub");
-            return answer(StatusCode::OK, "pong");
-        }
-        "workflow_job" => {}
-        other => {
-            tracing::debug!(%delivery, event = %other, "event ignored");
-            return answer(StatusCode::ACCEPTED, "ignored: not a workflow_job event");
-        }
+    if event == "ping" {
+        tracing::info!(%delivery, "ping from GitHub");
+        return answer(StatusCode::OK, "pong");
     }
-    let ev = match parse_workflow_job(&body) {
+    let ev = match parse_workflow_job(&body.bytes) {
         Ok(ev) => ev,
         Err(e) => {
             let reason = truncate(&e.to_string());
@@ -112,11 +87,30 @@ pub(super) async fn handle<D: Dispatch>(
             return answer(StatusCode::BAD_REQUEST, reason);
         }
     };
+    drop(body);
     if delivery.is_empty() {
         return answer(StatusCode::BAD_REQUEST, "missing X-GitHub-Delivery header");
     }
     // One copy of the id, shared by the de-duplication sets and the job.
     app.accept(Arc::from(delivery), ev)
+}
+
+/// The answer to a body that could not be read.
+fn body_refused(e: &BodyError, delivery: &str, event: &str) -> Response {
+    match e {
+        BodyError::TooLarge { max } => answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {max} bytes"),
+        ),
+        BodyError::Timeout { .. } => {
+            answer(StatusCode::REQUEST_TIMEOUT, "body not received in time")
+        }
+        BodyError::Busy { .. } => {
+            tracing::warn!(%delivery, %event, reason = %e, "webhook refused");
+            answer(StatusCode::SERVICE_UNAVAILABLE, "busy")
+        }
+        BodyError::Broken(_) => answer(StatusCode::BAD_REQUEST, "cannot read the body"),
+    }
 }
 
 impl<D: Dispatch> App<D> {
