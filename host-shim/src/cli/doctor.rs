@@ -10,13 +10,18 @@ pub struct DoctorArgs {
     /// The image directory `cargo xtask image` wrote.
     #[arg(long, value_name = "DIR", default_value = "target/kiln-image")]
     pub image: PathBuf,
+    /// The address pool VMs' /30 links come from (`pool` in [network]):
+    /// checked against the host's addresses and routes.
+    #[arg(long, value_name = "CIDR", default_value = crate::net::DEFAULT_POOL4)]
+    pub net_pool: ipnet::Ipv4Net,
 }
 
 pub fn main(args: DoctorArgs) -> ExitCode {
-    let cfg = DoctorConfig {
+    let mut cfg = DoctorConfig {
         image_dir: args.image,
         ..Default::default()
     };
+    cfg.net.pool4 = args.net_pool;
     // The probe boots the image's kernel under KVM, and shares its cached
     // answer with `kiln run`.
     let cache = crate::vm::RuntimeDirs::from_env()

@@ -1,11 +1,18 @@
 //! `kiln doctor`: checks the host for everything Kiln needs and says what
 //! to do about each missing piece.
+//!
+//! - [`checks`] — KVM, the VMMs, the image, cgroups;
+//! - [`net`] — what VMs' networks need (nftables, tun, an uplink, resolvers,
+//!   a free address pool) and what would defeat them (another firewall's
+//!   forward policy).
 
 mod checks;
+pub mod net;
 
 use std::path::PathBuf;
 
 pub use checks::{check_cgroup, check_image, check_kvm, check_tool, probe_kvm};
+pub use net::{check_network, NetCheckConfig};
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -62,6 +69,8 @@ pub struct DoctorConfig {
     pub qemu: String,
     pub firecracker: String,
     pub jailer: String,
+    /// What the network checks look at.
+    pub net: NetCheckConfig,
 }
 
 impl Default for DoctorConfig {
@@ -73,6 +82,7 @@ impl Default for DoctorConfig {
             qemu: format!("qemu-system-{}", std::env::consts::ARCH),
             firecracker: "firecracker".to_owned(),
             jailer: "jailer".to_owned(),
+            net: NetCheckConfig::default(),
         }
     }
 }
@@ -132,26 +142,18 @@ pub fn diagnose_with_kvm(cfg: &DoctorConfig, kvm: Finding) -> Report {
     } else {
         Finding::ok("backend", format!("usable: {}", backends.join(", ")))
     };
-    let nft = check_tool(
-        "nftables",
-        "nft",
-        &["--version"],
-        Level::Warn,
-        "apt-get install nftables (needed for the egress policy of VMs with a network)",
-    );
-    Report {
-        findings: vec![
-            kvm,
-            qemu,
-            vhost,
-            fc,
-            jailer,
-            backend,
-            check_image(&cfg.image_dir),
-            check_cgroup(&cfg.cgroup_root),
-            nft,
-        ],
-    }
+    let mut findings = vec![
+        kvm,
+        qemu,
+        vhost,
+        fc,
+        jailer,
+        backend,
+        check_image(&cfg.image_dir),
+        check_cgroup(&cfg.cgroup_root),
+    ];
+    findings.extend(check_network(&cfg.net));
+    Report { findings }
 }
 
 #[derive(Debug, Clone)]
