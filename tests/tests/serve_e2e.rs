@@ -137,6 +137,22 @@ struct Kiln {
 
 impl Kiln {
     async fn start(fake: &FakeGithub, image: &Path, sudo: bool, backend: Backend) -> Kiln {
+        // No network: these tests run in the machine's own namespace, whose
+        // nftables and forwarding are not theirs to change (the network
+        // test below runs in a lab of namespaces).
+        Kiln::start_with(fake, image, sudo, backend, "", "network = \"none\"").await
+    }
+
+    /// `network`: a `[network]` section (or nothing); `pool_net`: the
+    /// pool's network keys.
+    async fn start_with(
+        fake: &FakeGithub,
+        image: &Path,
+        sudo: bool,
+        backend: Backend,
+        network: &str,
+        pool_net: &str,
+    ) -> Kiln {
         // Short: VM sockets live below it (107-byte limit).
         let root = tempfile::Builder::new()
             .prefix("kiln-serve-")
@@ -160,6 +176,8 @@ runner_group_id = {RUNNER_GROUP}
 vcpus = 2
 memory_mib = 4096
 
+{network}
+
 [[pool]]
 name = "tiny"
 labels = {labels}
@@ -169,6 +187,7 @@ scratch_gib = 1
 image = "{image}"
 sudo = {sudo}
 job_timeout = "2m"
+{pool_net}
 "#,
             url = fake.url,
             labels = serde_json::to_string(LABELS).unwrap(),
@@ -196,6 +215,7 @@ job_timeout = "2m"
             },
             grace: Duration::from_secs(5),
             timeouts: Timeouts::default(),
+            net_check_every: Duration::from_secs(1),
         };
         let dispatcher = production_with(&config, settings).await.unwrap();
         let server = Arc::new(Server::new(&config, dispatcher.clone()));
@@ -486,4 +506,125 @@ async fn a_cancelled_job_still_kills_its_vm_and_deletes_its_runner() {
             && l.contains("killed on request")),
         "{traced}"
     );
+}
+
+/// The stand-in runner of the network test: what its VM's network lets
+/// through, and the proxy it was given. Job 4242 then holds, for the
+/// watchdog.
+const NET_STAND_IN: &str = r#"#!/bin/sh
+c() { n=$1; shift; if "$@" >/dev/null 2>&1; then echo "PASS $n"; else echo "FAIL $n"; fi; }
+echo "addr=$(ip -o -4 addr show dev eth0 | sed 's/.* inet \([0-9./]*\).*/\1/')"
+echo "proxy=$HTTP_PROXY https=$HTTPS_PROXY no=$NO_PROXY"
+c internet sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 203.0.113.1 80 | grep -q 'hello from the internet'"
+c proxy sh -c 'nc -w 3 10.99.0.5 8080 </dev/null | grep -q 8080'
+c lan_other nc -w 2 10.99.0.5 8081
+c metadata nc -w 2 169.254.169.254 80
+case "$(hostname)" in
+  *-4242-*) echo holding; sleep 600;;
+esac
+"#;
+
+/// `kiln serve` with `network = "egress"` in a lab of namespaces: the
+/// runner's VM reaches the internet and the pool's proxy, nothing private,
+/// and gets the proxy in its environment; when the egress policy table is
+/// deleted under a running VM, the watchdog kills the VM; nothing is left.
+#[test]
+fn serve_gives_the_pools_vms_the_egress_network_and_fails_closed() {
+    use kiln_vm_tests::netlab::{self, Lab};
+    if let Some(why) = netlab::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    let image_dir = tempfile::tempdir().unwrap();
+    let image = layer::minimal_image_dir_with(
+        image_dir.path(),
+        &[("opt/actions-runner/run.sh", 0o755, NET_STAND_IN)],
+    )
+    .unwrap();
+    let network = format!(
+        "[network]\ndns = [\"{}\"]\npool = \"10.202.0.0/24\"\n",
+        netlab::RESOLVER
+    );
+    let pool_net = "network = \"egress\"\nproxy = \"http://10.99.0.5:8080\"\n";
+    lab.block_on_in_host(async {
+        let _ = captured();
+        let fake = FakeGithub::start().await;
+        let assets = assets::get().unwrap_or_else(|e| panic!("{e:#}"));
+        let backend = Backend::Qemu(layer::qemu_config(assets).unwrap());
+        let kiln = Kiln::start_with(&fake, &image, false, backend, &network, pool_net).await;
+        layer::warm_up_runtime().await;
+
+        let status = kiln.queued(1717).await;
+        assert!(status.contains("202"), "{status}");
+        kiln.wait_finished(1, Duration::from_secs(240)).await;
+        let logs = kiln.job_logs();
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        let log = std::fs::read_to_string(&logs[0]).unwrap();
+        for want in [
+            "addr=10.202.0.",
+            "proxy=http://10.99.0.5:8080 https=http://10.99.0.5:8080 no=localhost,127.0.0.1,::1",
+            "PASS internet",
+            "PASS proxy",
+            "FAIL lan_other",
+            "FAIL metadata",
+        ] {
+            assert!(log.contains(want), "{want:?} not in the job log:\n{log}");
+        }
+
+        // The table goes while job 4242's VM runs: the watchdog kills it.
+        let status = kiln.queued(4242).await;
+        assert!(status.contains("202"), "{status}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let held = kiln
+                .job_logs()
+                .iter()
+                .filter_map(|p| std::fs::read_to_string(p).ok())
+                .any(|l| l.contains("holding"));
+            if held {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job 4242 never held"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let deleted = tokio::process::Command::new("nft")
+            .args(["delete", "table", "inet", "kiln"])
+            .status()
+            .await
+            .unwrap();
+        assert!(deleted.success());
+        kiln.wait_finished(2, Duration::from_secs(60)).await;
+        assert!(
+            logs_text().contains("the egress policy is gone"),
+            "{}",
+            logs_text()
+        );
+        kiln.dispatcher.stop_network().await;
+        kiln.assert_no_vm_left();
+        drop(kiln);
+    })
+    .unwrap();
+    assert!(lab.lan_connections(8081).is_empty());
+    assert!(lab.meta_requests().is_empty());
+    // Links and tables (the namespaces under /run/netns are shared with
+    // the tests beside this one; `assert_no_vm_left` covered this one's).
+    let ours = || -> Vec<String> {
+        lab.host_leftovers()
+            .into_iter()
+            .filter(|l| !l.contains("/run/netns/"))
+            .collect()
+    };
+    let mut left = ours();
+    for _ in 0..30 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = ours();
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

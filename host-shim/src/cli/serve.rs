@@ -52,6 +52,9 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
                 jobs = left,
                 "jobs still cleaning up {SHUTDOWN_CLEANUP:?} after shutdown: their runners may stay registered"
             );
+        } else {
+            // With VMs still running the table stays: they keep their policy.
+            cleanup.stop_network().await;
         }
         anyhow::Ok(())
     })

@@ -15,8 +15,29 @@ pub(crate) struct RawConfig {
     pub max_queued: Option<usize>,
     pub github: RawGithub,
     pub host: Option<RawHost>,
+    pub network: Option<RawNetwork>,
     #[serde(default)]
     pub pool: Vec<RawPool>,
+}
+
+/// `[network]`: the VMs' networks, host-wide.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNetwork {
+    pub pool: Option<String>,
+    pub pool6: Option<String>,
+    pub uplinks: Option<Vec<String>>,
+    pub mtu: Option<u32>,
+    pub dns: Option<Vec<String>>,
+}
+
+/// One `[[pool.allow]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAllow {
+    pub cidr: String,
+    pub port: Option<u16>,
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -50,6 +71,10 @@ pub(crate) struct RawPool {
     pub sudo: Option<bool>,
     pub max_vms: Option<u32>,
     pub job_timeout: Option<String>,
+    pub network: Option<String>,
+    #[serde(default)]
+    pub allow: Vec<RawAllow>,
+    pub proxy: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {

@@ -3,6 +3,7 @@
 //! - [`file`] — the file as written (serde, unknown keys refused).
 //! - [`pool`] — [`Pool`]: one VM size and image, and which jobs it takes.
 //! - [`host`] — [`HostCapacity`]: what this host gives VMs at once, and its defaults.
+//! - [`network`] — `[network]` and each pool's network, allowlist and proxy.
 //! - [`secret_file`] — secrets from files that only their owner can read.
 //! - [`error`] — [`ConfigError`]: the file, the key and what to fix.
 //!
@@ -11,6 +12,7 @@
 mod error;
 mod file;
 mod host;
+mod network;
 mod pool;
 mod secret_file;
 
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 pub use error::{ConfigError, ConfigErrorKind};
 pub use host::{HostCapacity, HostFacts, DEFAULT_MEMORY_PERCENT};
+pub use network::{NetworkSettings, PoolNetwork, Proxy};
 pub use pool::Pool;
 
 use crate::cli::duration::parse_duration;
@@ -50,6 +53,7 @@ pub struct Config {
     pub max_queued: usize,
     pub github: GithubConfig,
     pub host: HostCapacity,
+    pub network: NetworkSettings,
     /// In file order: a job goes to the first pool that accepts it.
     pub pools: Vec<Arc<Pool>>,
 }
@@ -134,6 +138,7 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Co
             "vcpus and memory_mib must be more than 0 (leave them out for all CPUs and 80% of RAM)",
         ));
     }
+    let network = network::settings(raw.network)?;
     if raw.pool.is_empty() {
         return Err(ConfigErrorKind::NoPools);
     }
@@ -152,6 +157,7 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Co
         max_queued,
         github,
         host,
+        network,
         pools,
     })
 }
@@ -314,7 +320,11 @@ fn pool(raw: RawPool, base: &Path, host: &HostCapacity) -> Result<Pool, ConfigEr
             }
         },
     };
+    let (network, allow, proxy) = network::pool_network(&name, raw.network, raw.allow, raw.proxy)?;
     Ok(Pool {
+        network,
+        allow,
+        proxy,
         labels: raw.labels,
         vcpus: raw.vcpus,
         memory_mib: raw.memory_mib,

@@ -20,6 +20,11 @@ pub struct Pool {
     /// At most this many of the pool's VMs at once; `None`: only the host limits it.
     pub max_vms: Option<u32>,
     pub job_timeout: Duration,
+    /// Whether the pool's VMs have a network.
+    pub network: super::PoolNetwork,
+    /// Extra destinations, the proxy's among them.
+    pub allow: Vec<crate::net::Allow>,
+    pub proxy: Option<super::Proxy>,
 }
 
 impl Pool {
@@ -52,6 +57,9 @@ mod tests {
             sudo: false,
             max_vms: None,
             job_timeout: Duration::from_secs(60),
+            network: Default::default(),
+            allow: Vec::new(),
+            proxy: None,
         }
     }
 

@@ -31,7 +31,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::nft::{Nft, NftError};
 
@@ -711,6 +711,22 @@ fn is_vm_ifname_byte(b: u8) -> bool {
 }
 
 /// `{ a, b, … }` element list of a deny set.
+/// Whether `net` reaches into a range the policy denies (private,
+/// link-local, loopback, ...): an allowlist entry that does must say what
+/// it is for.
+pub fn reaches_denied(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(n) => DENY4.iter().any(|(a, len)| {
+            Ipv4Net::new(*a, *len)
+                .is_ok_and(|d| d.contains(&n.network()) || n.contains(&d.network()))
+        }),
+        IpNet::V6(n) => DENY6.iter().any(|(a, len)| {
+            Ipv6Net::new(*a, *len)
+                .is_ok_and(|d| d.contains(&n.network()) || n.contains(&d.network()))
+        }),
+    }
+}
+
 fn deny_elements<A: fmt::Display>(ranges: &[(A, u8)]) -> String {
     let items: Vec<String> = ranges.iter().map(|(a, len)| format!("{a}/{len}")).collect();
     items.join(", ")

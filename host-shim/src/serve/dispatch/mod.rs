@@ -28,6 +28,15 @@
 //! runner. [`Production::finish`] lets `kiln serve` wait (bounded) for
 //! those tasks before the runtime goes away.
 //!
+//! Networks. When any pool has `network = "egress"` (the default), the
+//! dispatcher starts [`crate::net::Network`] at start-up (checks, the
+//! egress policy table) and gives each such pool's VM a network with the
+//! pool's allowlist; a proxy reaches the job as `HTTP_PROXY`/`HTTPS_PROXY`.
+//! A watchdog checks every [`NET_CHECK_EVERY`] that the table is still
+//! there: if it is gone, every running VM is killed (they would run
+//! unfiltered) and no new VM can start (adding its elements fails), until
+//! `kiln serve` restarts.
+//!
 //! - [`runner`] — runner names and the [`kiln_protocol::Job`] that starts the runner.
 //! - [`pools`] — each pool's image, opened at start-up.
 //! - [`joblog`] — per-job log files: private, capped, pruned.
@@ -50,8 +59,9 @@ use tracing::Instrument;
 
 pub use error::SetupError;
 
-use crate::config::Config;
+use crate::config::{Config, PoolNetwork};
 use crate::github::{ClientPolicy, GithubApp, JitConfig, JitRequest, RunnerScope};
+use crate::net::{NetConfig, NetRequest, Network};
 use crate::scheduler::{Dispatch, QueuedJob};
 use crate::vm::{
     select_backend, stop_channel, Backend, BackendChoice, BackendOptions, JobEnd, Launcher,
@@ -70,6 +80,8 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 const MAX_OUTPUT_BYTES: u64 = 1 << 30;
 /// Guest-supplied text in a tracing line is cut to this many characters.
 const MAX_LOGGED_CHARS: usize = 300;
+/// How often the watchdog checks that the egress policy table is there.
+pub const NET_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// How the dispatcher runs VMs; [`Settings::from_env`] is what `kiln
 /// serve` uses.
@@ -86,6 +98,8 @@ pub struct Settings {
     pub github: ClientPolicy,
     pub grace: Duration,
     pub timeouts: Timeouts,
+    /// How often the watchdog checks the egress policy table.
+    pub net_check_every: Duration,
 }
 
 impl Settings {
@@ -102,6 +116,7 @@ impl Settings {
             github: ClientPolicy::default(),
             grace: DEFAULT_GRACE,
             timeouts: Timeouts::default(),
+            net_check_every: NET_CHECK_EVERY,
         })
     }
 }
@@ -146,6 +161,9 @@ struct Shared {
     logs: JobLogs,
     grace: Duration,
     timeouts: Timeouts,
+    network: Option<Arc<Network>>,
+    /// True once the egress policy table was found gone.
+    net_lost: tokio::sync::watch::Receiver<bool>,
 }
 
 /// [`production_with`] and [`Settings::from_env`]: what `kiln serve` runs.
@@ -193,7 +211,17 @@ pub async fn production_with(
             selected.backend
         }
     };
-    let launcher = Launcher::new(backend, settings.dirs)?;
+    let network = start_network(config, &pools, &settings.dirs.runtime).await?;
+    let (net_lost_tx, net_lost) = tokio::sync::watch::channel(false);
+    let mut launcher = Launcher::new(backend, settings.dirs)?;
+    if let Some(n) = &network {
+        launcher = launcher.with_network(Arc::clone(n));
+        tokio::spawn(watch_policy(
+            Arc::clone(n),
+            settings.net_check_every,
+            net_lost_tx,
+        ));
+    }
     let log_dir = settings.state_dir.join("logs");
     let logs = JobLogs::open(log_dir.clone(), settings.log_max_bytes, settings.log_keep).map_err(
         |source| SetupError::Logs {
@@ -212,9 +240,59 @@ pub async fn production_with(
             logs,
             grace: settings.grace,
             timeouts: settings.timeouts,
+            network,
+            net_lost,
         }),
         tasks: JobTasks::default(),
     })
+}
+
+/// The VMs' network, when a pool that runs has one.
+async fn start_network(
+    config: &Config,
+    pools: &HashMap<String, PoolImage>,
+    runtime: &std::path::Path,
+) -> Result<Option<Arc<Network>>, SetupError> {
+    let wanted = config
+        .pools
+        .iter()
+        .any(|p| pools.contains_key(&p.name) && p.network == PoolNetwork::Egress);
+    if !wanted {
+        return Ok(None);
+    }
+    let n = &config.network;
+    let cfg = NetConfig {
+        pool4: n.pool4,
+        pool6: n.pool6,
+        uplinks: n.uplinks.clone(),
+        mtu: n.mtu,
+        dns: n.dns.clone(),
+        ..NetConfig::defaults(runtime)
+    };
+    let network = Network::start(&cfg).await.map_err(SetupError::Network)?;
+    Ok(Some(Arc::new(network)))
+}
+
+/// Fails closed: once the policy table is gone, every running VM is
+/// killed (`lost` wakes their jobs) and stays so until a restart.
+async fn watch_policy(
+    network: Arc<Network>,
+    every: Duration,
+    lost: tokio::sync::watch::Sender<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if lost.is_closed() {
+            return;
+        }
+        if let Err(e) = network.check().await {
+            tracing::error!(error = %e, "the egress policy is gone: killing every running VM; no VM starts until kiln serve restarts");
+            let _ = lost.send(true);
+            return;
+        }
+    }
 }
 
 impl Production {
@@ -235,6 +313,21 @@ impl Production {
     pub fn log_dir(&self) -> &std::path::Path {
         &self.shared.logs.dir
     }
+
+    /// Gives up the egress policy table (the last Kiln process on the host
+    /// deletes it). Call after [`Production::finish`].
+    pub async fn stop_network(&self) {
+        if let Some(n) = &self.shared.network {
+            if let Err(e) = n.stop().await {
+                tracing::error!(error = %e, "removing the egress policy table");
+            }
+        }
+    }
+
+    /// The VMs' network, when one was started.
+    pub fn network(&self) -> Option<&Arc<Network>> {
+        self.shared.network.as_ref()
+    }
 }
 
 /// Raises a job's stop signal to `Kill` when dropped: the dispatch future
@@ -253,7 +346,16 @@ impl Dispatch for Production {
         let tasks = self.tasks.clone();
         async move {
             let (handle, stop) = stop_channel();
+            // A lost egress policy kills the VM (see `watch_policy`).
+            let mut lost = shared.net_lost.clone();
+            let killer = handle.clone();
+            let watcher = tokio::spawn(async move {
+                if lost.wait_for(|l| *l).await.is_ok() {
+                    killer.kill();
+                }
+            });
             let _kill_on_drop = KillOnDrop(handle);
+            let _stop_watching = AbortOnDrop(watcher);
             let job_id = job.job_id;
             let token = tasks.token();
             let task = tokio::spawn(async move {
@@ -266,6 +368,15 @@ impl Dispatch for Production {
                 tracing::error!(job_id, error = %e, "the job's task failed");
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -385,17 +496,24 @@ impl Shared {
             deadline: pool.job_timeout,
             grace: self.grace,
         };
+        let mut job_spec = runner::runner_job(&spec, &jit.encoded, entropy);
+        if let Some(proxy) = &pool.proxy {
+            job_spec.env.extend(runner::proxy_env(&proxy.url));
+        }
+        let network = (pool.network == PoolNetwork::Egress).then(|| NetRequest {
+            allow: pool.allow.clone(),
+            dns: None,
+            tap_owner: None,
+        });
         let req = VmRequest {
+            network,
             vcpus: pool.vcpus,
             memory_mib: image.memory_mib,
             scratch_bytes: Some(pool.scratch_gib.saturating_mul(1 << 30)),
             cancel_grace: self.grace,
             max_output_bytes: MAX_OUTPUT_BYTES,
             timeouts: self.timeouts,
-            ..VmRequest::new(
-                image.image.boot.clone(),
-                runner::runner_job(&spec, &jit.encoded, entropy),
-            )
+            ..VmRequest::new(image.image.boot.clone(), job_spec)
         };
         let mut log = match self.logs.create(job.job_id, runner).await {
             Ok(log) => Some(log),

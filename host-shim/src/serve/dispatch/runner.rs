@@ -95,6 +95,20 @@ pub fn runner_job(spec: &RunnerSpec, jit_config: &Secret, entropy: Vec<u8>) -> J
     }
 }
 
+/// A pool's proxy for the job: both spellings, as tools read either.
+/// Loopback stays direct.
+pub fn proxy_env(url: &str) -> Vec<EnvVar> {
+    let no_proxy = "localhost,127.0.0.1,::1";
+    vec![
+        EnvVar::new("HTTP_PROXY", url),
+        EnvVar::new("HTTPS_PROXY", url),
+        EnvVar::new("http_proxy", url),
+        EnvVar::new("https_proxy", url),
+        EnvVar::new("NO_PROXY", no_proxy),
+        EnvVar::new("no_proxy", no_proxy),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
