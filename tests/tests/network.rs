@@ -319,3 +319,214 @@ fn ours(lab: &Lab, vm: Option<&str>) -> Vec<String> {
         .filter(|l| !l.contains("/run/netns/") || vm.is_some_and(|v| l.contains(v)))
         .collect()
 }
+
+/// A VM network whose setup fails at each of its steps leaves nothing:
+/// no namespace, link, address, policy element or address lease. Each
+/// failure is a real condition, not an injected one: every address in
+/// use, a namespace or a host link already under the VM's name, the
+/// policy table gone.
+#[test]
+fn a_setup_failure_at_each_step_leaves_nothing() {
+    use kiln::net::{NetConfig, NetRequest, Network, VmIfNames};
+    if skip() {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let netns_dir = tempfile::tempdir().unwrap();
+    let leases = run.path().join("addrs");
+    let cfg = NetConfig {
+        // Two VMs' worth of addresses.
+        pool4: "10.203.0.0/29".parse().unwrap(),
+        dns: vec![IpAddr::V4(netlab::RESOLVER)],
+        run_dir: run.path().to_owned(),
+        netns_dir: netns_dir.path().to_owned(),
+        ..NetConfig::defaults(run.path())
+    };
+    let leftovers = |lab: &Lab| -> Vec<String> {
+        let mut left = lab.host_leftovers_in(netns_dir.path());
+        left.retain(|l| !l.starts_with("table inet kiln"));
+        if let Ok(dir) = std::fs::read_dir(&leases) {
+            left.extend(dir.flatten().map(|e| format!("lease {:?}", e.file_name())));
+        }
+        left
+    };
+    lab.block_on_in_host(async {
+        let network = Network::start(&cfg).await.unwrap();
+        let req = NetRequest::default();
+        let id = |n: u8| format!("kiln-00000000aa{n:02x}");
+
+        // Step 1: every address in use.
+        let a = network.attach(&id(1), &req).await.unwrap();
+        let b = network.attach(&id(2), &req).await.unwrap();
+        let e = network
+            .attach(&id(3), &req)
+            .await
+            .expect_err("pool exhausted");
+        assert!(e.to_string().contains("no free VM address slot"), "{e}");
+        assert!(network.detach(a).await.is_empty());
+        assert!(network.detach(b).await.is_empty());
+
+        // Step 2: the namespace's name is taken.
+        let taken = netns_dir.path().join(id(4));
+        std::fs::write(&taken, "").unwrap();
+        let e = network
+            .attach(&id(4), &req)
+            .await
+            .expect_err("netns exists");
+        assert!(e.to_string().contains("exists already"), "{e}");
+        std::fs::remove_file(&taken).unwrap();
+
+        // Step 3: the host's end of the veth pair is taken.
+        let host_if = VmIfNames::of(&id(5)).host;
+        let made = tokio::process::Command::new("ip")
+            .args([
+                "link", "add", &host_if, "type", "veth", "peer", "name", "kx-taken",
+            ])
+            .status()
+            .await
+            .unwrap();
+        assert!(made.success());
+        let e = network.attach(&id(5), &req).await.expect_err("link exists");
+        assert!(e.to_string().contains(&host_if), "{e}");
+        let gone = tokio::process::Command::new("ip")
+            .args(["link", "del", &host_if])
+            .status()
+            .await
+            .unwrap();
+        assert!(gone.success());
+
+        // Step 6: the policy table is gone (fail closed).
+        let deleted = tokio::process::Command::new("nft")
+            .args(["delete", "table", "inet", "kiln"])
+            .status()
+            .await
+            .unwrap();
+        assert!(deleted.success());
+        let e = network.attach(&id(6), &req).await.expect_err("no table");
+        assert!(e.to_string().contains("table"), "{e}");
+        assert!(network.check().await.is_err());
+        network.stop().await.unwrap();
+    })
+    .unwrap();
+    // The kernel frees the namespaces' links in the background.
+    let mut left = leftovers(&lab);
+    for _ in 0..30 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        left = leftovers(&lab);
+    }
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Two VMs at once cannot reach each other: B's connection to A's
+/// address is dropped and counted as VM to VM.
+#[test]
+fn two_vms_at_once_cannot_reach_each_other() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let listener = "ip -o -4 addr show dev eth0 | sed 's/.* inet \\([0-9.]*\\).*/ADDR \\1/'; \
+                    (nc -l -p 9000 -e echo reached &) ; sleep 25";
+    let mut a = kiln_run(&lab, runtime.path(), &["--dns", "203.0.113.53"], listener)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A's address, from its first line.
+    let mut out = std::io::BufReader::new(a.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("ADDR ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .to_owned();
+    let probe = format!(
+        "if nc -w 3 {addr} 9000 </dev/null | grep -q reached; then echo REACHED; else echo BLOCKED; fi"
+    );
+    let mut b = kiln_run(&lab, runtime.path(), &["--dns", "203.0.113.53"], &probe)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let counters = poll_counters_until_exit(&lab, &mut b);
+    let b_out = b.wait_with_output().unwrap();
+    let _ = a.kill();
+    let _ = a.wait();
+    let (stdout, stderr) = lines(&b_out);
+    assert!(stdout.contains("BLOCKED"), "{stdout}\n{stderr}");
+    assert!(
+        counters.get("vm_to_vm").copied().unwrap_or(0) >= 1,
+        "{counters:?}\n{stdout}\n{stderr}"
+    );
+}
+
+/// With an IPv6 prefix: the VM's address comes from it, is routed (the
+/// internet sees the VM's own address, no NAT66), and the IPv6 ways to
+/// private places — unique local, NAT64's prefix — are dropped as private.
+#[test]
+fn ipv6_is_routed_to_the_internet_and_nothing_private() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::new().unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let script = r#"
+c() { n=$1; shift; if "$@" >/tmp/out 2>&1; then echo "PASS $n"; else echo "FAIL $n"; sed "s/^/  | /" /tmp/out; fi; }
+ip -o -6 addr show dev eth0 scope global | sed 's/.* inet6 \([0-9a-f:]*\).*/ADDR6 \1/'
+c web6 sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 2001:db8:1::1 80 | grep -q 'hello from the internet'"
+c lan6 nc -w 2 fd00:99::5 8080
+c nat64 nc -w 2 64:ff9b::a63:5 8080
+c meta6 nc -w 2 fd00:ec2::254 80
+echo CHECKS-DONE
+sleep 3
+"#;
+    let mut child = kiln_run(
+        &lab,
+        runtime.path(),
+        &["--dns", "203.0.113.53", "--net-pool6", "2001:db8:ff::/64"],
+        script,
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let counters = poll_counters_until_exit(&lab, &mut child);
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = lines(&out);
+    let ctx = format!("stdout:\n{stdout}\nstderr:\n{stderr}\ncounters: {counters:?}");
+    assert!(out.status.success(), "{ctx}");
+    let addr6: std::net::Ipv6Addr = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("ADDR6 "))
+        .unwrap_or_else(|| panic!("no IPv6 address: {ctx}"))
+        .parse()
+        .unwrap();
+    assert_eq!(addr6.segments()[..4], [0x2001, 0xdb8, 0xff, 0], "{ctx}");
+    for (name, reached) in [
+        ("web6", true),
+        ("lan6", false),
+        ("nat64", false),
+        ("meta6", false),
+    ] {
+        assert_eq!(verdict(&stdout, name), Some(reached), "{name}: {ctx}");
+    }
+    // Routed: the internet saw the VM's own address.
+    let web: Vec<_> = lab
+        .http_requests()
+        .into_iter()
+        .filter(|h| h.local.ip() == IpAddr::V6(netlab::INET6))
+        .collect();
+    assert!(
+        !web.is_empty() && web.iter().all(|h| h.peer.ip() == IpAddr::V6(addr6)),
+        "{web:?}\n{ctx}"
+    );
+    assert!(lab.lan_connections(8080).is_empty(), "{ctx}");
+    assert!(lab.meta_requests().is_empty(), "{ctx}");
+    assert!(counters.get("private").copied().unwrap_or(0) >= 3, "{ctx}");
+}

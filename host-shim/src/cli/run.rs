@@ -94,6 +94,10 @@ pub struct RunArgs {
     /// The address pool VMs' /30 links come from.
     #[arg(long, value_name = "CIDR", default_value = crate::net::DEFAULT_POOL4)]
     pub net_pool: ipnet::Ipv4Net,
+    /// A routed IPv6 prefix (a /64 or larger) the VMs' addresses come from;
+    /// none: no IPv6 in the VM.
+    #[arg(long, value_name = "CIDR")]
+    pub net_pool6: Option<ipnet::Ipv6Net>,
     /// The link VM traffic leaves by [default: the default route's]. Repeatable.
     #[arg(long, value_name = "IF")]
     pub uplink: Vec<String>,
@@ -209,6 +213,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         _ => {
             let mut cfg = NetConfig::defaults(&dirs.runtime);
             cfg.pool4 = args.net_pool;
+            cfg.pool6 = args.net_pool6;
             cfg.uplinks = args.uplink.clone();
             let net = Network::start(&cfg)
                 .await

@@ -324,12 +324,20 @@ impl Network {
         // No IPv6 on a link without an IPv6 address: the VM then cannot
         // even reach the host's link-local address.
         let v6 = if guest6.is_some() { "0" } else { "1" };
-        super::host::set_link_sysctl("ipv6", name, "disable_ipv6", v6).map_err(|source| {
-            NetError::Sysctl {
-                what: format!("net.ipv6.conf.{name}.disable_ipv6"),
-                source,
-            }
-        })?;
+        let mut sysctls = vec![("disable_ipv6", v6)];
+        if guest6.is_some() {
+            // No duplicate address detection on a point-to-point link the
+            // host alone numbers: the link is usable at once, not ~1 s later.
+            sysctls.extend([("accept_dad", "0"), ("accept_ra", "0")]);
+        }
+        for (key, value) in sysctls {
+            super::host::set_link_sysctl("ipv6", name, key, value).map_err(|source| {
+                NetError::Sysctl {
+                    what: format!("net.ipv6.conf.{name}.{key}"),
+                    source,
+                }
+            })?;
+        }
         self.host.up(idx, Some(self.mtu)).await?;
         self.host
             .add_address(idx, IpAddr::V4(gateway4), LINK_PREFIX4)

@@ -168,15 +168,29 @@ impl HostView {
 }
 
 /// IPv4 forwarding of the calling process's namespace.
-const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+pub const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// IPv6 forwarding of the calling process's namespace.
+pub const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
 
 /// Turns IPv4 forwarding on; returns whether it was off before.
 pub fn enable_forwarding() -> std::io::Result<bool> {
-    let was = std::fs::read_to_string(IPV4_FORWARD)?;
+    enable(IPV4_FORWARD)
+}
+
+/// Turns IPv6 forwarding on; returns whether it was off before. A host
+/// that forwards ignores router advertisements on links whose `accept_ra`
+/// is 1: a host that takes its own IPv6 address by SLAAC needs
+/// `accept_ra = 2` on its uplink (`kiln doctor` says so).
+pub fn enable_forwarding6() -> std::io::Result<bool> {
+    enable(IPV6_FORWARD)
+}
+
+fn enable(path: &str) -> std::io::Result<bool> {
+    let was = std::fs::read_to_string(path)?;
     if was.trim() == "1" {
         return Ok(false);
     }
-    std::fs::write(IPV4_FORWARD, "1\n")?;
+    std::fs::write(path, "1\n")?;
     Ok(true)
 }
 

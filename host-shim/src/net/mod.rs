@@ -174,6 +174,18 @@ impl Network {
                 })
             }
         }
+        if plan.v6().is_some() {
+            match host::enable_forwarding6() {
+                Ok(true) => tracing::warn!("IPv6 forwarding was off; turned it on for the VMs (a host that takes its own address by SLAAC needs accept_ra = 2 on its uplink)"),
+                Ok(false) => {}
+                Err(source) => {
+                    return Err(NetError::Sysctl {
+                        what: "net.ipv6.conf.all.forwarding".into(),
+                        source,
+                    })
+                }
+            }
+        }
         let policy = Policy::new(
             nft::Nft::new()?,
             PolicyConfig {
