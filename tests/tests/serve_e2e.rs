@@ -543,7 +543,8 @@ fn serve_gives_the_pools_vms_the_egress_network_and_fails_closed() {
     )
     .unwrap();
     let network = format!(
-        "[network]\ndns = [\"{}\"]\npool = \"10.202.0.0/24\"\n",
+        // Two VMs' worth of addresses.
+        "[network]\ndns = [\"{}\"]\npool = \"10.202.0.0/29\"\n",
         netlab::RESOLVER
     );
     let pool_net = "network = \"egress\"\nproxy = \"http://10.99.0.5:8080\"\n";
@@ -555,8 +556,26 @@ fn serve_gives_the_pools_vms_the_egress_network_and_fails_closed() {
         let kiln = Kiln::start_with(&fake, &image, false, backend, &network, pool_net).await;
         layer::warm_up_runtime().await;
 
+        // Every address taken (as another Kiln process would): the job
+        // waits for one, then runs once they are given back.
+        let addrs =
+            kiln::lease::LeaseDir::new("slot", kiln.root.path().join("run/net/addrs"), 0..=1);
+        let held: Vec<_> = (0..=1)
+            .map(|n| addrs.try_take(n).unwrap().unwrap())
+            .collect();
         let status = kiln.queued(1717).await;
         assert!(status.contains("202"), "{status}");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !logs_text().contains("the job waits for one") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no wait for an address:\n{}",
+                logs_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(kiln.server.scheduler().snapshot().finished, 0);
+        drop(held);
         kiln.wait_finished(1, Duration::from_secs(240)).await;
         let logs = kiln.job_logs();
         assert_eq!(logs.len(), 1, "{logs:?}");

@@ -80,6 +80,9 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 const MAX_OUTPUT_BYTES: u64 = 1 << 30;
 /// Guest-supplied text in a tracing line is cut to this many characters.
 const MAX_LOGGED_CHARS: usize = 300;
+/// How long a job whose VM found every address of the pool in use waits
+/// before it tries again.
+const ADDRESS_RETRY: Duration = Duration::from_secs(2);
 /// How often the watchdog checks that the egress policy table is there.
 pub const NET_CHECK_EVERY: Duration = Duration::from_secs(5);
 
@@ -536,7 +539,7 @@ impl Shared {
             ))
             .await;
         }
-        let report = self.launcher.run(req, &mut log, stop, None).await;
+        let report = self.run_when_addressed(req, &mut log, stop).await;
         if let Some(log) = log.as_mut() {
             log.note(&format!(
                 "{}; {}",
@@ -555,6 +558,46 @@ impl Shared {
         }
         outcome.report = Some(report);
     }
+}
+
+impl Shared {
+    /// Runs the VM; while every address of the pool is in use (other jobs,
+    /// other Kiln processes), the job waits for one, with a log line,
+    /// rather than failing: never two VMs on one address.
+    async fn run_when_addressed(
+        &self,
+        req: VmRequest,
+        log: &mut Option<joblog::JobLog>,
+        mut stop: StopSignal,
+    ) -> VmReport {
+        let mut told = false;
+        loop {
+            let report = self
+                .launcher
+                .run(req.clone(), log, stop.clone(), None)
+                .await;
+            if !addresses_exhausted(&report.result) || stop.level() > StopLevel::Run {
+                return report;
+            }
+            if !told {
+                tracing::warn!("every VM address of the pool is in use: the job waits for one");
+                told = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(ADDRESS_RETRY) => {}
+                _ = stop.above(StopLevel::Run) => return report,
+            }
+        }
+    }
+}
+
+fn addresses_exhausted(result: &Result<JobEnd, RunError>) -> bool {
+    matches!(
+        result,
+        Err(RunError::Network(crate::net::NetError::Lease(
+            crate::lease::LeaseError::Exhausted { .. }
+        )))
+    )
 }
 
 /// One line per job, at a level that says whether it went well.
