@@ -18,10 +18,21 @@ pub struct Args {
     pub skip_prereqs: bool,
 }
 
-/// The demo job: who and where it runs, then an image made offline from the
-/// guest's own static busybox, run rootless.
+/// The demo job: who and where it runs, its network (its address, and the
+/// egress policy refusing the cloud metadata address and the host's
+/// gateway), then an image made offline from the guest's own static
+/// busybox, run rootless.
 const DEMO_JOB: &str = r#"set -e
 echo "job: uid $(id -u) on $(hostname), kernel $(uname -r)"
+gw=$(ip route | awk '/^default/ {print $3}')
+echo "network: eth0 $(ip -o -4 addr show dev eth0 | awk '{print $4}'), gateway $gw"
+for target in 169.254.169.254 "$gw"; do
+  if curl -s -m 3 -o /dev/null "http://$target/"; then
+    echo "  http://$target/: reached (the egress policy should have refused it)"
+  else
+    echo "  http://$target/: refused by the egress policy"
+  fi
+done
 c=$(buildah from scratch)
 buildah copy "$c" /bin/busybox /bin/busybox >/dev/null
 buildah config --entrypoint '["/bin/busybox"]' "$c"
