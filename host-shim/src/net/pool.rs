@@ -3,8 +3,10 @@
 //! prefix is configured, the matching /126 of it (the guest `::2`; its
 //! gateway is the link-local `fe80::1` every VM link has on the host side).
 //!
-//! Slots are [`crate::lease`]s, so two Kiln processes never hand out one
-//! address, and a slot is picked at random: an address just given back is
+//! Slots are [`crate::lease`]s named by the /30 itself (its network
+//! address divided by 4), not by the slot's place in the pool: two Kiln
+//! processes never hand out one address, even when their pools differ
+//! (`kiln serve`'s and a `kiln run` by hand). A slot is picked at random: an address just given back is
 //! rarely the next one given out, so a new VM rarely inherits return
 //! traffic still in flight for the last VM that had it.
 
@@ -69,6 +71,11 @@ impl AddrPlan {
         self.v6
     }
 
+    /// The lease key of slot 0: its /30's network address over 4.
+    fn first_key(&self) -> u64 {
+        u64::from(u32::from(self.v4.network()) >> 2)
+    }
+
     /// How many VMs the pool holds at once.
     pub fn slots(&self) -> u64 {
         1u64 << (LINK_PREFIX4 - self.v4.prefix_len())
@@ -102,11 +109,12 @@ pub struct Slot {
 }
 
 impl AddrPool {
-    /// Leases live in `dir`; every process sharing a pool must share it.
+    /// Leases live in `dir`; every Kiln process on the host must share it.
     pub fn new(plan: AddrPlan, dir: impl Into<PathBuf>) -> Self {
-        let last = plan.slots() - 1;
+        let first = plan.first_key();
+        let last = first + plan.slots() - 1;
         AddrPool {
-            leases: LeaseDir::new("VM address slot", dir, 0..=last),
+            leases: LeaseDir::new("VM address slot", dir, first..=last),
             plan,
         }
     }
@@ -119,7 +127,7 @@ impl AddrPool {
     pub fn lease(&self) -> Result<Slot, LeaseError> {
         let lease = self.leases.lease()?;
         Ok(Slot {
-            addrs: self.plan.addrs(lease.number()),
+            addrs: self.plan.addrs(lease.number() - self.plan.first_key()),
             _lease: lease,
         })
     }
@@ -170,5 +178,23 @@ mod tests {
         assert!(e.to_string().contains("no free VM address slot"), "{e}");
         drop(slots);
         assert!(pool.lease().is_ok());
+    }
+
+    #[test]
+    fn pools_that_overlap_still_never_share_an_address() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let small = AddrPool::new(plan("10.9.0.8/29", None).expect("plan"), dir.path());
+        let big = AddrPool::new(plan("10.9.0.0/27", None).expect("plan"), dir.path());
+        let held: Vec<Slot> = (0..2).map(|_| small.lease().expect("slot")).collect();
+        let others: Vec<Slot> = (0..6).map(|_| big.lease().expect("slot")).collect();
+        let mut all: Vec<Ipv4Addr> = held
+            .iter()
+            .chain(&others)
+            .map(|s| s.addrs.guest4)
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 8, "{all:?}");
+        assert!(big.lease().is_err(), "the small pool's two are the big one's too");
     }
 }
