@@ -10,6 +10,10 @@ use crate::vm::{BackendError, ImageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    #[error(transparent)]
+    Jail {
+        source: crate::vmm::firecracker::FirecrackerError,
+    },
     #[error("the VMs' network: {0} (or set network = \"none\" on every pool)")]
     Network(crate::net::NetError),
     #[error("pool {pool:?}: {source} (or point the pool's `image` in {} at an image directory)", config.display())]

@@ -214,6 +214,9 @@ pub async fn production_with(
             selected.backend
         }
     };
+    if let Backend::Firecracker(fc) = &backend {
+        check_jail_filesystem(fc, &pools, &settings.dirs.disks)?;
+    }
     let network = start_network(config, &pools, &settings.dirs.runtime).await?;
     let (net_lost_tx, net_lost) = tokio::sync::watch::channel(false);
     let mut launcher = Launcher::new(backend, settings.dirs)?;
@@ -248,6 +251,31 @@ pub async fn production_with(
         }),
         tasks: JobTasks::default(),
     })
+}
+
+/// Firecracker's jails hard-link each VM's files: the images and the disk
+/// directory must be on the chroot base's filesystem (checked now rather
+/// than at the first job).
+fn check_jail_filesystem(
+    fc: &crate::vmm::firecracker::Firecracker,
+    pools: &HashMap<String, PoolImage>,
+    disks: &std::path::Path,
+) -> Result<(), SetupError> {
+    std::fs::create_dir_all(disks).map_err(|source| SetupError::Jail {
+        source: crate::vmm::firecracker::FirecrackerError::Io {
+            action: "creating",
+            path: disks.to_owned(),
+            source,
+        },
+    })?;
+    let mut paths: Vec<&std::path::Path> = vec![disks];
+    for p in pools.values() {
+        paths.push(&p.image.boot.kernel);
+        paths.extend(p.image.boot.initrd.as_deref());
+        paths.extend(p.image.boot.base_image.as_deref());
+    }
+    fc.check_same_filesystem(&paths)
+        .map_err(|source| SetupError::Jail { source })
 }
 
 /// The VMs' network, when a pool that runs has one.

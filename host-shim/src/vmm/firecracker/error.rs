@@ -30,6 +30,8 @@ pub enum FirecrackerError {
     },
     #[error("{path} is not readable by the jail's uid and is hard-linked with its mode: make it world-readable (chmod o+r)")]
     NotReadable { path: PathBuf },
+    #[error("{file} is on another filesystem than the jail {jail}: Firecracker's files are hard-linked into the jail, never copied (a copy of a disk costs gigabytes per VM); put the jailer's chroot base (`chroot_base`) on the filesystem of the images and the scratch disks")]
+    OtherFilesystem { file: PathBuf, jail: PathBuf },
     #[error("socket path {path} is {len} bytes, more than the 107 Unix sockets allow: shorten the chroot base or the VM id")]
     SocketPathTooLong { path: PathBuf, len: usize },
     #[error("starting the jailer {path}: {source}")]

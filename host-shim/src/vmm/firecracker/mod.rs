@@ -58,6 +58,15 @@ impl Firecracker {
         })
     }
 
+    /// Fails unless `paths` (images, the disk directory) are on the chroot
+    /// base's filesystem, where the jails hard-link them from.
+    pub fn check_same_filesystem(
+        &self,
+        paths: &[&std::path::Path],
+    ) -> Result<(), FirecrackerError> {
+        resources::check_same_filesystem(&self.settings.chroot_base, paths)
+    }
+
     pub fn settings(&self) -> &FirecrackerSettings {
         &self.settings
     }

@@ -1,7 +1,12 @@
 //! Puts a VM's files into its jail before the jailer runs: kernel, initramfs
-//! and base image hard-linked (copied when the chroot base is on another
-//! filesystem), the scratch disk owned by the jail's uid, the guest-to-host
-//! vsock listener, and the FIFO that carries Firecracker's own log.
+//! and base image hard-linked, the scratch disk owned by the jail's uid, the
+//! guest-to-host vsock listener, and the FIFO that carries Firecracker's own
+//! log.
+//!
+//! Files are hard-linked, never copied: a copy of a base image or a 40 GiB
+//! scratch disk across filesystems would cost gigabytes of I/O per VM
+//! (holes included). A chroot base on another filesystem than the images
+//! and disks is refused, at start ([`check_same_filesystem`]) and per VM.
 
 use std::fs::{self, Permissions};
 use std::io;
@@ -63,47 +68,51 @@ pub(crate) fn create_jail(layout: &JailLayout, id: &str) -> Result<(), Firecrack
     fs::create_dir(layout.root()).map_err(io_err("creating", layout.root()))
 }
 
-/// How a file reached the jail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Placed {
-    Linked,
-    Copied,
-}
-
-/// Hard-links `src` to `dst`, or copies it when they are on different
-/// filesystems.
-fn link_or_copy(src: &Path, dst: &Path) -> Result<Placed, FirecrackerError> {
+/// Hard-links `src` to `dst`; another filesystem is an error that says
+/// what to move.
+fn link(src: &Path, dst: &Path) -> Result<(), FirecrackerError> {
     match fs::hard_link(src, dst) {
-        Ok(()) => Ok(Placed::Linked),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let bytes = fs::copy(src, dst).map_err(io_err("copying into the jail", src))?;
-            tracing::warn!(src = %src.display(), dst = %dst.display(), bytes,
-                "copied into the jail: put the chroot base on the image's filesystem to hard-link instead");
-            Ok(Placed::Copied)
-        }
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(FirecrackerError::OtherFilesystem {
+            file: src.to_owned(),
+            jail: dst.to_owned(),
+        }),
         Err(e) => Err(io_err("hard-linking into the jail", src)(e)),
     }
 }
 
-/// A read-only file for the VM. A hard link shares the original's owner and
-/// mode, so the jailed uid can read it only if everyone may; a copy is
-/// handed to the uid.
-fn place_read_only(src: &Path, dst: &Path, uid: u32, gid: u32) -> Result<(), FirecrackerError> {
-    match link_or_copy(src, dst)? {
-        Placed::Linked => {
-            let meta = fs::metadata(dst).map_err(io_err("reading the mode of", dst))?;
-            if meta.mode() & 0o004 == 0 && meta.uid() != uid {
-                return Err(FirecrackerError::NotReadable {
-                    path: src.to_owned(),
-                });
-            }
-            Ok(())
-        }
-        Placed::Copied => {
-            chown(dst, uid, gid)?;
-            chmod(dst, 0o400)
+/// Fails unless every path in `paths` is on the filesystem of `chroot_base`
+/// (which must exist): what `kiln serve` checks at start for its images
+/// and disk directory.
+pub fn check_same_filesystem(chroot_base: &Path, paths: &[&Path]) -> Result<(), FirecrackerError> {
+    let dev = |p: &Path| {
+        fs::metadata(p)
+            .map(|m| m.dev())
+            .map_err(io_err("inspecting", p))
+    };
+    let base = dev(chroot_base)?;
+    for p in paths {
+        if dev(p)? != base {
+            return Err(FirecrackerError::OtherFilesystem {
+                file: p.to_path_buf(),
+                jail: chroot_base.to_owned(),
+            });
         }
     }
+    Ok(())
+}
+
+/// A read-only file for the VM. A hard link shares the original's owner and
+/// mode, so the jailed uid can read it only if everyone may.
+fn place_read_only(src: &Path, dst: &Path, uid: u32) -> Result<(), FirecrackerError> {
+    link(src, dst)?;
+    let meta = fs::metadata(dst).map_err(io_err("reading the mode of", dst))?;
+    if meta.mode() & 0o004 == 0 && meta.uid() != uid {
+        return Err(FirecrackerError::NotReadable {
+            path: src.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 /// Lays the VM's files into the jail root under the names the API requests
@@ -114,18 +123,18 @@ pub(crate) fn place_files(
     uid: u32,
     gid: u32,
 ) -> Result<(), FirecrackerError> {
-    place_read_only(&spec.kernel, &layout.host_path(config::KERNEL), uid, gid)?;
+    place_read_only(&spec.kernel, &layout.host_path(config::KERNEL), uid)?;
     if let Some(initrd) = &spec.initrd {
-        place_read_only(initrd, &layout.host_path(config::INITRD), uid, gid)?;
+        place_read_only(initrd, &layout.host_path(config::INITRD), uid)?;
     }
     if let Some(base) = &spec.base_image {
-        place_read_only(base, &layout.host_path(config::BASE_IMAGE), uid, gid)?;
+        place_read_only(base, &layout.host_path(config::BASE_IMAGE), uid)?;
     }
     if let Some(scratch) = &spec.scratch_disk {
         // The scratch disk is this VM's alone, so the shared inode can be
         // handed to the jail's uid: Firecracker opens it read-write.
         let dst = layout.host_path(config::SCRATCH_DISK);
-        link_or_copy(scratch, &dst)?;
+        link(scratch, &dst)?;
         chown(&dst, uid, gid)?;
         chmod(&dst, 0o600)?;
     }
@@ -216,19 +225,47 @@ mod tests {
         }
     }
 
+    /// /dev/shm is a tmpfs; the temporary directory is not (it is where
+    /// jails and disks live on a real host). Skipped where both are one.
+    #[test]
+    fn a_jail_on_another_filesystem_is_refused_not_copied_into() {
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let disk = tempfile::tempdir_in("/var/tmp").unwrap();
+        let dev = |p: &Path| fs::metadata(p).unwrap().dev();
+        if dev(shm.path()) == dev(disk.path()) {
+            eprintln!("skipped: /dev/shm and /var/tmp are one filesystem here");
+            return;
+        }
+        let src = disk.path().join("scratch.ext4");
+        let f = fs::File::create(&src).unwrap();
+        f.set_len(1 << 30).unwrap();
+        let dst = shm.path().join("scratch.ext4");
+        match link(&src, &dst) {
+            Err(FirecrackerError::OtherFilesystem { file, jail }) => {
+                assert_eq!(file, src);
+                assert_eq!(jail, dst);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!dst.exists(), "nothing copied");
+        let err = check_same_filesystem(shm.path(), &[disk.path()]).unwrap_err();
+        assert!(err.to_string().contains("chroot_base"), "{err}");
+        check_same_filesystem(disk.path(), &[&src]).unwrap();
+    }
+
     #[test]
     fn private_files_are_refused_when_hard_linked() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("vmlinux");
         fs::write(&src, b"kernel").unwrap();
         fs::set_permissions(&src, Permissions::from_mode(0o600)).unwrap();
-        let err = place_read_only(&src, &dir.path().join("kernel"), 4242, 4242).unwrap_err();
+        let err = place_read_only(&src, &dir.path().join("kernel"), 4242).unwrap_err();
         assert!(
             matches!(err, FirecrackerError::NotReadable { ref path } if path == &src),
             "{err}"
         );
         fs::set_permissions(&src, Permissions::from_mode(0o644)).unwrap();
-        place_read_only(&src, &dir.path().join("kernel2"), 4242, 4242).unwrap();
+        place_read_only(&src, &dir.path().join("kernel2"), 4242).unwrap();
         assert_eq!(
             fs::metadata(&src).unwrap().ino(),
             fs::metadata(dir.path().join("kernel2")).unwrap().ino()
