@@ -566,7 +566,7 @@ fn serve_gives_the_pools_vms_the_egress_network_and_fails_closed() {
         let status = kiln.queued(1717).await;
         assert!(status.contains("202"), "{status}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !logs_text().contains("the job waits for one") {
+        while !logs_text().contains("the job waits for room") {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "no wait for an address:\n{}",

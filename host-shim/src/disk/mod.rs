@@ -7,9 +7,11 @@
 //! as already zeroed and the guest kernel never starts its lazy-init thread
 //! writing them either.
 //!
+//! - [`budget`] — room on the host for the disks in use, and a reserve.
 //! - [`template`] — later disks copied from the first one made.
 //! - [`clone`] — sparse copies (reflink, or the data ranges only).
 
+pub mod budget;
 mod clone;
 mod template;
 

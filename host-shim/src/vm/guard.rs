@@ -34,6 +34,8 @@ pub(super) struct VmGuard {
     pub id: String,
     pub dir: PathBuf,
     pub scratch: Option<PathBuf>,
+    /// Room held for the scratch disk, given back once it is removed.
+    pub scratch_room: Option<crate::disk::budget::Held>,
     pub cid: Option<CidLease>,
     pub live: Option<Live>,
     pub follower: Option<ConsoleFollower>,
@@ -64,6 +66,7 @@ impl VmGuard {
             id,
             dir,
             scratch: None,
+            scratch_room: None,
             cid: None,
             live: None,
             follower: None,
@@ -109,6 +112,7 @@ impl VmGuard {
         if let Err(e) = remove_dir(&self.dir) {
             problems.push(e);
         }
+        drop(self.scratch_room.take());
         drop(self.cid.take());
         self.finished = true;
         if problems.is_empty() {

@@ -37,6 +37,8 @@ pub struct Launcher {
     backend: Backend,
     dirs: RuntimeDirs,
     cids: CidAllocator,
+    /// Room on the disk directory's filesystem for the scratch disks.
+    disk_budget: disk::budget::Budget,
     /// VMs' networks; `None`: VMs cannot have one.
     network: Option<Arc<Network>>,
 }
@@ -70,6 +72,8 @@ pub enum RunError {
     Cid(#[from] CidError),
     #[error(transparent)]
     Scratch(#[from] ScratchError),
+    #[error(transparent)]
+    NoDiskSpace(#[from] disk::budget::BudgetError),
     #[error("the VM's network: {0}")]
     Network(#[from] NetError),
     #[error("the job asks for a network, but this launcher has none (start it with Launcher::with_network)")]
@@ -149,6 +153,7 @@ impl Launcher {
             backend,
             dirs,
             cids,
+            disk_budget: disk::budget::Budget::default(),
             network: None,
         })
     }
@@ -253,6 +258,7 @@ impl Launcher {
         let scratch = match req.scratch_bytes {
             Some(bytes) => {
                 let path = self.dirs.scratch_path(&id)?;
+                guard.scratch_room = Some(self.disk_budget.hold(&self.dirs.disks, &path, bytes)?);
                 let p = path.clone();
                 let skeleton = req.boot.scratch_skeleton.clone();
                 let templates = disk::Templates::new(self.dirs.templates());

@@ -590,8 +590,10 @@ impl Shared {
 
 impl Shared {
     /// Runs the VM; while every address of the pool is in use (other jobs,
-    /// other Kiln processes), the job waits for one, with a log line,
-    /// rather than failing: never two VMs on one address.
+    /// other Kiln processes), or the disk directory has no room for its
+    /// scratch disk beside the others', the job waits, with a log line,
+    /// rather than failing: never two VMs on one address, never a host disk
+    /// filled by VMs.
     async fn run_when_addressed(
         &self,
         req: VmRequest,
@@ -604,11 +606,18 @@ impl Shared {
                 .launcher
                 .run(req.clone(), log, stop.clone(), None)
                 .await;
-            if !addresses_exhausted(&report.result) || stop.level() > StopLevel::Run {
+            let Some(lacking) = lacking(&report.result) else {
+                return report;
+            };
+            if stop.level() > StopLevel::Run {
                 return report;
             }
             if !told {
-                tracing::warn!("every VM address of the pool is in use: the job waits for one");
+                tracing::warn!(
+                    lacking,
+                    "the job waits for room: {}",
+                    describe(&report.result)
+                );
                 told = true;
             }
             tokio::select! {
@@ -619,13 +628,19 @@ impl Shared {
     }
 }
 
-fn addresses_exhausted(result: &Result<JobEnd, RunError>) -> bool {
-    matches!(
-        result,
+/// What a VM that could not start lacked, when waiting can bring it: an
+/// address of the pool (other jobs, other Kiln processes hold them all), or
+/// disk space for its scratch disk (other VMs may still write theirs).
+fn lacking(result: &Result<JobEnd, RunError>) -> Option<&'static str> {
+    match result {
         Err(RunError::Network(crate::net::NetError::Lease(
-            crate::lease::LeaseError::Exhausted { .. }
-        )))
-    )
+            crate::lease::LeaseError::Exhausted { .. },
+        ))) => Some("address"),
+        Err(RunError::NoDiskSpace(crate::disk::budget::BudgetError::NoRoom { .. })) => {
+            Some("disk space")
+        }
+        _ => None,
+    }
 }
 
 /// One line per job, at a level that says whether it went well.
