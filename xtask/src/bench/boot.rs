@@ -20,10 +20,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use kiln::net::NetRequest;
 use kiln::vm::cid::{CidAllocator, DEFAULT_RANGE};
 use kiln::vm::{
     Backend, BootImage, CollectSink, ConsoleMode, JobEnd, Launcher, ModuleSet, RunningVm,
-    StopSignal,
+    StopSignal, VmRequest,
 };
 use kiln::vmm::VmSpec;
 use kiln_protocol::{BootPhase, ExitStatus, PhaseStamp};
@@ -98,7 +99,7 @@ pub const SYSTEMD_PHASES: &[(&str, &str)] = &[
 ];
 
 /// What each path includes, for BENCHMARKS.md.
-fn kiln_includes(modular: bool) -> Vec<String> {
+pub(super) fn kiln_includes(modular: bool) -> Vec<String> {
     let first = if modular {
         "the bench image's own initramfs: kiln-init as /init plus the modules; kiln-init mounts, starts loading the modules on threads of their own, builds the overlay root on the scratch disk (laid out on the host from the image's scratch skeleton, as on the systemd path) as soon as its disks and overlayfs are in, while a thread of its own sets up cgroups, sysctls and lo; then switches into the root and waits for the last loads (vsock, tun)"
     } else {
@@ -180,13 +181,15 @@ impl BootKernel {
 }
 
 /// One kiln-init run's figures, in milliseconds.
-struct KilnRun {
-    phases: Vec<(&'static str, f64)>,
-    total: f64,
-    init_share: f64,
-    modules: f64,
-    prepare: f64,
-    report: Report,
+pub(super) struct KilnRun {
+    pub phases: Vec<(&'static str, f64)>,
+    pub total: f64,
+    pub init_share: f64,
+    pub modules: f64,
+    pub prepare: f64,
+    /// The VMM's exit to the VM's last file and link removed.
+    pub teardown: f64,
+    pub report: Report,
 }
 
 /// One systemd run's figures, in milliseconds.
@@ -227,15 +230,26 @@ async fn kiln_once(
     boot: &BootImage,
     tag: &str,
 ) -> anyhow::Result<KilnRun> {
+    kiln_once_with(kit, launcher, boot, tag, None).await
+}
+
+/// [`kiln_once`], the VM with a network when `network` is given (the
+/// launcher must have one: `Launcher::with_network`).
+pub(super) async fn kiln_once_with(
+    kit: &Kit,
+    launcher: &Launcher,
+    boot: &BootImage,
+    tag: &str,
+    network: Option<NetRequest>,
+) -> anyhow::Result<KilnRun> {
     let job = kit.job(&[probe::GUEST_PATH])?;
     let mut sink = CollectSink::default();
+    let req = VmRequest {
+        network,
+        ..kit.request_with(boot.clone(), job)
+    };
     let report = launcher
-        .run(
-            kit.request_with(boot.clone(), job),
-            &mut sink,
-            StopSignal::never(),
-            None,
-        )
+        .run(req, &mut sink, StopSignal::never(), None)
         .await;
     let _ = std::fs::write(
         kit.console_dir.join(format!("console-kiln-{tag}.log")),
@@ -296,6 +310,7 @@ async fn kiln_once(
         // 1's waits for the loads (the loads themselves run beside).
         modules: span(mounted, root_devices) + span(root, modules_joined),
         prepare: t.prepare.map_or(0.0, ms),
+        teardown: t.teardown.map_or(0.0, ms),
         report: probe,
     })
 }
@@ -514,7 +529,7 @@ fn console_tail(path: &Path) -> String {
 
 /// Accumulates one path's runs.
 #[derive(Default)]
-struct Acc {
+pub(super) struct Acc {
     phases: Series,
     total: Vec<f64>,
     share: Vec<f64>,
@@ -527,7 +542,7 @@ struct Acc {
 
 impl Acc {
     #[allow(clippy::too_many_arguments)]
-    fn add(
+    pub(super) fn add(
         &mut self,
         phases: &[(&str, f64)],
         total: f64,
@@ -548,7 +563,7 @@ impl Acc {
         self.pid1 = r.pid1.clone();
     }
 
-    fn finish(
+    pub(super) fn finish(
         self,
         name: &str,
         described: &[(&str, &str)],

@@ -7,6 +7,8 @@
 //!   axum server (no VM).
 //! - [`churn`] — 4. VMs back to back, and what they leave behind.
 //! - [`memory`] — 5. kiln-init's and the host side's memory.
+//! - [`network`] — 6. the VM network: set-up and teardown per VM, and boots
+//!   with the network on and off, in a throwaway network namespace.
 //!
 //! Support: [`images`] (the bench image and the systemd path's initramfs),
 //! [`probe`] (the stand-in runner), [`vmkit`] (VM set-up shared by the
@@ -22,6 +24,7 @@ pub mod disk;
 pub mod images;
 pub mod machine;
 pub mod memory;
+pub mod network;
 pub mod probe;
 pub mod render;
 pub mod results;
@@ -44,6 +47,7 @@ pub enum Which {
     Churn,
     Memory,
     Webhook,
+    Network,
 }
 
 #[derive(clap::Args, Debug)]
@@ -58,6 +62,10 @@ pub struct Args {
     /// VMs in the churn benchmark [default: 10, --quick: 3].
     #[arg(long, value_name = "N")]
     pub churn_vms: Option<usize>,
+    /// VM networks made and removed in a row by the network benchmark
+    /// (quick too: about 20 ms each).
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub net_vms: usize,
     /// Requests per webhook throughput run [default: 30000, --quick: 10000].
     #[arg(long, value_name = "N")]
     pub webhook_requests: Option<usize>,
@@ -126,9 +134,15 @@ impl Args {
 
     /// Whether any benchmark that boots VMs (or needs the bench image) runs.
     fn wants_vms(&self) -> bool {
-        [Which::Boot, Which::Disk, Which::Churn, Which::Memory]
-            .into_iter()
-            .any(|w| self.wants(w))
+        [
+            Which::Boot,
+            Which::Disk,
+            Which::Churn,
+            Which::Memory,
+            Which::Network,
+        ]
+        .into_iter()
+        .any(|w| self.wants(w))
     }
 
     /// A full run: every benchmark, N runs.
@@ -191,6 +205,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if webhook_bins {
         release.push(("xtask", "kiln-bench-http"));
+    }
+    if args.wants(Which::Network) {
+        release.push(("kiln-vm-tests", "net-churn"));
     }
     let release_dir = if release.is_empty() {
         None
@@ -319,6 +336,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             _ => None,
         };
+        let network = match &release_dir {
+            Some(dir) if args.wants(Which::Network) => {
+                let meter = machine::Meter::start("network");
+                let settings = network::Settings {
+                    vms: args.net_vms,
+                    boot_runs: runs,
+                };
+                let boot = vms.as_ref().map(|v| {
+                    (
+                        &v.kit,
+                        format!("Debian's cloud kernel {} (modular)", v.img.kernel.release),
+                    )
+                });
+                let r = network::run(&dir.join("net-churn"), &work, boot, &settings).await?;
+                load.push(meter.finish());
+                Some(r)
+            }
+            _ => None,
+        };
         anyhow::Ok(Results {
             schema: SCHEMA,
             generated_unix: std::time::SystemTime::now()
@@ -343,6 +379,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             churn,
             memory,
             webhook,
+            network,
         })
     };
     // On Ctrl-C or SIGTERM the benchmark's future is dropped, which kills

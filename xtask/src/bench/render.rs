@@ -4,7 +4,8 @@
 use std::fmt::Write;
 
 use super::results::{
-    BootPath, Counts, Figure, Ratio, Results, ServeVmMemory, Target, Webhook, WebhookResults,
+    BootPath, Counts, Figure, NetBoot, NetworkResults, Ratio, Results, ServeVmMemory, Target,
+    Webhook, WebhookResults,
 };
 use super::stats::Stat;
 
@@ -295,6 +296,9 @@ fn summary(o: &mut String, r: &Results) {
         }
         None => {}
     }
+    if let Some(n) = &r.network {
+        network_summary(o, n, label);
+    }
     o.push('\n');
     let measured = match &r.webhook {
         Some(Webhook::Measured(w)) => Some(w.targets.as_slice()),
@@ -304,6 +308,7 @@ fn summary(o: &mut String, r: &Results) {
         r.boot.as_ref().map(|b| b.targets.as_slice()),
         r.disk.as_ref().map(|d| d.targets.as_slice()),
         measured,
+        r.network.as_ref().map(|n| n.targets.as_slice()),
     ]
     .into_iter()
     .flatten()
@@ -348,8 +353,18 @@ pub fn render(r: &Results) -> String {
             "**Every VM figure here is {label}** ({} {}, `-M {}`, {} vCPU, {} MiB guest): {}. \
              TCG emulates every guest instruction, so guest-side times are many times what \
              they are under KVM; read the ratios, not the absolute guest times, as the result. \
-             Figures without a VM (the per-VM disk, webhook ingestion) are labelled as such.\n",
-            b.vmm, b.accel, b.machine, b.vcpus, b.memory_mib, b.accel_reason
+             Figures without a VM (the per-VM disk, webhook ingestion{}) are labelled as such.\n",
+            b.vmm,
+            b.accel,
+            b.machine,
+            b.vcpus,
+            b.memory_mib,
+            b.accel_reason,
+            if r.network.is_some() {
+                ", the VM network's set-up and teardown"
+            } else {
+                ""
+            }
         );
     }
 
@@ -541,8 +556,8 @@ pub fn render(r: &Results) -> String {
             o,
             "\nAfter equals before: **{}**. fds and mounts are the bench process's (which runs \
              the VMs); processes are its live descendants (QEMU, vhost-device-vsock); taps are \
-             the host's tun/tap devices (the VM layer attaches no network yet, so 0 is expected \
-             until `net` lands); the runtime dir holds VM directories, sockets and CID leases.\n",
+             the host's tun/tap devices (the churn's VMs run without a network, so 0 is expected; \
+             VM networks are benchmark 6's); the runtime dir holds VM directories, sockets and CID leases.\n",
             if c.before == c.after { "yes" } else { "NO" }
         );
         incidents(&mut o, &c.incidents);
@@ -641,7 +656,176 @@ pub fn render(r: &Results) -> String {
         serve_memory_rows(&mut o, w);
         let _ = writeln!(o, "\n{}\n", serve_queued_note(None).trim_start());
     }
+    if let Some(n) = &r.network {
+        network_section(&mut o, n, label);
+    }
     o
+}
+
+fn network_summary(o: &mut String, n: &NetworkResults, label: &str) {
+    if let Some(t) = n
+        .churn
+        .phases
+        .iter()
+        .find(|p| p.name == "set-up + teardown")
+    {
+        let _ = writeln!(
+            o,
+            "| VM network set-up + teardown per VM, {} in a row (host, no VM) | {} ms (p90 {} ms) | — | — |",
+            n.churn.vms,
+            ms(t.stat.median),
+            ms(t.p90)
+        );
+    }
+    if let Some(b) = &n.boot {
+        let (on, off) = (
+            b.on_request_to_runner.median,
+            b.off_request_to_runner.median,
+        );
+        let _ = writeln!(
+            o,
+            "| Boot: request to runner exec with the network on ({label}) | {} ms | network off {} ms | {:.2}x |",
+            ms(on),
+            ms(off),
+            off / on
+        );
+    }
+}
+
+/// A row of the network boot comparison: off, on, and the difference of
+/// the medians.
+fn on_off_row(o: &mut String, what: &str, covers: &str, off: &Stat, on: &Stat) {
+    let _ = writeln!(
+        o,
+        "| {what} | {covers} | {} | {} | {:+.1} |",
+        ms(off.median),
+        ms(on.median),
+        on.median - off.median
+    );
+}
+
+fn network_boot(o: &mut String, b: &NetBoot, label: &str) {
+    let _ = writeln!(
+        o,
+        "### Boot to runner with the network on and off ({label})\n"
+    );
+    let _ = writeln!(
+        o,
+        "kiln-init's path of benchmark 1 on {}, {} run(s) each after a warm-up of each, \
+         alternating: the same VM, once without a network and once with \
+         `network: Some(NetRequest::default())` on a launcher with the bench namespace's \
+         `Network`. With the network, the VM layer makes the VM's network before the VMM \
+         starts (in \"before VMM start\"), QEMU joins the VM's namespace and gets the tap, \
+         kiln-init also loads failover, net_failover and virtio_net (in the module phases) and \
+         configures eth0 from the Job (in \"configure\"), and the teardown removes the \
+         network.\n",
+        b.kernel, b.on.total.n
+    );
+    let _ = writeln!(
+        o,
+        "| Phase ({label}) | covers | network off median ms | network on median ms | on - off ms |"
+    );
+    let _ = writeln!(o, "|---|---|---:|---:|---:|");
+    on_off_row(
+        o,
+        "before VMM start",
+        "VM directory, CID, scratch disk; with the network: its set-up",
+        &b.off.prepare,
+        &b.on.prepare,
+    );
+    for f in &b.off.phases {
+        if let Some(on) = b.on.phases.iter().find(|p| p.name == f.name) {
+            on_off_row(o, &f.name, &f.what, &f.stat, &on.stat);
+        }
+    }
+    on_off_row(
+        o,
+        "**VMM start to runner exec**",
+        "the phases above but \"before VMM start\" and the (beside) ones",
+        &b.off.total,
+        &b.on.total,
+    );
+    on_off_row(
+        o,
+        "**request to runner exec**",
+        "before VMM start + VMM start to runner exec, per run",
+        &b.off_request_to_runner,
+        &b.on_request_to_runner,
+    );
+    on_off_row(
+        o,
+        "teardown",
+        "the VMM's exit to the VM's files (and network) removed",
+        &b.off_teardown,
+        &b.on_teardown,
+    );
+    o.push('\n');
+    incidents(o, &b.incidents);
+}
+
+fn network_section(o: &mut String, n: &NetworkResults, label: &str) {
+    let c = &n.churn;
+    let _ = writeln!(o, "## 6. VM network (host side; boots: {label})\n");
+    let _ = writeln!(o, "Where it runs:\n");
+    for l in &n.setup {
+        let _ = writeln!(o, "- {l}");
+    }
+    o.push('\n');
+    let _ = writeln!(
+        o,
+        "**Set-up and teardown per VM**: `net-churn` (tests/src/bin/net-churn.rs, release build) \
+         makes and removes {} VM networks back to back without VMs, timing each call. Per VM:\n",
+        c.vms
+    );
+    for l in &c.covers {
+        let _ = writeln!(o, "- {l}");
+    }
+    o.push('\n');
+    let _ = writeln!(
+        o,
+        "| Per VM, {} in a row (host, no VM) | covers | median ms | p90 ms | max ms | first {w} median ms | last {w} median ms |",
+        c.vms,
+        w = c.window
+    );
+    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|");
+    for p in &c.phases {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            p.name,
+            p.what,
+            ms(p.stat.median),
+            ms(p.p90),
+            ms(p.stat.max),
+            ms(p.first_median),
+            ms(p.last_median)
+        );
+    }
+    let left = if c.leftovers.is_empty() {
+        "nothing".to_owned()
+    } else {
+        format!("{} item(s): {}", c.leftovers.len(), c.leftovers.join("; "))
+    };
+    let others = if c.others_ignored > 0 {
+        format!(
+            " ({} `kiln-` namespace(s) of other Kiln processes on this host were there too: \
+             /run/netns is shared, and a namespace counts as the bench's only when its VM link \
+             `kv-<id>` is in the bench's namespace)",
+            c.others_ignored
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        o,
+        "\nLeft in the namespace afterwards (`kv-` links, `kiln-` namespaces in /run/netns, \
+         per-VM elements of `table inet kiln`'s sets; the kernel frees a namespace's links in \
+         the background, so net-churn waits up to 3 s for them): {left}{others}.\n"
+    );
+    if let Some(b) = &n.boot {
+        network_boot(o, b, label);
+    }
+    targets_table(o, &n.targets);
 }
 
 /// Where the queued-job figures come from, and where the running-VM ones
@@ -1132,6 +1316,7 @@ mod tests {
                 status: "not yet: needs kiln serve".into(),
                 reason: "no server".into(),
             })),
+            network: None,
         }
     }
 
@@ -1542,6 +1727,96 @@ mod tests {
         let back: Results = serde_json::from_str(&text).expect("parse");
         assert!(matches!(back.webhook, Some(Webhook::Measured(_))));
         assert_eq!(render(&back), render(&r));
+    }
+
+    fn network() -> NetworkResults {
+        let phase = |name: &str, v: &[f64]| NetPhase {
+            name: name.into(),
+            what: format!("{name} call"),
+            stat: stat(v),
+            p90: v.iter().copied().fold(0.0, f64::max),
+            first_median: v[0],
+            last_median: v[v.len() - 1],
+        };
+        let churn = NetChurn {
+            vms: 200,
+            window: 20,
+            covers: vec!["set-up: a namespace".into()],
+            phases: vec![
+                phase("set-up", &[8.0, 9.0, 10.0]),
+                phase("teardown", &[2.0, 2.5, 3.0]),
+                phase("set-up + teardown", &[10.0, 11.5, 13.0]),
+            ],
+            leftovers: vec![],
+            others_ignored: 2,
+        };
+        let mut on = path("network on");
+        on.prepare = stat(&[45.0]);
+        on.total = stat(&[2600.0]);
+        let mut off = path("network off");
+        off.prepare = stat(&[30.0]);
+        NetworkResults {
+            setup: vec!["a namespace standing in for the host".into()],
+            targets: super::super::network::targets(&churn),
+            churn,
+            boot: Some(NetBoot {
+                kernel: "Debian's cloud kernel 6.1.0-test (modular)".into(),
+                off,
+                on,
+                off_request_to_runner: stat(&[2530.0]),
+                on_request_to_runner: stat(&[2645.0]),
+                off_teardown: stat(&[20.0]),
+                on_teardown: stat(&[24.0]),
+                incidents: vec![],
+            }),
+        }
+    }
+
+    #[test]
+    fn network_section_renders_churn_boots_and_targets() {
+        let mut r = results();
+        r.network = Some(network());
+        let md = render(&r);
+        for want in [
+            "## 6. VM network (host side; boots: QEMU TCG)",
+            "- a namespace standing in for the host",
+            "| Per VM, 200 in a row (host, no VM) | covers | median ms | p90 ms | max ms | first 20 median ms | last 20 median ms |",
+            "| set-up + teardown | set-up + teardown call | 11.5 | 13.0 | 13.0 | 10.0 | 13.0 |",
+            "(the per-VM disk, webhook ingestion, the VM network's set-up and teardown) are labelled",
+            "Left in the namespace afterwards",
+            "): nothing (2 `kiln-` namespace(s) of other Kiln processes",
+            "### Boot to runner with the network on and off (QEMU TCG)",
+            "| before VMM start | VM directory, CID, scratch disk; with the network: its set-up | 30.0 | 45.0 | +15.0 |",
+            "| kernel | kernel start | 1550 | 1550 | +0.0 |",
+            "| **VMM start to runner exec** |",
+            "| **request to runner exec** | before VMM start + VMM start to runner exec, per run | 2530 | 2645 | +115.0 |",
+            "| teardown | the VMM's exit to the VM's files (and network) removed | 20.0 | 24.0 | +4.0 |",
+            // The summary's rows and targets.
+            "| VM network set-up + teardown per VM, 200 in a row (host, no VM) | 11.5 ms (p90 13.0 ms) | — | — |",
+            "| Boot: request to runner exec with the network on (QEMU TCG) | 2645 ms | network off 2530 ms | 0.96x |",
+            "- VM network set-up + teardown per VM (host side, no VM) — under 20 ms on the 2-core machine: **met**",
+            "- no growth over 200 VMs in a row — the last 20 VMs' median within 1.2x the first 20's, nothing left behind: **not met** (10.0 ms -> 13.0 ms (1.30x); left behind: nothing)",
+        ] {
+            assert!(md.contains(want), "{want} missing:\n{md}");
+        }
+        let at = |h: &str| md.find(h).unwrap_or(usize::MAX);
+        assert!(at("## 4. VM churn") < at("## 6. VM network"), "{md}");
+        // Round trip, and files from before the network benchmark.
+        let text = serde_json::to_string(&r).expect("json");
+        let back: Results = serde_json::from_str(&text).expect("parse");
+        assert_eq!(render(&back), md);
+        let mut v = serde_json::to_value(&r).expect("json");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("network");
+        }
+        let old: Results = serde_json::from_value(v).expect("an older file parses");
+        assert!(old.network.is_none());
+        assert!(!render(&old).contains("## 6."));
+        // Without boots (no VM), the churn alone.
+        r.network.as_mut().expect("network").boot = None;
+        let md = render(&r);
+        assert!(!md.contains("### Boot to runner with the network"), "{md}");
+        assert!(!md.contains("with the network on ("), "{md}");
     }
 
     #[test]

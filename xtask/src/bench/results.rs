@@ -11,8 +11,10 @@ use super::stats::Stat;
 /// Bumped when a field changes meaning. 2: `backend` is absent when no VM
 /// benchmark ran; `webhook` holds measurements (or, from schema 1, why
 /// there were none), and is absent when it did not run. 3: `boot` names
-/// its kernel and may hold the production kernel's comparison too.
-pub const SCHEMA: u32 = 3;
+/// its kernel and may hold the production kernel's comparison too. 4:
+/// `network`, the VM network's set-up and teardown and boots with it on
+/// and off (absent when it did not run, and in older files).
+pub const SCHEMA: u32 = 4;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
@@ -38,6 +40,8 @@ pub struct Results {
     pub memory: Option<MemoryResults>,
     #[serde(default)]
     pub webhook: Option<Webhook>,
+    #[serde(default)]
+    pub network: Option<NetworkResults>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -390,4 +394,68 @@ pub struct ServeMemory {
 pub struct Pending {
     pub status: String,
     pub reason: String,
+}
+
+/// Benchmark 6, the VM network: each VM's network made and removed in a
+/// row without VMs, and boots with the network on and off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkResults {
+    /// The namespaces the benchmark made and ran in, one line each.
+    pub setup: Vec<String>,
+    pub churn: NetChurn,
+    /// Absent when no VM boot was measured.
+    #[serde(default)]
+    pub boot: Option<NetBoot>,
+    pub targets: Vec<Target>,
+}
+
+/// `net-churn`: VM networks made and removed back to back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetChurn {
+    pub vms: usize,
+    /// VMs at each end whose medians are compared for growth.
+    pub window: usize,
+    /// What one VM's set-up and teardown do, one line each.
+    pub covers: Vec<String>,
+    /// Set-up, teardown, and the two together, per VM.
+    pub phases: Vec<NetPhase>,
+    /// What was left in the namespace afterwards (links, namespaces,
+    /// policy elements); empty when clean.
+    pub leftovers: Vec<String>,
+    /// `kiln-*` namespaces in /run/netns that were another Kiln's (their VM
+    /// link is not in the bench's namespace), not counted as leftovers.
+    #[serde(default)]
+    pub others_ignored: usize,
+}
+
+/// One per-VM figure over the churn, in milliseconds; `stat.samples` are
+/// in VM order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetPhase {
+    pub name: String,
+    pub what: String,
+    pub stat: Stat,
+    /// Nearest-rank 90th percentile.
+    pub p90: f64,
+    /// Median of the first and of the last `window` VMs.
+    pub first_median: f64,
+    pub last_median: f64,
+}
+
+/// kiln-init's boot to the runner, the VM with a network and without,
+/// alternating run by run on the same kernel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetBoot {
+    pub kernel: String,
+    pub off: BootPath,
+    pub on: BootPath,
+    /// The launcher's request to the runner's exec: `prepare` + `total`,
+    /// per run.
+    pub off_request_to_runner: Stat,
+    pub on_request_to_runner: Stat,
+    /// The VMM's exit to the VM's last file (and, on, its network) removed.
+    pub off_teardown: Stat,
+    pub on_teardown: Stat,
+    /// Runs that failed and were retried.
+    pub incidents: Vec<String>,
 }
