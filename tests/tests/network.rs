@@ -456,7 +456,12 @@ fn two_vms_at_once_cannot_reach_each_other() {
         .unwrap();
     let counters = poll_counters_until_exit(&lab, &mut b);
     let b_out = b.wait_with_output().unwrap();
-    let _ = a.kill();
+    // SIGINT, as a person's Ctrl-C: kiln run cancels the job and tears
+    // its VM down (a SIGKILL would leave the VM to its orphaned VMM).
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
     let _ = a.wait();
     let (stdout, stderr) = lines(&b_out);
     assert!(stdout.contains("BLOCKED"), "{stdout}\n{stderr}");

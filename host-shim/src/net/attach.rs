@@ -16,6 +16,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kiln_protocol::{Ipv4Config, Ipv6Config, NetworkConfig};
 
@@ -120,47 +121,76 @@ impl VmNet {
     /// background once its name is removed and nothing holds it. The host's
     /// end loses its address at once, so its routes are gone before the
     /// address slot is handed out again.
-    pub async fn detach(mut self, host: &Netlink) -> Vec<String> {
-        let policy = self.policy.take();
-        let rules = self.rules.take();
-        let remove_rules = async move {
-            let (Some(policy), Some(rules)) = (policy, rules) else {
-                return Ok(());
-            };
-            match tokio::task::spawn_blocking(move || policy.remove_vm(&rules)).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        };
-        let unlink = async {
-            let mut problems = Vec::new();
-            if self.veth {
-                let flushed = match host.find(&self.names.host).await {
-                    Ok(Some(i)) => host.flush_addresses(i).await,
-                    Ok(None) => Ok(()),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = flushed {
-                    problems.push(format!(
-                        "removing the addresses of {}: {e}",
-                        self.names.host
-                    ));
-                }
-            }
-            if let Some(ns) = self.ns.take() {
-                if let Err(e) = ns.delete() {
-                    problems.push(e.to_string());
-                }
-            }
-            problems
-        };
-        let (removed, mut problems) = tokio::join!(remove_rules, unlink);
-        if let Err(e) = removed {
-            problems.push(format!("removing the VM's policy elements: {e}"));
+    ///
+    /// The VM's policy elements are removed in the background too (`nft`
+    /// deleting set elements takes about 25 ms, twice adding them): they
+    /// name the VM's own `kv-` link, which no later VM has, so they match
+    /// nothing meanwhile. [`Network::settle`] waits for them.
+    pub(super) async fn detach(mut self, host: &Netlink, background: &Background) -> Vec<String> {
+        if let (Some(policy), Some(rules)) = (self.policy.take(), self.rules.take()) {
+            background.remove_rules(self.id.clone(), policy, rules);
         }
-        self.veth = false;
+        let mut problems = Vec::new();
+        if self.veth {
+            let flushed = match host.find(&self.names.host).await {
+                Ok(Some(i)) => host.flush_addresses(i).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = flushed {
+                problems.push(format!(
+                    "removing the addresses of {}: {e}",
+                    self.names.host
+                ));
+            }
+            self.veth = false;
+        }
+        if let Some(ns) = self.ns.take() {
+            if let Err(e) = ns.delete() {
+                problems.push(e.to_string());
+            }
+        }
         drop(self.slot.take());
         problems
+    }
+}
+
+/// Work a detach leaves running: the removal of policy elements.
+#[derive(Debug, Clone)]
+pub(super) struct Background {
+    pending: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Background {
+            pending: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
+}
+
+impl Background {
+    fn remove_rules(&self, vm: String, policy: Policy, rules: VmRules) {
+        self.pending.send_modify(|n| *n += 1);
+        let pending = Arc::clone(&self.pending);
+        tokio::spawn(async move {
+            let r = tokio::task::spawn_blocking(move || policy.remove_vm(&rules)).await;
+            let failed = match r {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failed {
+                tracing::error!(vm = %vm, error = %e, "the VM's egress policy elements were left behind");
+            }
+            pending.send_modify(|n| *n = n.saturating_sub(1));
+        });
+    }
+
+    /// Waits until no removal is pending.
+    pub(super) async fn settle(&self) {
+        let mut rx = self.pending.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 }
 
@@ -204,7 +234,7 @@ impl Network {
         match self.build(&mut net, req).await {
             Ok(()) => Ok(net),
             Err(e) => {
-                let problems = net.detach(&self.host).await;
+                let problems = net.detach(&self.host, &self.background).await;
                 if !problems.is_empty() {
                     tracing::error!(vm = %vm_id, problems = %problems.join("; "), "undoing a failed network setup left something behind");
                 }

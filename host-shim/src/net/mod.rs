@@ -139,6 +139,8 @@ pub struct Network {
     mtu: u32,
     dns: Vec<IpAddr>,
     netns_dir: PathBuf,
+    /// Policy element removals still running.
+    background: attach::Background,
     /// This process's share of the table, given up by [`Network::stop`].
     table_use: std::sync::Mutex<Option<users::TableUse>>,
 }
@@ -218,6 +220,7 @@ impl Network {
             mtu,
             dns,
             netns_dir: cfg.netns_dir.clone(),
+            background: attach::Background::default(),
             table_use: std::sync::Mutex::new(Some(table_use)),
         })
     }
@@ -225,6 +228,7 @@ impl Network {
     /// Gives up this process's use of the table, after its last VM; the
     /// last Kiln process on the host deletes it.
     pub async fn stop(&self) -> Result<(), NetError> {
+        self.settle().await;
         let taken = match self.table_use.lock() {
             Ok(mut g) => g.take(),
             Err(poisoned) => poisoned.into_inner().take(),
@@ -258,9 +262,15 @@ impl Network {
         }
     }
 
-    /// Removes VM network `net`; returns what could not be removed.
+    /// Removes VM network `net`; returns what could not be removed (its
+    /// policy elements go in the background: see [`Network::settle`]).
     pub async fn detach(&self, net: VmNet) -> Vec<String> {
-        net.detach(&self.host).await
+        net.detach(&self.host, &self.background).await
+    }
+
+    /// Waits until every detached VM's policy elements are removed.
+    pub async fn settle(&self) {
+        self.background.settle().await;
     }
 
     pub fn policy(&self) -> &Policy {

@@ -43,7 +43,9 @@ fn io_err<'a>(
 
 /// The lock file for the calling process's network namespace, in `dir`.
 pub fn lock_path(dir: &Path) -> Result<PathBuf, super::NetError> {
-    let ns = Path::new("/proc/self/ns/net");
+    // The calling thread's: it may have joined another namespace than the
+    // process's main thread (tests and the bench do).
+    let ns = Path::new("/proc/thread-self/ns/net");
     let ino = std::fs::metadata(ns)
         .map_err(io_err("inspecting", ns))?
         .ino();

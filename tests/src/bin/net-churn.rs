@@ -69,7 +69,9 @@ async fn churn(args: Args) -> anyhow::Result<()> {
             bail!("teardown of {id}: {}", problems.join("; "));
         }
     }
-    // The kernel frees namespaces, and the links in them, in the background.
+    // Policy elements are removed in the background, and the kernel frees
+    // namespaces, and the links in them, in the background too.
+    network.settle().await;
     let mut leftovers = leftovers(&network).await?;
     for _ in 0..30 {
         if leftovers.is_empty() {
