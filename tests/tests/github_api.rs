@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::Method;
-use kiln::github::{ClientPolicy, GithubApp, GithubError, JitRequest, RunnerScope};
+use kiln::github::{
+    ClientPolicy, GithubApp, GithubError, JitRequest, JobState, JobStatus, RunnerScope, RunnerState,
+};
 use kiln::secret::Secret;
 
 use kiln_vm_tests::fake_github::{now_unix, test_key, Failure, FakeGithub, APP_ID};
@@ -327,6 +329,94 @@ async fn delete_runner_204_and_404_are_ok() {
         .await
         .unwrap_or_else(|e| panic!("second delete: {e}"));
     assert_eq!(fake.count(Method::DELETE, &path), 2);
+}
+
+#[tokio::test]
+async fn a_jobs_status_is_read_and_an_unknown_job_is_not_found() {
+    let fake = FakeGithub::start().await;
+    let app = app_for(&fake);
+    fake.set_job(11, "acme/widgets", "completed");
+    fake.set_job(12, "acme/widgets", "in_progress");
+    let state = |repo: &'static str, id: u64| {
+        let app = &app;
+        async move {
+            app.job_state(INSTALLATION, repo, id)
+                .await
+                .unwrap_or_else(|e| panic!("{repo} {id}: {e}"))
+        }
+    };
+    assert_eq!(
+        state("acme/widgets", 11).await,
+        JobState::Known(JobStatus::Completed)
+    );
+    assert_eq!(
+        state("acme/widgets", 12).await,
+        JobState::Known(JobStatus::InProgress)
+    );
+    // The fake's default: a job it was not told about is queued.
+    assert_eq!(
+        state("acme/widgets", 13).await,
+        JobState::Known(JobStatus::Queued)
+    );
+    assert_eq!(state("acme/gadgets", 11).await, JobState::NotFound);
+    assert_eq!(
+        fake.count(Method::GET, "/repos/acme/widgets/actions/jobs/11"),
+        1
+    );
+    fake.fail_next_for(
+        1,
+        "/actions/jobs/14",
+        Failure::status(403, "Resource not accessible by integration"),
+    );
+    let err = app
+        .job_state(INSTALLATION, "acme/widgets", 14)
+        .await
+        .expect_err("403");
+    assert!(printed(&err).contains("HTTP 403"), "{err}");
+}
+
+#[tokio::test]
+async fn a_runners_busy_field_is_read_for_every_scope() {
+    let fake = FakeGithub::start().await;
+    let app = app_for(&fake);
+    let scopes = [
+        org(),
+        RunnerScope::Repo {
+            owner: "acme".into(),
+            repo: "widgets".into(),
+        },
+        RunnerScope::Enterprise {
+            enterprise: "acme-inc".into(),
+        },
+    ];
+    for (i, scope) in scopes.iter().enumerate() {
+        let jit = app
+            .jit_config(INSTALLATION, scope, &request(&format!("kiln-busy-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let get = app.runner_state(INSTALLATION, scope, jit.runner_id).await;
+        assert_eq!(
+            get.ok(),
+            Some(RunnerState::Registered { busy: false }),
+            "{scope}"
+        );
+        fake.set_runner_busy(jit.runner_id);
+        let get = app.runner_state(INSTALLATION, scope, jit.runner_id).await;
+        assert_eq!(
+            get.ok(),
+            Some(RunnerState::Registered { busy: true }),
+            "{scope}"
+        );
+        app.delete_runner(INSTALLATION, scope, jit.runner_id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let get = app.runner_state(INSTALLATION, scope, jit.runner_id).await;
+        assert_eq!(get.ok(), Some(RunnerState::Gone), "{scope}");
+    }
+    assert_eq!(
+        fake.count(Method::GET, "/enterprises/acme-inc/actions/runners/103"),
+        3
+    );
 }
 
 #[tokio::test]
