@@ -496,7 +496,7 @@ async fn handle(
 }
 
 /// A `job` as GitHub's REST API describes it (every required field).
-fn job_body(id: u64, repository: &str, status: &str) -> Value {
+pub fn job_body(id: u64, repository: &str, status: &str) -> Value {
     let run_id = id + 1;
     let api = format!("https://api.github.com/repos/{repository}/actions");
     let done = status == "completed";
@@ -518,7 +518,7 @@ fn job_body(id: u64, repository: &str, status: &str) -> Value {
 }
 
 /// A `runner` as GitHub's REST API describes it.
-fn runner_body(r: &Registered, busy: bool) -> Value {
+pub fn runner_body(r: &Registered, busy: bool) -> Value {
     let labels: Vec<Value> = r.request["labels"]
         .as_array()
         .into_iter()
