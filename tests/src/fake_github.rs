@@ -1,14 +1,17 @@
 //! A fake GitHub API on 127.0.0.1, for the GitHub App client's tests
 //! (`tests/github_api.rs`), `kiln serve`'s end-to-end tests
-//! (`tests/serve_e2e.rs`) and, as a process (`src/bin/fake-github`), `cargo
-//! xtask bench`'s `kiln serve` memory figures: the App token exchange (the JWT checked against
-//! a key made at test time), `generate-jitconfig`, getting a runner (its
-//! `busy` field) and runner deletion for repo, org and enterprise scope,
-//! getting a workflow job (every job it was not told about is `queued`, in
-//! whichever repository is asked; [`FakeGithub::set_job`] says otherwise), checked the way GitHub documents them
-//! (see /work/shared/reference/github.md), with an optional GHES `/api/v3`
-//! prefix, plus injected trouble: canned answers (5xx, rate limits, bodies
-//! that break the documented shape), delays and revoked tokens.
+//! (`tests/serve_e2e.rs`) and, as a process (`src/bin/fake-github`),
+//! `cargo xtask bench`'s `kiln serve` memory figures: the App token
+//! exchange (the JWT checked against a key made at test time),
+//! `generate-jitconfig`, getting a runner (its `busy` field) and runner
+//! deletion for repo, org and enterprise scope, and getting a workflow job
+//! (every job it was not told about is `queued`, in whichever repository
+//! is asked; [`FakeGithub::set_job`] says otherwise), checked the way
+//! GitHub documents them (the job and runner answers against GitHub's
+//! schemas in `data/github-job-runner.json`), with an optional GHES
+//! `/api/v3` prefix, plus injected trouble: canned answers (5xx, rate
+//! limits, bodies that break the documented shape), delays and revoked
+//! tokens.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};

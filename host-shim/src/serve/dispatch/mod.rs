@@ -591,7 +591,7 @@ impl Shared {
 }
 
 impl Shared {
-    /// Whether GitHub says job is still queued; logs why not. Anything
+    /// Whether GitHub says the job is still queued; logs why not. Anything
     /// but `queued` (a job that ran, was cancelled, a replayed delivery,
     /// a job GitHub cannot find or cannot tell about) gets no runner.
     async fn still_queued(&self, job: &QueuedJob) -> bool {
