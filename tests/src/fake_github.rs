@@ -1,12 +1,17 @@
 //! A fake GitHub API on 127.0.0.1, for the GitHub App client's tests
 //! (`tests/github_api.rs`), `kiln serve`'s end-to-end tests
-//! (`tests/serve_e2e.rs`) and, as a process (`src/bin/fake-github`), `cargo
-//! xtask bench`'s `kiln serve` memory figures: the App token exchange (the JWT checked against
-//! a key made at test time), `generate-jitconfig` and runner deletion for
-//! repo, org and enterprise scope, checked the way GitHub documents them
-//! (see /work/shared/reference/github.md), with an optional GHES `/api/v3`
-//! prefix, plus injected trouble: canned answers (5xx, rate limits, bodies
-//! that break the documented shape), delays and revoked tokens.
+//! (`tests/serve_e2e.rs`) and, as a process (`src/bin/fake-github`),
+//! `cargo xtask bench`'s `kiln serve` memory figures: the App token
+//! exchange (the JWT checked against a key made at test time),
+//! `generate-jitconfig`, getting a runner (its `busy` field) and runner
+//! deletion for repo, org and enterprise scope, and getting a workflow job
+//! (every job it was not told about is `queued`, in whichever repository
+//! is asked; [`FakeGithub::set_job`] says otherwise), checked the way
+//! GitHub documents them (the job and runner answers against GitHub's
+//! schemas in `data/github-job-runner.json`), with an optional GHES
+//! `/api/v3` prefix, plus injected trouble: canned answers (5xx, rate
+//! limits, bodies that break the documented shape), delays and revoked
+//! tokens.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -141,6 +146,10 @@ struct Inner {
     failures: VecDeque<(String, Failure)>,
     delay: Duration,
     seen: Vec<Seen>,
+    /// Jobs the test described: id -> (`owner/name`, status).
+    jobs: HashMap<u64, (String, String)>,
+    /// Runners GitHub shows as busy.
+    busy: Vec<u64>,
 }
 
 #[derive(Clone)]
@@ -192,6 +201,20 @@ impl FakeGithub {
         inner
             .failures
             .extend(std::iter::repeat_n((suffix.to_owned(), failure), n));
+    }
+
+    /// Job `job_id` is in `repository` (`owner/name`) with `status`
+    /// (`queued`, `in_progress`, `completed`, ...); asked for in another
+    /// repository it is not found.
+    pub fn set_job(&self, job_id: u64, repository: &str, status: &str) {
+        self.lock()
+            .jobs
+            .insert(job_id, (repository.to_owned(), status.to_owned()));
+    }
+
+    /// GitHub shows runner `id` as busy (running a job).
+    pub fn set_runner_busy(&self, id: u64) {
+        self.lock().busy.push(id);
     }
 
     /// Waits this long before every answer.
@@ -416,6 +439,45 @@ async fn handle(
             });
             (StatusCode::CREATED, answer.to_string()).into_response()
         }
+        (Method::GET, ["repos", owner, repo, "actions", "jobs", id]) => {
+            if let Err(m) = fake.check_token(&headers) {
+                return error(StatusCode::UNAUTHORIZED, &m);
+            }
+            let Ok(id) = id.parse::<u64>() else {
+                return error(StatusCode::NOT_FOUND, "Not Found");
+            };
+            let asked = format!("{owner}/{repo}");
+            let (repository, status) = match fake.lock().jobs.get(&id) {
+                Some(j) => j.clone(),
+                None => (asked.clone(), "queued".to_owned()),
+            };
+            if repository != asked {
+                return error(StatusCode::NOT_FOUND, "Not Found");
+            }
+            (
+                StatusCode::OK,
+                job_body(id, &repository, &status).to_string(),
+            )
+                .into_response()
+        }
+        (Method::GET, [scope @ .., "actions", "runners", id]) if valid_scope(scope) => {
+            if let Err(m) = fake.check_token(&headers) {
+                return error(StatusCode::UNAUTHORIZED, &m);
+            }
+            let scope = scope.join("/");
+            let inner = fake.lock();
+            let id: Option<u64> = id.parse().ok();
+            let found = id
+                .filter(|id| inner.live.get(id) == Some(&scope))
+                .and_then(|id| inner.registered.iter().find(|r| r.id == id));
+            match found {
+                Some(r) => {
+                    let busy = inner.busy.contains(&r.id);
+                    (StatusCode::OK, runner_body(r, busy).to_string()).into_response()
+                }
+                None => error(StatusCode::NOT_FOUND, "Not Found"),
+            }
+        }
         (Method::DELETE, [scope @ .., "actions", "runners", id]) if valid_scope(scope) => {
             if let Err(m) = fake.check_token(&headers) {
                 return error(StatusCode::UNAUTHORIZED, &m);
@@ -434,6 +496,43 @@ async fn handle(
         }
         _ => error(StatusCode::NOT_FOUND, "Not Found"),
     }
+}
+
+/// A `job` as GitHub's REST API describes it (every required field).
+pub fn job_body(id: u64, repository: &str, status: &str) -> Value {
+    let run_id = id + 1;
+    let api = format!("https://api.github.com/repos/{repository}/actions");
+    let done = status == "completed";
+    json!({
+        "id": id, "node_id": format!("CR_{id}"), "run_id": run_id,
+        "run_url": format!("{api}/runs/{run_id}"), "run_attempt": 1,
+        "head_sha": "f83a356604ae3c5d03e1b46ef4d1ca77d64a90b0",
+        "workflow_name": "CI", "head_branch": "main", "name": "build",
+        "url": format!("{api}/jobs/{id}"),
+        "html_url": format!("https://github.com/{repository}/actions/runs/{run_id}/job/{id}"),
+        "status": status, "conclusion": if done { json!("success") } else { Value::Null },
+        "created_at": "2026-01-01T10:00:00Z", "started_at": "2026-01-01T10:00:00Z",
+        "completed_at": if done { json!("2026-01-01T10:05:00Z") } else { Value::Null },
+        "check_run_url": format!("https://api.github.com/repos/{repository}/check-runs/{id}"),
+        "labels": ["self-hosted"], "steps": [],
+        "runner_id": Value::Null, "runner_name": Value::Null,
+        "runner_group_id": Value::Null, "runner_group_name": Value::Null,
+    })
+}
+
+/// A `runner` as GitHub's REST API describes it.
+pub fn runner_body(r: &Registered, busy: bool) -> Value {
+    let labels: Vec<Value> = r.request["labels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| json!({"name": l, "type": "custom"}))
+        .collect();
+    json!({
+        "id": r.id, "name": r.request["name"], "os": "Linux",
+        "status": if busy { "online" } else { "offline" }, "busy": busy,
+        "labels": labels, "ephemeral": true,
+    })
 }
 
 fn valid_scope(scope: &[&str]) -> bool {

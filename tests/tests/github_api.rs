@@ -4,10 +4,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::Method;
-use kiln::github::{ClientPolicy, GithubApp, GithubError, JitRequest, RunnerScope};
+use kiln::github::{
+    ClientPolicy, GithubApp, GithubError, JitRequest, JobState, JobStatus, RunnerScope, RunnerState,
+};
 use kiln::secret::Secret;
 
-use kiln_vm_tests::fake_github::{now_unix, test_key, Failure, FakeGithub, APP_ID};
+use kiln_vm_tests::fake_github::{
+    job_body, now_unix, runner_body, test_key, Failure, FakeGithub, Registered, APP_ID,
+};
+use serde_json::{json, Value};
 
 const INSTALLATION: u64 = 77;
 
@@ -330,6 +335,94 @@ async fn delete_runner_204_and_404_are_ok() {
 }
 
 #[tokio::test]
+async fn a_jobs_status_is_read_and_an_unknown_job_is_not_found() {
+    let fake = FakeGithub::start().await;
+    let app = app_for(&fake);
+    fake.set_job(11, "acme/widgets", "completed");
+    fake.set_job(12, "acme/widgets", "in_progress");
+    let state = |repo: &'static str, id: u64| {
+        let app = &app;
+        async move {
+            app.job_state(INSTALLATION, repo, id)
+                .await
+                .unwrap_or_else(|e| panic!("{repo} {id}: {e}"))
+        }
+    };
+    assert_eq!(
+        state("acme/widgets", 11).await,
+        JobState::Known(JobStatus::Completed)
+    );
+    assert_eq!(
+        state("acme/widgets", 12).await,
+        JobState::Known(JobStatus::InProgress)
+    );
+    // The fake's default: a job it was not told about is queued.
+    assert_eq!(
+        state("acme/widgets", 13).await,
+        JobState::Known(JobStatus::Queued)
+    );
+    assert_eq!(state("acme/gadgets", 11).await, JobState::NotFound);
+    assert_eq!(
+        fake.count(Method::GET, "/repos/acme/widgets/actions/jobs/11"),
+        1
+    );
+    fake.fail_next_for(
+        1,
+        "/actions/jobs/14",
+        Failure::status(403, "Resource not accessible by integration"),
+    );
+    let err = app
+        .job_state(INSTALLATION, "acme/widgets", 14)
+        .await
+        .expect_err("403");
+    assert!(printed(&err).contains("HTTP 403"), "{err}");
+}
+
+#[tokio::test]
+async fn a_runners_busy_field_is_read_for_every_scope() {
+    let fake = FakeGithub::start().await;
+    let app = app_for(&fake);
+    let scopes = [
+        org(),
+        RunnerScope::Repo {
+            owner: "acme".into(),
+            repo: "widgets".into(),
+        },
+        RunnerScope::Enterprise {
+            enterprise: "acme-inc".into(),
+        },
+    ];
+    for (i, scope) in scopes.iter().enumerate() {
+        let jit = app
+            .jit_config(INSTALLATION, scope, &request(&format!("kiln-busy-{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let get = app.runner_state(INSTALLATION, scope, jit.runner_id).await;
+        assert_eq!(
+            get.ok(),
+            Some(RunnerState::Registered { busy: false }),
+            "{scope}"
+        );
+        fake.set_runner_busy(jit.runner_id);
+        let get = app.runner_state(INSTALLATION, scope, jit.runner_id).await;
+        assert_eq!(
+            get.ok(),
+            Some(RunnerState::Registered { busy: true }),
+            "{scope}"
+        );
+        app.delete_runner(INSTALLATION, scope, jit.runner_id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let get = app.runner_state(INSTALLATION, scope, jit.runner_id).await;
+        assert_eq!(get.ok(), Some(RunnerState::Gone), "{scope}");
+    }
+    assert_eq!(
+        fake.count(Method::GET, "/enterprises/acme-inc/actions/runners/103"),
+        3
+    );
+}
+
+#[tokio::test]
 async fn github_errors_carry_status_and_message() {
     let fake = FakeGithub::start().await;
     let app = app_for(&fake);
@@ -484,4 +577,104 @@ async fn bad_keys_fail_at_construction_with_a_clear_error() {
     );
     let text = url.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(text.contains("GitHub API URL \"api.github.com\""), "{text}");
+}
+
+/// GitHub's schemas of a job and a runner (`tests/data/github-job-runner.json`).
+fn github_schemas() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/github-job-runner.json");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Where `v` breaks `schema`: the OpenAPI 3 keywords those schemas use
+/// (`type`, `nullable`, `required`, `properties`, `items`, `enum`).
+fn violations(schema: &Value, v: &Value, at: &str, out: &mut Vec<String>) {
+    if v.is_null() {
+        if schema["nullable"] != json!(true) {
+            out.push(format!("{at}: null but not nullable"));
+        }
+        return;
+    }
+    let fits = match schema["type"].as_str() {
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_i64() || v.is_u64(),
+        Some("number") => v.is_number(),
+        Some("boolean") => v.is_boolean(),
+        Some("array") => v.is_array(),
+        Some("object") => v.is_object(),
+        _ => true,
+    };
+    if !fits {
+        out.push(format!("{at}: {v} is not of type {}", schema["type"]));
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(v) {
+            out.push(format!("{at}: {v} is not one of {allowed:?}"));
+        }
+    }
+    for name in schema["required"].as_array().into_iter().flatten() {
+        let name = name.as_str().unwrap_or_default();
+        if v.get(name).is_none() {
+            out.push(format!("{at}: {name} is required"));
+        }
+    }
+    if let (Some(props), Some(obj)) = (schema["properties"].as_object(), v.as_object()) {
+        for (k, field) in obj {
+            if let Some(s) = props.get(k) {
+                violations(s, field, &format!("{at}.{k}"), out);
+            }
+        }
+    }
+    if let Some(items) = v.as_array() {
+        for (i, item) in items.iter().enumerate() {
+            violations(&schema["items"], item, &format!("{at}[{i}]"), out);
+        }
+    }
+}
+
+fn check(schema: &Value, v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    violations(schema, v, "$", &mut out);
+    out
+}
+
+#[test]
+fn the_fakes_job_and_runner_answers_follow_githubs_schemas() {
+    let schemas = github_schemas();
+    for status in ["queued", "in_progress", "completed"] {
+        let job = job_body(7, "acme/widgets", status);
+        assert_eq!(
+            check(&schemas["job"], &job),
+            Vec::<String>::new(),
+            "{status}"
+        );
+    }
+    let runner = Registered {
+        id: 101,
+        scope: "orgs/acme".into(),
+        request: json!({"name": "kiln-1", "labels": ["self-hosted", "kiln-small"]}),
+        encoded: String::new(),
+    };
+    for busy in [false, true] {
+        let body = runner_body(&runner, busy);
+        assert_eq!(
+            check(&schemas["runner"], &body),
+            Vec::<String>::new(),
+            "{busy}"
+        );
+    }
+    // The check can fail: a wrong status, a missing field, a string busy.
+    let mut job = job_body(7, "acme/widgets", "queued");
+    job["status"] = json!("teleported");
+    job.as_object_mut().map(|o| o.remove("run_id"));
+    let found = check(&schemas["job"], &job);
+    assert!(found.iter().any(|v| v.contains("$.status")), "{found:?}");
+    assert!(
+        found.iter().any(|v| v.contains("run_id is required")),
+        "{found:?}"
+    );
+    let mut body = runner_body(&runner, false);
+    body["busy"] = json!("no");
+    assert_eq!(check(&schemas["runner"], &body).len(), 1);
 }

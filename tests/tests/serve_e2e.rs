@@ -7,7 +7,9 @@
 //! stand-in: it prints a hash of the JIT config it got in
 //! `ACTIONS_RUNNER_INPUT_JITCONFIG`, who it runs as, and whether the config
 //! is in its argv or the kernel command line. For job id 999 it then
-//! holds, for the cancellation test.
+//! holds, for the cancellation test; for 5001 it never takes a job and for
+//! 5002 it prints the actions runner's `Running job:` line, for the idle
+//! test.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -55,9 +57,12 @@ else
   echo "kernel-cmdline-has-config=no"
 fi
 echo "to stderr" >&2
-# The cancellation test's job (id 999) holds until it is killed.
+# The cancellation test's job (id 999) holds until it is killed; the idle
+# test's 5001 waits for a job that never comes, 5002 takes one at once.
 case "$(hostname)" in
   *-999-*) echo holding; sleep 600;;
+  *-5001-*) echo "Listening for Jobs"; sleep 600;;
+  *-5002-*) echo "2026-01-01 10:00:00Z: Running job: build"; sleep 15; echo "job done";;
 esac
 "#;
 
@@ -153,6 +158,28 @@ impl Kiln {
         network: &str,
         pool_net: &str,
     ) -> Kiln {
+        Kiln::start_full(
+            fake,
+            image,
+            sudo,
+            backend,
+            network,
+            pool_net,
+            "org = \"acme\"",
+        )
+        .await
+    }
+
+    /// `scope`: the `[github]` scope line (`org = ...`, `repo = ...`).
+    async fn start_full(
+        fake: &FakeGithub,
+        image: &Path,
+        sudo: bool,
+        backend: Backend,
+        network: &str,
+        pool_net: &str,
+        scope: &str,
+    ) -> Kiln {
         // Short: VM sockets live below it (107-byte limit).
         let root = tempfile::Builder::new()
             .prefix("kiln-serve-")
@@ -169,7 +196,7 @@ webhook_secret_file = "webhook-secret"
 api_url = "{url}"
 app_id = {APP_ID}
 private_key_file = "app-key.pem"
-org = "acme"
+{scope}
 runner_group_id = {RUNNER_GROUP}
 
 [host]
@@ -241,22 +268,24 @@ job_timeout = "2m"
 
     /// Sends a signed `queued` webhook for job `job_id`; returns the status line.
     async fn queued(&self, job_id: u64) -> String {
-        let body = serde_json::to_vec(&json!({
-            "action": "queued",
-            "workflow_job": {
-                "id": job_id, "run_id": job_id + 1, "run_attempt": 1, "labels": LABELS,
-                "status": "queued", "runner_name": null, "steps": [],
-            },
-            "repository": {"full_name": "acme/widgets", "private": true},
-            "organization": {"login": "acme"},
-            "installation": {"id": INSTALLATION},
-            "sender": {"login": "octocat"},
-        }))
-        .unwrap();
+        let answer = self
+            .deliver(
+                "queued",
+                job_id,
+                &format!("delivery-{job_id}"),
+                "acme/widgets",
+            )
+            .await;
+        answer.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// Sends a signed `workflow_job` delivery; returns the whole answer.
+    async fn deliver(&self, action: &str, job_id: u64, delivery: &str, repository: &str) -> String {
+        let body = workflow_job(action, job_id, repository);
         let head = format!(
             "POST /webhook HTTP/1.1\r\nHost: kiln.test\r\nConnection: close\r\n\
              Content-Type: application/json\r\nX-GitHub-Event: workflow_job\r\n\
-             X-GitHub-Delivery: delivery-{job_id}\r\nX-Hub-Signature-256: {}\r\n\
+             X-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: {}\r\n\
              Content-Length: {}\r\n\r\n",
             sign(&Secret::new(WEBHOOK_SECRET), &body),
             body.len()
@@ -266,7 +295,7 @@ job_timeout = "2m"
         s.write_all(&body).await.unwrap();
         let mut answer = String::new();
         s.read_to_string(&mut answer).await.unwrap();
-        answer.lines().next().unwrap_or_default().to_owned()
+        answer
     }
 
     /// Waits until `n` jobs have finished and every job task is gone.
@@ -295,6 +324,28 @@ job_timeout = "2m"
     fn assert_no_vm_left(&self) {
         layer::assert_no_vm_left(self.root.path());
     }
+}
+
+/// A `workflow_job` body as GitHub sends it (the same bytes for the same
+/// arguments, so a replay is byte for byte).
+fn workflow_job(action: &str, job_id: u64, repository: &str) -> Vec<u8> {
+    let status = if action == "completed" {
+        "completed"
+    } else {
+        "queued"
+    };
+    serde_json::to_vec(&json!({
+        "action": action,
+        "workflow_job": {
+            "id": job_id, "run_id": job_id + 1, "run_attempt": 1, "labels": LABELS,
+            "status": status, "runner_name": null, "steps": [],
+        },
+        "repository": {"full_name": repository, "private": true},
+        "organization": {"login": "acme"},
+        "installation": {"id": INSTALLATION},
+        "sender": {"login": "octocat"},
+    }))
+    .unwrap()
 }
 
 impl Drop for Kiln {
@@ -377,6 +428,10 @@ async fn a_queued_webhook_runs_the_runner_in_a_vm_and_deletes_it() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&logs[0]).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    // GitHub was asked, once, whether the job was still queued.
+    let job_path = format!("/repos/acme/widgets/actions/jobs/{job_id}");
+    assert_eq!(fake.count(axum::http::Method::GET, &job_path), 1);
 
     // The runner registration is gone, capacity is back, nothing is left.
     assert_eq!(fake.deleted(), [runner.id]);
@@ -508,6 +563,204 @@ async fn a_cancelled_job_still_kills_its_vm_and_deletes_its_runner() {
     );
 }
 
+/// A `kiln serve` whose pool's image cannot boot (no VM may start), with
+/// `scope` as its `[github]` scope line.
+async fn without_vms(fake: &FakeGithub, image_dir: &Path, scope: &str) -> Kiln {
+    let _ = captured();
+    let image = unbootable_image(image_dir);
+    let backend = Backend::Qemu(kiln::vmm::qemu::QemuConfig::default());
+    Kiln::start_full(
+        fake,
+        &image,
+        false,
+        backend,
+        "",
+        "network = \"none\"",
+        scope,
+    )
+    .await
+}
+
+/// Jobs no runner of this Kiln could ever take get neither a runner nor a
+/// VM: a `queued` after its `completed`, a repository outside the scope
+/// (org and repo scope), and a replayed signed `queued` with a new
+/// delivery id after a restart, which GitHub says is completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_can_never_run_get_no_runner() {
+    let image_dir = tempfile::tempdir().unwrap();
+    let fake = FakeGithub::start().await;
+    let kiln = without_vms(&fake, image_dir.path(), "org = \"acme\"").await;
+
+    // `completed` first, then its `queued`.
+    let a = kiln
+        .deliver("completed", 5101, "d-5101-c", "acme/widgets")
+        .await;
+    assert!(a.starts_with("HTTP/1.1 202"), "{a}");
+    let a = kiln
+        .deliver("queued", 5101, "d-5101-q", "acme/widgets")
+        .await;
+    assert!(a.starts_with("HTTP/1.1 202"), "{a}");
+    assert!(a.ends_with("ignored: the job is completed"), "{a}");
+
+    // Another organisation's repository (the App may be installed there too).
+    let a = kiln.deliver("queued", 5102, "d-5102", "evil/widgets").await;
+    assert!(
+        a.ends_with("ignored: repository outside the runners' scope"),
+        "{a}"
+    );
+
+    // Before the restart: job 5103 ran and completed; its `completed` is seen.
+    fake.set_job(5103, "acme/widgets", "completed");
+    let a = kiln
+        .deliver("completed", 5103, "d-5103-c", "acme/widgets")
+        .await;
+    assert!(a.starts_with("HTTP/1.1 202"), "{a}");
+    let snap = kiln.server.scheduler().snapshot();
+    assert_eq!(
+        (snap.queued, snap.running, snap.finished),
+        (0, 0, 0),
+        "{snap:?}"
+    );
+    drop(kiln);
+
+    // After a restart the memory is gone: a replay of 5103's signed
+    // `queued` with a new delivery id is queued, but GitHub says the job
+    // is completed, so no runner is registered.
+    let kiln = without_vms(&fake, image_dir.path(), "org = \"acme\"").await;
+    let a = kiln
+        .deliver("queued", 5103, "replayed-5103", "acme/widgets")
+        .await;
+    assert!(a.ends_with("queued"), "{a}");
+    kiln.wait_finished(1, Duration::from_secs(30)).await;
+    assert_eq!(
+        fake.count(
+            axum::http::Method::GET,
+            "/repos/acme/widgets/actions/jobs/5103"
+        ),
+        1
+    );
+    drop(kiln);
+
+    // Repository scope: only that repository's jobs.
+    let kiln = without_vms(&fake, image_dir.path(), "repo = \"acme/widgets\"").await;
+    let a = kiln.deliver("queued", 5104, "d-5104", "acme/gadgets").await;
+    assert!(
+        a.ends_with("ignored: repository outside the runners' scope"),
+        "{a}"
+    );
+    let snap = kiln.server.scheduler().snapshot();
+    assert_eq!(
+        (snap.queued, snap.running, snap.finished),
+        (0, 0, 0),
+        "{snap:?}"
+    );
+
+    assert!(fake.registered().is_empty(), "{:?}", fake.registered());
+    assert_eq!(
+        fake.count(axum::http::Method::POST, "/generate-jitconfig"),
+        0
+    );
+    for job in [5101, 5102, 5104] {
+        let path = format!("/actions/jobs/{job}");
+        assert_eq!(fake.count(axum::http::Method::GET, &path), 0, "{path}");
+    }
+    assert!(kiln.job_logs().is_empty(), "{:?}", kiln.job_logs());
+    let traced = logs_text();
+    assert!(
+        traced.lines().any(|l| l.contains("job not queued any more")
+            && l.contains("job_id=5103")
+            && l.contains("completed")),
+        "{traced}"
+    );
+}
+
+/// A runner that never takes a job has its VM stopped after the pool's
+/// `idle_timeout` and its registration deleted; one that printed the
+/// runner's `Running job:` line runs on past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_never_takes_a_job_is_stopped_after_idle_timeout() {
+    let _ = captured();
+    let image_dir = tempfile::tempdir().unwrap();
+    let image = stand_in_image(image_dir.path()).unwrap_or_else(|e| panic!("{e:#}"));
+    let fake = FakeGithub::start().await;
+    let assets = assets::get().unwrap_or_else(|e| panic!("{e:#}"));
+    let backend = Backend::Qemu(layer::qemu_config(assets).unwrap());
+    let pool = "network = \"none\"\nidle_timeout = \"5s\"\n";
+    let kiln = Kiln::start_with(&fake, &image, false, backend, "", pool).await;
+    layer::warm_up_runtime().await;
+
+    for job in [5001, 5002] {
+        let status = kiln.queued(job).await;
+        assert!(status.contains("202"), "{status}");
+    }
+    // 5001 would hold for 600 s and the job timeout is 2 min.
+    kiln.wait_finished(2, Duration::from_secs(100)).await;
+
+    let log_of = |job: u64| {
+        let path = kiln
+            .job_logs()
+            .into_iter()
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("{job}-"))
+            })
+            .unwrap_or_else(|| panic!("no log for job {job}"));
+        std::fs::read_to_string(path).unwrap()
+    };
+    let idle = log_of(5001);
+    eprintln!("job 5001's log:\n{idle}");
+    assert!(idle.contains("Listening for Jobs"), "{idle}");
+    assert!(
+        idle.contains("the runner took no job within the pool's idle_timeout (5s)"),
+        "{idle}"
+    );
+    assert!(idle.contains("(stopped: Cancelled)"), "{idle}");
+    let busy = log_of(5002);
+    assert!(busy.contains("job done\n"), "{busy}");
+    assert!(busy.contains("[kiln] exit 0;"), "{busy}");
+    assert!(!busy.contains("idle_timeout"), "{busy}");
+
+    // GitHub was asked whether 5001's runner was busy, never 5002's; both
+    // registrations are gone.
+    let registered = fake.registered();
+    assert_eq!(registered.len(), 2, "{registered:?}");
+    let runner_of = |job: u64| {
+        registered
+            .iter()
+            .find(|r| {
+                r.request["name"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("-{job}-"))
+            })
+            .unwrap()
+            .id
+    };
+    let asked = |job: u64| {
+        let path = format!("/orgs/acme/actions/runners/{}", runner_of(job));
+        fake.count(axum::http::Method::GET, &path)
+    };
+    assert_eq!(asked(5001), 1);
+    assert_eq!(asked(5002), 0);
+    let mut deleted = fake.deleted();
+    deleted.sort_unstable();
+    let mut want = vec![runner_of(5001), runner_of(5002)];
+    want.sort_unstable();
+    assert_eq!(deleted, want);
+    assert!(fake.live_runners().is_empty());
+    kiln.assert_no_vm_left();
+    let traced = logs_text();
+    assert!(
+        traced
+            .lines()
+            .any(|l| l.contains("took no job within the pool's idle_timeout")
+                && l.contains("job_id=5001")),
+        "{traced}"
+    );
+}
+
 /// The stand-in runner of the network test: what its VM's network lets
 /// through, and the proxy it was given. Job 4242 then holds, for the
 /// watchdog.
@@ -558,9 +811,14 @@ fn serve_gives_the_pools_vms_the_egress_network_and_fails_closed() {
 
         // Every address taken (as another Kiln process would): the job
         // waits for one, then runs once they are given back.
-        let addrs =
-            kiln::lease::LeaseDir::new("slot", kiln.root.path().join("run/net/addrs"), 0..=1);
-        let held: Vec<_> = (0..=1)
+        // Leases are named by the /30: its network address over 4.
+        let first = u64::from(u32::from(std::net::Ipv4Addr::new(10, 202, 0, 0)) >> 2);
+        let addrs = kiln::lease::LeaseDir::new(
+            "slot",
+            kiln.root.path().join("run/net/addrs"),
+            first..=first + 1,
+        );
+        let held: Vec<_> = (first..=first + 1)
             .map(|n| addrs.try_take(n).unwrap().unwrap())
             .collect();
         let status = kiln.queued(1717).await;

@@ -71,6 +71,7 @@ pub(crate) struct RawPool {
     pub sudo: Option<bool>,
     pub max_vms: Option<u32>,
     pub job_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
     pub network: Option<String>,
     #[serde(default)]
     pub allow: Vec<RawAllow>,

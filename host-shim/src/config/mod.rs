@@ -39,6 +39,8 @@ pub const DEFAULT_IMAGE: &str = "/var/lib/kiln/image";
 pub const DEFAULT_RUNNER_GROUP_ID: u64 = 1;
 pub const DEFAULT_SCRATCH_GIB: u64 = 20;
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
+/// How long a pool's runner may wait for a job before its VM is stopped.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Queued jobs beyond this are refused (503) so a flood of webhooks cannot
 /// grow memory without limit.
 pub const DEFAULT_MAX_QUEUED: usize = 10_000;
@@ -300,26 +302,18 @@ fn pool(raw: RawPool, base: &Path, host: &HostCapacity) -> Result<Pool, ConfigEr
             });
         }
     }
-    let job_timeout = match raw.job_timeout {
-        None => DEFAULT_JOB_TIMEOUT,
-        Some(text) => match parse_duration(&text) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => {
-                return Err(ConfigErrorKind::BadDuration {
-                    key: key("job_timeout"),
-                    value: text,
-                    problem: "must be more than 0, e.g. 6h".into(),
-                })
-            }
-            Err(problem) => {
-                return Err(ConfigErrorKind::BadDuration {
-                    key: key("job_timeout"),
-                    value: text,
-                    problem,
-                })
-            }
-        },
-    };
+    let job_timeout = pool_duration(
+        &key("job_timeout"),
+        raw.job_timeout,
+        DEFAULT_JOB_TIMEOUT,
+        "6h",
+    )?;
+    let idle_timeout = pool_duration(
+        &key("idle_timeout"),
+        raw.idle_timeout,
+        DEFAULT_IDLE_TIMEOUT,
+        "10m",
+    )?;
     let (network, allow, proxy) = network::pool_network(&name, raw.network, raw.allow, raw.proxy)?;
     Ok(Pool {
         network,
@@ -333,8 +327,35 @@ fn pool(raw: RawPool, base: &Path, host: &HostCapacity) -> Result<Pool, ConfigEr
         sudo: raw.sudo.unwrap_or(false),
         max_vms: raw.max_vms,
         job_timeout,
+        idle_timeout,
         name,
     })
+}
+
+/// A pool's duration key: `default` when absent; more than 0 (`example`
+/// says what to write instead).
+fn pool_duration(
+    key: &str,
+    value: Option<String>,
+    default: Duration,
+    example: &str,
+) -> Result<Duration, ConfigErrorKind> {
+    let Some(text) = value else {
+        return Ok(default);
+    };
+    match parse_duration(&text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(ConfigErrorKind::BadDuration {
+            key: key.to_owned(),
+            value: text,
+            problem: format!("must be more than 0, e.g. {example}"),
+        }),
+        Err(problem) => Err(ConfigErrorKind::BadDuration {
+            key: key.to_owned(),
+            value: text,
+            problem,
+        }),
+    }
 }
 
 #[cfg(test)]

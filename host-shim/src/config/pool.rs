@@ -20,6 +20,9 @@ pub struct Pool {
     /// At most this many of the pool's VMs at once; `None`: only the host limits it.
     pub max_vms: Option<u32>,
     pub job_timeout: Duration,
+    /// A runner that has not taken a job this long after it started is
+    /// stopped and its registration deleted.
+    pub idle_timeout: Duration,
     /// Whether the pool's VMs have a network.
     pub network: super::PoolNetwork,
     /// Extra destinations, the proxy's among them.
@@ -57,6 +60,7 @@ mod tests {
             sudo: false,
             max_vms: None,
             job_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
             network: Default::default(),
             allow: Vec::new(),
             proxy: None,

@@ -90,6 +90,7 @@ fn full_example_with_defaults() {
     assert_eq!((p.vcpus, p.memory_mib, p.scratch_gib), (2, 4096, 20));
     assert_eq!(p.image, Path::new(DEFAULT_IMAGE));
     assert_eq!(p.job_timeout, Duration::from_secs(6 * 3600));
+    assert_eq!(p.idle_timeout, Duration::from_secs(600));
     assert_eq!((p.sudo, p.max_vms), (false, None));
     let job = vec!["self-hosted".to_string(), "KILN-SMALL".to_string()];
     assert_eq!(c.pool_for(&job).map(|p| p.name.as_str()), Some("small"));
@@ -355,6 +356,24 @@ fn job_timeout_must_parse() {
     let pool = format!("{POOL}job_timeout = \"0s\"\n");
     let (_, msg) = Dir::new().err(&Dir::config("org = \"acme\"", &pool));
     assert!(msg.contains("more than 0"), "{msg}");
+}
+
+#[test]
+fn idle_timeout_parses_and_must_be_more_than_0() {
+    let pool = format!("{POOL}idle_timeout = \"90s\"\n");
+    let c = Dir::new()
+        .load(&Dir::config("org = \"acme\"", &pool))
+        .expect("valid config");
+    assert_eq!(c.pools[0].idle_timeout, Duration::from_secs(90));
+    for (bad, want) in [("0m", "more than 0, e.g. 10m"), ("soon", "not a duration")] {
+        let pool = format!("{POOL}idle_timeout = \"{bad}\"\n");
+        let (kind, msg) = Dir::new().err(&Dir::config("org = \"acme\"", &pool));
+        assert!(matches!(kind, ConfigErrorKind::BadDuration { .. }), "{msg}");
+        assert!(
+            msg.contains("pool \"small\": idle_timeout") && msg.contains(want),
+            "{bad}: {msg}"
+        );
+    }
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! - [`scope`] — where runners register: a repository, an organization or an enterprise.
 //! - [`app`] — App authentication: the RS256 JWT and cached installation tokens ([`GithubApp`]).
 //! - [`jit`] — just-in-time runner configs.
-//! - [`runners`] — deleting runner registrations.
+//! - [`jobs`] — a workflow job's status now (is it still queued?).
+//! - [`runners`] — whether a runner is busy; deleting runner registrations.
 //! - [`client`] — HTTP: timeouts, retries, rate limits, TLS.
 //! - [`error`] — [`GithubError`]: names the request, never a token or JIT config.
 
@@ -12,6 +13,7 @@ pub mod app;
 pub mod client;
 pub mod error;
 pub mod jit;
+pub mod jobs;
 pub mod runners;
 pub mod scope;
 pub mod webhook;
@@ -20,4 +22,6 @@ pub use app::GithubApp;
 pub use client::ClientPolicy;
 pub use error::GithubError;
 pub use jit::{JitConfig, JitRequest};
+pub use jobs::{JobState, JobStatus};
+pub use runners::RunnerState;
 pub use scope::RunnerScope;

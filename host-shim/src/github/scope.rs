@@ -38,6 +38,26 @@ impl RunnerScope {
     }
 }
 
+impl RunnerScope {
+    /// Whether this scope's runners can take jobs of `repository`
+    /// (`owner/name`, as in a webhook): the repository itself, or one the
+    /// organization owns (GitHub's names are case-insensitive). An
+    /// enterprise's organizations are not in a webhook's repository name,
+    /// so every repository passes there.
+    pub fn covers(&self, repository: &str) -> bool {
+        let Some((owner, name)) = repository.split_once('/') else {
+            return false;
+        };
+        match self {
+            RunnerScope::Repo { owner: o, repo: r } => {
+                o.eq_ignore_ascii_case(owner) && r.eq_ignore_ascii_case(name)
+            }
+            RunnerScope::Org { org } => org.eq_ignore_ascii_case(owner),
+            RunnerScope::Enterprise { .. } => true,
+        }
+    }
+}
+
 impl fmt::Display for RunnerScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -50,7 +70,7 @@ impl fmt::Display for RunnerScope {
 
 /// Percent-encodes everything but RFC 3986 unreserved characters; a segment of
 /// only dots is encoded too, or it would mean "this/parent directory".
-fn encode_segment(segment: &str) -> String {
+pub(crate) fn encode_segment(segment: &str) -> String {
     let all_dots = segment.bytes().all(|b| b == b'.');
     let mut out = String::with_capacity(segment.len());
     for byte in segment.bytes() {
@@ -81,6 +101,27 @@ mod tests {
             enterprise: "acme-inc".into(),
         };
         assert_eq!(ent.runners_path(), "/enterprises/acme-inc/actions/runners");
+    }
+
+    #[test]
+    fn a_scope_covers_its_repository_or_its_organizations_repositories() {
+        let repo = RunnerScope::Repo {
+            owner: "acme".into(),
+            repo: "widgets".into(),
+        };
+        assert!(repo.covers("acme/widgets"));
+        assert!(repo.covers("ACME/Widgets"));
+        assert!(!repo.covers("acme/gadgets"));
+        assert!(!repo.covers("evil/widgets"));
+        assert!(!repo.covers("acme"));
+        let org = RunnerScope::Org { org: "acme".into() };
+        assert!(org.covers("Acme/anything"));
+        assert!(!org.covers("acme-evil/widgets"));
+        assert!(!org.covers("evil/acme"));
+        let ent = RunnerScope::Enterprise {
+            enterprise: "acme-inc".into(),
+        };
+        assert!(ent.covers("anyone/anything"));
     }
 
     #[test]

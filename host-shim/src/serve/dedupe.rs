@@ -1,8 +1,11 @@
 //! Deliveries already handled, so a duplicate or a redelivery does not
-//! queue a job twice: the last N delivery ids and (job id, action) pairs.
+//! queue a job twice: the last N delivery ids and (job id, action) pairs,
+//! and the ids of the last N jobs GitHub said `completed`, so a `queued`
+//! that arrives after its job's `completed` starts nothing.
 //! Bounded, so a flood cannot grow it; an entry older than the last N is
 //! forgotten (a duplicate that late is queued again; the scheduler still
-//! refuses a job id that is queued already).
+//! refuses a job id that is queued already, and the dispatcher asks GitHub
+//! whether the job is still queued before it registers a runner).
 
 use std::borrow::Borrow;
 use std::collections::{HashSet, VecDeque};
@@ -81,6 +84,8 @@ impl<K: Hash + Eq + Clone> RecentSet<K> {
 pub struct Seen {
     pub deliveries: RecentSet<Arc<str>>,
     pub jobs: RecentSet<(u64, WorkflowJobAction)>,
+    /// Jobs a `completed` delivery was seen for.
+    pub completed: RecentSet<u64>,
 }
 
 impl Seen {
@@ -88,6 +93,7 @@ impl Seen {
         Self {
             deliveries: RecentSet::new(capacity),
             jobs: RecentSet::new(capacity),
+            completed: RecentSet::new(capacity),
         }
     }
 
@@ -99,6 +105,14 @@ impl Seen {
     pub fn remember(&mut self, delivery: &Arc<str>, job_id: u64, action: WorkflowJobAction) {
         self.deliveries.insert(Arc::clone(delivery));
         self.jobs.insert((job_id, action));
+        if action == WorkflowJobAction::Completed {
+            self.completed.insert(job_id);
+        }
+    }
+
+    /// Whether GitHub already said job `job_id` is over.
+    pub fn is_completed(&self, job_id: u64) -> bool {
+        self.completed.contains(&job_id)
     }
 
     /// Takes back [`Seen::remember`], for a delivery that was refused after
@@ -143,6 +157,20 @@ mod tests {
         // Forgetting what was never there changes nothing.
         seen.forget("d9", 9, WorkflowJobAction::Queued);
         assert_eq!(seen.deliveries.len(), 1);
+    }
+
+    #[test]
+    fn completed_jobs_are_remembered_within_the_bound() {
+        let mut seen = Seen::new(2);
+        seen.remember(&"d1".into(), 1, WorkflowJobAction::Completed);
+        seen.remember(&"d2".into(), 2, WorkflowJobAction::Queued);
+        assert!(seen.is_completed(1));
+        assert!(!seen.is_completed(2), "queued is not completed");
+        seen.remember(&"d3".into(), 3, WorkflowJobAction::Completed);
+        seen.remember(&"d4".into(), 4, WorkflowJobAction::Completed);
+        assert!(!seen.is_completed(1), "the oldest is forgotten");
+        assert!(seen.is_completed(3) && seen.is_completed(4));
+        assert_eq!(seen.completed.len(), 2);
     }
 
     #[test]

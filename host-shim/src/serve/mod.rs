@@ -34,6 +34,7 @@ pub use error::ServeError;
 pub use limits::{BodyLimits, HttpLimits, ServerLimits};
 
 use crate::config::{Config, Pool};
+use crate::github::RunnerScope;
 use crate::scheduler::{Dispatch, Scheduler};
 use crate::secret::Secret;
 use body::Budget;
@@ -53,6 +54,8 @@ pub struct Server<D: Dispatch> {
 /// What the handlers share.
 struct App<D: Dispatch> {
     webhook_secret: Secret,
+    /// Where runners register: jobs of other repositories are not queued.
+    scope: RunnerScope,
     pools: Vec<Arc<Pool>>,
     scheduler: Scheduler<D>,
     seen: Mutex<Seen>,
@@ -78,6 +81,7 @@ impl<D: Dispatch> Server<D> {
         Self {
             app: Arc::new(App {
                 webhook_secret: config.webhook_secret.clone(),
+                scope: config.github.scope.clone(),
                 pools: config.pools.clone(),
                 scheduler: Scheduler::new(
                     config.host,

@@ -4,7 +4,9 @@
 //! answered 202 without reading their body (Kiln uses nothing in them);
 //! then the body, read under the shared budget ([`super::body`]: 413, 408,
 //! 503), the signature over the raw bytes (401), and parsing,
-//! de-duplication and the queue. The answer comes at once: no GitHub call
+//! de-duplication and the queue. A `queued` job is not queued when its
+//! `completed` was seen already or its repository is outside the runners'
+//! scope (their runners could never take it). The answer comes at once: no GitHub call
 //! and no VM work happen here, only bookkeeping under a lock.
 
 use std::sync::Arc;
@@ -161,6 +163,23 @@ impl<D: Dispatch> App<D> {
 
     fn queue(&self, delivery: Arc<str>, ev: WorkflowJobEvent) -> Response {
         let job_id = ev.workflow_job.id;
+        if self.lock_seen().is_completed(job_id) {
+            tracing::info!(%delivery, job_id, "queued after its completed: job ignored");
+            return answer(StatusCode::ACCEPTED, "ignored: the job is completed");
+        }
+        if !self.scope.covers(&ev.repository.full_name) {
+            tracing::info!(
+                %delivery,
+                job_id,
+                repository = ?ev.repository.full_name,
+                scope = %self.scope,
+                "repository outside the runners' scope (github.org/repo/enterprise): job ignored"
+            );
+            return answer(
+                StatusCode::ACCEPTED,
+                "ignored: repository outside the runners' scope",
+            );
+        }
         let labels = ev.workflow_job.labels;
         let Some(pool) = self.pools.iter().find(|p| p.accepts(&labels)) else {
             tracing::info!(%delivery, job_id, ?labels, repository = ?ev.repository.full_name, "no pool serves these labels: job ignored");

@@ -2,21 +2,26 @@
 //! the scheduler starts, design.md's steps 3 to 9.
 //!
 //! 1. A runner name `kiln-<pool>-<job id>-<random>` ([`runner`]).
-//! 2. A JIT runner config from GitHub with the pool's labels and the
+//! 2. GitHub is asked whether the job is still queued
+//!    (`GET /repos/{owner}/{repo}/actions/jobs/{id}`): a job that ran,
+//!    was cancelled or is a replayed delivery gets no runner and no VM,
+//!    and so does one GitHub cannot tell about (fails closed).
+//! 3. A JIT runner config from GitHub with the pool's labels and the
 //!    config's runner group. It stays in memory: it goes to the guest in
 //!    `ACTIONS_RUNNER_INPUT_JITCONFIG` only (never argv, the kernel command
 //!    line, a disk or a log line). A failure here ends the job: no VM.
-//! 3. A fresh VM of the pool's size from the pool's image ([`pools`]),
+//! 4. A fresh VM of the pool's size from the pool's image ([`pools`]),
 //!    running the image's actions runner as the image's user (plus the
 //!    `kiln-sudo` group when the pool has `sudo = true`), with the pool's
 //!    `job_timeout` as the deadline, through [`Launcher::run`], which tears
-//!    the VM down on every path.
-//! 4. The job's output goes to its own capped log file ([`joblog`]), never
+//!    the VM down on every path. A runner that has taken no job within
+//!    the pool's `idle_timeout` of its start has its VM stopped ([`idle`]).
+//! 5. The job's output goes to its own capped log file ([`joblog`]), never
 //!    to tracing.
-//! 5. The runner registration is deleted, always: a JIT runner that took
+//! 6. The runner registration is deleted, always: a JIT runner that took
 //!    its job has deregistered already (404, fine); one that never took a
 //!    job would otherwise stay registered.
-//! 6. One log line says how it went (job, pool, runner, VM, exit, timings).
+//! 7. One log line says how it went (job, pool, runner, VM, exit, timings).
 //!
 //! Cancellation. The scheduler cancels a job by dropping its dispatch
 //! future (a second SIGTERM). Dropping [`Launcher::run`]'s future is safe
@@ -40,10 +45,12 @@
 //! - [`runner`] — runner names and the [`kiln_protocol::Job`] that starts the runner.
 //! - [`pools`] — each pool's image, opened at start-up.
 //! - [`joblog`] — per-job log files: private, capped, pruned.
+//! - [`idle`] — stopping a runner that never takes a job.
 //! - [`tasks`] — counting the job tasks for shutdown.
 //! - [`error`] — [`SetupError`]: why the dispatcher cannot start.
 
 pub mod error;
+pub mod idle;
 pub mod joblog;
 pub mod pools;
 pub mod runner;
@@ -60,13 +67,17 @@ use tracing::Instrument;
 pub use error::SetupError;
 
 use crate::config::{Config, PoolNetwork};
-use crate::github::{ClientPolicy, GithubApp, JitConfig, JitRequest, RunnerScope};
+use crate::github::{
+    ClientPolicy, GithubApp, JitConfig, JitRequest, JobState, JobStatus, RunnerScope,
+};
 use crate::net::{NetConfig, NetRequest, Network};
 use crate::scheduler::{Dispatch, QueuedJob};
 use crate::vm::{
     select_backend, stop_channel, Backend, BackendChoice, BackendOptions, JobEnd, Launcher,
-    RunError, RuntimeDirs, StopHandle, StopLevel, StopSignal, Timeouts, VmReport, VmRequest,
+    OutputSink, Progress, RunError, RuntimeDirs, StopHandle, StopLevel, StopSignal, Timeouts,
+    VmReport, VmRequest,
 };
+use idle::{IdleVerdict, JobSpotter, Spotting};
 use joblog::JobLogs;
 use pools::PoolImage;
 use runner::{RunnerSpec, RUNNER_COMMAND, WORK_FOLDER};
@@ -385,13 +396,14 @@ impl Dispatch for Production {
                     killer.kill();
                 }
             });
+            let idle_stop = handle.clone();
             let _kill_on_drop = KillOnDrop(handle);
             let _stop_watching = AbortOnDrop(watcher);
             let job_id = job.job_id;
             let token = tasks.token();
             let task = tokio::spawn(async move {
                 let _token = token;
-                shared.run(job, stop).await;
+                shared.run(job, idle_stop, stop).await;
             });
             if let Err(e) = task.await {
                 // A panic is a bug: the VM guard's Drop has cleaned up what
@@ -420,7 +432,7 @@ struct Outcome {
 }
 
 impl Shared {
-    async fn run(&self, job: QueuedJob, stop: StopSignal) {
+    async fn run(&self, job: QueuedJob, handle: StopHandle, stop: StopSignal) {
         let picked_up = Instant::now();
         let pool = Arc::clone(&job.pool);
         let Some(image) = self.pools.get(&pool.name) else {
@@ -438,7 +450,7 @@ impl Shared {
             tracing::info_span!("job", job_id = job.job_id, pool = %pool.name, runner = %runner);
         async move {
             let queued_ms = ms(picked_up.saturating_duration_since(job.received));
-            let outcome = self.run_runner(&job, image, &runner, stop).await;
+            let outcome = self.run_runner(&job, image, &runner, handle, stop).await;
             log_outcome(queued_ms, &outcome, picked_up.elapsed());
         }
         .instrument(span)
@@ -451,9 +463,18 @@ impl Shared {
         job: &QueuedJob,
         image: &PoolImage,
         runner: &str,
+        handle: StopHandle,
         stop: StopSignal,
     ) -> Outcome {
         let asked = Instant::now();
+        if !self.still_queued(job).await {
+            return Outcome {
+                runner_id: None,
+                jit_ms: 0,
+                report: None,
+                log: None,
+            };
+        }
         let req = JitRequest {
             name: runner.to_owned(),
             runner_group_id: self.runner_group_id,
@@ -487,7 +508,7 @@ impl Shared {
         if stop.level() > StopLevel::Run {
             tracing::warn!("cancelled before its VM started");
         } else {
-            self.run_vm(job, image, runner, &jit, stop, &mut outcome)
+            self.run_vm(job, image, runner, &jit, (handle, stop), &mut outcome)
                 .await;
         }
         if let Err(e) = self
@@ -510,7 +531,7 @@ impl Shared {
         image: &PoolImage,
         runner: &str,
         jit: &JitConfig,
-        stop: StopSignal,
+        (handle, stop): (StopHandle, StopSignal),
         outcome: &mut Outcome,
     ) {
         let mut entropy = vec![0u8; 64];
@@ -567,8 +588,17 @@ impl Shared {
             ))
             .await;
         }
-        let report = self.run_when_addressed(req, &mut log, stop).await;
+        let (report, idle) = self
+            .run_watched(job, jit.runner_id, req, &mut log, (handle, stop))
+            .await;
         if let Some(log) = log.as_mut() {
+            if idle == IdleVerdict::Stopped {
+                log.note(&format!(
+                    "the runner took no job within the pool's idle_timeout ({:?}): its VM was stopped",
+                    pool.idle_timeout
+                ))
+                .await;
+            }
             log.note(&format!(
                 "{}; {}",
                 describe(&report.result),
@@ -589,6 +619,66 @@ impl Shared {
 }
 
 impl Shared {
+    /// Whether GitHub says the job is still queued; logs why not. Anything
+    /// but `queued` (a job that ran, was cancelled, a replayed delivery,
+    /// a job GitHub cannot find or cannot tell about) gets no runner.
+    async fn still_queued(&self, job: &QueuedJob) -> bool {
+        let state = self
+            .github
+            .job_state(job.installation_id, &job.repository, job.job_id)
+            .await;
+        let why = match state {
+            Ok(JobState::Known(JobStatus::Queued)) => return true,
+            Ok(JobState::Known(status)) => format!("GitHub says the job is {}", status.as_str()),
+            Ok(JobState::NotFound) => {
+                "GitHub knows no such job in this repository (404)".to_owned()
+            }
+            Err(e) => format!(
+                "cannot ask GitHub whether the job is still queued (the App needs the repository permission \"Actions: read\"): {e}"
+            ),
+        };
+        tracing::warn!(
+            delivery = %job.delivery,
+            repository = %job.repository,
+            "job not queued any more: no runner and no VM: {why}"
+        );
+        false
+    }
+
+    /// Runs the VM ([`Shared::run_when_addressed`]) while [`idle`] watches
+    /// that the runner takes a job within the pool's `idle_timeout`.
+    async fn run_watched(
+        &self,
+        job: &QueuedJob,
+        runner_id: u64,
+        req: VmRequest,
+        log: &mut Option<joblog::JobLog>,
+        (handle, stop): (StopHandle, StopSignal),
+    ) -> (VmReport, IdleVerdict) {
+        let (spotter, taken) = JobSpotter::new();
+        let (progress, progress_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut sink = Spotting {
+            inner: log,
+            spotter,
+        };
+        let ask = || {
+            self.github
+                .runner_state(job.installation_id, &self.scope, runner_id)
+        };
+        let watch = idle::watch_idle(job.pool.idle_timeout, progress_rx, taken, ask, handle);
+        let run = self.run_when_addressed(req, &mut sink, stop, progress);
+        tokio::pin!(run, watch);
+        let mut verdict = None;
+        // The watch is dropped with the VM's end, even while it asks GitHub.
+        let report = loop {
+            tokio::select! {
+                report = &mut run => break report,
+                v = &mut watch, if verdict.is_none() => verdict = Some(v),
+            }
+        };
+        (report, verdict.unwrap_or(IdleVerdict::VmEnded))
+    }
+
     /// Runs the VM; while every address of the pool is in use (other jobs,
     /// other Kiln processes), or the disk directory has no room for its
     /// scratch disk beside the others', the job waits, with a log line,
@@ -597,14 +687,15 @@ impl Shared {
     async fn run_when_addressed(
         &self,
         req: VmRequest,
-        log: &mut Option<joblog::JobLog>,
+        sink: &mut impl OutputSink,
         mut stop: StopSignal,
+        progress: tokio::sync::mpsc::UnboundedSender<Progress>,
     ) -> VmReport {
         let mut told = false;
         loop {
             let report = self
                 .launcher
-                .run(req.clone(), log, stop.clone(), None)
+                .run(req.clone(), sink, stop.clone(), Some(progress.clone()))
                 .await;
             let Some(lacking) = lacking(&report.result) else {
                 return report;

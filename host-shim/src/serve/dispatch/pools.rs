@@ -76,6 +76,7 @@ mod tests {
             sudo,
             max_vms: None,
             job_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
             network: Default::default(),
             allow: Vec::new(),
             proxy: None,
