@@ -9,6 +9,7 @@ mod channel;
 mod cmdline;
 mod configure;
 mod console;
+mod disks;
 mod error;
 mod kmod;
 mod mounts;

@@ -9,11 +9,14 @@
 //!
 //! - [`template`] — later disks copied from the first one made.
 //! - [`clone`] — sparse copies (reflink, or the data ranges only).
+//! - [`ident`] — how the guest finds each disk (its ext4 UUID).
 
 mod clone;
+mod ident;
 mod template;
 
 pub use clone::Cloned;
+pub use ident::{ext4_uuid, guest_refs};
 pub use template::{Made, Templates};
 
 use std::path::{Path, PathBuf};
