@@ -18,6 +18,7 @@ mod rcu;
 mod reaper;
 mod root;
 mod runner;
+mod runner_config;
 mod shutdown;
 mod supervise;
 mod sysctl;
