@@ -1,18 +1,20 @@
 //! The `kiln.*` keys of the kernel command line: which modules to load, and
 //! which disks make up the root. Other keys belong to the kernel and are
 //! ignored; an unknown `kiln.*` key is an error, so a typo cannot silently
-//! change how a VM boots.
+//! change how a VM boots. Disks are named by their filesystem
+//! (`UUID=`, `LABEL=`) or, from older hosts, by device path: see
+//! [`crate::disks`].
 
-use std::path::PathBuf;
+use crate::disks::{DiskRef, RefError};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BootConfig {
     /// `kiln.modules=a,b,c`, names normalised to underscores.
     pub modules: Vec<String>,
     /// `kiln.root=`: the base rootfs, mounted read-only.
-    pub root: Option<PathBuf>,
+    pub root: Option<DiskRef>,
     /// `kiln.scratch=`: the ext4 scratch disk for the overlay's upper layer.
-    pub scratch: Option<PathBuf>,
+    pub scratch: Option<DiskRef>,
     /// `kiln.debug`: echo the job's output to the console.
     pub debug: bool,
 }
@@ -29,8 +31,12 @@ pub enum CmdlineError {
     Empty(&'static str),
     #[error("kiln.modules: {0:?} is not a module name (letters, digits, '_' and '-')")]
     ModuleName(String),
-    #[error("{key}={value:?} must be an absolute device path such as /dev/vda")]
-    Device { key: &'static str, value: String },
+    #[error("{key}: {source}")]
+    Device {
+        key: &'static str,
+        #[source]
+        source: RefError,
+    },
     #[error("kiln.root and kiln.scratch both name {0:?}")]
     SameDevice(String),
     #[error("kiln.debug takes no value, or 1 or 0; got {0:?}")]
@@ -88,13 +94,8 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
                 let v = value
                     .filter(|v| !v.is_empty())
                     .ok_or(CmdlineError::Empty(key))?;
-                if !v.starts_with('/') || v.contains("..") {
-                    return Err(CmdlineError::Device {
-                        key,
-                        value: v.to_owned(),
-                    });
-                }
-                let dev = Some(PathBuf::from(v));
+                let dev =
+                    Some(DiskRef::parse(v).map_err(|source| CmdlineError::Device { key, source })?);
                 if key == "kiln.root" {
                     cfg.root = dev;
                 } else {
@@ -105,7 +106,7 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
     }
     if let (Some(r), Some(s)) = (&cfg.root, &cfg.scratch) {
         if r == s {
-            return Err(CmdlineError::SameDevice(r.display().to_string()));
+            return Err(CmdlineError::SameDevice(r.to_string()));
         }
     }
     Ok(cfg)
@@ -166,15 +167,15 @@ mod tests {
     fn full_line() {
         let cfg = parse(
             "console=ttyS0 reboot=k panic=1 kiln.modules=virtio_ring,virtio-mmio,vsock \
-             kiln.root=/dev/vda kiln.scratch=/dev/vdb kiln.debug\n",
+             kiln.root=/dev/vda kiln.scratch=LABEL=kiln-scratch kiln.debug\n",
         )
         .unwrap();
         assert_eq!(
             cfg,
             BootConfig {
                 modules: vec!["virtio_ring".into(), "virtio_mmio".into(), "vsock".into()],
-                root: Some("/dev/vda".into()),
-                scratch: Some("/dev/vdb".into()),
+                root: Some(DiskRef::Path("/dev/vda".into())),
+                scratch: Some(DiskRef::Label("kiln-scratch".into())),
                 debug: true,
             }
         );
@@ -193,7 +194,9 @@ mod tests {
     #[test]
     fn quotes_are_stripped() {
         let cfg = parse(r#"foo="a b" kiln.root="/dev/vda""#).unwrap();
-        assert_eq!(cfg.root, Some("/dev/vda".into()));
+        assert_eq!(cfg.root, Some(DiskRef::Path("/dev/vda".into())));
+        let cfg = parse("kiln.root=UUID=0b6f1f4e-6a1d-4c55-9c1a-2f6e8d7b1a90").unwrap();
+        assert!(matches!(cfg.root, Some(DiskRef::Uuid(u)) if u[0] == 0x0b && u[15] == 0x90));
         assert_eq!(parse(r#"kiln.root="/dev/vda"#), Err(CmdlineError::Quote));
     }
 
@@ -210,11 +213,16 @@ mod tests {
             ("kiln.modules=a/b", "\"a/b\""),
             (
                 "kiln.scratch=vdb",
-                "kiln.scratch=\"vdb\" must be an absolute",
+                "kiln.scratch: \"vdb\" is not a device path",
             ),
-            ("kiln.root=/dev/../etc", "must be an absolute device"),
+            ("kiln.root=/dev/../etc", "is not a device path"),
+            ("kiln.root=UUID=abc", "\"abc\" is not 32 hex digits"),
             ("kiln.root", "kiln.root= needs a value"),
             ("kiln.root=/dev/vda kiln.scratch=/dev/vda", "both name"),
+            (
+                "kiln.root=LABEL=a kiln.scratch=LABEL=a",
+                "both name \"LABEL=a\"",
+            ),
             ("kiln.debug=yes", "got \"yes\""),
         ];
         for (line, needle) in cases {

@@ -1,16 +1,18 @@
 //! The job's root filesystem: the base image read-only below, the scratch
 //! disk (or RAM) as the writable layer on top, and `/home` and
 //! `/var/lib/containers` straight on the scratch ext4 (rootless podman's
-//! storage must not sit on overlayfs).
+//! storage must not sit on overlayfs). The disks are found by what is on
+//! them ([`crate::disks`]), whatever names the kernel gave them.
 
 use std::os::unix::fs::{lchown, DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, chroot, pivot_root};
 
 use crate::cmdline::BootConfig;
+use crate::disks::{self, DiskError, DiskRef};
 use crate::error::{OrSys, SysError};
 use crate::mounts::{mkdir_p, CARRIED};
 
@@ -35,6 +37,15 @@ pub enum Switched {
     MoveChroot,
 }
 
+/// Why the root could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(transparent)]
+    Sys(#[from] SysError),
+}
+
 /// The overlay root, mounted and ready to switch into.
 #[derive(Debug)]
 pub struct Built {
@@ -43,17 +54,41 @@ pub struct Built {
 
 /// Whether what [`build`] mounts is there: the disks named by `kiln.root`
 /// and `kiln.scratch`, and overlayfs. Drivers loading as modules bring
-/// them; a kernel with them built in has them from the start.
+/// them; a kernel with them built in has them from the start. A disk named
+/// ambiguously counts as there: waiting would not help, and [`build`]
+/// says what is wrong.
 pub fn sources_present(cfg: &BootConfig) -> bool {
     if cfg.root.is_none() && cfg.scratch.is_none() {
         return true;
     }
+    let seen = disks::scan();
     let disks = [&cfg.root, &cfg.scratch]
         .into_iter()
         .flatten()
-        .all(|dev| dev.exists());
+        .all(|wanted| !matches!(disks::find(wanted, &seen), Ok(None)));
     disks
         && std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| has_filesystem(&t, "overlay"))
+}
+
+/// The device nodes `kiln.root` and `kiln.scratch` name, as found now.
+fn resolve(cfg: &BootConfig) -> Result<(Option<PathBuf>, Option<PathBuf>), DiskError> {
+    let seen = disks::scan();
+    let find = |wanted: &Option<DiskRef>| {
+        wanted
+            .as_ref()
+            .map(|w| disks::require(w, &seen))
+            .transpose()
+    };
+    let (root, scratch) = (find(&cfg.root)?, find(&cfg.scratch)?);
+    if let (Some(r), Some(s)) = (&root, &scratch) {
+        if r == s {
+            return Err(DiskError::Ambiguous {
+                wanted: "kiln.root and kiln.scratch".to_owned(),
+                devices: r.display().to_string(),
+            });
+        }
+    }
+    Ok((root, scratch))
 }
 
 /// Whether `/proc/filesystems` (`nodev\toverlay` lines) lists `name`.
@@ -66,10 +101,11 @@ fn has_filesystem(table: &str, name: &str) -> bool {
 /// Builds the overlay root if the command line asks for one (`None`:
 /// the first root stays). Only mounts below the staging area: `/proc`,
 /// `/sys` and `/dev` stay where they are until [`switch`].
-pub fn build(cfg: &BootConfig) -> Result<Option<Built>, SysError> {
+pub fn build(cfg: &BootConfig) -> Result<Option<Built>, RootError> {
     if cfg.root.is_none() && cfg.scratch.is_none() {
         return Ok(None);
     }
+    let (root_dev, scratch_dev) = resolve(cfg)?;
     let stage = Path::new(STAGE);
     let base = stage.join("base");
     let scratch = stage.join("scratch");
@@ -82,8 +118,8 @@ pub fn build(cfg: &BootConfig) -> Result<Option<Built>, SysError> {
     // work (reading and checking the superblock and group descriptors):
     // side by side they take one vCPU each.
     let (base_mounted, scratch_mounted) = std::thread::scope(|s| {
-        let scratch_mount = s.spawn(|| mount_scratch(cfg, &scratch));
-        let base_mounted = mount_base(cfg, &base);
+        let scratch_mount = s.spawn(|| mount_scratch(scratch_dev.as_deref(), &scratch));
+        let base_mounted = mount_base(root_dev.as_deref(), &base);
         (base_mounted, scratch_mount.join())
     });
     base_mounted?;
@@ -91,6 +127,18 @@ pub fn build(cfg: &BootConfig) -> Result<Option<Built>, SysError> {
         action: format!("mount {}", scratch.display()),
         source: std::io::Error::other("the mounting thread panicked"),
     })??;
+    build_overlay(cfg, &base, &scratch, &new_root)?;
+    Ok(Some(Built { new_root }))
+}
+
+/// The overlay of `base` and `scratch` on `new_root`, and the scratch
+/// disk's own directories bound into it.
+fn build_overlay(
+    cfg: &BootConfig,
+    base: &Path,
+    scratch: &Path,
+    new_root: &Path,
+) -> Result<(), SysError> {
     let upper = scratch.join("upper");
     let work = scratch.join("work");
     mkdir_p(&upper)?;
@@ -103,7 +151,7 @@ pub fn build(cfg: &BootConfig) -> Result<Option<Built>, SysError> {
     );
     mount(
         Some("overlay"),
-        &new_root,
+        new_root,
         Some("overlay"),
         MsFlags::empty(),
         Some(opts.as_str()),
@@ -125,8 +173,7 @@ pub fn build(cfg: &BootConfig) -> Result<Option<Built>, SysError> {
             bind(&src, &dst)?;
         }
     }
-
-    Ok(Some(Built { new_root }))
+    Ok(())
 }
 
 /// Switches into the built root, taking `/proc`, `/sys` and `/dev` along.
@@ -169,8 +216,8 @@ fn switch_to(new_root: &Path) -> Result<Switched, SysError> {
 
 /// The overlay's lower layer: `kiln.root` read-only, or else the first
 /// root itself.
-fn mount_base(cfg: &BootConfig, base: &Path) -> Result<(), SysError> {
-    match &cfg.root {
+fn mount_base(dev: Option<&Path>, base: &Path) -> Result<(), SysError> {
+    match dev {
         Some(dev) => mount_ext4(dev, base, MsFlags::MS_RDONLY),
         None => {
             // Non-recursive bind: the lower layer is the root's own files,
@@ -189,8 +236,8 @@ fn mount_base(cfg: &BootConfig, base: &Path) -> Result<(), SysError> {
 }
 
 /// The overlay's upper layer: `kiln.scratch`, or else RAM.
-fn mount_scratch(cfg: &BootConfig, scratch: &Path) -> Result<(), SysError> {
-    match &cfg.scratch {
+fn mount_scratch(dev: Option<&Path>, scratch: &Path) -> Result<(), SysError> {
+    match dev {
         Some(dev) => mount_ext4(dev, scratch, MsFlags::empty()),
         // A base image without a scratch disk still gets a writable root,
         // in RAM.
@@ -283,10 +330,20 @@ mod tests {
     fn nothing_to_wait_for_without_a_root() {
         assert!(sources_present(&BootConfig::default()));
         let missing = BootConfig {
-            scratch: Some("/dev/kiln-test-no-such-disk".into()),
+            scratch: Some(DiskRef::Path("/dev/kiln-test-no-such-disk".into())),
             ..BootConfig::default()
         };
         assert!(!sources_present(&missing));
+        let by_uuid = BootConfig {
+            root: Some(DiskRef::Uuid([0x5a; 16])),
+            ..BootConfig::default()
+        };
+        assert!(!sources_present(&by_uuid));
+        let err = build(&by_uuid).expect_err("no such disk").to_string();
+        assert!(
+            err.contains("no block device holds UUID=5a5a5a5a-"),
+            "{err}"
+        );
     }
 
     #[test]

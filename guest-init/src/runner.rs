@@ -1,6 +1,7 @@
 //! Starts the job's command: as its user, in the delegated cgroup leaf, in
 //! a session of its own, with stdin from /dev/null and stdout/stderr on
-//! pipes to PID 1.
+//! pipes to PID 1. The actions runner's config files go on a tmpfs first
+//! ([`crate::runner_config`]).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
@@ -44,6 +45,7 @@ pub fn spawn(job: &Job, cgroup: &Delegation) -> Result<Runner, RunnerError> {
     let runtime = runtime_dir(uid);
     make_owned_dirs(Path::new("/run/user"), 0, 0)?;
     make_private_dir(Path::new(&runtime), uid, gid)?;
+    crate::runner_config::protect(uid, gid)?;
 
     let mut cmd = Command::new(&job.command.program);
     cmd.args(&job.command.args)

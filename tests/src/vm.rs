@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use kiln::conversation::{self, Conversation, Event, Limits, Summary};
-use kiln::vmm::qemu::{AccelDecision, Layout, Machine, QemuConfig, QemuVm, VmExit};
+use kiln::vmm::qemu::{AccelDecision, DiskOrder, Layout, Machine, QemuConfig, QemuVm, VmExit};
 use kiln::vmm::VmSpec;
 use kiln::vsock::HybridListener;
 use kiln_protocol::{GuestError, Hello, Job, RunnerExited, Stream, VSOCK_PORT};
@@ -48,6 +48,11 @@ pub struct BootOptions {
     /// Boot this baked image instead of the test assets (implies a scratch
     /// disk; `scratch` is then ignored).
     pub image: Option<BakedImage>,
+    /// In which order QEMU attaches the base image and the scratch disk.
+    pub disk_order: DiskOrder,
+    /// Files added to the test base image (with `scratch`): path, mode,
+    /// content.
+    pub base_files: Vec<(String, u32, String)>,
 }
 
 /// A baked image (`cargo xtask image`): its kernel and initramfs, its root
@@ -78,6 +83,8 @@ impl Default for BootOptions {
             boot_timeout: Duration::from_secs(120),
             exit_timeout: Duration::from_secs(60),
             image: None,
+            disk_order: DiskOrder::BaseFirst,
+            base_files: Vec::new(),
         }
     }
 }
@@ -216,8 +223,13 @@ impl TestVm {
             xtask::image::scratch::create_scratch(&scratch, img.scratch_bytes)?;
             (Some(img.rootfs.clone()), Some(scratch))
         } else if opts.scratch {
+            let files: Vec<(&str, u32, &str)> = opts
+                .base_files
+                .iter()
+                .map(|(p, m, c)| (p.as_str(), *m, c.as_str()))
+                .collect();
             (
-                Some(disk::base_image(dir.path(), assets)?),
+                Some(disk::base_image_with(dir.path(), assets, &files)?),
                 Some(disk::scratch_disk(dir.path())?),
             )
         } else {
@@ -262,6 +274,7 @@ impl TestVm {
         let cfg = QemuConfig {
             machine: opts.machine,
             accel_cache: Some(assets.cache.join("accel-probe")),
+            disk_order: opts.disk_order,
             ..QemuConfig::from_env()?
         };
         let mut vm = QemuVm::start(&spec, &cfg).await?;

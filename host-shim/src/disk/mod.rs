@@ -10,12 +10,15 @@
 //! - [`budget`] — room on the host for the disks in use, and a reserve.
 //! - [`template`] — later disks copied from the first one made.
 //! - [`clone`] — sparse copies (reflink, or the data ranges only).
+//! - [`ident`] — how the guest finds each disk (its ext4 UUID).
 
 pub mod budget;
 mod clone;
+mod ident;
 mod template;
 
 pub use clone::Cloned;
+pub use ident::{ext4_uuid, guest_refs};
 pub use template::{Made, Templates};
 
 use std::path::{Path, PathBuf};

@@ -8,8 +8,9 @@
 //! Templates live in their own directory, named by a digest of the size
 //! and of the skeleton's every name, owner, mode and byte: a rebuilt image
 //! gets new templates, and at most [`KEEP`] are kept. Every copy carries
-//! the template's filesystem UUID; nothing mounts scratch disks by UUID
-//! (kiln-init mounts the device the host names).
+//! the template's filesystem UUID, which is enough for kiln-init to find
+//! it by ([`super::ident`]): a VM has one scratch disk, and the base
+//! image's UUID differs.
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};

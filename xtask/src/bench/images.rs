@@ -136,6 +136,9 @@ pub fn systemd_init_script(release: &str, modules: &[kmod::Module]) -> String {
   esac
 done
 [ -n "$ROOT" ] && [ -n "$SCRATCH" ] || { echo "bench initramfs: no kiln.root/kiln.scratch"; exit 1; }
+# The host names the disks by UUID (probe order may swap them).
+case "$ROOT" in UUID=*|LABEL=*) ROOT="$(findfs "$ROOT")" ;; esac
+case "$SCRATCH" in UUID=*|LABEL=*) SCRATCH="$(findfs "$SCRATCH")" ;; esac
 mkdir -p /run/kiln/base /run/kiln/scratch /newroot
 mount -t ext4 -o ro "$ROOT" /run/kiln/base
 mount -t ext4 "$SCRATCH" /run/kiln/scratch

@@ -59,19 +59,30 @@ fn has_key(args: &[String], key: &str) -> bool {
 /// Only the backend knows in which order it attaches the disks, so it names
 /// them for kiln-init: `kiln.root` when an initramfs is the root and the base
 /// image must be mounted as the lower layer (without an initramfs the kernel
-/// mounts the base image as `/` itself), and `kiln.scratch`. A key the
-/// caller already set is left alone.
+/// mounts the base image as `/` itself: built-in drivers probe the disks in
+/// attach order), and `kiln.scratch`. Each is named by its ext4 UUID where
+/// it has one of its own ([`crate::disk::guest_refs`]): the guest may probe
+/// the disks in either order. A key the caller already set is left alone.
 pub fn boot_args(spec: &VmSpec) -> String {
     let mut args: Vec<String> = FIXED_BOOT_ARGS.iter().map(|s| (*s).to_owned()).collect();
-    let mut disk = 0;
-    if spec.base_image.is_some() {
-        if spec.initrd.is_some() && !has_key(&spec.kernel_args, "kiln.root") {
-            args.push(format!("kiln.root={}", block_device(disk)));
+    let attached: Vec<(&str, &std::path::Path)> = [
+        ("kiln.root", spec.base_image.as_deref()),
+        ("kiln.scratch", spec.scratch_disk.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(key, path)| path.map(|p| (key, p)))
+    .collect();
+    let named: Vec<(&std::path::Path, String)> = attached
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| (*p, block_device(i)))
+        .collect();
+    let refs = crate::disk::guest_refs(&named);
+    for ((key, _), guest_ref) in attached.iter().zip(refs) {
+        let kernel_mounts_it = *key == "kiln.root" && spec.initrd.is_none();
+        if !kernel_mounts_it && !has_key(&spec.kernel_args, key) {
+            args.push(format!("{key}={guest_ref}"));
         }
-        disk += 1;
-    }
-    if spec.scratch_disk.is_some() && !has_key(&spec.kernel_args, "kiln.scratch") {
-        args.push(format!("kiln.scratch={}", block_device(disk)));
     }
     args.extend(spec.kernel_args.iter().cloned());
     args.join(" ")
@@ -191,6 +202,25 @@ mod tests {
         s.base_image = None;
         s.kernel_args.clear();
         assert!(boot_args(&s).ends_with("kiln.scratch=/dev/vda"));
+    }
+
+    #[test]
+    fn boot_args_name_ext4_disks_by_uuid() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = spec();
+        let (base, scratch) = (d.path().join("base.ext4"), d.path().join("scratch.ext4"));
+        crate::disk::create_scratch(&base, crate::disk::MIN_SIZE).unwrap();
+        crate::disk::create_scratch(&scratch, crate::disk::MIN_SIZE).unwrap();
+        s.base_image = Some(base.clone());
+        s.scratch_disk = Some(scratch.clone());
+        s.initrd = Some("/img/initrd".into());
+        let args = boot_args(&s);
+        for (key, disk) in [("kiln.root", &base), ("kiln.scratch", &scratch)] {
+            let uuid = hex::encode(crate::disk::ext4_uuid(disk).unwrap());
+            let want = format!("{key}=UUID={}-", &uuid[..8]);
+            assert!(args.contains(&want), "{want} not in {args}");
+        }
+        assert!(!args.contains("/dev/vd"), "{args}");
     }
 
     #[test]

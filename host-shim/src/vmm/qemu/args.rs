@@ -119,9 +119,23 @@ impl Layout {
     }
 }
 
+/// In which order QEMU attaches the disks. kiln-init finds them by their
+/// filesystems' UUIDs, so either works; tests attach them scratch first to
+/// prove that the guest does not rely on probe order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiskOrder {
+    /// The base image, then the scratch disk (`vda`, `vdb`).
+    #[default]
+    BaseFirst,
+    /// The scratch disk, then the base image.
+    ScratchFirst,
+}
+
 /// The block devices in attach order; the guest names them vda, vdb, ...
-/// in that order (checked for microvm and q35 with QEMU 7.2 and Linux 6.1).
-fn disks(spec: &VmSpec) -> Vec<Disk<'_>> {
+/// in that order as a rule (checked for microvm and q35 with QEMU 7.2 and
+/// Linux 6.1), but not always when virtio_blk loads as a module beside
+/// others: kiln-init is told each disk's UUID (see [`kernel_cmdline`]).
+fn disks(spec: &VmSpec, order: DiskOrder) -> Vec<Disk<'_>> {
     let mut d = Vec::new();
     if let Some(p) = &spec.base_image {
         d.push(Disk {
@@ -139,6 +153,9 @@ fn disks(spec: &VmSpec) -> Vec<Disk<'_>> {
             arg: "kiln.scratch",
         });
     }
+    if order == DiskOrder::ScratchFirst {
+        d.reverse();
+    }
     d
 }
 
@@ -150,12 +167,15 @@ struct Disk<'a> {
 }
 
 /// The guest kernel's command line. Never holds secrets: `spec.kernel_args`
-/// is validated, and nothing else here comes from a job.
+/// is validated, and nothing else here comes from a job. kiln-init is told
+/// each disk by its ext4 UUID (read from the file now), or by device name
+/// where the disk has none of its own ([`crate::disk::guest_refs`]).
 pub fn kernel_cmdline(
     spec: &VmSpec,
     machine: Machine,
     accel: Accel,
     tsc_khz: Option<u64>,
+    order: DiskOrder,
 ) -> String {
     let mut args: Vec<String> = ["console=ttyS0", machine.reboot_arg(), "panic=1"]
         .map(String::from)
@@ -163,16 +183,23 @@ pub fn kernel_cmdline(
     if let (Accel::Tcg, Some(khz)) = (accel, tsc_khz) {
         args.push(format!("tsc_early_khz={khz}"));
     }
-    for (i, disk) in disks(spec).iter().enumerate() {
-        let dev = format!("/dev/vd{}", char::from(b'a' + i as u8));
+    let disks = disks(spec, order);
+    let named: Vec<(&Path, String)> = disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.path, format!("/dev/vd{}", char::from(b'a' + i as u8))))
+        .collect();
+    let refs = crate::disk::guest_refs(&named);
+    for ((disk, (_, dev)), guest_ref) in disks.iter().zip(&named).zip(refs) {
         if disk.id == "base" && spec.initrd.is_none() {
             // No initramfs: a kernel with its drivers built in mounts the
-            // base image as / itself (as under Firecracker), and kiln-init
-            // uses that root as the overlay's lower layer.
+            // base image as / itself (as under Firecracker; built-in
+            // drivers probe the disks in attach order), and kiln-init uses
+            // that root as the overlay's lower layer.
             args.push(format!("root={dev}"));
             args.push("ro".to_owned());
         } else {
-            args.push(format!("{}={dev}", disk.arg));
+            args.push(format!("{}={guest_ref}", disk.arg));
         }
     }
     args.extend(spec.kernel_args.iter().cloned());
@@ -186,6 +213,7 @@ pub fn qemu_args(
     accel: Accel,
     tsc_khz: Option<u64>,
     layout: &Layout,
+    order: DiskOrder,
 ) -> Result<Vec<OsString>, QemuError> {
     let mut a = Args::default();
     let mem = format!("{}M", spec.memory_mib);
@@ -215,7 +243,7 @@ pub fn qemu_args(
             "-device",
             format!("{},chardev=vsock", machine.device("vhost-user-vsock")),
         );
-    for disk in disks(spec) {
+    for disk in disks(spec, order) {
         // The scratch disk is thrown away with the VM: the guest's flushes
         // need not reach the host's disk (Firecracker's `Unsafe` cache).
         let mode = if disk.read_only {
@@ -260,9 +288,12 @@ pub fn qemu_args(
     if let Some(initrd) = &spec.initrd {
         a.opt("-initrd", escape_free(initrd));
     }
-    a.opt("-append", kernel_cmdline(spec, machine, accel, tsc_khz))
-        // The console goes to QEMU's stdout, a pipe the console task drains.
-        .opt("-serial", "stdio");
+    a.opt(
+        "-append",
+        kernel_cmdline(spec, machine, accel, tsc_khz, order),
+    )
+    // The console goes to QEMU's stdout, a pipe the console task drains.
+    .opt("-serial", "stdio");
     Ok(a.0)
 }
 
@@ -370,6 +401,7 @@ mod tests {
                 Accel::Tcg,
                 Some(2_600_000),
                 &Layout::of(&s.dir),
+                DiskOrder::BaseFirst,
             )
             .expect("args"),
         );
@@ -419,6 +451,7 @@ mod tests {
                 Accel::Kvm,
                 Some(2_600_000),
                 &Layout::of(&s.dir),
+                DiskOrder::BaseFirst,
             )
             .expect("args"),
         );
@@ -457,16 +490,71 @@ mod tests {
         let mut s = spec();
         s.base_image = Some("/b.ext4".into());
         s.initrd = Some("/initrd".into());
-        let line = kernel_cmdline(&s, Machine::Microvm, Accel::Tcg, None);
+        let line = kernel_cmdline(&s, Machine::Microvm, Accel::Tcg, None, DiskOrder::BaseFirst);
         assert!(line.contains("kiln.root=/dev/vda"), "{line}");
         assert!(!line.contains("root=/dev/vda ro"), "{line}");
     }
 
     #[test]
+    fn ext4_disks_are_named_by_uuid_in_either_order() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut s = spec();
+        let (base, scratch) = (d.path().join("base.ext4"), d.path().join("scratch.ext4"));
+        crate::disk::create_scratch(&base, crate::disk::MIN_SIZE).expect("base");
+        crate::disk::create_scratch(&scratch, crate::disk::MIN_SIZE).expect("scratch");
+        let uuid = |p: &Path| {
+            let h = hex::encode(crate::disk::ext4_uuid(p).expect("uuid"));
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        };
+        s.base_image = Some(base.clone());
+        s.scratch_disk = Some(scratch.clone());
+        let want_root = format!("kiln.root=UUID={}", uuid(&base));
+        let want_scratch = format!("kiln.scratch=UUID={}", uuid(&scratch));
+        for order in [DiskOrder::BaseFirst, DiskOrder::ScratchFirst] {
+            let args = strings(
+                &qemu_args(
+                    &s,
+                    Machine::Microvm,
+                    Accel::Tcg,
+                    None,
+                    &Layout::of(&s.dir),
+                    order,
+                )
+                .expect("args"),
+            );
+            let line = value_of(&args, "-append")[0];
+            assert!(line.contains(&want_root), "{line}");
+            assert!(line.contains(&want_scratch), "{line}");
+            assert!(!line.contains("/dev/vd"), "{line}");
+            let drives = value_of(&args, "-drive");
+            let first = if order == DiskOrder::BaseFirst {
+                "id=base"
+            } else {
+                "id=scratch"
+            };
+            assert!(drives[0].starts_with(first), "{order:?}: {drives:?}");
+        }
+    }
+
+    #[test]
     fn terminal_console_replaces_the_log_pipe() {
         let s = spec();
-        let mut argv =
-            qemu_args(&s, Machine::Microvm, Accel::Tcg, None, &Layout::of(&s.dir)).expect("args");
+        let mut argv = qemu_args(
+            &s,
+            Machine::Microvm,
+            Accel::Tcg,
+            None,
+            &Layout::of(&s.dir),
+            DiskOrder::BaseFirst,
+        )
+        .expect("args");
         attach_terminal(&mut argv);
         let args = strings(&argv);
         assert_eq!(value_of(&args, "-serial"), ["chardev:con"]);
@@ -483,7 +571,7 @@ mod tests {
     fn scratch_alone_is_vda() {
         let mut s = spec();
         s.scratch_disk = Some("/s.ext4".into());
-        let line = kernel_cmdline(&s, Machine::Microvm, Accel::Tcg, None);
+        let line = kernel_cmdline(&s, Machine::Microvm, Accel::Tcg, None, DiskOrder::BaseFirst);
         assert!(line.contains("kiln.scratch=/dev/vda"), "{line}");
         assert!(!line.contains("kiln.root"), "{line}");
     }
@@ -495,8 +583,15 @@ mod tests {
             netns: "/run/netns/kiln-x".into(),
             tap: "tap,id=x".into(),
         });
-        let err = qemu_args(&s, Machine::Microvm, Accel::Tcg, None, &Layout::of(&s.dir))
-            .expect_err("bad tap");
+        let err = qemu_args(
+            &s,
+            Machine::Microvm,
+            Accel::Tcg,
+            None,
+            &Layout::of(&s.dir),
+            DiskOrder::BaseFirst,
+        )
+        .expect_err("bad tap");
         assert!(err.to_string().contains("tap,id=x"), "{err}");
     }
 

@@ -27,7 +27,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 pub use accel::{Accel, AccelChoice, AccelDecision};
-pub use args::{Layout, Machine};
+pub use args::{DiskOrder, Layout, Machine};
 pub use console::ConsoleStats;
 
 use super::{VmSpec, VmSpecError};
@@ -129,6 +129,8 @@ pub struct QemuConfig {
     pub vhost_timeout: Duration,
     /// Where the guest's serial console goes.
     pub serial: SerialConsole,
+    /// In which order the disks are attached; kiln-init does not care.
+    pub disk_order: DiskOrder,
 }
 
 /// Where the guest's serial console goes.
@@ -155,6 +157,7 @@ impl Default for QemuConfig {
             tsc: TscHint::Auto,
             vhost_timeout: Duration::from_secs(10),
             serial: SerialConsole::Log,
+            disk_order: DiskOrder::BaseFirst,
         }
     }
 }
@@ -333,6 +336,7 @@ impl QemuVm {
             accel.accel,
             cfg.tsc_khz(accel.accel),
             &layout,
+            cfg.disk_order,
         )?;
         let mut command = Command::new(&qemu_bin);
         if let Some(net) = &spec.net {
