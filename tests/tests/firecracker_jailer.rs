@@ -100,6 +100,7 @@ fn rig(conf: Value) -> Rig {
     settings.chroot_base = d.join("jails");
     settings.cgroup_root = d.join("cgroup");
     settings.uid_range = UID_BASE..=UID_BASE + 9;
+    settings.uid_lease_dir = d.join("uids");
     settings.api_socket_timeout = Duration::from_secs(5);
     settings.api_request_timeout = Duration::from_secs(5);
     settings.kill_timeout = Duration::from_secs(5);
@@ -186,7 +187,8 @@ async fn launch_configure_start_exit_teardown() {
     assert_eq!(vm.vsock_uds_path(), jail.join("v.sock"));
     assert_eq!(vm.guest_listener_path(), jail.join("v.sock_1024"));
     assert_eq!(vm.console_log_path(), spec.dir.join("console.log"));
-    assert_eq!(vm.uid(), Some(UID_BASE));
+    let jail_uid = vm.uid().unwrap();
+    assert!((UID_BASE..=UID_BASE + 9).contains(&jail_uid), "{jail_uid}");
     let t = vm.start_timings();
     assert!(
         t.api_ready > Duration::ZERO && t.instance_started >= t.api_ready,
@@ -221,7 +223,7 @@ async fn launch_configure_start_exit_teardown() {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    let uid = UID_BASE.to_string();
+    let uid = jail_uid.to_string();
     let base = rig.dir.path().join("jails");
     let memory = ((512u64 + 64) << 20).to_string();
     assert_eq!(
@@ -272,7 +274,7 @@ async fn launch_configure_start_exit_teardown() {
             ("memory.max".to_owned(), memory)
         ]
     );
-    assert_eq!(rig.events_of("jailed")[0]["uid"], UID_BASE);
+    assert_eq!(rig.events_of("jailed")[0]["uid"], jail_uid);
 
     // The requests, in order, each accepted, each exactly what config built.
     let requests = rig.events_of("request");

@@ -560,6 +560,7 @@ async fn firecracker_case(on_start: &str) {
     settings.chroot_base = d.join("jails");
     settings.cgroup_root = d.join("cgroup");
     settings.uid_range = 920_000..=920_009;
+    settings.uid_lease_dir = d.join("run/uids");
     let backend = Firecracker::new(settings).unwrap();
     let dirs = kiln::vm::RuntimeDirs::new(d.join("run"), d.join("disks"));
     let launcher = Launcher::new(
@@ -623,7 +624,7 @@ async fn firecracker_case(on_start: &str) {
         "Firecracker left running"
     );
     assert_eq!(backend.uids_in_use(), 0);
-    let left: Vec<_> = [dirs.vms(), dirs.cids()]
+    let left: Vec<_> = [dirs.vms(), dirs.cids(), dirs.uids()]
         .iter()
         .flat_map(|p| layer::entries_below(p))
         .chain(layer::scratch_disks_left(&dirs.disks))

@@ -31,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Boot a fresh microVM from the image, run CMD in it as the image's
     /// runner user, stream its output, and exit with its exit code.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Check this host for everything Kiln needs, and say what to do about what is missing.
     Doctor(doctor::DoctorArgs),
     /// The daemon: take GitHub's workflow_job webhooks and run each job in a fresh microVM.
@@ -78,7 +78,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             init_tracing("warn");
-            run::main(args)
+            run::main(*args)
         }
         Command::Doctor(args) => {
             init_tracing("info");

@@ -187,14 +187,13 @@ mod tests {
         let big = AddrPool::new(plan("10.9.0.0/27", None).expect("plan"), dir.path());
         let held: Vec<Slot> = (0..2).map(|_| small.lease().expect("slot")).collect();
         let others: Vec<Slot> = (0..6).map(|_| big.lease().expect("slot")).collect();
-        let mut all: Vec<Ipv4Addr> = held
-            .iter()
-            .chain(&others)
-            .map(|s| s.addrs.guest4)
-            .collect();
+        let mut all: Vec<Ipv4Addr> = held.iter().chain(&others).map(|s| s.addrs.guest4).collect();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 8, "{all:?}");
-        assert!(big.lease().is_err(), "the small pool's two are the big one's too");
+        assert!(
+            big.lease().is_err(),
+            "the small pool's two are the big one's too"
+        );
     }
 }

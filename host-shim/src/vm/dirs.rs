@@ -3,6 +3,7 @@
 //! - `<runtime>/vms/<id>/`: one VM's sockets and logs. Small; the runtime
 //!   directory is meant for a tmpfs (`/run/kiln`).
 //! - `<runtime>/cids/<cid>`: guest CID leases ([`super::cid`]).
+//! - `<runtime>/uids/<uid>`: Firecracker jail uid leases.
 //! - `<disks>/<id>.ext4`: scratch disks. They grow with what the job
 //!   writes, so they belong on a real disk, never on a tmpfs.
 //! - `<disks>/templates/`: the scratch disks later ones are copied from
@@ -84,6 +85,11 @@ impl RuntimeDirs {
 
     pub fn cids(&self) -> PathBuf {
         self.runtime.join("cids")
+    }
+
+    /// Firecracker jail uid leases.
+    pub fn uids(&self) -> PathBuf {
+        self.runtime.join("uids")
     }
 
     /// Creates a fresh directory for a new VM under a new unique id.

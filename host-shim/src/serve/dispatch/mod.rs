@@ -209,6 +209,7 @@ pub async fn production_with(
                 .unwrap_or_default();
             let mut opts = BackendOptions::from_env(BackendChoice::Auto, kernel)?;
             opts.qemu.accel_cache = Some(settings.dirs.runtime.join("accel-probe"));
+            opts.firecracker.uid_lease_dir = settings.dirs.uids();
             let selected = select_backend(&opts).await?;
             tracing::info!(backend = selected.backend.name(), why = %selected.reason, "backend chosen");
             selected.backend
