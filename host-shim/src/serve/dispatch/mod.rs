@@ -515,7 +515,7 @@ impl Shared {
             memory_mib: image.memory_mib,
             scratch_bytes: Some(pool.scratch_gib.saturating_mul(1 << 30)),
             cancel_grace: self.grace,
-            max_output_bytes: MAX_OUTPUT_BYTES,
+            max_output_bytes: Some(MAX_OUTPUT_BYTES),
             timeouts: self.timeouts,
             ..VmRequest::new(image.image.boot.clone(), job_spec)
         };
