@@ -208,6 +208,7 @@ pub fn job_for(
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let image = Image::open(&image_dir(args.image.as_deref()))?;
     let dirs = RuntimeDirs::from_env()?;
+    dirs.ensure()?;
     let mut opts = BackendOptions::from_env(args.backend, image.boot.kernel.clone())?;
     opts.qemu.accel_cache = Some(dirs.runtime.join("accel-probe"));
     opts.firecracker.uid_lease_dir = dirs.uids();

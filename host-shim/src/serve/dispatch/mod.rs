@@ -197,6 +197,9 @@ pub async fn production_with(
         settings.github,
     )
     .map_err(SetupError::Github)?;
+    // Ours and written by us alone, or refused with what to run.
+    settings.dirs.ensure()?;
+    crate::vm::dirs::make_private_dir_all(&settings.state_dir)?;
     let backend = match settings.backend {
         Some(b) => b,
         None => {
