@@ -401,16 +401,35 @@ async fn jailer_failing_early_is_reported_with_its_log_and_cleaned_up() {
     let spec = rig.spec("fc-early");
     let err = rig.backend.start(&spec).await.unwrap_err();
     match &err {
-        FirecrackerError::ExitedEarly { status, log } => {
+        FirecrackerError::ExitedEarly { status, said } => {
             assert_eq!(status.code(), Some(1));
-            assert_eq!(log, &spec.dir.join("firecracker.log"));
-            let text = std::fs::read_to_string(log).unwrap();
-            assert!(text.contains("failing before the API socket"), "{text:?}");
+            assert!(said.contains("failing before the API socket"), "{said:?}");
         }
         other => panic!("{other:?}"),
     }
+    // The error names no file (the VM layer's teardown deletes them).
+    assert!(!err.to_string().contains("firecracker.log"), "{err}");
     // The fake made the cgroup before failing: teardown removed it.
     rig.assert_all_gone("fc-early", rig.fake_pid());
+}
+
+/// The real jailer on a host whose cgroup v2 lacks the cpu controller
+/// prints this and exits 1; the error must say so itself, printable.
+#[tokio::test]
+async fn a_jailer_missing_a_cgroup_controller_is_quoted_in_the_error() {
+    let Some(_serial) = exclusive_root().await else {
+        return;
+    };
+    let rig = rig(
+        json!({"cgroup_failure": "2026-12-03T12:00:00 [anonymous-instance:main] Controller cpu is unavailable\x1b[0m\n"}),
+    );
+    let spec = rig.spec("fc-cgroup");
+    let err = rig.backend.start(&spec).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, FirecrackerError::ExitedEarly { .. }), "{msg}");
+    assert!(msg.contains("Controller cpu is unavailable?[0m"), "{msg}");
+    assert!(!msg.chars().any(char::is_control), "{msg:?}");
+    assert!(!msg.contains("firecracker.log"), "{msg}");
 }
 
 #[tokio::test]

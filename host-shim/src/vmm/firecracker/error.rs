@@ -45,13 +45,16 @@ pub enum FirecrackerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("Firecracker exited with {status} before its API socket answered; see {log}")]
-    ExitedEarly { status: ExitStatus, log: PathBuf },
-    #[error("Firecracker's API socket {path} did not answer within {after:?}; see {log}")]
+    /// `said`: the end of what the jailer and Firecracker wrote (stderr and
+    /// Firecracker's log), bounded and without control characters, as the
+    /// files themselves go with the VM's teardown.
+    #[error("Firecracker exited with {status} before its API socket answered; the jailer and Firecracker said: {said}")]
+    ExitedEarly { status: ExitStatus, said: String },
+    #[error("Firecracker's API socket {path} did not answer within {after:?}; the jailer and Firecracker said: {said}")]
     ApiSocketTimeout {
         path: PathBuf,
         after: Duration,
-        log: PathBuf,
+        said: String,
     },
     #[error(transparent)]
     Api(#[from] ApiError),
