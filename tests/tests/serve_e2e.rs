@@ -558,9 +558,14 @@ fn serve_gives_the_pools_vms_the_egress_network_and_fails_closed() {
 
         // Every address taken (as another Kiln process would): the job
         // waits for one, then runs once they are given back.
-        let addrs =
-            kiln::lease::LeaseDir::new("slot", kiln.root.path().join("run/net/addrs"), 0..=1);
-        let held: Vec<_> = (0..=1)
+        // Leases are named by the /30 (its network address >> 2).
+        let first = u64::from(u32::from(std::net::Ipv4Addr::new(10, 202, 0, 0)) >> 2);
+        let addrs = kiln::lease::LeaseDir::new(
+            "slot",
+            kiln.root.path().join("run/net/addrs"),
+            first..=first + 1,
+        );
+        let held: Vec<_> = (first..=first + 1)
             .map(|n| addrs.try_take(n).unwrap().unwrap())
             .collect();
         let status = kiln.queued(1717).await;
