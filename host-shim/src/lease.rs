@@ -1,5 +1,5 @@
-//! Leases on numbered host resources (guest CIDs, VM address slots), unique
-//! across every Kiln process on the host.
+//! Leases on numbered host resources (guest CIDs, VM address slots,
+//! Firecracker jail uids), unique across every Kiln process on the host.
 //!
 //! A lease is an exclusive `flock` on `<dir>/<n>`. The lock dies with its
 //! holder, so a crashed process never strands a number. Releasing unlinks
@@ -77,6 +77,13 @@ impl LeaseDir {
     /// concurrent processes rarely contend for one file, and a number just
     /// given back is rarely the next one handed out.
     pub fn lease(&self) -> Result<Lease, LeaseError> {
+        self.lease_if(|_| true)
+    }
+
+    /// Like [`LeaseDir::lease`], but a number `usable` refuses is given
+    /// back at once and the search goes on: for numbers something outside
+    /// the leases may hold (a uid a stray process still runs as).
+    pub fn lease_if(&self, mut usable: impl FnMut(u64) -> bool) -> Result<Lease, LeaseError> {
         make_private_dir_all(&self.dir)?;
         let (start, end) = (*self.range.start(), *self.range.end());
         let span = end.saturating_sub(start).saturating_add(1);
@@ -86,8 +93,9 @@ impl LeaseDir {
         let tries = span.min(MAX_TRIES);
         for i in 0..tries {
             let n = start + (offset + i) % span;
-            if let Some(lease) = self.try_take(n)? {
-                return Ok(lease);
+            match self.try_take(n)? {
+                Some(lease) if usable(n) => return Ok(lease),
+                _ => continue,
             }
         }
         Err(LeaseError::Exhausted {
@@ -209,6 +217,25 @@ mod tests {
             "lease files must be removed"
         );
         assert!(leases_dir.lease().is_ok());
+    }
+
+    #[test]
+    fn numbers_the_filter_refuses_are_skipped_and_not_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let leases_dir = LeaseDir::new("slot", dir.path(), 1..=4);
+        let odd: Vec<Lease> = (0..2)
+            .map(|_| leases_dir.lease_if(|n| n % 2 == 1).expect("lease"))
+            .collect();
+        let mut ns: Vec<u64> = odd.iter().map(Lease::number).collect();
+        ns.sort_unstable();
+        assert_eq!(ns, [1, 3]);
+        assert!(matches!(
+            leases_dir.lease_if(|n| n % 2 == 1),
+            Err(LeaseError::Exhausted { .. })
+        ));
+        // The refused even numbers were given back, not held.
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 2);
+        assert_eq!(leases_dir.lease().expect("even").number() % 2, 0);
     }
 
     #[test]

@@ -100,6 +100,7 @@ fn rig(conf: Value) -> Rig {
     settings.chroot_base = d.join("jails");
     settings.cgroup_root = d.join("cgroup");
     settings.uid_range = UID_BASE..=UID_BASE + 9;
+    settings.uid_lease_dir = d.join("uids");
     settings.api_socket_timeout = Duration::from_secs(5);
     settings.api_request_timeout = Duration::from_secs(5);
     settings.kill_timeout = Duration::from_secs(5);
@@ -186,7 +187,8 @@ async fn launch_configure_start_exit_teardown() {
     assert_eq!(vm.vsock_uds_path(), jail.join("v.sock"));
     assert_eq!(vm.guest_listener_path(), jail.join("v.sock_1024"));
     assert_eq!(vm.console_log_path(), spec.dir.join("console.log"));
-    assert_eq!(vm.uid(), Some(UID_BASE));
+    let jail_uid = vm.uid().unwrap();
+    assert!((UID_BASE..=UID_BASE + 9).contains(&jail_uid), "{jail_uid}");
     let t = vm.start_timings();
     assert!(
         t.api_ready > Duration::ZERO && t.instance_started >= t.api_ready,
@@ -221,7 +223,7 @@ async fn launch_configure_start_exit_teardown() {
         .iter()
         .map(|a| a.as_str().unwrap())
         .collect();
-    let uid = UID_BASE.to_string();
+    let uid = jail_uid.to_string();
     let base = rig.dir.path().join("jails");
     let memory = ((512u64 + 64) << 20).to_string();
     assert_eq!(
@@ -272,7 +274,7 @@ async fn launch_configure_start_exit_teardown() {
             ("memory.max".to_owned(), memory)
         ]
     );
-    assert_eq!(rig.events_of("jailed")[0]["uid"], UID_BASE);
+    assert_eq!(rig.events_of("jailed")[0]["uid"], jail_uid);
 
     // The requests, in order, each accepted, each exactly what config built.
     let requests = rig.events_of("request");
@@ -399,16 +401,35 @@ async fn jailer_failing_early_is_reported_with_its_log_and_cleaned_up() {
     let spec = rig.spec("fc-early");
     let err = rig.backend.start(&spec).await.unwrap_err();
     match &err {
-        FirecrackerError::ExitedEarly { status, log } => {
+        FirecrackerError::ExitedEarly { status, said } => {
             assert_eq!(status.code(), Some(1));
-            assert_eq!(log, &spec.dir.join("firecracker.log"));
-            let text = std::fs::read_to_string(log).unwrap();
-            assert!(text.contains("failing before the API socket"), "{text:?}");
+            assert!(said.contains("failing before the API socket"), "{said:?}");
         }
         other => panic!("{other:?}"),
     }
+    // The error names no file (the VM layer's teardown deletes them).
+    assert!(!err.to_string().contains("firecracker.log"), "{err}");
     // The fake made the cgroup before failing: teardown removed it.
     rig.assert_all_gone("fc-early", rig.fake_pid());
+}
+
+/// The real jailer on a host whose cgroup v2 lacks the cpu controller
+/// prints this and exits 1; the error must say so itself, printable.
+#[tokio::test]
+async fn a_jailer_missing_a_cgroup_controller_is_quoted_in_the_error() {
+    let Some(_serial) = exclusive_root().await else {
+        return;
+    };
+    let rig = rig(
+        json!({"cgroup_failure": "2026-12-03T12:00:00 [anonymous-instance:main] Controller cpu is unavailable\x1b[0m\n"}),
+    );
+    let spec = rig.spec("fc-cgroup");
+    let err = rig.backend.start(&spec).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, FirecrackerError::ExitedEarly { .. }), "{msg}");
+    assert!(msg.contains("Controller cpu is unavailable?[0m"), "{msg}");
+    assert!(!msg.chars().any(char::is_control), "{msg:?}");
+    assert!(!msg.contains("firecracker.log"), "{msg}");
 }
 
 #[tokio::test]

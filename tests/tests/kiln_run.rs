@@ -1,6 +1,7 @@
 //! `kiln run` as a binary, end to end, with real VMs (QEMU): exit codes,
-//! the runner user, live output, the timing line, and SIGINT mid-job
-//! (cancel, then kill on a second one), each leaving nothing behind.
+//! the runner user, live output, the timing line, SIGINT mid-job
+//! (cancel, then kill on a second one), and output beyond `kiln serve`'s
+//! cap (none unless `--max-output`), each leaving nothing behind.
 //!
 //! The image is `cargo xtask image`'s when there is a complete one
 //! (`KILN_TEST_IMAGE`, or the workspace's `target/kiln-image`), else a
@@ -232,5 +233,68 @@ async fn d_a_second_sigint_kills_the_vm_at_once() {
     let (status, _, err) = finish(child, Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(err.contains("killing the VM"), "{err}");
+    k.assert_clean();
+}
+
+/// Reads `child`'s stdout to its end, counting the bytes and whether any
+/// was not a zero, without keeping them.
+async fn count_zeros(child: &mut Child) -> (u64, bool) {
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut total, mut only_zeros) = (0u64, true);
+    loop {
+        let n = stdout.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return (total, only_zeros);
+        }
+        total += n as u64;
+        only_zeros &= buf[..n].iter().all(|&b| b == 0);
+    }
+}
+
+/// Over the 256 MiB `kiln serve` would take: `kiln run` has no cap.
+#[tokio::test]
+async fn e_300_mb_of_output_arrive_whole() {
+    let k = Kiln::new();
+    let mut cmd = k.command(&[], &["head", "-c", "300000000", "/dev/zero"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut err = String::new();
+    let ((bytes, only_zeros), _) = tokio::time::timeout(Duration::from_secs(600), async {
+        tokio::join!(count_zeros(&mut child), stderr.read_to_string(&mut err))
+    })
+    .await
+    .expect("300 MB took over 10 minutes");
+    let status = child.wait().await.unwrap();
+    eprintln!("kiln: {status}\nstderr:\n{err}");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(bytes, 300_000_000);
+    assert!(only_zeros, "the output was changed on the way");
+    k.assert_clean();
+}
+
+/// `--max-output` still caps it: the job is stopped, kiln says why.
+#[tokio::test]
+async fn e_max_output_caps_the_job() {
+    let k = Kiln::new();
+    let mut cmd = k.command(
+        &["--max-output", "1"],
+        &["head", "-c", "3000000", "/dev/zero"],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut err = String::new();
+    let ((bytes, _), _) = tokio::time::timeout(Duration::from_secs(300), async {
+        tokio::join!(count_zeros(&mut child), stderr.read_to_string(&mut err))
+    })
+    .await
+    .expect("kiln run took over 5 minutes");
+    let status = child.wait().await.unwrap();
+    eprintln!("kiln: {status}\nstderr:\n{err}");
+    assert_eq!(status.code(), Some(125), "{err}");
+    assert!(bytes <= 1 << 20, "{bytes} bytes passed a 1 MiB cap");
+    assert!(err.contains("bytes of job output"), "{err}");
     k.assert_clean();
 }

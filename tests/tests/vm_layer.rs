@@ -284,6 +284,63 @@ async fn missing_kernel_fails_before_anything_is_made() {
     assert!(layer::entries_below(&dirs.runtime).is_empty());
 }
 
+/// `NAME=` of each variable in `/proc/<pid>/environ`.
+fn environ_names(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    raw.split(|&b| b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v.split(|&b| b == b'=').next().unwrap()).into_owned())
+        .collect()
+}
+
+#[test]
+fn a_the_vmm_and_its_vsock_daemon_get_none_of_kilns_environment() {
+    init_tracing();
+    shared(vmm_environment());
+}
+
+async fn vmm_environment() {
+    // What a leak would show: cargo sets it for every test process.
+    assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+    let root = tempfile::tempdir().unwrap();
+    let (launcher, _dirs) = layer::launcher(root.path()).unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let seen = tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            if let Progress::VmmStarted { pid: Some(pid) } = p {
+                let vhost: Vec<u32> = layer::children()
+                    .into_iter()
+                    .filter(|(_, comm)| comm.starts_with("vhost-device"))
+                    .map(|(pid, _)| pid)
+                    .collect();
+                let vhost_envs: Vec<Vec<String>> =
+                    vhost.iter().map(|p| environ_names(*p)).collect();
+                return Some((environ_names(pid), vhost_envs));
+            }
+        }
+        None
+    });
+    let r = launcher
+        .run(
+            request("sleep 1"),
+            &mut CollectSink::default(),
+            StopSignal::never(),
+            Some(tx),
+        )
+        .await;
+    let d = describe(&r);
+    assert!(matches!(&r.result, Ok(JobEnd::Exited(_))), "{d}");
+    let (qemu, vhost) = seen.await.unwrap().expect("no VmmStarted with a pid");
+    assert_eq!(qemu, ["PATH"], "QEMU's environment");
+    assert!(
+        !vhost.is_empty(),
+        "no vhost-device-vsock among this process's children"
+    );
+    for env in vhost {
+        assert_eq!(env, ["PATH"], "vhost-device-vsock's environment");
+    }
+}
+
 // (b) Leaks.
 
 /// How each VM of the leak test is made to end.
@@ -560,6 +617,7 @@ async fn firecracker_case(on_start: &str) {
     settings.chroot_base = d.join("jails");
     settings.cgroup_root = d.join("cgroup");
     settings.uid_range = 920_000..=920_009;
+    settings.uid_lease_dir = d.join("run/uids");
     let backend = Firecracker::new(settings).unwrap();
     let dirs = kiln::vm::RuntimeDirs::new(d.join("run"), d.join("disks"));
     let launcher = Launcher::new(
@@ -623,7 +681,7 @@ async fn firecracker_case(on_start: &str) {
         "Firecracker left running"
     );
     assert_eq!(backend.uids_in_use(), 0);
-    let left: Vec<_> = [dirs.vms(), dirs.cids()]
+    let left: Vec<_> = [dirs.vms(), dirs.cids(), dirs.uids()]
         .iter()
         .flat_map(|p| layer::entries_below(p))
         .chain(layer::scratch_disks_left(&dirs.disks))

@@ -38,6 +38,16 @@ pub enum Command {
     Serve(serve::ServeArgs),
 }
 
+/// No core dump of kiln, and no ptrace or `/proc/<pid>/` reading by
+/// its uid's other processes: its memory holds the App key, installation
+/// tokens and JIT configs. The VMMs it starts are unaffected (exec resets
+/// the flag).
+fn not_dumpable() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "could not make kiln non-dumpable (PR_SET_DUMPABLE 0): a core dump would hold its secrets");
+    }
+}
+
 /// Logs go to stderr, filtered by `KILN_LOG` (default `warn` for `kiln
 /// run`, whose stderr is the job's, and `info` otherwise).
 fn init_tracing(default: &str) {
@@ -78,6 +88,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             init_tracing("warn");
+            not_dumpable();
             run::main(*args)
         }
         Command::Doctor(args) => {
@@ -86,6 +97,7 @@ pub fn main() -> ExitCode {
         }
         Command::Serve(args) => {
             let _flush_on_exit = init_daemon_tracing("info");
+            not_dumpable();
             serve::main(args)
         }
     }

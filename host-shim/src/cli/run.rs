@@ -101,6 +101,10 @@ pub struct RunArgs {
     /// The link VM traffic leaves by [default: the default route's]. Repeatable.
     #[arg(long, value_name = "IF")]
     pub uplink: Vec<String>,
+    /// Stop the job (exit 125) once it has written more than this much
+    /// output (stdout and stderr together) [default: no cap].
+    #[arg(long, value_name = "MiB")]
+    pub max_output: Option<u64>,
     /// The command and its arguments, after `--`. A bare name is looked up
     /// in the guest's PATH.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -204,8 +208,10 @@ pub fn job_for(
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let image = Image::open(&image_dir(args.image.as_deref()))?;
     let dirs = RuntimeDirs::from_env()?;
+    dirs.ensure()?;
     let mut opts = BackendOptions::from_env(args.backend, image.boot.kernel.clone())?;
     opts.qemu.accel_cache = Some(dirs.runtime.join("accel-probe"));
+    opts.firecracker.uid_lease_dir = dirs.uids();
     let selected = select_backend(&opts).await?;
     tracing::info!(backend = selected.backend.name(), why = %selected.reason, "backend chosen");
     let network = match args.network.as_str() {
@@ -238,6 +244,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         scratch_bytes: Some(args.disk.saturating_mul(1 << 30)),
         console,
         cancel_grace: args.grace,
+        max_output_bytes: args.max_output.map(|mib| mib.saturating_mul(1 << 20)),
         timeouts: Timeouts {
             boot: args.boot_timeout,
             ..Timeouts::default()
@@ -424,6 +431,14 @@ mod tests {
         assert_eq!(a.timeout, Duration::from_secs(90));
         assert_eq!(a.backend, BackendChoice::Qemu);
         assert!(!a.console);
+        assert_eq!(a.max_output, None, "no output cap unless asked");
+        let capped =
+            crate::cli::Cli::try_parse_from(["kiln", "run", "--max-output", "5", "--", "true"])
+                .expect("parse");
+        let crate::cli::Command::Run(a) = capped.command else {
+            panic!("not run")
+        };
+        assert_eq!(a.max_output, Some(5));
         let err =
             crate::cli::Cli::try_parse_from(["kiln", "run", "--backend", "kvm", "--", "true"])
                 .expect_err("bad backend");

@@ -49,7 +49,8 @@ pub struct Limits {
     /// Added to the job's deadline and grace period: how long after sending
     /// the job the guest may take to report its end.
     pub end_slack: Duration,
-    /// Total job output (stdout and stderr) accepted from the guest.
+    /// Total job output (stdout and stderr) accepted from the guest
+    /// (`u64::MAX`: no cap).
     pub max_output_bytes: u64,
     /// Longest guest-supplied text kept (error details, versions).
     pub max_text: usize,

@@ -99,7 +99,7 @@ impl Checker {
                         o.data.len()
                     )));
                 }
-                self.output += o.data.len() as u64;
+                self.output = self.output.saturating_add(o.data.len() as u64);
                 if self.output > self.limits.max_output_bytes {
                     return Err(ConversationError::OutputLimit {
                         limit: self.limits.max_output_bytes,

@@ -7,6 +7,8 @@
 //! as already zeroed and the guest kernel never starts its lazy-init thread
 //! writing them either.
 //!
+//! Every disk file is created mode 0600: it holds what a job wrote.
+//!
 //! - [`budget`] — room on the host for the disks in use, and a reserve.
 //! - [`template`] — later disks copied from the first one made.
 //! - [`clone`] — sparse copies (reflink, or the data ranges only).
@@ -21,8 +23,12 @@ pub use clone::Cloned;
 pub use ident::{ext4_uuid, guest_refs};
 pub use template::{Made, Templates};
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The mode of every scratch disk and template: the owner's only.
+pub const DISK_MODE: u32 = 0o600;
 
 /// Smallest scratch disk accepted: room for the overlay's upper layer and a
 /// home directory, and above ext4's own minimum.
@@ -79,6 +85,7 @@ pub fn create_scratch_from(
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(DISK_MODE)
         .open(path)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => ScratchError::Exists {
@@ -180,6 +187,7 @@ mod tests {
         let took = t.elapsed();
         let m = std::fs::metadata(&p).expect("meta");
         assert_eq!(m.len(), size);
+        assert_eq!(m.mode() & 0o777, DISK_MODE, "{:o}", m.mode());
         let allocated = m.blocks() * 512;
         // Metadata only: a few MiB for 40 GiB, not the inode tables.
         assert!(allocated < 64 << 20, "allocated {allocated} bytes");

@@ -109,6 +109,7 @@ impl Templates {
         let dst = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(super::DISK_MODE)
             .open(path)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::AlreadyExists => Fallback::Caller(ScratchError::Exists {
@@ -291,6 +292,11 @@ mod tests {
         let made = t.create(&b, size, Some(&skel)).expect("second");
         assert!(matches!(made, Made::Copied(_)), "{made:?}");
         assert_eq!(templates_in(&t).len(), 1);
+        // What jobs wrote is the owner's only: disks and templates alike.
+        for file in [&a, &b, &templates_in(&t)[0]] {
+            let mode = std::fs::metadata(file).expect("meta").mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}: {mode:o}", file.display());
+        }
         for disk in [&a, &b] {
             let m = std::fs::metadata(disk).expect("meta");
             assert_eq!(m.len(), size);

@@ -150,7 +150,16 @@ pub fn check_image(dir: &Path) -> Finding {
     }
 }
 
-/// cgroup v2 with the controllers a VM's limits use.
+/// The controllers a VM's cgroup uses (the jailer writes `cpu.max` and
+/// `memory.max`; `pids` bounds a fork bomb of a broken VMM).
+const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+/// The jailer's default parent cgroup (`FirecrackerSettings::parent_cgroup`).
+const PARENT_CGROUP: &str = "kiln";
+
+/// cgroup v2 with the controllers a VM's limits use, available at the root,
+/// delegated to child cgroups (`cgroup.subtree_control`), and present in
+/// Kiln's parent cgroup when it exists. A missing one is named: the real
+/// jailer then fails with "Controller cpu is unavailable".
 pub fn check_cgroup(root: &Path) -> Finding {
     let path = root.join("cgroup.controllers");
     let text = match std::fs::read_to_string(&path) {
@@ -164,21 +173,62 @@ pub fn check_cgroup(root: &Path) -> Finding {
             )
         }
     };
-    let have: Vec<&str> = text.split_whitespace().collect();
-    let lacking: Vec<&str> = ["cpu", "memory", "pids"]
-        .into_iter()
-        .filter(|c| !have.contains(c))
-        .collect();
-    if lacking.is_empty() {
-        Finding::ok("cgroup v2", format!("controllers: {}", have.join(" ")))
-    } else {
-        Finding::problem(
+    let lacking = lacking_in(&text);
+    if !lacking.is_empty() {
+        return Finding::problem(
             "cgroup v2",
             Level::Warn,
             format!("controllers {} are not available", lacking.join(", ")),
-            "enable them in the parent's cgroup.subtree_control; without them VM limits are not enforced",
-        )
+            "enable them in the parent's cgroup.subtree_control; without them VM limits are not enforced and the jailer fails (\"Controller cpu is unavailable\")",
+        );
     }
+    let subtree = root.join("cgroup.subtree_control");
+    let parent = root.join(PARENT_CGROUP).join("cgroup.controllers");
+    let not_delegated = std::fs::read_to_string(&subtree)
+        .map(|t| lacking_in(&t))
+        .unwrap_or_default();
+    let not_in_parent = std::fs::read_to_string(&parent)
+        .map(|t| lacking_in(&t))
+        .unwrap_or_default();
+    let (missing, where_) = if !not_delegated.is_empty() {
+        (not_delegated, subtree.display().to_string())
+    } else if !not_in_parent.is_empty() {
+        (not_in_parent, parent.display().to_string())
+    } else {
+        return Finding::ok(
+            "cgroup v2",
+            format!(
+                "controllers: {}",
+                text.split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
+        );
+    };
+    let plus: Vec<String> = missing.iter().map(|c| format!("+{c}")).collect();
+    Finding::problem(
+        "cgroup v2",
+        Level::Warn,
+        format!(
+            "controllers {} are missing from {where_}: the jailer fails (\"Controller {} is unavailable\") and VM limits are not enforced",
+            missing.join(", "),
+            missing[0]
+        ),
+        format!(
+            "run: echo '{}' > {} (and the same in {}/cgroup.subtree_control when that cgroup exists)",
+            plus.join(" "),
+            subtree.display(),
+            root.join(PARENT_CGROUP).display()
+        ),
+    )
+}
+
+/// The needed controllers a `cgroup.controllers` or `cgroup.subtree_control`
+/// text does not list.
+fn lacking_in(text: &str) -> Vec<&'static str> {
+    let have: Vec<&str> = text.split_whitespace().collect();
+    CONTROLLERS
+        .into_iter()
+        .filter(|c| !have.contains(c))
+        .collect()
 }
 
 #[cfg(test)]
@@ -241,6 +291,42 @@ mod tests {
         assert!(f.detail.contains("memory, pids"), "{}", f.detail);
         std::fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
         assert_eq!(check_cgroup(dir.path()).level, Level::Ok);
+        // Available at the root, but not handed to child cgroups: the
+        // real jailer's "Controller cpu is unavailable".
+        std::fs::write(dir.path().join("cgroup.subtree_control"), "memory pids\n").unwrap();
+        let f = check_cgroup(dir.path());
+        assert_eq!(f.level, Level::Warn);
+        assert!(
+            f.detail.contains("controllers cpu are missing"),
+            "{}",
+            f.detail
+        );
+        assert!(
+            f.detail.contains("Controller cpu is unavailable"),
+            "{}",
+            f.detail
+        );
+        assert!(
+            f.fix.as_deref().unwrap_or("").contains("echo '+cpu'"),
+            "{:?}",
+            f.fix
+        );
+        std::fs::write(
+            dir.path().join("cgroup.subtree_control"),
+            "cpu memory pids\n",
+        )
+        .unwrap();
+        assert_eq!(check_cgroup(dir.path()).level, Level::Ok);
+        // Kiln's parent cgroup made before cpu was delegated lacks it.
+        std::fs::create_dir(dir.path().join("kiln")).unwrap();
+        std::fs::write(dir.path().join("kiln/cgroup.controllers"), "cpu\n").unwrap();
+        let f = check_cgroup(dir.path());
+        assert!(
+            f.detail.contains("memory, pids are missing"),
+            "{}",
+            f.detail
+        );
+        assert!(f.detail.contains("kiln/cgroup.controllers"), "{}", f.detail);
     }
 
     #[tokio::test]

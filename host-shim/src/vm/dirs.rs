@@ -3,6 +3,7 @@
 //! - `<runtime>/vms/<id>/`: one VM's sockets and logs. Small; the runtime
 //!   directory is meant for a tmpfs (`/run/kiln`).
 //! - `<runtime>/cids/<cid>`: guest CID leases ([`super::cid`]).
+//! - `<runtime>/uids/<uid>`: Firecracker jail uid leases.
 //! - `<disks>/<id>.ext4`: scratch disks. They grow with what the job
 //!   writes, so they belong on a real disk, never on a tmpfs.
 //! - `<disks>/templates/`: the scratch disks later ones are copied from
@@ -35,6 +36,10 @@ pub enum DirsError {
     NoFreeId { dir: PathBuf, tries: u32 },
     #[error("{var}={value:?} must be an absolute path")]
     NotAbsolute { var: &'static str, value: PathBuf },
+    #[error("{} is owned by uid {owner}, not by kiln's uid {me}, so that user could change what kiln keeps there: run `chown {me} {}` (or remove it and let kiln make it)", path.display(), path.display())]
+    NotOwned { path: PathBuf, owner: u32, me: u32 },
+    #[error("{} is writable by group or others (mode {mode:o}), so other users could change what kiln keeps there: run `chmod go-w {}`", path.display(), path.display())]
+    Writable { path: PathBuf, mode: u32 },
 }
 
 /// The host directories VMs are made in.
@@ -78,12 +83,24 @@ impl RuntimeDirs {
         Ok(RuntimeDirs { runtime, disks })
     }
 
+    /// Creates the runtime and disk directories (private to this user),
+    /// or checks that existing ones are ours and writable by us alone.
+    pub fn ensure(&self) -> Result<(), DirsError> {
+        make_private_dir_all(&self.runtime)?;
+        make_private_dir_all(&self.disks)
+    }
+
     pub fn vms(&self) -> PathBuf {
         self.runtime.join("vms")
     }
 
     pub fn cids(&self) -> PathBuf {
         self.runtime.join("cids")
+    }
+
+    /// Firecracker jail uid leases.
+    pub fn uids(&self) -> PathBuf {
+        self.runtime.join("uids")
     }
 
     /// Creates a fresh directory for a new VM under a new unique id.
@@ -140,8 +157,9 @@ fn env_path(var: &'static str) -> Result<Option<PathBuf>, DirsError> {
 }
 
 /// Creates `dir` and its missing parents, the new ones private to this
-/// user (VM directories hold the sockets that reach the guests). Existing
-/// directories are left as they are.
+/// user (VM directories hold the sockets that reach the guests). An
+/// existing `dir` must be ours and not writable by group or others
+/// ([`check_owned_dir`]).
 pub(crate) fn make_private_dir_all(dir: &Path) -> Result<(), DirsError> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -151,7 +169,34 @@ pub(crate) fn make_private_dir_all(dir: &Path) -> Result<(), DirsError> {
             action: "creating",
             path: dir.to_owned(),
             source,
-        })
+        })?;
+    check_owned_dir(dir)
+}
+
+/// Refuses a directory another user owns or could write to: whoever can
+/// write there can swap a VM's disk or socket for their own.
+pub fn check_owned_dir(dir: &Path) -> Result<(), DirsError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir).map_err(|source| DirsError::Io {
+        action: "inspecting",
+        path: dir.to_owned(),
+        source,
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    if m.uid() != me {
+        return Err(DirsError::NotOwned {
+            path: dir.to_owned(),
+            owner: m.uid(),
+            me,
+        });
+    }
+    if m.mode() & 0o022 != 0 {
+        return Err(DirsError::Writable {
+            path: dir.to_owned(),
+            mode: m.mode() & 0o7777,
+        });
+    }
+    Ok(())
 }
 
 /// `kiln-` and 12 random hex digits: short (socket paths are limited to
@@ -190,5 +235,38 @@ mod tests {
         let scratch = dirs.scratch_path("kiln-x").expect("scratch");
         assert_eq!(scratch, root.path().join("disks/kiln-x.ext4"));
         assert!(root.path().join("disks").is_dir());
+    }
+
+    #[test]
+    fn a_dir_others_can_write_or_do_own_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let run = root.path().join("run");
+        std::fs::create_dir(&run).expect("mkdir");
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let dirs = RuntimeDirs::new(&run, root.path().join("disks"));
+        let err = dirs.ensure().expect_err("world-writable");
+        assert!(
+            matches!(&err, DirsError::Writable { path, mode: 0o777 } if *path == run),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod go-w"), "{err}");
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        dirs.ensure().expect("ours, not writable by others");
+        assert!(root.path().join("disks").is_dir());
+
+        // Another owner (needs root to make one).
+        if nix::unistd::geteuid().is_root() {
+            let disks = root.path().join("disks");
+            std::os::unix::fs::chown(&disks, Some(4242), None).expect("chown");
+            let err = dirs.ensure().expect_err("not ours");
+            assert!(
+                matches!(&err, DirsError::NotOwned { owner: 4242, .. }),
+                "{err}"
+            );
+            assert!(err.to_string().contains("chown 0"), "{err}");
+            let err = dirs.scratch_path("kiln-x").expect_err("not ours");
+            assert!(matches!(err, DirsError::NotOwned { .. }), "{err}");
+        }
     }
 }

@@ -96,8 +96,9 @@ pub struct VmRequest {
     pub console: ConsoleMode,
     /// The most console output kept in the log.
     pub console_limit_bytes: u64,
-    /// The most job output (stdout and stderr) accepted from the guest.
-    pub max_output_bytes: u64,
+    /// The most job output (stdout and stderr) accepted from the guest;
+    /// `None`: no cap (`kiln run`, whose user owns both ends).
+    pub max_output_bytes: Option<u64>,
     /// `Cancel`'s grace period: SIGTERM to SIGKILL in the guest.
     pub cancel_grace: Duration,
     pub timeouts: Timeouts,
@@ -128,7 +129,7 @@ impl VmRequest {
             network: None,
             console: ConsoleMode::Log,
             console_limit_bytes: 1 << 20,
-            max_output_bytes: 256 << 20,
+            max_output_bytes: Some(256 << 20),
             cancel_grace: Duration::from_secs(10),
             timeouts: Timeouts::default(),
         }

@@ -347,7 +347,7 @@ impl Launcher {
             hello_timeout: t.hello,
             write_timeout: t.write,
             end_slack: t.end_slack,
-            max_output_bytes: req.max_output_bytes,
+            max_output_bytes: req.max_output_bytes.unwrap_or(u64::MAX),
             ..Limits::default()
         };
         let greeting = tokio::select! {

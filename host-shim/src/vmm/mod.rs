@@ -8,4 +8,13 @@ pub mod firecracker;
 pub mod qemu;
 pub mod spec;
 
+/// The `PATH` a VMM and its helpers get, and nothing else of kiln's
+/// environment (which may name the App key, hold tokens or proxies).
+pub const VMM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Starts `command` with an empty environment but for [`VMM_PATH`].
+pub(crate) fn bare_environment(command: &mut tokio::process::Command) {
+    command.env_clear().env("PATH", VMM_PATH);
+}
+
 pub use spec::{NetAttach, VmSpec, VmSpecError};

@@ -25,6 +25,12 @@ pub enum SetupError {
     },
     #[error("pool {pool:?} has sudo = true, but {} names no accounts.sudo_gid: rebuild the image with `cargo xtask image`, or set sudo = false", manifest.display())]
     NoSudoGroup { pool: String, manifest: PathBuf },
+    #[error("pool {pool:?} has sudo = false, but its image {} was built with --sudo (\"sudo\": \"always\" in {}), so every job would get sudo: rebuild the image without --sudo (`cargo xtask image`), point the pool at another image, or set sudo = true", image.display(), manifest.display())]
+    SudoAlways {
+        pool: String,
+        image: PathBuf,
+        manifest: PathBuf,
+    },
     #[error("pool {pool:?}: memory_mib = {memory_mib} is more than a VM can have")]
     Memory { pool: String, memory_mib: u64 },
     #[error("GitHub App client: {0}")]

@@ -208,6 +208,9 @@ pub async fn production_with(
         settings.github,
     )
     .map_err(SetupError::Github)?;
+    // Ours and written by us alone, or refused with what to run.
+    settings.dirs.ensure()?;
+    crate::vm::dirs::make_private_dir_all(&settings.state_dir)?;
     let backend = match settings.backend {
         Some(b) => b,
         None => {
@@ -220,6 +223,7 @@ pub async fn production_with(
                 .unwrap_or_default();
             let mut opts = BackendOptions::from_env(BackendChoice::Auto, kernel)?;
             opts.qemu.accel_cache = Some(settings.dirs.runtime.join("accel-probe"));
+            opts.firecracker.uid_lease_dir = settings.dirs.uids();
             let selected = select_backend(&opts).await?;
             tracing::info!(backend = selected.backend.name(), why = %selected.reason, "backend chosen");
             selected.backend
@@ -563,7 +567,7 @@ impl Shared {
             memory_mib: image.memory_mib,
             scratch_bytes: Some(pool.scratch_gib.saturating_mul(1 << 30)),
             cancel_grace: self.grace,
-            max_output_bytes: MAX_OUTPUT_BYTES,
+            max_output_bytes: Some(MAX_OUTPUT_BYTES),
             timeouts: self.timeouts,
             ..VmRequest::new(image.image.boot.clone(), job_spec)
         };

@@ -1,5 +1,8 @@
 //! Each pool's image, opened once at start-up so a missing or broken image
-//! stops `kiln serve` at once instead of failing every job.
+//! stops `kiln serve` at once instead of failing every job. A pool's `sudo`
+//! must be one its image can keep: `sudo = true` needs the image's sudo
+//! group, and `sudo = false` refuses an image built with `--sudo` (where
+//! every job has sudo, whatever the pool says).
 
 use std::path::Path;
 
@@ -34,11 +37,11 @@ impl PoolImage {
             });
         }
         if !pool.sudo && image.sudo_always {
-            tracing::warn!(
-                pool = %pool.name,
-                image = %image.dir.display(),
-                "the pool has sudo = false, but its image was built with --sudo: its jobs get sudo anyway"
-            );
+            return Err(SetupError::SudoAlways {
+                pool: pool.name.clone(),
+                image: image.dir.clone(),
+                manifest: image.dir.join(MANIFEST),
+            });
         }
         if image.without_runner {
             tracing::warn!(
@@ -125,5 +128,26 @@ mod tests {
         assert!(PoolImage::open(&pool(&without, false), cfg).is_ok());
         let err = PoolImage::open(&pool(&without, true), cfg).expect_err("no sudo gid");
         assert!(err.to_string().contains("sudo_gid"), "{err}");
+    }
+
+    #[test]
+    fn sudo_false_refuses_an_image_built_with_sudo() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let always = image_dir(d.path(), r#"{"format":1,"sudo":"always"}"#);
+        let cfg = Path::new("c.toml");
+        let err = PoolImage::open(&pool(&always, false), cfg).expect_err("sudo = false");
+        assert!(
+            matches!(&err, SetupError::SudoAlways { pool, image, .. } if pool == "small" && *image == always),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("--sudo"), "{msg}");
+        assert!(msg.contains("sudo = true"), "{msg}");
+        // The pool that asks for sudo may have it.
+        let with_group = image_dir(
+            d.path(),
+            r#"{"format":1,"sudo":"always","accounts":{"user":"runner","uid":1001,"gid":1001,"home":"/home/runner","sudo_group":"kiln-sudo","sudo_gid":1100}}"#,
+        );
+        assert!(PoolImage::open(&pool(&with_group, true), cfg).is_ok());
     }
 }

@@ -17,8 +17,15 @@ pub enum FirecrackerError {
         field: &'static str,
         problem: String,
     },
-    #[error("no free jail uid in {start}..={end} ({in_use} held by running VMs): widen the uid range or run fewer VMs")]
-    UidsExhausted { start: u32, end: u32, in_use: usize },
+    #[error("no free jail uid in {start}..={end} ({in_use} held by this process's VMs, the rest by other Kiln processes (lock files in {dir}) or by running processes): widen the uid range or run fewer VMs")]
+    UidsExhausted {
+        start: u32,
+        end: u32,
+        in_use: usize,
+        dir: PathBuf,
+    },
+    #[error("leasing a jail uid: {0}")]
+    UidLease(#[source] crate::lease::LeaseError),
     #[error("{path} already exists: VM {id:?} is running or was not cleaned up; remove it or use another id")]
     AlreadyExists { path: PathBuf, id: String },
     #[error("{action} {path}: {source}")]
@@ -40,13 +47,16 @@ pub enum FirecrackerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("Firecracker exited with {status} before its API socket answered; see {log}")]
-    ExitedEarly { status: ExitStatus, log: PathBuf },
-    #[error("Firecracker's API socket {path} did not answer within {after:?}; see {log}")]
+    /// `said`: the end of what the jailer and Firecracker wrote (stderr and
+    /// Firecracker's log), bounded and without control characters, as the
+    /// files themselves go with the VM's teardown.
+    #[error("Firecracker exited with {status} before its API socket answered; the jailer and Firecracker said: {said}")]
+    ExitedEarly { status: ExitStatus, said: String },
+    #[error("Firecracker's API socket {path} did not answer within {after:?}; the jailer and Firecracker said: {said}")]
     ApiSocketTimeout {
         path: PathBuf,
         after: Duration,
-        log: PathBuf,
+        said: String,
     },
     #[error(transparent)]
     Api(#[from] ApiError),

@@ -1,6 +1,7 @@
 //! Firecracker, always through its jailer (production backend).
 //!
-//! Each VM gets its own uid/gid from a configured range, a chroot under
+//! Each VM gets its own uid/gid from a configured range (leased across
+//! Kiln processes: `uid_pool`), a chroot under
 //! the chroot base, a cgroup v2 with its cpu and memory limits, and
 //! optionally its own network namespace. Kernel and base image are
 //! hard-linked into the jail, the scratch disk is owned by the jail's uid,
@@ -50,7 +51,7 @@ impl Firecracker {
     /// range).
     pub fn new(settings: FirecrackerSettings) -> Result<Self, FirecrackerError> {
         let exec_name = settings.check()?;
-        let uids = UidPool::new(settings.uid_range.clone());
+        let uids = UidPool::new(&settings.uid_lease_dir, settings.uid_range.clone());
         Ok(Self {
             settings: Arc::new(settings),
             exec_name,
@@ -76,7 +77,7 @@ impl Firecracker {
         jailer::JailLayout::new(&self.settings.chroot_base, &self.exec_name, id)
     }
 
-    /// How many uids running VMs hold.
+    /// How many uids this process's running VMs hold.
     pub fn uids_in_use(&self) -> usize {
         self.uids.in_use()
     }

@@ -23,6 +23,9 @@ pub struct FirecrackerSettings {
     /// Each VM runs as its own uid (gid = uid) taken from this range, which no
     /// other user on the host may use.
     pub uid_range: RangeInclusive<u32>,
+    /// Where the uids' lock files are (`<runtime>/uids`), shared by every
+    /// Kiln process on the host so none hands out a uid another holds.
+    pub uid_lease_dir: PathBuf,
     /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`). The jailer
     /// finds it in /proc/mounts by itself; Kiln needs it to remove the VM's
     /// cgroup at teardown.
@@ -51,6 +54,7 @@ impl FirecrackerSettings {
             firecracker: firecracker.into(),
             chroot_base: PathBuf::from("/srv/jailer"),
             uid_range: 900_000..=900_999,
+            uid_lease_dir: PathBuf::from("/run/kiln/uids"),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             parent_cgroup: "kiln".to_owned(),
             memory_overhead_mib: 64,
@@ -116,6 +120,12 @@ impl FirecrackerSettings {
             return Err(bad(
                 "chroot_base",
                 format!("{} must be an absolute path", self.chroot_base.display()),
+            ));
+        }
+        if !self.uid_lease_dir.is_absolute() {
+            return Err(bad(
+                "uid_lease_dir",
+                format!("{} must be an absolute path", self.uid_lease_dir.display()),
             ));
         }
         if !self.cgroup_root.is_absolute() {

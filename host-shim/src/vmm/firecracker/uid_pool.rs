@@ -1,73 +1,88 @@
 //! One uid (and the gid of the same number) per running VM, so that a
 //! Firecracker escaping its VM cannot touch another VM's files or processes.
+//!
+//! The uids are leased across every Kiln process on the host like guest
+//! CIDs ([`crate::lease::LeaseDir`]: a lock file per uid, by default in
+//! `<runtime>/uids`), so two `kiln` processes never run two VMs as one
+//! uid. A lease dies with the process holding it, while the Firecracker it
+//! started may live on (an orphan of a crashed `kiln`): a uid that any
+//! process on the host still runs as (real, effective or saved uid, read
+//! from `/proc/<pid>/status`) is skipped too.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::ops::RangeInclusive;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::FirecrackerError;
+use crate::lease::{Lease, LeaseDir, LeaseError};
 
-/// The uids free for jails. Cloning shares the pool.
+/// The uids free for jails. Cloning shares the count of held uids.
 #[derive(Debug, Clone)]
 pub struct UidPool {
-    inner: Arc<Mutex<PoolState>>,
-}
-
-#[derive(Debug)]
-struct PoolState {
+    leases: LeaseDir,
     range: RangeInclusive<u32>,
-    in_use: BTreeSet<u32>,
-    /// Where the next search starts: rotating through the range keeps a uid
-    /// that was just released out of use for as long as possible, in case
-    /// anything it owned outlived its VM.
-    next: u32,
+    /// Uids this process holds (for tests and teardown checks).
+    held: Arc<AtomicUsize>,
 }
 
 /// A uid held by one VM; it returns to the pool when dropped.
 #[derive(Debug)]
 pub struct UidLease {
     uid: u32,
-    pool: Arc<Mutex<PoolState>>,
+    held: Arc<AtomicUsize>,
+    _lease: Lease,
 }
 
 impl UidPool {
-    pub fn new(range: RangeInclusive<u32>) -> Self {
-        let next = *range.start();
+    /// Uids from `range`, leased through lock files in `dir`.
+    pub fn new(dir: impl Into<PathBuf>, range: RangeInclusive<u32>) -> Self {
+        let wide = u64::from(*range.start())..=u64::from(*range.end());
         Self {
-            inner: Arc::new(Mutex::new(PoolState {
-                range,
-                in_use: BTreeSet::new(),
-                next,
-            })),
+            leases: LeaseDir::new("jail uid", dir, wide),
+            range,
+            held: Arc::new(AtomicUsize::new(0)),
         }
     }
 
+    /// Where the lock files are.
+    pub fn dir(&self) -> &Path {
+        self.leases.dir()
+    }
+
+    /// Leases a uid no other Kiln process holds and no process runs as.
     pub fn acquire(&self) -> Result<UidLease, FirecrackerError> {
-        let mut state = lock(&self.inner);
-        let (start, end) = (*state.range.start(), *state.range.end());
-        let from_next = state.next..=end;
-        let wrapped = start..state.next;
-        let found = from_next
-            .chain(wrapped)
-            .find(|uid| !state.in_use.contains(uid));
-        let Some(uid) = found else {
-            return Err(FirecrackerError::UidsExhausted {
-                start,
-                end,
-                in_use: state.in_use.len(),
-            });
-        };
-        state.in_use.insert(uid);
-        state.next = if uid == end { start } else { uid + 1 };
+        let running = uids_of_processes();
+        let lease = self
+            .leases
+            .lease_if(|n| u32::try_from(n).is_ok_and(|uid| !running.contains(&uid)))
+            .map_err(|e| self.error(e))?;
+        // The range is u32, so every number in it is.
+        let uid = u32::try_from(lease.number()).unwrap_or(u32::MAX);
+        self.held.fetch_add(1, Ordering::Relaxed);
         Ok(UidLease {
             uid,
-            pool: Arc::clone(&self.inner),
+            held: Arc::clone(&self.held),
+            _lease: lease,
         })
     }
 
-    /// How many uids are held right now.
+    /// How many uids this process holds right now.
     pub fn in_use(&self) -> usize {
-        lock(&self.inner).in_use.len()
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn error(&self, e: LeaseError) -> FirecrackerError {
+        match e {
+            LeaseError::Exhausted { dir, .. } => FirecrackerError::UidsExhausted {
+                start: *self.range.start(),
+                end: *self.range.end(),
+                in_use: self.in_use(),
+                dir,
+            },
+            other => FirecrackerError::UidLease(other),
+        }
     }
 }
 
@@ -84,14 +99,40 @@ impl UidLease {
 
 impl Drop for UidLease {
     fn drop(&mut self) {
-        lock(&self.pool).in_use.remove(&self.uid);
+        self.held.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// The state stays consistent even if a holder panicked (every update is a
-/// single insert or remove), so a poisoned lock is still usable.
-fn lock(m: &Mutex<PoolState>) -> MutexGuard<'_, PoolState> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Every uid a live process has as its real, effective, saved or
+/// filesystem uid. Processes that vanish while being read are skipped.
+fn uids_of_processes() -> HashSet<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return HashSet::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .flat_map(|status| status_uids(&status))
+        .collect()
+}
+
+/// The four numbers of the `Uid:` line of `/proc/<pid>/status`.
+fn status_uids(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -101,39 +142,138 @@ mod tests {
     use super::*;
 
     #[test]
-    fn leases_are_unique_and_rotate() {
-        let pool = UidPool::new(100..=102);
+    fn leases_are_unique_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = UidPool::new(dir.path(), 100_100..=100_102);
         let a = pool.acquire().unwrap();
         let b = pool.acquire().unwrap();
-        assert_eq!((a.uid(), b.uid()), (100, 101));
+        assert_ne!(a.uid(), b.uid());
+        assert!((100_100..=100_102).contains(&a.uid()));
         assert_eq!(a.gid(), a.uid());
+        assert_eq!(pool.in_use(), 2);
         drop(a);
-        // 100 is free again, but the search continues after the last grant.
-        let c = pool.acquire().unwrap();
-        assert_eq!(c.uid(), 102);
-        let d = pool.acquire().unwrap();
-        assert_eq!(d.uid(), 100);
-        assert_eq!(pool.in_use(), 3);
+        assert_eq!(pool.in_use(), 1);
     }
 
     #[test]
     fn exhaustion_is_an_error_and_release_fixes_it() {
-        let pool = UidPool::new(7..=7);
+        let dir = tempfile::tempdir().unwrap();
+        let pool = UidPool::new(dir.path(), 100_007..=100_007);
         let a = pool.acquire().unwrap();
-        let err = pool.acquire().unwrap_err();
+        // A second pool is what another process has: the lock file decides.
+        let other = UidPool::new(dir.path(), 100_007..=100_007);
+        let err = other.acquire().unwrap_err();
         assert!(
             matches!(
                 err,
                 FirecrackerError::UidsExhausted {
-                    start: 7,
-                    end: 7,
-                    in_use: 1
+                    start: 100_007,
+                    end: 100_007,
+                    in_use: 0,
+                    ..
                 }
             ),
             "{err}"
         );
+        assert!(err.to_string().contains("widen"), "{err}");
         drop(a);
-        assert_eq!(pool.acquire().unwrap().uid(), 7);
+        assert_eq!(other.acquire().unwrap().uid(), 100_007);
         assert_eq!(pool.in_use(), 0);
+    }
+
+    #[test]
+    fn a_uid_a_process_runs_as_is_skipped() {
+        // This test runs as some uid: a range holding only it has nothing free.
+        let me = nix::unistd::getuid().as_raw();
+        let dir = tempfile::tempdir().unwrap();
+        let pool = UidPool::new(dir.path(), me..=me);
+        assert!(matches!(
+            pool.acquire(),
+            Err(FirecrackerError::UidsExhausted { .. })
+        ));
+        assert_eq!(status_uids("Name:\tx\nUid:\t1\t2\t3\t4\n"), [1, 2, 3, 4]);
+    }
+
+    /// Set in the child process of [`two_processes_never_share_a_uid`]:
+    /// the lease directory it leases from.
+    const CHILD_DIR: &str = "KILN_UID_POOL_TEST_CHILD_DIR";
+    const SHARED: RangeInclusive<u32> = 100_200..=100_209;
+
+    /// In the child: leases four uids, prints them, holds them until its
+    /// stdin closes. A no-op in an ordinary test run.
+    #[test]
+    fn child_holds_leases() {
+        use std::io::{Read, Write};
+        let Some(dir) = std::env::var_os(CHILD_DIR) else {
+            return;
+        };
+        let pool = UidPool::new(dir, SHARED);
+        let held: Vec<UidLease> = (0..4).map(|_| pool.acquire().unwrap()).collect();
+        let mut out = std::io::stdout().lock();
+        for l in &held {
+            writeln!(out, "UID {}", l.uid()).unwrap();
+        }
+        writeln!(out, "READY").unwrap();
+        out.flush().unwrap();
+        drop(out);
+        let mut rest = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut rest);
+    }
+
+    #[test]
+    fn two_processes_never_share_a_uid() {
+        use std::io::{BufRead, BufReader};
+
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "vmm::firecracker::uid_pool::tests::child_holds_leases",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(CHILD_DIR, dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut theirs = Vec::new();
+        let mut from_child = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        while from_child.read_line(&mut line).unwrap() > 0 {
+            // libtest may print its own words on the same line first.
+            if let Some(at) = line.find("UID ") {
+                theirs.push(line[at + 4..].trim().parse::<u32>().unwrap());
+            }
+            if line.contains("READY") {
+                break;
+            }
+            line.clear();
+        }
+        assert_eq!(theirs.len(), 4, "the child leased {theirs:?}");
+        // This process takes everything that is left, and nothing more.
+        let pool = UidPool::new(dir.path(), SHARED);
+        let mine: Vec<UidLease> = (0..6).map(|_| pool.acquire().unwrap()).collect();
+        assert!(matches!(
+            pool.acquire(),
+            Err(FirecrackerError::UidsExhausted { .. })
+        ));
+        let mut all: Vec<u32> = theirs
+            .iter()
+            .copied()
+            .chain(mine.iter().map(UidLease::uid))
+            .collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            SHARED.collect::<Vec<_>>(),
+            "a uid was handed out twice"
+        );
+        // The child's uids come back when it exits.
+        drop(child.stdin.take());
+        std::io::copy(&mut from_child, &mut std::io::sink()).unwrap();
+        assert!(child.wait().unwrap().success());
+        let again = pool.acquire().unwrap();
+        assert!(theirs.contains(&again.uid()));
     }
 }

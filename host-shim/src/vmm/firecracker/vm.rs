@@ -31,6 +31,9 @@ pub const VMM_LOG: &str = "firecracker.log";
 /// How long the copies of Firecracker's output may take to finish once it
 /// is gone (they end at end of file; this bounds a stuck write).
 const COPY_GRACE: Duration = Duration::from_secs(2);
+/// How much of the end of Firecracker's log (with the jailer's stderr) an
+/// error carries.
+const SAID_BYTES: u64 = 2048;
 /// How often teardown retries removing a cgroup whose processes are dying.
 const CGROUP_RMDIR_TRIES: u32 = 100;
 const CGROUP_RMDIR_PAUSE: Duration = Duration::from_millis(20);
@@ -238,9 +241,13 @@ impl FirecrackerVm {
                 .map_err(|source| FirecrackerError::Wait { pid, source })?
             {
                 self.exit = Some(status);
+                // Gone: its output is complete once the copies end.
+                for problem in self.finish_logs().await {
+                    tracing::warn!(vm = %self.id, problem, "Firecracker's logs");
+                }
                 return Err(FirecrackerError::ExitedEarly {
                     status,
-                    log: self.vmm_log.clone(),
+                    said: log_tail(&self.vmm_log, SAID_BYTES),
                 });
             }
             if UnixStream::connect(&socket).await.is_ok() {
@@ -250,12 +257,30 @@ impl FirecrackerVm {
                 return Err(FirecrackerError::ApiSocketTimeout {
                     path: socket,
                     after: timeout,
-                    log: self.vmm_log.clone(),
+                    said: log_tail(&self.vmm_log, SAID_BYTES),
                 });
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the copy of Firecracker's log and waits (bounded) for the
+    /// copies of its output to end; what went wrong, if anything.
+    async fn finish_logs(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(stop) = self.log_fifo_stop.take() {
+            // The copy may have ended already; then nobody listens.
+            let _ = stop.send(());
+        }
+        for copy in self.copies.drain(..) {
+            let abort = copy.abort_handle();
+            if tokio::time::timeout(COPY_GRACE, copy).await.is_err() {
+                abort.abort();
+                problems.push("a log copy did not finish; aborted it".to_owned());
+            }
+        }
+        problems
     }
 
     /// The jailer records Firecracker's pid in `firecracker.pid` in the
@@ -422,17 +447,7 @@ impl FirecrackerVm {
         }
         self.child = None;
         self.guest_listener = None;
-        if let Some(stop) = self.log_fifo_stop.take() {
-            // The copy may have ended already; then nobody listens.
-            let _ = stop.send(());
-        }
-        for copy in self.copies.drain(..) {
-            let abort = copy.abort_handle();
-            if tokio::time::timeout(COPY_GRACE, copy).await.is_err() {
-                abort.abort();
-                problems.push("a log copy did not finish; aborted it".to_owned());
-            }
-        }
+        problems.extend(self.finish_logs().await);
         if let Err(e) = remove_tree(self.layout.instance_dir()) {
             problems.push(e);
         }
@@ -531,4 +546,64 @@ async fn remove_cgroup(dir: &Path) -> Result<(), String> {
         "removing cgroup {}: still busy after killing its processes",
         dir.display()
     ))
+}
+/// The last `max` bytes of `path`, on one line: newlines become ` / `,
+/// other control characters (escape sequences a jailed process could
+/// write) `?`. "(nothing)" for an empty or unreadable file.
+fn log_tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path).and_then(|mut f| {
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(max)))?;
+        f.take(max).read_to_end(&mut bytes)
+    });
+    if let Err(e) = read {
+        return format!("(nothing: reading {}: {e})", path.display());
+    }
+    let said = sanitise(&String::from_utf8_lossy(&bytes));
+    if said.is_empty() {
+        "(nothing)".to_owned()
+    } else {
+        said
+    }
+}
+
+/// One line of printable text.
+fn sanitise(text: &str) -> String {
+    text.trim()
+        .lines()
+        .map(|l| {
+            l.chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_log_tail_is_bounded_and_one_printable_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("firecracker.log");
+        let mut text = "x".repeat(5000);
+        text.push_str("\nController cpu is unavailable\x1b[2J\r\n");
+        std::fs::write(&log, &text).unwrap();
+        let said = log_tail(&log, 100);
+        assert!(
+            said.ends_with("x / Controller cpu is unavailable?[2J"),
+            "{said}"
+        );
+        assert!(said.len() <= 100 + 3, "{}", said.len());
+        assert!(!said.chars().any(char::is_control), "{said:?}");
+        std::fs::write(&log, b"").unwrap();
+        assert_eq!(log_tail(&log, 100), "(nothing)");
+        assert!(log_tail(&dir.path().join("gone"), 100).starts_with("(nothing: reading"));
+    }
 }

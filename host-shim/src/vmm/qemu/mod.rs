@@ -10,7 +10,9 @@
 //! socket, then starts QEMU with the console on a pipe that [`console`]
 //! copies into a bounded log. QEMU runs with `-no-reboot`, so the guest's
 //! `reboot(RB_AUTOBOOT)` (or a panic, with `panic=1`) ends the process.
-//! Both processes are killed when the [`QemuVm`] is dropped.
+//! Both processes are killed when the [`QemuVm`] is dropped. Neither
+//! inherits kiln's environment: they get only a `PATH`
+//! ([`crate::vmm::VMM_PATH`]).
 
 pub mod accel;
 pub mod args;
@@ -339,6 +341,7 @@ impl QemuVm {
             cfg.disk_order,
         )?;
         let mut command = Command::new(&qemu_bin);
+        crate::vmm::bare_environment(&mut command);
         if let Some(net) = &spec.net {
             join_netns_before_exec(&mut command, &net.netns)?;
         }

@@ -31,7 +31,9 @@ impl VhostVsock {
         timeout: Duration,
     ) -> Result<VhostVsock, QemuError> {
         let vm_arg = vm_arg(guest_cid, socket, uds_path)?;
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        crate::vmm::bare_environment(&mut command);
+        let mut child = command
             .arg("--vm")
             .arg(&vm_arg)
             .stdin(Stdio::null())

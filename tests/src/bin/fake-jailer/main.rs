@@ -69,6 +69,11 @@ struct Conf {
     /// Fail like a jailer that cannot set up the jail: before the socket.
     #[serde(default)]
     die_before_socket: bool,
+    /// Print this on stderr and exit 1 where the cgroup is set up, like the
+    /// real jailer on a host whose cgroup v2 lacks a controller
+    /// ("Controller cpu is unavailable").
+    #[serde(default)]
+    cgroup_failure: Option<String>,
     /// Record a pid other than its own in `firecracker.pid`, like a jailer
     /// run through a wrapper or with `--new-pid-ns`.
     #[serde(default)]
@@ -229,6 +234,10 @@ fn run() -> Result<u8> {
         .get("parent-cgroup")
         .cloned()
         .unwrap_or_else(|| exec_name.to_string_lossy().into_owned());
+    if let Some(message) = &conf.cgroup_failure {
+        eprint!("{message}");
+        return Ok(1);
+    }
     if !args.cgroups.is_empty() {
         let dir = conf.cgroup_root.join(&parent).join(id);
         fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
