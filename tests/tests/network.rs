@@ -487,6 +487,7 @@ ip -o -6 addr show dev eth0 scope global | sed 's/.* inet6 \([0-9a-f:]*\).*/ADDR
 c web6 sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 2001:db8:1::1 80 | grep -q 'hello from the internet'"
 c lan6 nc -w 2 fd00:99::5 8080
 c nat64 nc -w 2 64:ff9b::a63:5 8080
+c v4mapped nc -w 2 ::ffff:10.99.0.5 8080
 c meta6 nc -w 2 fd00:ec2::254 80
 echo CHECKS-DONE
 sleep 3
@@ -517,6 +518,7 @@ sleep 3
         ("web6", true),
         ("lan6", false),
         ("nat64", false),
+        ("v4mapped", false),
         ("meta6", false),
     ] {
         assert_eq!(verdict(&stdout, name), Some(reached), "{name}: {ctx}");
