@@ -17,6 +17,8 @@ use nix::sys::resource::{setrlimit, Resource};
 const CONFIG: &str = r#"
 listen = "127.0.0.1:0"
 webhook_secret_file = "webhook-secret"
+# No VM boots here; QEMU needs nothing at start, Firecracker would.
+backend = "qemu"
 
 [github]
 app_id = 1
@@ -33,6 +35,8 @@ labels = ["self-hosted", "kiln-small"]
 vcpus = 2
 memory_mib = 2048
 image = "image"
+# The machine's own namespace: its nftables and forwarding are not a test's.
+network = "none"
 "#;
 
 /// `kiln serve` checks the App key and opens each pool's image at

@@ -13,6 +13,7 @@ pub(crate) struct RawConfig {
     pub listen: SocketAddr,
     pub webhook_secret_file: PathBuf,
     pub max_queued: Option<usize>,
+    pub backend: Option<String>,
     pub github: RawGithub,
     pub host: Option<RawHost>,
     pub network: Option<RawNetwork>,

@@ -53,6 +53,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub webhook_secret: Secret,
     pub max_queued: usize,
+    /// The VMM: Firecracker (the default) or QEMU, only when asked for.
+    pub backend: crate::vm::BackendChoice,
     pub github: GithubConfig,
     pub host: HostCapacity,
     pub network: NetworkSettings,
@@ -120,6 +122,7 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Co
             "is 0: no job could ever wait; use e.g. 10000 (the default)",
         ));
     }
+    let backend = backend(raw.backend)?;
     let github = github(raw.github, base)?;
     let defaults = facts.default_capacity();
     let host = HostCapacity {
@@ -157,11 +160,26 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Co
         listen: raw.listen,
         webhook_secret,
         max_queued,
+        backend,
         github,
         host,
         network,
         pools,
     })
+}
+
+/// A daemon runs what the operator chose: Firecracker unless QEMU is
+/// named, and never a silent fallback (`auto` is `kiln run`'s).
+fn backend(raw: Option<String>) -> Result<crate::vm::BackendChoice, ConfigErrorKind> {
+    use crate::vm::BackendChoice;
+    match raw.as_deref() {
+        None | Some("firecracker") => Ok(BackendChoice::Firecracker),
+        Some("qemu") => Ok(BackendChoice::Qemu),
+        Some(other) => Err(ConfigErrorKind::bad_value(
+            "backend",
+            format!("{other:?} is not \"firecracker\" (the default) or \"qemu\" (development hosts without Firecracker); kiln serve never picks one by itself"),
+        )),
+    }
 }
 
 fn github(raw: RawGithub, base: &Path) -> Result<GithubConfig, ConfigErrorKind> {

@@ -438,3 +438,27 @@ fn other_bad_values() {
         assert!(msg.contains(key), "{key}: {msg}");
     }
 }
+
+#[test]
+fn the_backend_is_firecracker_unless_qemu_is_named() {
+    use crate::vm::BackendChoice;
+    let dir = Dir::new();
+    let c = dir
+        .load(&Dir::config("org = \"acme\"", POOL))
+        .expect("valid config");
+    assert_eq!(c.backend, BackendChoice::Firecracker);
+    let qemu = format!(
+        "backend = \"qemu\"\n{}",
+        Dir::config("org = \"acme\"", POOL)
+    );
+    assert_eq!(dir.load(&qemu).expect("qemu").backend, BackendChoice::Qemu);
+    let auto = format!(
+        "backend = \"auto\"\n{}",
+        Dir::config("org = \"acme\"", POOL)
+    );
+    let (_, msg) = dir.err(&auto);
+    assert!(
+        msg.contains("\"auto\"") && msg.contains("never picks"),
+        "{msg}"
+    );
+}

@@ -123,6 +123,8 @@ pub fn config_toml(port: u16, max_queued: usize) -> String {
 listen = "127.0.0.1:{port}"
 webhook_secret_file = "webhook-secret"
 max_queued = {max_queued}
+# No VM starts; QEMU needs nothing at start, Firecracker would.
+backend = "qemu"
 
 [github]
 # Never called: no job starts.

@@ -39,7 +39,7 @@ pub enum SetupError {
     Dirs(#[from] DirsError),
     #[error("guest CIDs: {0}")]
     Cid(#[from] CidError),
-    #[error("choosing the VM backend: {0}")]
+    #[error("the VM backend: {0} (kiln serve runs the configured `backend`, Firecracker by default, and never falls back: install Firecracker and its jailer, or set backend = \"qemu\" on a development host)")]
     Backend(#[from] BackendError),
     #[error("job log directory {}: {source} (set KILN_STATE_DIR to a writable directory)", dir.display())]
     Logs {
@@ -49,4 +49,25 @@ pub enum SetupError {
     },
     #[error("{var}={value:?} must be an absolute path")]
     NotAbsolute { var: &'static str, value: PathBuf },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::{select_backend, BackendChoice, BackendOptions};
+
+    /// A host without Firecracker: serve's default backend fails with the
+    /// fix, and nothing falls back to QEMU.
+    #[tokio::test]
+    async fn a_missing_firecracker_is_an_error_with_the_fix_not_a_fallback() {
+        let mut opts =
+            BackendOptions::from_env(BackendChoice::Firecracker, "/nonexistent/vmlinux".into())
+                .expect("options");
+        opts.firecracker.jailer = "/nonexistent/jailer".into();
+        opts.firecracker.firecracker = "/nonexistent/firecracker".into();
+        let err = SetupError::from(select_backend(&opts).await.expect_err("no Firecracker"));
+        let msg = err.to_string();
+        assert!(msg.contains("/nonexistent/jailer"), "{msg}");
+        assert!(msg.contains("backend = \"qemu\""), "{msg}");
+    }
 }

@@ -73,9 +73,8 @@ use crate::github::{
 use crate::net::{NetConfig, NetRequest, Network};
 use crate::scheduler::{Dispatch, QueuedJob};
 use crate::vm::{
-    select_backend, stop_channel, Backend, BackendChoice, BackendOptions, JobEnd, Launcher,
-    OutputSink, Progress, RunError, RuntimeDirs, StopHandle, StopLevel, StopSignal, Timeouts,
-    VmReport, VmRequest,
+    select_backend, stop_channel, Backend, BackendOptions, JobEnd, Launcher, OutputSink, Progress,
+    RunError, RuntimeDirs, StopHandle, StopLevel, StopSignal, Timeouts, VmReport, VmRequest,
 };
 use idle::{IdleVerdict, JobSpotter, Spotting};
 use joblog::JobLogs;
@@ -221,7 +220,7 @@ pub async fn production_with(
                 .find_map(|p| pools.get(&p.name))
                 .map(|p| p.image.boot.kernel.clone())
                 .unwrap_or_default();
-            let mut opts = BackendOptions::from_env(BackendChoice::Auto, kernel)?;
+            let mut opts = BackendOptions::from_env(config.backend, kernel)?;
             opts.qemu.accel_cache = Some(settings.dirs.runtime.join("accel-probe"));
             opts.firecracker.uid_lease_dir = settings.dirs.uids();
             let selected = select_backend(&opts).await?;

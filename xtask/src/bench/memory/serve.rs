@@ -164,6 +164,8 @@ pub fn config_toml(
         r#"# Written by `cargo xtask bench` (memory: kiln serve with VMs running).
 listen = "127.0.0.1:{port}"
 webhook_secret_file = "webhook-secret"
+# The bench's VMs run under QEMU (TCG where KVM cannot run guests).
+backend = "qemu"
 
 [github]
 # The fake GitHub API (tests/src/bin/fake-github).
@@ -184,6 +186,9 @@ memory_mib = {memory_mib}
 image = {image:?}
 max_vms = {vms}
 job_timeout = "2m"
+# Memory is measured here, not networks (benchmark 6): none, and the
+# machine's own namespace is left alone.
+network = "none"
 "#,
         url = fake.url,
         app_id = fake.app_id,
