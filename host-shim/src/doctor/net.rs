@@ -35,16 +35,13 @@ use super::{Finding, Level};
 use crate::net::dns::{self, DnsError};
 use crate::net::host::{self, HostView};
 use crate::net::link::Netlink;
+use crate::net::nft::find_binary;
 use crate::net::{policy, HOST_IF_PREFIX};
 
 /// IPv4 forwarding of the calling thread's namespace.
 pub const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// The tun driver's device, which every VM's tap is made through.
 pub const TUN_DEVICE: &str = "/dev/net/tun";
-
-/// Where `nft` and `iptables` are looked for after `$PATH` (root's `$PATH`
-/// may lack them).
-const SBIN_DIRS: [&str; 2] = ["/usr/sbin", "/sbin"];
 
 /// The iptables front ends, each its own view of the kernel's rules: the
 /// legacy one (x_tables) and the nf_tables one. `iptables` is whichever of
@@ -133,21 +130,6 @@ fn run(binary: &Path, args: &[&str]) -> Result<String, String> {
         args.join(" "),
         out.status
     ))
-}
-
-/// `name` in `$PATH`, then in [`SBIN_DIRS`]: the first executable file.
-fn find_binary(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path_dirs = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    path_dirs
-        .into_iter()
-        .chain(SBIN_DIRS.iter().map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|c| {
-            std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }
 
 fn not_root(message: &str) -> bool {

@@ -198,8 +198,9 @@ fn join_netns_before_exec(command: &mut Command, netns: &Arc<File>) {
     }
 }
 
-/// `name` in `$PATH`, then in [`SBIN_DIRS`]: the first regular, executable file.
-fn find_binary(name: &str) -> Option<PathBuf> {
+/// `name` in `$PATH`, then in [`SBIN_DIRS`]: the first regular, executable
+/// file (also `kiln doctor`'s look-up of `nft`, `iptables` and `ip`).
+pub(crate) fn find_binary(name: &str) -> Option<PathBuf> {
     let path_dirs = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
