@@ -222,8 +222,71 @@ pub fn mounts_below(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// What a process runs as and with, read from `/proc/<pid>/`.
+#[derive(Debug, Clone)]
+pub struct ProcView {
+    pub pid: u32,
+    /// `Name:` of its status (the executable's name, 15 bytes at most).
+    pub name: String,
+    /// Real, effective, saved and filesystem uid.
+    pub uids: Vec<u32>,
+    /// `Seccomp:` (0 off, 1 strict, 2 filter).
+    pub seccomp: Option<u32>,
+    pub no_new_privs: Option<u32>,
+    /// `NAME=value` entries.
+    pub environ: Vec<String>,
+    /// `/proc/<pid>/cgroup`.
+    pub cgroups: String,
+}
+
+/// The processes whose working directory is below `path` (a confined
+/// QEMU and its vhost-device-vsock run in their VM's directory).
+pub fn processes_working_below(path: &Path) -> Vec<ProcView> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+            cwd.starts_with(path).then(|| proc_view(pid))?
+        })
+        .collect()
+}
+
+fn proc_view(pid: u32) -> Option<ProcView> {
+    let dir = PathBuf::from(format!("/proc/{pid}"));
+    let status = std::fs::read_to_string(dir.join("status")).ok()?;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_owned())
+    };
+    let environ = std::fs::read(dir.join("environ")).unwrap_or_default();
+    Some(ProcView {
+        pid,
+        name: field("Name:").unwrap_or_default(),
+        uids: field("Uid:")
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect(),
+        seccomp: field("Seccomp:").and_then(|v| v.parse().ok()),
+        no_new_privs: field("NoNewPrivs:").and_then(|v| v.parse().ok()),
+        environ: environ
+            .split(|b| *b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect(),
+        cgroups: std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default(),
+    })
+}
+
 /// Processes whose command line mentions `path` (a VM's QEMU or
-/// vhost-device-vsock names its directory).
+/// vhost-device-vsock names its directory) or that work below it (a
+/// confined QEMU names its files relative to its VM's directory).
 pub fn processes_mentioning(path: &Path) -> Vec<String> {
     let needle = path.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -238,7 +301,9 @@ pub fn processes_mentioning(path: &Path) -> Vec<String> {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) {
+        // A confined QEMU names its files relative to its working directory.
+        let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+        if cmdline.contains(&needle) || cwd.starts_with(path) {
             out.push(cmdline);
         }
     }

@@ -540,6 +540,7 @@ async fn a_cancelled_job_still_kills_its_vm_and_deletes_its_runner() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_qemu_is_confined(kiln.root.path());
     // What a second SIGTERM does: drop the running dispatch futures.
     assert_eq!(kiln.server.scheduler().abort_running(), 1);
     tokio::time::timeout(Duration::from_secs(10), kiln.server.scheduler().wait_idle())
@@ -560,6 +561,75 @@ async fn a_cancelled_job_still_kills_its_vm_and_deletes_its_runner() {
             && l.contains("job_id=999")
             && l.contains("killed on request")),
         "{traced}"
+    );
+}
+
+/// The running VM's QEMU and vhost-device-vsock (under `kiln serve`, with
+/// `backend = "qemu"`) run as one unprivileged uid of their own, with
+/// `no_new_privs`, in the VM's own cgroup, with nothing of kiln's
+/// environment; QEMU under its seccomp filter.
+fn assert_qemu_is_confined(root: &Path) {
+    let procs = layer::processes_working_below(root);
+    let qemu: Vec<_> = procs
+        .iter()
+        .filter(|p| p.name.starts_with("qemu-system"))
+        .collect();
+    assert_eq!(qemu.len(), 1, "{procs:#?}");
+    assert!(
+        procs.iter().any(|p| p.name.starts_with("vhost-device")),
+        "{procs:#?}"
+    );
+    let uid = qemu[0].uids[0];
+    assert!(uid >= 900_000, "QEMU runs as uid {uid}");
+    for p in &procs {
+        assert_eq!(p.uids, [uid; 4], "{p:#?}");
+        assert_eq!(p.no_new_privs, Some(1), "{p:#?}");
+        assert_eq!(
+            p.environ,
+            [format!("PATH={}", kiln::vmm::VMM_PATH)],
+            "{p:#?}"
+        );
+        // Its own cgroup v2, named for the VM, under Kiln's.
+        let v2 = p
+            .cgroups
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or_default();
+        assert!(v2.starts_with("/kiln/kiln-"), "{p:#?}");
+        let cgroup_of_qemu = qemu[0].cgroups.lines().find_map(|l| l.strip_prefix("0::"));
+        assert_eq!(Some(v2), cgroup_of_qemu);
+    }
+    assert_eq!(qemu[0].seccomp, Some(2), "{:#?}", qemu[0]);
+    assert_memory_limit(&qemu[0].cgroups);
+}
+
+/// The pool's 512 MiB plus QEMU's overhead (and under TCG its translation
+/// cache), in whichever hierarchy carries the memory controller here.
+fn assert_memory_limit(cgroups: &str) {
+    use kiln::vmm::qemu::confine::{MEMORY_OVERHEAD_MIB, TCG_CACHE_MIB};
+    let v1 = cgroups
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p));
+    let v2 = cgroups
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default();
+    let files = match v1 {
+        Some(p) => vec![format!("/sys/fs/cgroup/memory{p}/memory.limit_in_bytes")],
+        None => ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .iter()
+            .map(|root| format!("{root}{v2}/memory.max"))
+            .collect(),
+    };
+    let Some(limit) = files.iter().find_map(|f| std::fs::read_to_string(f).ok()) else {
+        eprintln!("no memory controller on this host: {files:?}");
+        return;
+    };
+    let mib = limit.trim().parse::<u64>().unwrap() >> 20;
+    let base = u64::from(512 + MEMORY_OVERHEAD_MIB);
+    assert!(
+        mib == base || mib == base + u64::from(TCG_CACHE_MIB),
+        "memory limit {mib} MiB"
     );
 }
 

@@ -5,7 +5,8 @@
 //! `/dev/net/tun`, so callers run this inside the VM's namespace (see
 //! [`super::netns::NetNs::create`]). The device is made persistent and the
 //! file closed: the VMM attaches to it by name later (Firecracker) or is
-//! started inside the namespace and opens it itself (QEMU).
+//! started inside the namespace and opens it itself (QEMU), or is handed a
+//! descriptor attached to it ([`attach`], a confined QEMU).
 
 use std::fs::OpenOptions;
 use std::io;
@@ -37,6 +38,25 @@ pub fn create_persistent(name: &str, owner: Option<u32>) -> io::Result<()> {
     // SAFETY: TUNSETPERSIST takes a flag by value; `fd` is attached.
     check(unsafe { libc::ioctl(fd, libc::TUNSETPERSIST as _, 1 as libc::c_ulong) })?;
     Ok(())
+}
+
+/// Attaches to the existing tap `name` in the calling thread's network
+/// namespace, with the flags it was made with, and returns the file: a
+/// VMM that cannot open `/dev/net/tun` itself (a confined QEMU) is handed
+/// this descriptor.
+pub fn attach(name: &str) -> io::Result<std::fs::File> {
+    let tun = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    let mut ifr = ifreq(name)?;
+    ifr.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // SAFETY: `tun` is an open /dev/net/tun; TUNSETIFF reads a whole
+    // `ifreq`, which `ifr` is, alive for the call.
+    check(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF as _, &ifr) })?;
+    Ok(tun)
 }
 
 /// An `ifreq` naming `name` (at most 15 bytes, no NUL).

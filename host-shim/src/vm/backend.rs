@@ -183,7 +183,10 @@ impl RunningVm {
     /// The accelerator and why, for the timing line (QEMU only).
     pub fn detail(&self) -> String {
         match self {
-            RunningVm::Qemu { vm, .. } => vm.accel().accel.as_str().to_owned(),
+            RunningVm::Qemu { vm, .. } => match vm.uid() {
+                Some(uid) => format!("{} uid {uid}", vm.accel().accel.as_str()),
+                None => vm.accel().accel.as_str().to_owned(),
+            },
             RunningVm::Firecracker(vm) => format!("uid {}", vm.uid().unwrap_or(0)),
         }
     }

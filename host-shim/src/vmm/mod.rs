@@ -3,10 +3,14 @@
 //!
 //! - `qemu`: development, CI, hosts without Firecracker.
 //! - `firecracker`: production, always through the jailer.
+//! - [`uid_pool`]: the unprivileged uid each VM's VMM runs as.
+//! - [`cgroup`]: a confined QEMU's own cgroup with the VM's limits.
 
+pub mod cgroup;
 pub mod firecracker;
 pub mod qemu;
 pub mod spec;
+pub mod uid_pool;
 
 /// The `PATH` a VMM and its helpers get, and nothing else of kiln's
 /// environment (which may name the App key, hold tokens or proxies).
@@ -18,3 +22,4 @@ pub(crate) fn bare_environment(command: &mut tokio::process::Command) {
 }
 
 pub use spec::{NetAttach, VmSpec, VmSpecError};
+pub use uid_pool::{UidError, UidLease, UidPool};

@@ -76,6 +76,8 @@ use crate::vm::{
     select_backend, stop_channel, Backend, BackendOptions, JobEnd, Launcher, OutputSink, Progress,
     RunError, RuntimeDirs, StopHandle, StopLevel, StopSignal, Timeouts, VmReport, VmRequest,
 };
+use crate::vmm::firecracker::FirecrackerSettings;
+use crate::vmm::qemu::Confinement;
 use idle::{IdleVerdict, JobSpotter, Spotting};
 use joblog::JobLogs;
 use pools::PoolImage;
@@ -228,6 +230,7 @@ pub async fn production_with(
             selected.backend
         }
     };
+    let backend = confined(backend, &settings.dirs);
     if let Backend::Firecracker(fc) = &backend {
         check_jail_filesystem(fc, &pools, &settings.dirs.disks)?;
     }
@@ -270,6 +273,23 @@ pub async fn production_with(
 /// Firecracker's jails hard-link each VM's files: the images and the disk
 /// directory must be on the chroot base's filesystem (checked now rather
 /// than at the first job).
+/// QEMU, when it is the backend, never runs as root under `kiln serve`:
+/// each VM's gets its own uid (from the jails' range and lock files), a
+/// seccomp sandbox and a cgroup ([`crate::vmm::qemu::confine`]).
+fn confined(backend: Backend, dirs: &RuntimeDirs) -> Backend {
+    match backend {
+        Backend::Qemu(mut cfg) => {
+            if cfg.confine.is_none() {
+                let mut jails = FirecrackerSettings::new(PathBuf::new(), PathBuf::new());
+                jails.uid_lease_dir = dirs.uids();
+                cfg.confine = Some(Confinement::like_jails(&jails));
+            }
+            Backend::Qemu(cfg)
+        }
+        other => other,
+    }
+}
+
 fn check_jail_filesystem(
     fc: &crate::vmm::firecracker::Firecracker,
     pools: &HashMap<String, PoolImage>,

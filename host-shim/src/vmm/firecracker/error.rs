@@ -17,15 +17,8 @@ pub enum FirecrackerError {
         field: &'static str,
         problem: String,
     },
-    #[error("no free jail uid in {start}..={end} ({in_use} held by this process's VMs, the rest by other Kiln processes (lock files in {dir}) or by running processes): widen the uid range or run fewer VMs")]
-    UidsExhausted {
-        start: u32,
-        end: u32,
-        in_use: usize,
-        dir: PathBuf,
-    },
-    #[error("leasing a jail uid: {0}")]
-    UidLease(#[source] crate::lease::LeaseError),
+    #[error(transparent)]
+    Uid(#[from] crate::vmm::UidError),
     #[error("{path} already exists: VM {id:?} is running or was not cleaned up; remove it or use another id")]
     AlreadyExists { path: PathBuf, id: String },
     #[error("{action} {path}: {source}")]

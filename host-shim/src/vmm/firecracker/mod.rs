@@ -1,7 +1,7 @@
 //! Firecracker, always through its jailer (production backend).
 //!
 //! Each VM gets its own uid/gid from a configured range (leased across
-//! Kiln processes: `uid_pool`), a chroot under
+//! Kiln processes: [`crate::vmm::uid_pool`]), a chroot under
 //! the chroot base, a cgroup v2 with its cpu and memory limits, and
 //! optionally its own network namespace. Kernel and base image are
 //! hard-linked into the jail, the scratch disk is owned by the jail's uid,
@@ -25,14 +25,13 @@ pub mod jailer;
 pub mod models;
 mod resources;
 pub mod settings;
-mod uid_pool;
 mod vm;
 
 use std::sync::Arc;
 
+pub use crate::vmm::uid_pool::{UidLease, UidPool};
 pub use error::FirecrackerError;
 pub use settings::FirecrackerSettings;
-pub use uid_pool::{UidLease, UidPool};
 pub use vm::{FirecrackerVm, StartTimings, CONSOLE_LOG, VMM_LOG};
 
 use super::VmSpec;

@@ -18,8 +18,8 @@ use super::api::ApiClient;
 use super::console::{copy_to_end, copy_until_stopped, BoundedLog};
 use super::jailer::{cgroup_dir, jailer_args, JailLayout};
 use super::models::{ActionType, ApiRequest, InstanceActionInfo};
-use super::uid_pool::{UidLease, UidPool};
 use super::{config, resources, FirecrackerError, FirecrackerSettings};
+use crate::vmm::uid_pool::{UidLease, UidPool};
 use crate::vmm::VmSpec;
 use crate::vsock::HybridListener;
 

@@ -297,6 +297,28 @@ pub fn qemu_args(
     Ok(a.0)
 }
 
+/// Makes the `-netdev` of an argv from [`qemu_args`] use the tap open at
+/// `fd` (inherited by QEMU) instead of opening the tap by name, for a
+/// QEMU that may not open `/dev/net/tun`.
+pub fn tap_by_fd(argv: &mut [OsString], fd: std::os::fd::RawFd) {
+    let mut after_netdev = false;
+    for a in argv.iter_mut() {
+        if after_netdev {
+            let value = a.to_string_lossy();
+            let rewired: Vec<String> = value
+                .split(',')
+                .map(|part| match part.split_once('=') {
+                    Some(("ifname", _)) => format!("fd={fd}"),
+                    _ => part.to_owned(),
+                })
+                .filter(|part| !part.starts_with("script=") && !part.starts_with("downscript="))
+                .collect();
+            *a = rewired.join(",").into();
+        }
+        after_netdev = a == "-netdev";
+    }
+}
+
 /// Rewires `-serial stdio` in an argv from [`qemu_args`] to the terminal
 /// for interactive use: raw mode without signals (Ctrl-C reaches the
 /// guest), multiplexed so that Ctrl-A x quits QEMU.
@@ -477,6 +499,11 @@ mod tests {
             value_of(&args, "-netdev"),
             ["tap,id=net0,ifname=kiln-tap0,script=no,downscript=no,vhost=off"]
         );
+        let mut by_fd: Vec<OsString> = args.iter().map(OsString::from).collect();
+        tap_by_fd(&mut by_fd, 7);
+        let by_fd = strings(&by_fd);
+        assert_eq!(value_of(&by_fd, "-netdev"), ["tap,id=net0,fd=7,vhost=off"]);
+        assert_eq!(by_fd.len(), args.len());
         assert!(value_of(&args, "-initrd").is_empty());
         // KVM: no TSC hint; disks named in attach order.
         assert_eq!(

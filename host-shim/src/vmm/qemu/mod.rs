@@ -16,6 +16,7 @@
 
 pub mod accel;
 pub mod args;
+pub mod confine;
 pub mod console;
 mod tail;
 pub mod tools;
@@ -30,10 +31,13 @@ use tokio::task::JoinHandle;
 
 pub use accel::{Accel, AccelChoice, AccelDecision};
 pub use args::{DiskOrder, Layout, Machine};
+pub use confine::Confinement;
 pub use console::ConsoleStats;
 
-use super::{VmSpec, VmSpecError};
+use super::cgroup::CgroupError;
+use super::{UidError, VmSpec, VmSpecError};
 use crate::vsock::MAX_UDS_PATH;
+use confine::Confined;
 use vhost::VhostVsock;
 
 /// How long a killed QEMU may take to go away.
@@ -92,6 +96,28 @@ pub enum QemuError {
     },
     #[error("QEMU (pid {pid}) was still running {waited:?} after SIGKILL (stuck in the kernel?)")]
     Unkillable { pid: u32, waited: Duration },
+    #[error("{tool} at {path} cannot be run by a confined VM's uid: {blocker} is not executable by others; install it where every user can run it (`{install}`)")]
+    NotForEveryone {
+        tool: &'static str,
+        path: PathBuf,
+        blocker: PathBuf,
+        install: &'static str,
+    },
+    #[error(transparent)]
+    Uid(#[from] UidError),
+    #[error("the VM's cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
+    #[error("{what} {path} is not readable by others, and a confined QEMU runs as a uid of its own: make it world-readable (chmod o+r)")]
+    NotReadable { what: &'static str, path: PathBuf },
+    #[error("a confined QEMU runs as a uid of its own and cannot open {device} (mode {mode:o}): let the kvm group open it (`chgrp kvm {device} && chmod 660 {device}`, as Debian's udev rules do)", device = device.display())]
+    KvmNotShared { device: PathBuf, mode: u32 },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("waiting for {what} failed: {source}")]
     Wait {
         what: &'static str,
@@ -133,6 +159,9 @@ pub struct QemuConfig {
     pub serial: SerialConsole,
     /// In which order the disks are attached; kiln-init does not care.
     pub disk_order: DiskOrder,
+    /// Run each VM's QEMU as its own uid, sandboxed, in its own cgroup
+    /// (`kiln serve`); `None`: as the caller (`kiln run`, tests).
+    pub confine: Option<Confinement>,
 }
 
 /// Where the guest's serial console goes.
@@ -160,6 +189,7 @@ impl Default for QemuConfig {
             vhost_timeout: Duration::from_secs(10),
             serial: SerialConsole::Log,
             disk_order: DiskOrder::BaseFirst,
+            confine: None,
         }
     }
 }
@@ -264,6 +294,8 @@ pub struct QemuVm {
     stderr: Option<JoinHandle<String>>,
     started: Instant,
     status: Option<ExitStatus>,
+    /// Dropped last: removing the cgroup kills whatever is left in it.
+    confined: Option<Confined>,
 }
 
 /// QEMU's stderr kept for error messages.
@@ -296,8 +328,14 @@ impl QemuVm {
                 });
             }
         }
-        let qemu_bin = tools::find(tools::QEMU, &cfg.qemu, &[])?;
-        let vhost_bin = tools::find(
+        // A confined VM's processes run as its uid, so only a binary every
+        // user may run will do.
+        let find = match cfg.confine {
+            Some(_) => tools::find_for_everyone,
+            None => tools::find,
+        };
+        let qemu_bin = find(tools::QEMU, &cfg.qemu, &[])?;
+        let vhost_bin = find(
             tools::VHOST_VSOCK,
             &cfg.vhost_vsock,
             &tools::cargo_bin_dirs(),
@@ -323,27 +361,45 @@ impl QemuVm {
             "QEMU accelerator chosen"
         );
 
+        let (mut confined, seen) = match &cfg.confine {
+            Some(how) => {
+                let (c, seen) = Confined::prepare(how, spec, accel.accel, &cfg.kvm_device)?;
+                (Some(c), seen)
+            }
+            None => (None, spec.clone()),
+        };
         let mut vhost = VhostVsock::start(
             &vhost_bin,
             spec.guest_cid,
             &layout.vhost_socket,
             &layout.vsock_uds,
             cfg.vhost_timeout,
+            confined.as_ref(),
         )
         .await?;
 
         let mut argv = args::qemu_args(
-            spec,
+            &seen,
             cfg.machine,
             accel.accel,
             cfg.tsc_khz(accel.accel),
-            &layout,
+            &Layout::of(&seen.dir),
             cfg.disk_order,
         )?;
+        if let Some(c) = &confined {
+            argv.extend(confine::SANDBOX.map(Into::into));
+            if let Some(fd) = c.tap_fd() {
+                args::tap_by_fd(&mut argv, fd);
+            }
+        }
         let mut command = Command::new(&qemu_bin);
         crate::vmm::bare_environment(&mut command);
         if let Some(net) = &spec.net {
             join_netns_before_exec(&mut command, &net.netns)?;
+        }
+        if let Some(c) = &confined {
+            // After joining the namespace, which needs root.
+            c.apply(&mut command, true);
         }
         match cfg.serial {
             SerialConsole::Log => {
@@ -377,6 +433,9 @@ impl QemuVm {
             }
         };
         let started = Instant::now();
+        if let Some(c) = &mut confined {
+            c.close_files();
+        }
         let stderr = qemu.stderr.take().map(|e| tail::spawn(e, QEMU_STDERR_TAIL));
         let console = match qemu.stdout.take() {
             Some(out) => {
@@ -395,7 +454,13 @@ impl QemuVm {
             }
             None => None,
         };
-        tracing::info!(vm = %spec.id, pid = qemu.id(), cid = spec.guest_cid, "QEMU started");
+        tracing::info!(
+            vm = %spec.id,
+            pid = qemu.id(),
+            cid = spec.guest_cid,
+            uid = confined.as_ref().map(Confined::uid),
+            "QEMU started"
+        );
         Ok(QemuVm {
             id: spec.id.clone(),
             layout,
@@ -406,6 +471,7 @@ impl QemuVm {
             stderr,
             started,
             status: None,
+            confined,
         })
     }
 
@@ -424,6 +490,16 @@ impl QemuVm {
     /// QEMU's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.qemu.id()
+    }
+
+    /// The uid QEMU runs as when confined.
+    pub fn uid(&self) -> Option<u32> {
+        self.confined.as_ref().map(Confined::uid)
+    }
+
+    /// The VM's cgroup v2 directory when confined.
+    pub fn cgroup_dir(&self) -> Option<&Path> {
+        self.confined.as_ref().and_then(Confined::cgroup_dir)
     }
 
     /// Waits for QEMU to exit. Cancel-safe, so it can sit in a `select!`
@@ -484,6 +560,9 @@ impl QemuVm {
         };
         let ran_for = self.started.elapsed();
         let vhost_stderr = self.vhost.stop().await;
+        if let Some(c) = self.confined.take() {
+            c.remove();
+        }
         let console = match self.console.take() {
             Some(t) => match t.await {
                 Ok(Ok(stats)) => stats,

@@ -20,7 +20,7 @@ pub const QEMU: Tool = Tool {
 
 pub const VHOST_VSOCK: Tool = Tool {
     name: "vhost-device-vsock",
-    install: "cargo install vhost-device-vsock",
+    install: "cargo install --root /usr/local vhost-device-vsock",
 };
 
 /// Resolves `program` (a bare name searched in `PATH` and then in `extra`,
@@ -51,6 +51,53 @@ pub fn find(tool: Tool, program: &Path, extra: &[PathBuf]) -> Result<PathBuf, Qe
         })
 }
 
+/// [`find`] for a confined VM, whose uid must be able to run the tool:
+/// the first candidate that every user may run (the file and every
+/// directory above it executable by others). `/root/.cargo/bin`, where
+/// `cargo install` puts tools for root, is not.
+pub fn find_for_everyone(
+    tool: Tool,
+    program: &Path,
+    extra: &[PathBuf],
+) -> Result<PathBuf, QemuError> {
+    let candidates: Vec<PathBuf> = if program.components().count() > 1 {
+        vec![program.to_owned()]
+    } else {
+        let path_var = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path_var)
+            .chain(extra.iter().cloned())
+            .map(|d| d.join(program))
+            .collect()
+    };
+    let found: Vec<&PathBuf> = candidates.iter().filter(|p| is_executable(p)).collect();
+    if let Some(p) = found.iter().find(|p| blocker(p).is_none()) {
+        return Ok((*p).clone());
+    }
+    match found.first() {
+        Some(p) => Err(QemuError::NotForEveryone {
+            tool: tool.name,
+            path: (*p).clone(),
+            blocker: blocker(p).unwrap_or_default(),
+            install: tool.install,
+        }),
+        None => find(tool, program, extra),
+    }
+}
+
+/// The first of `p` and the directories above it that others may not
+/// execute (search), if any.
+fn blocker(p: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    p.ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| {
+            std::fs::metadata(a)
+                .map(|m| m.permissions().mode() & 0o001 == 0)
+                .unwrap_or(true)
+        })
+        .map(Path::to_path_buf)
+}
+
 /// Where `cargo install` puts binaries, which is often not on `PATH` for
 /// services and test runners.
 pub fn cargo_bin_dirs() -> Vec<PathBuf> {
@@ -78,6 +125,32 @@ fn join_dirs(dirs: &[PathBuf]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tool_behind_a_private_directory_is_not_for_everyone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let private = dir.path().join("private");
+        std::fs::create_dir(&private).expect("mkdir");
+        let tool = private.join("vhost-device-vsock");
+        std::fs::write(&tool, b"#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let err = find_for_everyone(VHOST_VSOCK, &tool, &[]).expect_err("private");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&private.display().to_string()) && msg.contains("--root /usr/local"),
+            "{msg}"
+        );
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+        // Every directory above the tempdir (/tmp, /) is searchable by all.
+        assert_eq!(
+            find_for_everyone(VHOST_VSOCK, &tool, &[]).expect("shared"),
+            tool
+        );
+    }
+
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
@@ -91,7 +164,10 @@ mod tests {
         )
         .expect_err("missing");
         let msg = err.to_string();
-        assert!(msg.contains("cargo install vhost-device-vsock"), "{msg}");
+        assert!(
+            msg.contains("cargo install --root /usr/local vhost-device-vsock"),
+            "{msg}"
+        );
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
     }
 

@@ -11,6 +11,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::confine::Confined;
 use super::{tail, QemuError};
 
 /// How much of the daemon's output is kept for error messages.
@@ -23,16 +24,24 @@ pub struct VhostVsock {
 
 impl VhostVsock {
     /// Starts the daemon and waits until its vhost-user socket exists.
-    pub async fn start(
+    /// Confined, it runs as the VM's uid in the VM's directory and cgroup.
+    pub(super) async fn start(
         binary: &Path,
         guest_cid: u32,
         socket: &Path,
         uds_path: &Path,
         timeout: Duration,
+        confined: Option<&Confined>,
     ) -> Result<VhostVsock, QemuError> {
-        let vm_arg = vm_arg(guest_cid, socket, uds_path)?;
+        let vm_arg = match confined {
+            Some(c) => vm_arg(guest_cid, &c.local(socket), &c.local(uds_path))?,
+            None => vm_arg(guest_cid, socket, uds_path)?,
+        };
         let mut command = Command::new(binary);
         crate::vmm::bare_environment(&mut command);
+        if let Some(c) = confined {
+            c.apply(&mut command, false);
+        }
         let mut child = command
             .arg("--vm")
             .arg(&vm_arg)
@@ -150,6 +159,7 @@ mod tests {
             &dir.path().join("vhost.sock"),
             &dir.path().join("v.sock"),
             Duration::from_secs(5),
+            None,
         )
         .await
         .err()
@@ -168,6 +178,7 @@ mod tests {
             &dir.path().join("vhost.sock"),
             &dir.path().join("v.sock"),
             Duration::from_millis(100),
+            None,
         )
         .await
         .err()

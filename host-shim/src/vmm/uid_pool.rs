@@ -1,5 +1,6 @@
-//! One uid (and the gid of the same number) per running VM, so that a
-//! Firecracker escaping its VM cannot touch another VM's files or processes.
+//! One uid (and the gid of the same number) per running VM, so that a VMM
+//! escaping its VM (a jailed Firecracker, or a confined QEMU) cannot touch
+//! another VM's files or processes.
 //!
 //! The uids are leased across every Kiln process on the host like guest
 //! CIDs ([`crate::lease::LeaseDir`]: a lock file per uid, by default in
@@ -15,10 +16,23 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::FirecrackerError;
 use crate::lease::{Lease, LeaseDir, LeaseError};
 
-/// The uids free for jails. Cloning shares the count of held uids.
+/// Why no uid could be leased.
+#[derive(Debug, thiserror::Error)]
+pub enum UidError {
+    #[error("no free VM uid in {start}..={end} ({in_use} held by this process's VMs, the rest by other Kiln processes (lock files in {dir}) or by running processes): widen the uid range or run fewer VMs")]
+    Exhausted {
+        start: u32,
+        end: u32,
+        in_use: usize,
+        dir: PathBuf,
+    },
+    #[error("leasing a VM uid: {0}")]
+    Lease(#[source] LeaseError),
+}
+
+/// The uids free for VMs. Cloning shares the count of held uids.
 #[derive(Debug, Clone)]
 pub struct UidPool {
     leases: LeaseDir,
@@ -40,7 +54,7 @@ impl UidPool {
     pub fn new(dir: impl Into<PathBuf>, range: RangeInclusive<u32>) -> Self {
         let wide = u64::from(*range.start())..=u64::from(*range.end());
         Self {
-            leases: LeaseDir::new("jail uid", dir, wide),
+            leases: LeaseDir::new("VM uid", dir, wide),
             range,
             held: Arc::new(AtomicUsize::new(0)),
         }
@@ -52,7 +66,7 @@ impl UidPool {
     }
 
     /// Leases a uid no other Kiln process holds and no process runs as.
-    pub fn acquire(&self) -> Result<UidLease, FirecrackerError> {
+    pub fn acquire(&self) -> Result<UidLease, UidError> {
         let running = uids_of_processes();
         let lease = self
             .leases
@@ -73,15 +87,15 @@ impl UidPool {
         self.held.load(Ordering::Relaxed)
     }
 
-    fn error(&self, e: LeaseError) -> FirecrackerError {
+    fn error(&self, e: LeaseError) -> UidError {
         match e {
-            LeaseError::Exhausted { dir, .. } => FirecrackerError::UidsExhausted {
+            LeaseError::Exhausted { dir, .. } => UidError::Exhausted {
                 start: *self.range.start(),
                 end: *self.range.end(),
                 in_use: self.in_use(),
                 dir,
             },
-            other => FirecrackerError::UidLease(other),
+            other => UidError::Lease(other),
         }
     }
 }
@@ -91,7 +105,7 @@ impl UidLease {
         self.uid
     }
 
-    /// Jails use the gid with the same number as their uid.
+    /// VMs run with the gid of the same number as their uid.
     pub fn gid(&self) -> u32 {
         self.uid
     }
@@ -166,7 +180,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                FirecrackerError::UidsExhausted {
+                UidError::Exhausted {
                     start: 100_007,
                     end: 100_007,
                     in_use: 0,
@@ -187,10 +201,7 @@ mod tests {
         let me = nix::unistd::getuid().as_raw();
         let dir = tempfile::tempdir().unwrap();
         let pool = UidPool::new(dir.path(), me..=me);
-        assert!(matches!(
-            pool.acquire(),
-            Err(FirecrackerError::UidsExhausted { .. })
-        ));
+        assert!(matches!(pool.acquire(), Err(UidError::Exhausted { .. })));
         assert_eq!(status_uids("Name:\tx\nUid:\t1\t2\t3\t4\n"), [1, 2, 3, 4]);
     }
 
@@ -227,10 +238,7 @@ mod tests {
         use std::process::{Command, Stdio};
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "vmm::firecracker::uid_pool::tests::child_holds_leases",
-            ])
+            .args(["--exact", "vmm::uid_pool::tests::child_holds_leases"])
             .args(["--nocapture", "--test-threads=1"])
             .env(CHILD_DIR, dir.path())
             .stdin(Stdio::piped())
@@ -254,10 +262,7 @@ mod tests {
         // This process takes everything that is left, and nothing more.
         let pool = UidPool::new(dir.path(), SHARED);
         let mine: Vec<UidLease> = (0..6).map(|_| pool.acquire().unwrap()).collect();
-        assert!(matches!(
-            pool.acquire(),
-            Err(FirecrackerError::UidsExhausted { .. })
-        ));
+        assert!(matches!(pool.acquire(), Err(UidError::Exhausted { .. })));
         let mut all: Vec<u32> = theirs
             .iter()
             .copied()
