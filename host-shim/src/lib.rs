@@ -11,6 +11,7 @@
 //! - [`github`] — GitHub: webhook verification and payloads, the App's REST calls.
 //! - [`scheduler`] — the job queue: capacity accounting and dispatch, FIFO per host.
 //! - [`secret`] — [`secret::Secret`]: strings that print as `[redacted]`.
+//! - [`store`] — `kiln serve`'s durable journal (SQLite): VMs, runners and jobs, for recovery after a restart.
 //! - [`serve`] — `kiln serve`'s HTTP server: webhooks in, jobs to the scheduler.
 //! - [`vm`] — one VM's life, the same for both backends: start, job, teardown.
 //! - [`vmm`] — backends that boot one VM (QEMU, Firecracker through its jailer).
@@ -28,6 +29,7 @@ pub mod random;
 pub mod scheduler;
 pub mod secret;
 pub mod serve;
+pub mod store;
 pub mod vm;
 pub mod vmm;
 pub mod vsock;
