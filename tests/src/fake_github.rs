@@ -12,6 +12,16 @@
 //! `/api/v3` prefix, plus injected trouble: canned answers (5xx, rate
 //! limits, bodies that break the documented shape), delays and revoked
 //! tokens.
+//!
+//! For the reconciler (`tests/github_reconcile.rs`): the installation's
+//! repositories, queued workflow runs and their jobs (made from the jobs
+//! [`FakeGithub::queue_job`] describes), the runners of a scope, and job
+//! re-runs; list answers carry an `ETag` and a matching `If-None-Match` is
+//! answered 304, which [`FakeGithub::counted_calls`] does not count, as
+//! GitHub's rate limit does not. Every request to these operations (query
+//! parameters, body) and every answer is checked against GitHub's schemas in
+//! `data/github-reconcile.json`; [`FakeGithub::violations`] lists the
+//! breaches, and a request that breaks them is answered 422.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -146,11 +156,57 @@ struct Inner {
     failures: VecDeque<(String, Failure)>,
     delay: Duration,
     seen: Vec<Seen>,
-    /// Jobs the test described: id -> (`owner/name`, status).
-    jobs: HashMap<u64, (String, String)>,
+    /// Jobs the test described, by id.
+    jobs: HashMap<u64, FakeJob>,
     /// Runners GitHub shows as busy.
     busy: Vec<u64>,
+    /// The installation's repositories (`owner/name`), in order.
+    repositories: Vec<String>,
+    /// Runners added by [`FakeGithub::add_runner`]: id -> (name, status, busy).
+    listed: HashMap<u64, (String, String, bool)>,
+    /// Jobs re-run, in order.
+    reruns: Vec<u64>,
+    /// Every call to a reconciler operation, in order.
+    api_calls: Vec<ApiCall>,
+    /// Where requests or answers broke GitHub's schemas.
+    violations: Vec<String>,
 }
+
+/// A workflow job of the fake.
+#[derive(Debug, Clone)]
+pub struct FakeJob {
+    /// `owner/name`.
+    pub repository: String,
+    pub run_id: u64,
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub labels: Vec<String>,
+}
+
+/// One call to an operation the reconciler uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiCall {
+    /// GitHub's `operationId`, e.g. `actions/list-workflow-runs-for-repo`.
+    pub operation: &'static str,
+    /// Answered 304 Not Modified: free under GitHub's rate limit.
+    pub not_modified: bool,
+}
+
+/// The operation ids of the reconciler's calls.
+pub mod ops {
+    pub const LIST_REPOS: &str = "apps/list-repos-accessible-to-installation";
+    pub const LIST_RUNS: &str = "actions/list-workflow-runs-for-repo";
+    pub const LIST_JOBS: &str = "actions/list-jobs-for-workflow-run";
+    pub const RERUN_JOB: &str = "actions/re-run-job-for-workflow-run";
+    pub const LIST_RUNNERS_REPO: &str = "actions/list-self-hosted-runners-for-repo";
+    pub const LIST_RUNNERS_ORG: &str = "actions/list-self-hosted-runners-for-org";
+    pub const LIST_RUNNERS_ENTERPRISE: &str =
+        "enterprise-admin/list-self-hosted-runners-for-enterprise";
+    pub const DELETE_RUNNER: &str = "actions/delete-self-hosted-runner";
+}
+
+/// GitHub's primary rate limit of an installation, as the fake reports it.
+pub const RATE_LIMIT: u64 = 5000;
 
 #[derive(Clone)]
 pub struct FakeGithub {
@@ -207,9 +263,94 @@ impl FakeGithub {
     /// (`queued`, `in_progress`, `completed`, ...); asked for in another
     /// repository it is not found.
     pub fn set_job(&self, job_id: u64, repository: &str, status: &str) {
+        let job = FakeJob {
+            repository: repository.to_owned(),
+            run_id: job_id + 1,
+            status: status.to_owned(),
+            conclusion: (status == "completed").then(|| "success".to_owned()),
+            labels: vec!["self-hosted".into()],
+        };
+        self.lock().jobs.insert(job_id, job);
+    }
+
+    /// Adds `owner/name` to the installation's repositories.
+    pub fn add_repository(&self, repository: &str) {
+        self.lock().repositories.push(repository.to_owned());
+    }
+
+    /// Job `job_id` of run `run_id` in `repository`, `queued`, with these
+    /// `runs-on` labels. No webhook is sent: the fake sends none.
+    pub fn queue_job(&self, repository: &str, run_id: u64, job_id: u64, labels: &[&str]) {
+        let job = FakeJob {
+            repository: repository.to_owned(),
+            run_id,
+            status: "queued".into(),
+            conclusion: None,
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        };
+        self.lock().jobs.insert(job_id, job);
+    }
+
+    /// Sets job `job_id`'s status and conclusion (`None` while not completed).
+    pub fn set_job_outcome(&self, job_id: u64, status: &str, conclusion: Option<&str>) {
+        if let Some(job) = self.lock().jobs.get_mut(&job_id) {
+            job.status = status.to_owned();
+            job.conclusion = conclusion.map(str::to_owned);
+        }
+    }
+
+    /// Job `job_id` as the fake has it now.
+    pub fn job(&self, job_id: u64) -> Option<FakeJob> {
+        self.lock().jobs.get(&job_id).cloned()
+    }
+
+    /// A runner registered by someone (not through `generate-jitconfig`) in
+    /// `scope` (`orgs/acme`, `repos/o/r`, `enterprises/e`); returns its id.
+    pub fn add_runner(&self, scope: &str, name: &str, status: &str, busy: bool) -> u64 {
+        let mut inner = self.lock();
+        inner.next_runner_id += 1;
+        let id = inner.next_runner_id;
+        inner.live.insert(id, scope.to_owned());
+        inner
+            .listed
+            .insert(id, (name.to_owned(), status.to_owned(), busy));
+        id
+    }
+
+    /// Jobs re-run, in order.
+    pub fn reruns(&self) -> Vec<u64> {
+        self.lock().reruns.clone()
+    }
+
+    /// Every call to a reconciler operation, in order.
+    pub fn api_calls(&self) -> Vec<ApiCall> {
+        self.lock().api_calls.clone()
+    }
+
+    /// Calls GitHub counts against the installation's rate limit (all but
+    /// 304s), for `operation` or, with None, every operation.
+    pub fn counted_calls(&self, operation: Option<&str>) -> usize {
         self.lock()
-            .jobs
-            .insert(job_id, (repository.to_owned(), status.to_owned()));
+            .api_calls
+            .iter()
+            .filter(|c| !c.not_modified && operation.is_none_or(|o| o == c.operation))
+            .count()
+    }
+
+    /// Calls answered 304 Not Modified.
+    pub fn not_modified_calls(&self) -> usize {
+        self.lock()
+            .api_calls
+            .iter()
+            .filter(|c| c.not_modified)
+            .count()
+    }
+
+    /// Every place a request to, or an answer of, a reconciler operation
+    /// broke GitHub's schemas (`data/github-reconcile.json`); tests assert
+    /// it is empty.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
     }
 
     /// GitHub shows runner `id` as busy (running a job).
@@ -325,6 +466,102 @@ impl FakeGithub {
             Some(&expires) if expires > now_unix() => Ok(()),
             _ => Err("Bad credentials".into()),
         }
+    }
+
+    /// Answers a reconciler list operation: checks the token and the
+    /// request against GitHub's description, builds the answer with
+    /// `build(state, query)`, checks it against the schema, and answers 304
+    /// when `If-None-Match` names its `ETag` (not counted, like GitHub).
+    fn reconcile_call(
+        &self,
+        operation: &'static str,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+        build: impl FnOnce(&Inner, Option<&str>) -> Value,
+    ) -> Response {
+        if let Err(m) = self.check_token(headers) {
+            return error(StatusCode::UNAUTHORIZED, &m);
+        }
+        let mut inner = self.lock();
+        let problems = crate::github_schema::check_request(operation, uri.query(), body);
+        if !problems.is_empty() {
+            let message = problems.join("; ");
+            inner.violations.extend(problems);
+            return error(StatusCode::UNPROCESSABLE_ENTITY, &message);
+        }
+        let answer = build(&inner, uri.query());
+        let problems = crate::github_schema::check_answer(operation, 200, &answer);
+        inner.violations.extend(problems);
+        let text = answer.to_string();
+        let tag = etag(&text);
+        let not_modified = headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == tag);
+        inner.api_calls.push(ApiCall {
+            operation,
+            not_modified,
+        });
+        let remaining = RATE_LIMIT.saturating_sub(counted(&inner) as u64);
+        drop(inner);
+        let mut response = if not_modified {
+            StatusCode::NOT_MODIFIED.into_response()
+        } else {
+            (StatusCode::OK, [("content-type", "application/json")], text).into_response()
+        };
+        let h = response.headers_mut();
+        h.insert("etag", HeaderValue::from_str(&tag).expect("etag header"));
+        h.insert("x-ratelimit-limit", HeaderValue::from(RATE_LIMIT));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(remaining));
+        h.insert("x-ratelimit-reset", HeaderValue::from(now_unix() + 3600));
+        response
+    }
+
+    /// `POST /repos/{o}/{r}/actions/jobs/{id}/rerun`: a completed job of
+    /// that repository goes back to `queued`.
+    fn rerun(
+        &self,
+        repository: &str,
+        id: &str,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Response {
+        if let Err(m) = self.check_token(headers) {
+            return error(StatusCode::UNAUTHORIZED, &m);
+        }
+        let mut inner = self.lock();
+        inner.api_calls.push(ApiCall {
+            operation: ops::RERUN_JOB,
+            not_modified: false,
+        });
+        let problems = crate::github_schema::check_request(ops::RERUN_JOB, uri.query(), body);
+        if !problems.is_empty() {
+            let message = problems.join("; ");
+            inner.violations.extend(problems);
+            return error(StatusCode::UNPROCESSABLE_ENTITY, &message);
+        }
+        let Some(id) = id.parse::<u64>().ok() else {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        };
+        let Some(job) = inner
+            .jobs
+            .get_mut(&id)
+            .filter(|j| j.repository == repository)
+        else {
+            return error(StatusCode::NOT_FOUND, "Not Found");
+        };
+        if job.status != "completed" {
+            return error(StatusCode::FORBIDDEN, "This job is not completed.");
+        }
+        job.status = "queued".into();
+        job.conclusion = None;
+        inner.reruns.push(id);
+        let answer = json!({});
+        let problems = crate::github_schema::check_answer(ops::RERUN_JOB, 201, &answer);
+        inner.violations.extend(problems);
+        (StatusCode::CREATED, answer.to_string()).into_response()
     }
 
     /// Takes the first injected failure meant for `path`, if any.
@@ -447,18 +684,84 @@ async fn handle(
                 return error(StatusCode::NOT_FOUND, "Not Found");
             };
             let asked = format!("{owner}/{repo}");
-            let (repository, status) = match fake.lock().jobs.get(&id) {
+            let job = match fake.lock().jobs.get(&id) {
                 Some(j) => j.clone(),
-                None => (asked.clone(), "queued".to_owned()),
+                None => FakeJob {
+                    repository: asked.clone(),
+                    run_id: id + 1,
+                    status: "queued".into(),
+                    conclusion: None,
+                    labels: vec!["self-hosted".into()],
+                },
             };
-            if repository != asked {
+            if job.repository != asked {
                 return error(StatusCode::NOT_FOUND, "Not Found");
             }
-            (
-                StatusCode::OK,
-                job_body(id, &repository, &status).to_string(),
-            )
-                .into_response()
+            (StatusCode::OK, fake_job_body(id, &job).to_string()).into_response()
+        }
+        (Method::GET, ["installation", "repositories"]) => {
+            fake.reconcile_call(ops::LIST_REPOS, &uri, &headers, &body, |inner, q| {
+                let all: Vec<Value> = inner
+                    .repositories
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| repository_body(i as u64 + 1, r))
+                    .collect();
+                let total = all.len();
+                json!({
+                    "total_count": total,
+                    "repositories": paginate(all, q),
+                    "repository_selection": "all",
+                })
+            })
+        }
+        (Method::GET, ["repos", owner, repo, "actions", "runs"]) => {
+            let repository = format!("{owner}/{repo}");
+            fake.reconcile_call(ops::LIST_RUNS, &uri, &headers, &body, |inner, q| {
+                let wanted = query_value(q, "status");
+                let runs: Vec<Value> = runs_of(inner, &repository)
+                    .into_iter()
+                    .filter(|(_, status)| wanted.as_deref().is_none_or(|w| w == status))
+                    .map(|(id, status)| run_body(id, &repository, &status))
+                    .collect();
+                let total = runs.len();
+                json!({"total_count": total, "workflow_runs": paginate(runs, q)})
+            })
+        }
+        (Method::GET, ["repos", owner, repo, "actions", "runs", run_id, "jobs"]) => {
+            let repository = format!("{owner}/{repo}");
+            let run_id: Option<u64> = run_id.parse().ok();
+            fake.reconcile_call(ops::LIST_JOBS, &uri, &headers, &body, |inner, q| {
+                let mut ids: Vec<u64> = inner
+                    .jobs
+                    .iter()
+                    .filter(|(_, j)| j.repository == repository && Some(j.run_id) == run_id)
+                    .map(|(id, _)| *id)
+                    .collect();
+                ids.sort_unstable();
+                let jobs: Vec<Value> = ids
+                    .iter()
+                    .filter_map(|id| inner.jobs.get(id).map(|j| fake_job_body(*id, j)))
+                    .collect();
+                let total = jobs.len();
+                json!({"total_count": total, "jobs": paginate(jobs, q)})
+            })
+        }
+        (Method::POST, ["repos", owner, repo, "actions", "jobs", id, "rerun"]) => {
+            fake.rerun(&format!("{owner}/{repo}"), id, &uri, &headers, &body)
+        }
+        (Method::GET, [scope @ .., "actions", "runners"]) if valid_scope(scope) => {
+            let operation = match scope {
+                ["repos", ..] => ops::LIST_RUNNERS_REPO,
+                ["orgs", ..] => ops::LIST_RUNNERS_ORG,
+                _ => ops::LIST_RUNNERS_ENTERPRISE,
+            };
+            let scope = scope.join("/");
+            fake.reconcile_call(operation, &uri, &headers, &body, |inner, q| {
+                let runners = runners_of(inner, &scope);
+                let total = runners.len();
+                json!({"total_count": total, "runners": paginate(runners, q)})
+            })
         }
         (Method::GET, [scope @ .., "actions", "runners", id]) if valid_scope(scope) => {
             if let Err(m) = fake.check_token(&headers) {
@@ -485,9 +788,14 @@ async fn handle(
             let scope = scope.join("/");
             let mut inner = fake.lock();
             let id: Option<u64> = id.parse().ok();
+            inner.api_calls.push(ApiCall {
+                operation: ops::DELETE_RUNNER,
+                not_modified: false,
+            });
             match id.filter(|id| inner.live.get(id) == Some(&scope)) {
                 Some(id) => {
                     inner.live.remove(&id);
+                    inner.listed.remove(&id);
                     inner.deleted.push(id);
                     StatusCode::NO_CONTENT.into_response()
                 }
@@ -500,7 +808,19 @@ async fn handle(
 
 /// A `job` as GitHub's REST API describes it (every required field).
 pub fn job_body(id: u64, repository: &str, status: &str) -> Value {
-    let run_id = id + 1;
+    let job = FakeJob {
+        repository: repository.to_owned(),
+        run_id: id + 1,
+        status: status.to_owned(),
+        conclusion: (status == "completed").then(|| "success".to_owned()),
+        labels: vec!["self-hosted".into()],
+    };
+    fake_job_body(id, &job)
+}
+
+/// [`job_body`] of a [`FakeJob`].
+pub fn fake_job_body(id: u64, job: &FakeJob) -> Value {
+    let (repository, status, run_id) = (&job.repository, &job.status, job.run_id);
     let api = format!("https://api.github.com/repos/{repository}/actions");
     let done = status == "completed";
     json!({
@@ -510,11 +830,11 @@ pub fn job_body(id: u64, repository: &str, status: &str) -> Value {
         "workflow_name": "CI", "head_branch": "main", "name": "build",
         "url": format!("{api}/jobs/{id}"),
         "html_url": format!("https://github.com/{repository}/actions/runs/{run_id}/job/{id}"),
-        "status": status, "conclusion": if done { json!("success") } else { Value::Null },
+        "status": status, "conclusion": job.conclusion,
         "created_at": "2026-01-01T10:00:00Z", "started_at": "2026-01-01T10:00:00Z",
         "completed_at": if done { json!("2026-01-01T10:05:00Z") } else { Value::Null },
         "check_run_url": format!("https://api.github.com/repos/{repository}/check-runs/{id}"),
-        "labels": ["self-hosted"], "steps": [],
+        "labels": job.labels, "steps": [],
         "runner_id": Value::Null, "runner_name": Value::Null,
         "runner_group_id": Value::Null, "runner_group_name": Value::Null,
     })
@@ -532,6 +852,201 @@ pub fn runner_body(r: &Registered, busy: bool) -> Value {
         "id": r.id, "name": r.request["name"], "os": "Linux",
         "status": if busy { "online" } else { "offline" }, "busy": busy,
         "labels": labels, "ephemeral": true,
+    })
+}
+
+/// Calls counted against the rate limit so far.
+fn counted(inner: &Inner) -> usize {
+    inner.api_calls.iter().filter(|c| !c.not_modified).count()
+}
+
+/// A weak `ETag` of an answer body (stable within a process).
+fn etag(body: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    format!("W/\"{:016x}\"", hasher.finish())
+}
+
+/// The value of query parameter `name`, if given.
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The `page`th slice of `per_page` items (GitHub's defaults 1 and 30).
+fn paginate(items: Vec<Value>, query: Option<&str>) -> Vec<Value> {
+    let number = |name, default| {
+        query_value(query, name)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(default)
+    };
+    let per_page = number("per_page", 30).max(1);
+    let page = number("page", 1).max(1);
+    items
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect()
+}
+
+/// `repository`'s runs (id, status), newest first: `in_progress` if a job
+/// runs, else `queued` if one is queued, else `completed`.
+fn runs_of(inner: &Inner, repository: &str) -> Vec<(u64, String)> {
+    let mut runs: HashMap<u64, Vec<&str>> = HashMap::new();
+    for job in inner.jobs.values().filter(|j| j.repository == repository) {
+        runs.entry(job.run_id).or_default().push(&job.status);
+    }
+    let mut out: Vec<(u64, String)> = runs
+        .into_iter()
+        .map(|(id, statuses)| {
+            let status = if statuses.contains(&"in_progress") {
+                "in_progress"
+            } else if statuses.contains(&"queued") {
+                "queued"
+            } else {
+                "completed"
+            };
+            (id, status.to_owned())
+        })
+        .collect();
+    out.sort_unstable_by_key(|run| std::cmp::Reverse(run.0));
+    out
+}
+
+/// `scope`'s runners: live JIT registrations and added ones, by id.
+fn runners_of(inner: &Inner, scope: &str) -> Vec<Value> {
+    let mut ids: Vec<u64> = inner
+        .live
+        .iter()
+        .filter(|(_, s)| s.as_str() == scope)
+        .map(|(id, _)| *id)
+        .collect();
+    ids.sort_unstable();
+    ids.into_iter()
+        .filter_map(|id| {
+            if let Some((name, status, busy)) = inner.listed.get(&id) {
+                return Some(json!({
+                    "id": id, "name": name, "os": "Linux", "status": status,
+                    "busy": busy, "labels": [{"name": "self-hosted", "type": "read-only"}],
+                }));
+            }
+            let r = inner.registered.iter().find(|r| r.id == id)?;
+            Some(runner_body(r, inner.busy.contains(&id)))
+        })
+        .collect()
+}
+
+/// A `simple-user` (an account) as GitHub describes it.
+fn account_body(login: &str) -> Value {
+    let api = format!("https://api.github.com/users/{login}");
+    json!({
+        "login": login, "id": 1, "node_id": "MDQ6VXNlcjE=",
+        "avatar_url": "https://avatars.githubusercontent.com/u/1", "gravatar_id": "",
+        "url": api, "html_url": format!("https://github.com/{login}"),
+        "followers_url": format!("{api}/followers"),
+        "following_url": format!("{api}/following{{/other_user}}"),
+        "gists_url": format!("{api}/gists{{/gist_id}}"),
+        "starred_url": format!("{api}/starred{{/owner}}{{/repo}}"),
+        "subscriptions_url": format!("{api}/subscriptions"),
+        "organizations_url": format!("{api}/orgs"), "repos_url": format!("{api}/repos"),
+        "events_url": format!("{api}/events{{/privacy}}"),
+        "received_events_url": format!("{api}/received_events"),
+        "type": "Organization", "site_admin": false,
+    })
+}
+
+/// A `repository` as GitHub describes it (every field the full schema
+/// requires, which covers the minimal one too).
+pub fn repository_body(id: u64, full_name: &str) -> Value {
+    let (owner, name) = full_name.split_once('/').unwrap_or((full_name, full_name));
+    let api = format!("https://api.github.com/repos/{full_name}");
+    let mut repo = json!({
+        "id": id, "node_id": format!("R_{id}"), "name": name, "full_name": full_name,
+        "owner": account_body(owner), "private": true, "description": Value::Null,
+        "fork": false, "url": api, "html_url": format!("https://github.com/{full_name}"),
+        "clone_url": format!("https://github.com/{full_name}.git"),
+        "git_url": format!("git://github.com/{full_name}.git"),
+        "ssh_url": format!("git@github.com:{full_name}.git"),
+        "svn_url": format!("https://github.com/{full_name}"),
+        "mirror_url": Value::Null, "homepage": Value::Null, "language": "Rust",
+        "default_branch": "main", "forks": 0, "forks_count": 0, "open_issues": 0,
+        "open_issues_count": 0, "stargazers_count": 0, "watchers": 0, "watchers_count": 0,
+        "size": 1, "has_downloads": true, "has_issues": true, "has_projects": false,
+        "has_wiki": false, "has_pages": false, "archived": false, "disabled": false,
+        "license": Value::Null, "pushed_at": "2026-01-01T10:00:00Z",
+        "created_at": "2025-01-01T10:00:00Z", "updated_at": "2026-01-01T10:00:00Z",
+    });
+    let links = [
+        ("archive_url", "/{archive_format}{/ref}"),
+        ("assignees_url", "/assignees{/user}"),
+        ("blobs_url", "/git/blobs{/sha}"),
+        ("branches_url", "/branches{/branch}"),
+        ("collaborators_url", "/collaborators{/collaborator}"),
+        ("comments_url", "/comments{/number}"),
+        ("commits_url", "/commits{/sha}"),
+        ("compare_url", "/compare/{base}...{head}"),
+        ("contents_url", "/contents/{+path}"),
+        ("contributors_url", "/contributors"),
+        ("deployments_url", "/deployments"),
+        ("downloads_url", "/downloads"),
+        ("events_url", "/events"),
+        ("forks_url", "/forks"),
+        ("git_commits_url", "/git/commits{/sha}"),
+        ("git_refs_url", "/git/refs{/sha}"),
+        ("git_tags_url", "/git/tags{/sha}"),
+        ("hooks_url", "/hooks"),
+        ("issue_comment_url", "/issues/comments{/number}"),
+        ("issue_events_url", "/issues/events{/number}"),
+        ("issues_url", "/issues{/number}"),
+        ("keys_url", "/keys{/key_id}"),
+        ("labels_url", "/labels{/name}"),
+        ("languages_url", "/languages"),
+        ("merges_url", "/merges"),
+        ("milestones_url", "/milestones{/number}"),
+        (
+            "notifications_url",
+            "/notifications{?since,all,participating}",
+        ),
+        ("pulls_url", "/pulls{/number}"),
+        ("releases_url", "/releases{/id}"),
+        ("stargazers_url", "/stargazers"),
+        ("statuses_url", "/statuses/{sha}"),
+        ("subscribers_url", "/subscribers"),
+        ("subscription_url", "/subscription"),
+        ("tags_url", "/tags"),
+        ("teams_url", "/teams"),
+        ("trees_url", "/git/trees{/sha}"),
+    ];
+    for (field, tail) in links {
+        repo[field] = json!(format!("{api}{tail}"));
+    }
+    repo
+}
+
+/// A `workflow-run` as GitHub describes it.
+pub fn run_body(id: u64, repository: &str, status: &str) -> Value {
+    let api = format!("https://api.github.com/repos/{repository}/actions/runs/{id}");
+    let repo = repository_body(1, repository);
+    json!({
+        "id": id, "node_id": format!("WFR_{id}"), "name": "CI", "head_branch": "main",
+        "head_sha": "f83a356604ae3c5d03e1b46ef4d1ca77d64a90b0",
+        "path": ".github/workflows/ci.yml", "display_title": "CI", "run_number": id,
+        "run_attempt": 1, "event": "push", "status": status,
+        "conclusion": if status == "completed" { json!("success") } else { Value::Null },
+        "workflow_id": 1, "url": api,
+        "html_url": format!("https://github.com/{repository}/actions/runs/{id}"),
+        "created_at": "2026-01-01T10:00:00Z", "updated_at": "2026-01-01T10:00:00Z",
+        "jobs_url": format!("{api}/jobs"), "logs_url": format!("{api}/logs"),
+        "check_suite_url": format!("https://api.github.com/repos/{repository}/check-suites/{id}"),
+        "artifacts_url": format!("{api}/artifacts"), "cancel_url": format!("{api}/cancel"),
+        "rerun_url": format!("{api}/rerun"),
+        "workflow_url": format!("https://api.github.com/repos/{repository}/actions/workflows/1"),
+        "pull_requests": [], "head_commit": Value::Null,
+        "repository": repo.clone(), "head_repository": repo,
     })
 }
 

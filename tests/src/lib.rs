@@ -8,6 +8,8 @@
 //! - [`disk`] — ext4 base and scratch images, read back without mounting.
 //! - [`fake_github`] — a fake GitHub API for the GitHub App client's tests
 //!   and `kiln serve`'s end-to-end tests.
+//! - [`github_schema`] — GitHub's schemas, which the fake's requests and
+//!   answers are checked against.
 //! - [`vm`] — [`TestVm::boot`]: one VM, one job, everything it produced.
 //! - [`netlab`] — throwaway network namespaces standing in for the host,
 //!   the internet, a private LAN and the metadata service, for the network
@@ -20,6 +22,7 @@
 pub mod assets;
 pub mod disk;
 pub mod fake_github;
+pub mod github_schema;
 pub mod job;
 pub mod layer;
 pub mod netlab;

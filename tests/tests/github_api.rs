@@ -12,7 +12,8 @@ use kiln::secret::Secret;
 use kiln_vm_tests::fake_github::{
     job_body, now_unix, runner_body, test_key, Failure, FakeGithub, Registered, APP_ID,
 };
-use serde_json::{json, Value};
+use kiln_vm_tests::github_schema::{check, job_runner_schemas};
+use serde_json::json;
 
 const INSTALLATION: u64 = 77;
 
@@ -579,69 +580,9 @@ async fn bad_keys_fail_at_construction_with_a_clear_error() {
     assert!(text.contains("GitHub API URL \"api.github.com\""), "{text}");
 }
 
-/// GitHub's schemas of a job and a runner (`tests/data/github-job-runner.json`).
-fn github_schemas() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/github-job-runner.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// Where `v` breaks `schema`: the OpenAPI 3 keywords those schemas use
-/// (`type`, `nullable`, `required`, `properties`, `items`, `enum`).
-fn violations(schema: &Value, v: &Value, at: &str, out: &mut Vec<String>) {
-    if v.is_null() {
-        if schema["nullable"] != json!(true) {
-            out.push(format!("{at}: null but not nullable"));
-        }
-        return;
-    }
-    let fits = match schema["type"].as_str() {
-        Some("string") => v.is_string(),
-        Some("integer") => v.is_i64() || v.is_u64(),
-        Some("number") => v.is_number(),
-        Some("boolean") => v.is_boolean(),
-        Some("array") => v.is_array(),
-        Some("object") => v.is_object(),
-        _ => true,
-    };
-    if !fits {
-        out.push(format!("{at}: {v} is not of type {}", schema["type"]));
-        return;
-    }
-    if let Some(allowed) = schema["enum"].as_array() {
-        if !allowed.contains(v) {
-            out.push(format!("{at}: {v} is not one of {allowed:?}"));
-        }
-    }
-    for name in schema["required"].as_array().into_iter().flatten() {
-        let name = name.as_str().unwrap_or_default();
-        if v.get(name).is_none() {
-            out.push(format!("{at}: {name} is required"));
-        }
-    }
-    if let (Some(props), Some(obj)) = (schema["properties"].as_object(), v.as_object()) {
-        for (k, field) in obj {
-            if let Some(s) = props.get(k) {
-                violations(s, field, &format!("{at}.{k}"), out);
-            }
-        }
-    }
-    if let Some(items) = v.as_array() {
-        for (i, item) in items.iter().enumerate() {
-            violations(&schema["items"], item, &format!("{at}[{i}]"), out);
-        }
-    }
-}
-
-fn check(schema: &Value, v: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    violations(schema, v, "$", &mut out);
-    out
-}
-
 #[test]
 fn the_fakes_job_and_runner_answers_follow_githubs_schemas() {
-    let schemas = github_schemas();
+    let schemas = job_runner_schemas();
     for status in ["queued", "in_progress", "completed"] {
         let job = job_body(7, "acme/widgets", status);
         assert_eq!(

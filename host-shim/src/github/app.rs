@@ -10,7 +10,9 @@ use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-use super::client::{format_rfc3339, parse_rfc3339, unix_secs, Answer, ClientPolicy, HttpClient};
+use super::client::{
+    format_rfc3339, parse_rfc3339, unix_secs, Answer, ClientPolicy, HttpClient, RateLimit,
+};
 use super::error::GithubError;
 use crate::secret::Secret;
 
@@ -30,6 +32,8 @@ pub struct GithubApp {
     /// One slot per installation. The slot's async lock is held while a token
     /// is fetched, so concurrent callers wait for that one refresh.
     tokens: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<CachedToken>>>>>,
+    /// The last rate-limit headers GitHub sent, per installation.
+    rate_limits: Mutex<HashMap<u64, RateLimit>>,
 }
 
 // The dispatcher shares one GithubApp between tasks through an Arc.
@@ -74,6 +78,7 @@ impl GithubApp {
             key: parse_key(private_key_pem)?,
             http: HttpClient::new(api_url, policy)?,
             tokens: Mutex::new(HashMap::new()),
+            rate_limits: Mutex::new(HashMap::new()),
         })
     }
 
@@ -176,12 +181,34 @@ impl GithubApp {
         path: &str,
         json_body: Option<Bytes>,
     ) -> Result<Answer, GithubError> {
+        self.send_as_installation_if(installation_id, method, path, json_body, None)
+            .await
+    }
+
+    /// [`GithubApp::send_as_installation`] with `If-None-Match: if_none_match`
+    /// when given (a 304 is returned as is). Records the answer's rate-limit
+    /// headers for [`GithubApp::rate_limit`].
+    pub(crate) async fn send_as_installation_if(
+        &self,
+        installation_id: u64,
+        method: Method,
+        path: &str,
+        json_body: Option<Bytes>,
+        if_none_match: Option<&str>,
+    ) -> Result<Answer, GithubError> {
         let auth = self.installation_auth(installation_id).await?;
         let answer = self
             .http
-            .send(method.clone(), path, auth.expose(), json_body.clone())
+            .send_conditional(
+                method.clone(),
+                path,
+                auth.expose(),
+                json_body.clone(),
+                if_none_match,
+            )
             .await?;
         if answer.status != StatusCode::UNAUTHORIZED {
+            self.note_rate_limit(installation_id, &answer);
             return Ok(answer);
         }
         tracing::warn!(
@@ -191,7 +218,32 @@ impl GithubApp {
         );
         self.forget_token(installation_id).await;
         let auth = self.installation_auth(installation_id).await?;
-        self.http.send(method, path, auth.expose(), json_body).await
+        let answer = self
+            .http
+            .send_conditional(method, path, auth.expose(), json_body, if_none_match)
+            .await?;
+        self.note_rate_limit(installation_id, &answer);
+        Ok(answer)
+    }
+
+    fn note_rate_limit(&self, installation_id: u64, answer: &Answer) {
+        if let Some(limit) = answer.rate_limit {
+            self.rate_limits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(installation_id, limit);
+        }
+    }
+
+    /// The rate limit of installation `installation_id` as GitHub's last
+    /// answer to one of its requests stated it; None before any answer
+    /// carried the headers.
+    pub fn rate_limit(&self, installation_id: u64) -> Option<RateLimit> {
+        self.rate_limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&installation_id)
+            .copied()
     }
 }
 

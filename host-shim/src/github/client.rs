@@ -63,9 +63,56 @@ pub(crate) struct Answer {
     pub status: StatusCode,
     // Not Debug on purpose: a 201 body holds the JIT config or a token.
     body: Bytes,
+    /// The `ETag` header, for a later `If-None-Match`.
+    pub etag: Option<String>,
+    /// GitHub's `x-ratelimit-*` headers, when it sent them.
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// GitHub's rate-limit headers on an answer: the bucket of the token that
+/// made the request (for an installation token, the installation's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// `x-ratelimit-limit`: requests per hour.
+    pub limit: u64,
+    /// `x-ratelimit-remaining`: requests left in this hour.
+    pub remaining: u64,
+    /// `x-ratelimit-reset`: when the hour ends, Unix seconds.
+    pub reset_unix: u64,
+}
+
+impl RateLimit {
+    fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let num = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Some(Self {
+            limit: num("x-ratelimit-limit")?,
+            remaining: num("x-ratelimit-remaining")?,
+            reset_unix: num("x-ratelimit-reset")?,
+        })
+    }
 }
 
 impl Answer {
+    /// A `200 OK` with `body`: a cached answer standing in for a 304.
+    pub fn cached(body: Bytes, etag: String, rate_limit: Option<RateLimit>) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body,
+            etag: Some(etag),
+            rate_limit,
+        }
+    }
+
+    /// The body as received, for the conditional-request cache.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
     /// GitHub's `message` field, truncated, for error texts.
     pub fn message(&self) -> String {
         github_message(&self.body)
@@ -148,6 +195,20 @@ impl HttpClient {
         authorization: &str,
         json_body: Option<Bytes>,
     ) -> Result<Answer, GithubError> {
+        self.send_conditional(method, path, authorization, json_body, None)
+            .await
+    }
+
+    /// [`HttpClient::send`] with an `If-None-Match` header when `if_none_match`
+    /// is given; GitHub then answers 304 (returned as is) if nothing changed.
+    pub async fn send_conditional(
+        &self,
+        method: Method,
+        path: &str,
+        authorization: &str,
+        json_body: Option<Bytes>,
+        if_none_match: Option<&str>,
+    ) -> Result<Answer, GithubError> {
         let policy = &self.policy;
         let name = method_name(&method);
         let mut rate_limit_waited = Duration::ZERO;
@@ -155,7 +216,13 @@ impl HttpClient {
         loop {
             attempt += 1;
             let last = attempt >= policy.max_attempts;
-            let once = self.once(&method, path, authorization, json_body.clone());
+            let once = self.once(
+                &method,
+                path,
+                authorization,
+                json_body.clone(),
+                if_none_match,
+            );
             let retry_after = match tokio::time::timeout(policy.request_timeout, once).await {
                 Err(_elapsed) => {
                     if last {
@@ -246,6 +313,7 @@ impl HttpClient {
         path: &str,
         authorization: &str,
         json_body: Option<Bytes>,
+        if_none_match: Option<&str>,
     ) -> Result<(Answer, HeaderMap), String> {
         let uri: Uri = format!("{}{}", self.base, path)
             .parse()
@@ -263,6 +331,11 @@ impl HttpClient {
         if json_body.is_some() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
         }
+        if let Some(etag) = if_none_match {
+            let value = HeaderValue::from_str(etag)
+                .map_err(|_| format!("the ETag {etag:?} is not a valid header value"))?;
+            builder = builder.header(header::IF_NONE_MATCH, value);
+        }
         let request = builder
             .body(Full::new(json_body.unwrap_or_default()))
             .map_err(|e| format!("building the request: {e}"))?;
@@ -277,10 +350,18 @@ impl HttpClient {
             .await
             .map_err(|e| format!("reading the answer: {e}"))?
             .to_bytes();
+        let etag = parts
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let rate_limit = RateLimit::from_headers(&parts.headers);
         Ok((
             Answer {
                 status: parts.status,
                 body,
+                etag,
+                rate_limit,
             },
             parts.headers,
         ))

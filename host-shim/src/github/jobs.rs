@@ -38,6 +38,22 @@ impl JobStatus {
     }
 }
 
+/// GitHub's `conclusion` of a completed job (the `job` schema's enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobConclusion {
+    Success,
+    Failure,
+    Neutral,
+    Cancelled,
+    Skipped,
+    TimedOut,
+    ActionRequired,
+    /// A conclusion GitHub added after this code was written.
+    #[serde(other)]
+    Other,
+}
+
 /// What GitHub says about a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobState {

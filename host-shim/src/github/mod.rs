@@ -6,22 +6,33 @@
 //! - [`jit`] — just-in-time runner configs.
 //! - [`jobs`] — a workflow job's status now (is it still queued?).
 //! - [`runners`] — whether a runner is busy; deleting runner registrations.
+//! - [`lists`] — installation repositories, queued runs, a run's jobs, the
+//!   scope's runners; re-running a job.
+//! - [`conditional`] — `ETag`/`If-None-Match` requests that cost no rate limit
+//!   when nothing changed.
+//! - [`reconcile`] — lost webhooks, stale runners, re-running jobs Kiln's
+//!   infrastructure failed.
 //! - [`client`] — HTTP: timeouts, retries, rate limits, TLS.
 //! - [`error`] — [`GithubError`]: names the request, never a token or JIT config.
 
 pub mod app;
 pub mod client;
+pub mod conditional;
 pub mod error;
 pub mod jit;
 pub mod jobs;
+pub mod lists;
+pub mod reconcile;
 pub mod runners;
 pub mod scope;
 pub mod webhook;
 
 pub use app::GithubApp;
-pub use client::ClientPolicy;
+pub use client::{ClientPolicy, RateLimit};
+pub use conditional::{Cost, EtagCache};
 pub use error::GithubError;
 pub use jit::{JitConfig, JitRequest};
-pub use jobs::{JobState, JobStatus};
+pub use jobs::{JobConclusion, JobState, JobStatus};
+pub use lists::{Page, Repository, RunFilter, Runner, WorkflowJob, WorkflowRun};
 pub use runners::RunnerState;
 pub use scope::RunnerScope;

@@ -125,6 +125,10 @@ pub struct WorkflowJob {
     /// What `runs-on` asked for.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// A `completed` delivery's conclusion (null before; what
+    /// `reconcile::rerun::decide` reads).
+    #[serde(default)]
+    pub conclusion: Option<super::jobs::JobConclusion>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -141,6 +145,7 @@ pub struct Installation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::github::jobs::JobConclusion;
 
     // GitHub's documented test vector.
     const SECRET: &str = "It's a Secret to Everybody";
@@ -188,6 +193,18 @@ mod tests {
     }
 
     #[test]
+    fn a_completed_delivery_carries_its_conclusion() {
+        let body = r#"{
+            "action": "completed",
+            "workflow_job": {"id": 1, "run_id": 2, "labels": [], "conclusion": "failure"},
+            "repository": {"full_name": "acme/widgets"},
+            "installation": {"id": 42}
+        }"#;
+        let ev = parse_workflow_job(body.as_bytes()).expect("parses");
+        assert_eq!(ev.workflow_job.conclusion, Some(JobConclusion::Failure));
+    }
+
+    #[test]
     fn parses_a_workflow_job_payload_and_ignores_unknown_fields() {
         let body = r#"{
             "action": "queued",
@@ -207,6 +224,7 @@ mod tests {
         assert_eq!(ev.workflow_job.id, 29679449);
         assert_eq!(ev.workflow_job.run_id, 10365395);
         assert_eq!(ev.workflow_job.labels, ["self-hosted", "Linux"]);
+        assert_eq!(ev.workflow_job.conclusion, None);
         assert_eq!(ev.repository.full_name, "acme/widgets");
         assert_eq!(ev.installation.map(|i| i.id), Some(42));
     }
