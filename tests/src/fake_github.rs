@@ -39,6 +39,10 @@ use serde_json::{json, Value};
 
 pub const APP_ID: u64 = 4242;
 
+/// The App's installation on every organization, repository and
+/// enterprise the fake is asked about.
+pub const INSTALLATION_ID: u64 = 7;
+
 /// A throw-away RSA key pair, made once per test process (no key file in
 /// the repository).
 pub struct TestKey {
@@ -203,6 +207,9 @@ pub mod ops {
     pub const LIST_RUNNERS_ENTERPRISE: &str =
         "enterprise-admin/list-self-hosted-runners-for-enterprise";
     pub const DELETE_RUNNER: &str = "actions/delete-self-hosted-runner";
+    pub const ORG_INSTALLATION: &str = "apps/get-org-installation";
+    pub const REPO_INSTALLATION: &str = "apps/get-repo-installation";
+    pub const ENTERPRISE_INSTALLATION: &str = "apps/get-enterprise-installation";
 }
 
 /// GitHub's primary rate limit of an installation, as the fake reports it.
@@ -472,6 +479,47 @@ impl FakeGithub {
     /// request against GitHub's description, builds the answer with
     /// `build(state, query)`, checks it against the schema, and answers 304
     /// when `If-None-Match` names its `ETag` (not counted, like GitHub).
+    /// The App's installation for a scope (authenticated as the App).
+    fn installation(&self, operation: &'static str, headers: &HeaderMap, target: &str) -> Response {
+        if let Err(m) = self.check_jwt(headers) {
+            return error(StatusCode::UNAUTHORIZED, &m);
+        }
+        let id = INSTALLATION_ID;
+        let answer = json!({
+            "id": id,
+            "app_id": APP_ID,
+            "app_slug": "kiln-test",
+            "target_id": 1,
+            "target_type": target,
+            "single_file_name": null,
+            "repository_selection": "all",
+            "access_tokens_url": format!("https://api.github.com/app/installations/{id}/access_tokens"),
+            "html_url": format!("https://github.com/organizations/acme/settings/installations/{id}"),
+            "repositories_url": "https://api.github.com/installation/repositories",
+            "events": ["workflow_job"],
+            "account": null,
+            "permissions": {"organization_self_hosted_runners": "write", "actions": "write"},
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z",
+            "suspended_by": null,
+            "suspended_at": null,
+        });
+        let mut inner = self.lock();
+        let problems = crate::github_schema::check_answer(operation, 200, &answer);
+        inner.violations.extend(problems);
+        inner.api_calls.push(ApiCall {
+            operation,
+            not_modified: false,
+        });
+        drop(inner);
+        (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            answer.to_string(),
+        )
+            .into_response()
+    }
+
     fn reconcile_call(
         &self,
         operation: &'static str,
@@ -698,6 +746,15 @@ async fn handle(
                 return error(StatusCode::NOT_FOUND, "Not Found");
             }
             (StatusCode::OK, fake_job_body(id, &job).to_string()).into_response()
+        }
+        (Method::GET, ["orgs", _, "installation"]) => {
+            fake.installation(ops::ORG_INSTALLATION, &headers, "Organization")
+        }
+        (Method::GET, ["repos", _, _, "installation"]) => {
+            fake.installation(ops::REPO_INSTALLATION, &headers, "Organization")
+        }
+        (Method::GET, ["enterprises", _, "installation"]) => {
+            fake.installation(ops::ENTERPRISE_INSTALLATION, &headers, "Enterprise")
         }
         (Method::GET, ["installation", "repositories"]) => {
             fake.reconcile_call(ops::LIST_REPOS, &uri, &headers, &body, |inner, q| {

@@ -579,3 +579,33 @@ fn the_schema_checks_catch_bad_requests_and_answers() {
     );
     assert!(!check_answer(ops::LIST_REPOS, 200, &json!({"repositories": []})).is_empty());
 }
+
+/// The reconciler starts from the App's installation on the configured
+/// scope, asked as the App (a JWT), for each kind of scope.
+#[tokio::test]
+async fn the_installation_of_each_scope_is_found_as_the_app() {
+    let fake = FakeGithub::start().await;
+    let app = app_for(&fake);
+    let scopes = [
+        org(),
+        RunnerScope::Repo {
+            owner: "acme".into(),
+            repo: "widgets".into(),
+        },
+        RunnerScope::Enterprise {
+            enterprise: "megacorp".into(),
+        },
+    ];
+    for scope in &scopes {
+        let id = app.installation_of(scope).await.expect("installation");
+        assert_eq!(id, kiln_vm_tests::fake_github::INSTALLATION_ID, "{scope:?}");
+    }
+    for op in [
+        ops::ORG_INSTALLATION,
+        ops::REPO_INSTALLATION,
+        ops::ENTERPRISE_INSTALLATION,
+    ] {
+        assert_eq!(fake.counted_calls(Some(op)), 1, "{op}");
+    }
+    assert_eq!(fake.violations(), Vec::<String>::new());
+}

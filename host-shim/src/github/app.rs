@@ -14,6 +14,7 @@ use super::client::{
     format_rfc3339, parse_rfc3339, unix_secs, Answer, ClientPolicy, HttpClient, RateLimit,
 };
 use super::error::GithubError;
+use super::scope::RunnerScope;
 use crate::secret::Secret;
 
 /// GitHub allows at most 10 minutes; 9 leaves room for clock skew.
@@ -121,6 +122,24 @@ impl GithubApp {
         let auth = Secret::new(format!("token {}", fresh.token.expose()));
         *cached = Some(fresh);
         Ok(auth)
+    }
+
+    /// The id of the App's installation that covers `scope` (asked as the
+    /// App: `GET /orgs/{org}/installation`, `/repos/{owner}/{repo}/installation`
+    /// or `/enterprises/{enterprise}/installation`).
+    pub async fn installation_of(&self, scope: &RunnerScope) -> Result<u64, GithubError> {
+        #[derive(serde::Deserialize)]
+        struct Installation {
+            id: u64,
+        }
+        let path = scope.installation_path();
+        let auth = format!("Bearer {}", self.jwt()?.expose());
+        let answer = self.http.send(Method::GET, &path, &auth, None).await?;
+        if answer.status != StatusCode::OK {
+            return Err(answer.into_error(&Method::GET, &path));
+        }
+        let Installation { id } = answer.json(&Method::GET, &path)?;
+        Ok(id)
     }
 
     /// Forgets installation `installation_id`'s token (GitHub said 401: revoked).

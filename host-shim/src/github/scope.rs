@@ -39,6 +39,15 @@ impl RunnerScope {
 }
 
 impl RunnerScope {
+    /// Where the App's installation on this scope is found:
+    /// `/repos/{owner}/{repo}/installation`, `/orgs/{org}/installation` or
+    /// `/enterprises/{enterprise}/installation`.
+    pub fn installation_path(&self) -> String {
+        let runners = self.runners_path();
+        let prefix = runners.strip_suffix("/actions/runners").unwrap_or(&runners);
+        format!("{prefix}/installation")
+    }
+
     /// Whether this scope's runners can take jobs of `repository`
     /// (`owner/name`, as in a webhook): the repository itself, or one the
     /// organization owns (GitHub's names are case-insensitive). An

@@ -162,6 +162,10 @@ pub struct JobRecord {
     pub reruns: u32,
     /// When the record last changed, seconds since the Unix epoch.
     pub updated_unix: u64,
+    /// Its workflow run.
+    pub run_id: u64,
+    /// The App installation that may act on it.
+    pub installation_id: u64,
 }
 
 /// A journal operation that failed. Each message names the file or

@@ -93,7 +93,9 @@ pub const MIGRATIONS: &[&str] = &[
         runner_name TEXT,
         infra_failure TEXT,
         reruns INTEGER NOT NULL,
-        updated_unix INTEGER NOT NULL
+        updated_unix INTEGER NOT NULL,
+        run_id INTEGER NOT NULL,
+        installation_id INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX jobs_by_state ON jobs (state);
     CREATE TABLE completed (
@@ -111,13 +113,13 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 const SCHEMA_CHECK: &[&str] = &[
     "SELECT id, pool, job_id, dir, vmm_pid, vmm_start_ticks, cid, uid, netns, links, scratch, jail, cgroup, created_unix FROM vms LIMIT 0",
     "SELECT name, runner_id, scope, job_id, vm_id, created_unix FROM runners LIMIT 0",
-    "SELECT job_id, delivery, owner, repo, pool, labels, state, attempts, runner_name, infra_failure, reruns, updated_unix FROM jobs LIMIT 0",
+    "SELECT job_id, delivery, owner, repo, pool, labels, state, attempts, runner_name, infra_failure, reruns, updated_unix, run_id, installation_id FROM jobs LIMIT 0",
     "SELECT seq, job_id, completed_unix FROM completed LIMIT 0",
 ];
 
 const VM_COLUMNS: &str = "id, pool, job_id, dir, vmm_pid, vmm_start_ticks, cid, uid, netns, links, scratch, jail, cgroup, created_unix";
 const RUNNER_COLUMNS: &str = "name, runner_id, scope, job_id, vm_id, created_unix";
-const JOB_COLUMNS: &str = "job_id, delivery, owner, repo, pool, labels, state, attempts, runner_name, infra_failure, reruns, updated_unix";
+const JOB_COLUMNS: &str = "job_id, delivery, owner, repo, pool, labels, state, attempts, runner_name, infra_failure, reruns, updated_unix, run_id, installation_id";
 
 /// The journal in `<state dir>/journal.db`.
 #[derive(Debug)]
@@ -324,7 +326,7 @@ impl Journal for SqliteJournal {
     fn put_job(&self, rec: &JobRecord) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT OR REPLACE INTO jobs ({JOB_COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
         );
         self.write(
             "recording a job",
@@ -342,6 +344,8 @@ impl Journal for SqliteJournal {
                 rec.infra_failure,
                 rec.reruns,
                 rec.updated_unix,
+                rec.run_id,
+                rec.installation_id,
             ],
         )
         .map(drop)
@@ -789,5 +793,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         infra_failure: row.get(9)?,
         reruns: row.get(10)?,
         updated_unix: row.get(11)?,
+        run_id: row.get(12)?,
+        installation_id: row.get(13)?,
     })
 }

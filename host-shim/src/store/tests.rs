@@ -86,6 +86,8 @@ fn job(job_id: u64) -> JobRecord {
         infra_failure: None,
         reruns: 0,
         updated_unix: 1_700_000_003,
+        run_id: 77,
+        installation_id: 88,
     }
 }
 
