@@ -9,6 +9,8 @@
 //! - [`random`] — random bytes from the kernel.
 //! - [`net`] — every VM's network: namespace, veth, tap, addresses, the nftables egress policy.
 //! - [`github`] — GitHub: webhook verification and payloads, the App's REST calls.
+//! - [`job`] — one job's lifecycle under `kiln serve`: runner name, still-queued check, JIT
+//!   config, VM, job log, idle runners.
 //! - [`scheduler`] — the job queue: capacity accounting and dispatch, FIFO per host.
 //! - [`secret`] — [`secret::Secret`]: strings that print as `[redacted]`.
 //! - [`serve`] — `kiln serve`'s HTTP server: webhooks in, jobs to the scheduler.
@@ -22,6 +24,7 @@ pub mod conversation;
 pub mod disk;
 pub mod doctor;
 pub mod github;
+pub mod job;
 pub mod lease;
 pub mod net;
 pub mod random;

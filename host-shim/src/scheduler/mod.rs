@@ -2,7 +2,7 @@
 //! VM, then each runs in its own task through a [`Dispatch`].
 //!
 //! - [`job`] — [`QueuedJob`]: what a webhook hands over.
-//! - [`dispatch`] — [`Dispatch`]: runs one job's VM (`kiln serve`'s is `serve::dispatch`).
+//! - [`dispatch`] — [`Dispatch`]: runs one job's VM (`kiln serve`'s is [`crate::job::Jobs`]).
 //! - [`queue`] — the bookkeeping: FIFO order, host and pool capacity, [`Snapshot`].
 //! - [`runner`] — [`Scheduler`]: the queue behind a lock, one task per started job,
 //!   capacity released when the task ends however it ends.
