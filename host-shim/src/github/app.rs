@@ -32,7 +32,7 @@ pub struct GithubApp {
     tokens: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<Option<CachedToken>>>>>,
 }
 
-// The dispatcher shares one GithubApp between tasks through an Arc.
+// The job lifecycle (crate::job) shares one GithubApp between tasks through an Arc.
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<GithubApp>();

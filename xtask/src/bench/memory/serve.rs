@@ -902,7 +902,7 @@ mod tests {
     #[test]
     fn serve_log_job_ends_are_told_apart() {
         let log = "\
-2026-12-01T22:00:01Z  INFO kiln::scheduler::runner: job started delivery=a job_id=1 pool=bench waited_ms=0
+2026-12-01T22:00:01Z  INFO kiln::scheduler::running: job started delivery=a job_id=1 pool=bench waited_ms=0
 2026-12-01T22:00:09Z  INFO job{job_id=1 pool=bench runner=kiln-bench-1-abcdef}: kiln::job: job done runner_id=101 vm=kiln-x exit=exit 0
 2026-12-01T22:00:10Z  WARN job{job_id=2 pool=bench runner=kiln-bench-2-abcdef}: kiln::job: job done: the runner failed runner_id=102 exit=exit 1
 2026-12-01T22:00:11Z ERROR job{job_id=3 pool=bench runner=kiln-bench-3-abcdef}: kiln::job: job failed runner_id=103 exit=VM failed: boot
