@@ -27,7 +27,7 @@ pub use host::{HostCapacity, HostFacts, DEFAULT_MEMORY_PERCENT};
 pub use network::{NetworkSettings, PoolNetwork, Proxy};
 pub use pool::Pool;
 
-use crate::cli::duration::parse_duration;
+use crate::duration::parse_duration;
 use crate::github::scope::RunnerScope;
 use crate::secret::Secret;
 use file::{RawConfig, RawGithub, RawPool};

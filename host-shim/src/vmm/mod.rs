@@ -5,6 +5,7 @@
 //! - `firecracker`: production, always through the jailer.
 
 pub mod firecracker;
+pub mod kvm;
 pub mod qemu;
 pub mod spec;
 
