@@ -68,7 +68,6 @@ pub fn check(device: &Path) -> Result<KvmDevice, KvmError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
