@@ -26,7 +26,9 @@ use super::output::OutputSink;
 use super::request::{RequestError, VmRequest};
 use super::stop::{StopLevel, StopSignal};
 use super::timing::{Marks, Timing};
-use crate::conversation::{self, Conversation, ConversationError, Event, Limits, Summary};
+use crate::conversation::{
+    self, Canceller, Conversation, ConversationError, Event, Limits, Summary,
+};
 use crate::disk::{self, ScratchError};
 use crate::net::{NetError, NetRequest, Network};
 use crate::vmm::{NetAttach, VmSpec};
@@ -451,15 +453,7 @@ impl<'a> VmLife<'a> {
                     Ok(Some(Event::RunnerExited(e))) => break Ok(JobEnd::Exited(e)),
                     Ok(Some(Event::GuestError(e))) => break Ok(JobEnd::GuestError(e)),
                     Ok(None) => break Err(ConversationError::Closed.into()),
-                    Err(ConversationError::Closed) => {
-                        // Usually the VMM going away closed the channel:
-                        // say so when it did.
-                        let exited = tokio::time::timeout(CLOSED_VMM_GRACE, live.vm.exited()).await;
-                        break Err(match exited {
-                            Ok(s) => RunError::VmmExitedDuringJob { status: status_text(s) },
-                            Err(_) => ConversationError::Closed.into(),
-                        });
-                    }
+                    Err(ConversationError::Closed) => break Err(closed(&mut live.vm).await),
                     Err(e) => break Err(e.into()),
                 },
                 s = live.vm.exited() => {
@@ -475,11 +469,7 @@ impl<'a> VmLife<'a> {
                     st.stop = l;
                     match l {
                         StopLevel::Cancel => {
-                            tracing::info!(vm = ?st.id, grace = ?req.cancel_grace, "cancelling the job");
-                            if let Err(e) = canceller.cancel(req.cancel_grace).await {
-                                tracing::warn!(vm = ?st.id, error = %e, "sending Cancel failed");
-                            }
-                            cancel_by = Some(Instant::now() + req.cancel_grace + t.cancel_slack);
+                            cancel_by = Some(cancel(&canceller, req, st.id.as_deref()).await);
                         }
                         StopLevel::Kill => break Err(RunError::Killed),
                         StopLevel::Run => {}
@@ -579,6 +569,27 @@ impl<'a, S: OutputSink> Output<'a, S> {
             self.broken = true;
         }
     }
+}
+
+/// The channel closed during the job. Usually the VMM going away closed
+/// it: say so when it did.
+async fn closed(vm: &mut RunningVm) -> RunError {
+    match tokio::time::timeout(CLOSED_VMM_GRACE, vm.exited()).await {
+        Ok(s) => RunError::VmmExitedDuringJob {
+            status: status_text(s),
+        },
+        Err(_) => ConversationError::Closed.into(),
+    }
+}
+
+/// Sends the guest Cancel with the request's grace; returns by when the
+/// job's end must have come.
+async fn cancel(canceller: &Canceller, req: &VmRequest, vm: Option<&str>) -> Instant {
+    tracing::info!(vm = ?vm, grace = ?req.cancel_grace, "cancelling the job");
+    if let Err(e) = canceller.cancel(req.cancel_grace).await {
+        tracing::warn!(vm = ?vm, error = %e, "sending Cancel failed");
+    }
+    Instant::now() + req.cancel_grace + req.timeouts.cancel_slack
 }
 
 /// Reads what the guest sent before its VMM exited, up to its last event.
