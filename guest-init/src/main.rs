@@ -2,7 +2,6 @@
 //! job from the host over vsock, runs it, reports, and powers off.
 
 // Tests may unwrap; the init itself may not.
-#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod cgroup;
 mod channel;

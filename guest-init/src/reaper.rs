@@ -54,11 +54,12 @@ mod tests {
     #[test]
     fn reaps_orphans_and_keeps_the_watched_status() {
         // Orphans come back to this test process as if it were PID 1.
-        // SAFETY: prctl with integer arguments.
-        assert_eq!(
-            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-            0
-        );
+        // SAFETY: PR_SET_CHILD_SUBREAPER takes integer arguments only (no
+        // pointer for the kernel to read or write) and changes nothing in
+        // this process's memory: it only makes orphaned descendants its
+        // children.
+        let subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(subreaper, 0);
         let reap_until_none = |watch: Pid| -> (Option<ExitStatus>, usize) {
             let (mut status, mut count) = (None, 0);
             let until = Instant::now() + Duration::from_secs(10);

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used)]
 //! Every message survives encode → decode, through both codecs; and no
 //! input, however broken, makes the decoder panic.
 

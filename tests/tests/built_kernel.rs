@@ -10,7 +10,6 @@
 //!     cargo xtask kernel
 //!     cargo xtask image --no-runner
 //!     cargo test -p kiln-vm-tests --test built_kernel -- --ignored
-#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 

@@ -1,7 +1,6 @@
 //! What kiln does to protect its own secrets on the host: `kiln serve`
 //! makes itself non-dumpable (no core dump, no ptrace or `/proc/<pid>/`
 //! reading by its uid's other processes) before it reads anything.
-#![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;

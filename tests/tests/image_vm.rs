@@ -7,7 +7,7 @@
 //! lock on `target/kiln-image.lock`, which stays shared while the tests run
 //! so no other test process rebuilds it under them. `KILN_TEST_IMAGE=DIR`
 //! uses an existing image directory as it is.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used)]
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

@@ -1,9 +1,9 @@
 //! `kiln serve` end to end, in-process: the real [`Server`] with the
-//! production dispatcher over QEMU (the test assets), against a fake GitHub
+//! production job lifecycle (`kiln::job::Jobs`) over QEMU (the test assets), against a fake GitHub
 //! on 127.0.0.1, fed a signed `workflow_job` webhook over real HTTP.
 //!
 //! The image is a minimal one whose `/opt/actions-runner/run.sh` (the path
-//! the dispatcher starts, as in `cargo xtask image`'s images) is a
+//! the job lifecycle starts, as in `cargo xtask image`'s images) is a
 //! stand-in: it prints a hash of the JIT config it got in
 //! `ACTIONS_RUNNER_INPUT_JITCONFIG`, who it runs as, and whether the config
 //! is in its argv or the kernel command line. For job id 999 it then
@@ -19,8 +19,8 @@ use std::time::Duration;
 use kiln::config::{Config, HostFacts};
 use kiln::github::webhook::sign;
 use kiln::github::ClientPolicy;
+use kiln::job::{Jobs, Settings};
 use kiln::secret::Secret;
-use kiln::serve::dispatch::{production_with, Production, Settings};
 use kiln::serve::Server;
 use kiln::vm::{Backend, RuntimeDirs, Timeouts};
 use kiln_vm_tests::fake_github::{test_key, Failure, FakeGithub, APP_ID};
@@ -135,8 +135,8 @@ fn write_secret(path: &Path, content: &str) {
 struct Kiln {
     root: TempDir,
     addr: std::net::SocketAddr,
-    server: Arc<Server<Production>>,
-    dispatcher: Production,
+    server: Arc<Server<Jobs>>,
+    jobs: Jobs,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -244,8 +244,8 @@ job_timeout = "2m"
             timeouts: Timeouts::default(),
             net_check_every: Duration::from_secs(1),
         };
-        let dispatcher = production_with(&config, settings).await.unwrap();
-        let server = Arc::new(Server::new(&config, dispatcher.clone()));
+        let jobs = Jobs::start_with(&config, settings).await.unwrap();
+        let server = Arc::new(Server::new(&config, jobs.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -261,7 +261,7 @@ job_timeout = "2m"
             root,
             addr,
             server,
-            dispatcher,
+            jobs,
             stop: Some(stop),
         }
     }
@@ -303,7 +303,7 @@ job_timeout = "2m"
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let snap = self.server.scheduler().snapshot();
-            if snap.finished >= n && snap.running == 0 && self.dispatcher.running() == 0 {
+            if snap.finished >= n && snap.running == 0 && self.jobs.running() == 0 {
                 return;
             }
             assert!(
@@ -547,7 +547,7 @@ async fn a_cancelled_job_still_kills_its_vm_and_deletes_its_runner() {
         .await
         .expect("capacity comes back at once");
     // The job's own task goes on: kill, teardown, runner deletion.
-    assert_eq!(kiln.dispatcher.finish(Duration::from_secs(60)).await, 0);
+    assert_eq!(kiln.jobs.finish(Duration::from_secs(60)).await, 0);
 
     let registered = fake.registered();
     assert_eq!(registered.len(), 1, "{registered:?}");
@@ -950,7 +950,7 @@ fn serve_gives_the_pools_vms_the_egress_network_and_fails_closed() {
             "{}",
             logs_text()
         );
-        kiln.dispatcher.stop_network().await;
+        kiln.jobs.stop_network().await;
         kiln.assert_no_vm_left();
         drop(kiln);
     })

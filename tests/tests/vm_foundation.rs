@@ -2,7 +2,6 @@
 //! real VM: QEMU (KVM where it can run the guest, TCG otherwise), Debian's
 //! cloud kernel, kiln-init as PID 1 from an initramfs with busybox, and the
 //! job as `runner` (uid 1001).
-#![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -5,7 +5,6 @@
 //! - [`serve`]: `kiln serve` — the daemon: GitHub webhooks in, one microVM per job.
 
 pub mod doctor;
-pub mod duration;
 mod log_writer;
 pub mod run;
 pub mod serve;

@@ -29,8 +29,8 @@ use std::time::Duration;
 use anyhow::Context;
 use kiln_protocol::{CommandSpec, ExitStatus, Job, UserSpec, WallClock, PROTOCOL_VERSION};
 
-use super::duration::parse_duration;
 use super::signals;
+use crate::duration::parse_duration;
 use crate::net::{NetConfig, NetRequest, Network};
 use crate::vm::{
     select_backend, stop_channel, BackendChoice, BackendOptions, ConsoleMode, DiscardSink, Image,

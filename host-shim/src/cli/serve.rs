@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::job::Jobs;
 use crate::serve;
 
 /// How long, after the server stopped, cancelled jobs may take to tear
@@ -39,11 +40,11 @@ fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let dispatcher = serve::dispatch::production(&config)
+        let jobs = Jobs::start(&config)
             .await
             .with_context(|| format!("cannot run jobs with {}", config.source.display()))?;
-        let cleanup = dispatcher.clone();
-        serve::run(config, dispatcher).await?;
+        let cleanup = jobs.clone();
+        serve::run(config, jobs).await?;
         // Jobs cancelled by a second signal are still killing their VMs and
         // deleting their runners.
         let left = cleanup.finish(SHUTDOWN_CLEANUP).await;

@@ -1,49 +1,30 @@
 //! The individual checks, each taking the path or binary it inspects so
 //! tests can point them at a temporary directory.
 
-use std::fs::OpenOptions;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 
 use super::{Finding, Level};
+use crate::vmm::kvm::{self, KvmError};
 
-/// `KVM_GET_API_VERSION`: `_IO(KVMIO, 0x00)`; every KVM since 2.6.22 answers 12.
-const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
-const KVM_API_VERSION: libc::c_int = 12;
-
+/// [`crate::vmm::kvm::check`] as a finding: whether `device` opens and
+/// answers the KVM API version.
 pub fn check_kvm(device: &Path) -> Finding {
-    let file = match OpenOptions::new().read(true).write(true).open(device) {
-        Ok(f) => f,
-        Err(e) => {
-            return Finding::problem(
-                "kvm",
-                Level::Warn,
-                format!("cannot open {}: {e}", device.display()),
-                "enable virtualisation (VT-x/AMD-V, or nested virtualisation on a cloud VM) and load kvm_intel or kvm_amd; without KVM only QEMU with TCG works, slowly",
-            )
-        }
-    };
-    // SAFETY: the fd is open for the duration of the call and this ioctl takes no argument.
-    let version = unsafe { libc::ioctl(file.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
-    if version != KVM_API_VERSION {
-        return Finding::problem(
+    match kvm::check(device) {
+        Ok(d) => Finding::ok("kvm", d.to_string()),
+        Err(e @ KvmError::Open { .. }) => Finding::problem(
             "kvm",
             Level::Warn,
-            format!(
-                "{} answers KVM API version {version}, expected {KVM_API_VERSION}",
-                device.display()
-            ),
-            "use a host kernel with a working KVM module",
-        );
-    }
-    Finding::ok(
-        "kvm",
-        format!(
-            "{} opens, API version {version} (QEMU still probes whether KVM can run the guest)",
-            device.display()
+            e.to_string(),
+            "enable virtualisation (VT-x/AMD-V, or nested virtualisation on a cloud VM) and load kvm_intel or kvm_amd; without KVM only QEMU with TCG works, slowly",
         ),
-    )
+        Err(e @ KvmError::Version { .. }) => Finding::problem(
+            "kvm",
+            Level::Warn,
+            e.to_string(),
+            "use a host kernel with a working KVM module",
+        ),
+    }
 }
 
 /// [`check_kvm`], then, where `/dev/kvm` answers, whether KVM can run a
@@ -233,7 +214,6 @@ fn lacking_in(text: &str) -> Vec<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -784,7 +784,6 @@ pub fn check_forward_policy(nft: Option<&Path>) -> Finding {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     /// `iptables -S` on a host where Docker runs (its own rules trimmed).

@@ -37,7 +37,7 @@ pub struct GithubApp {
     rate_limits: Mutex<HashMap<u64, RateLimit>>,
 }
 
-// The dispatcher shares one GithubApp between tasks through an Arc.
+// The job lifecycle (crate::job) shares one GithubApp between tasks through an Arc.
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     send_sync::<GithubApp>();

@@ -1,6 +1,6 @@
 //! A workflow job as GitHub sees it now:
-//! `GET /repos/{owner}/{repo}/actions/jobs/{job_id}`. The dispatcher asks
-//! before it registers a runner, so a job that already ran, was
+//! `GET /repos/{owner}/{repo}/actions/jobs/{job_id}`. The job lifecycle
+//! ([`crate::job`]) asks before it registers a runner, so a job that already ran, was
 //! cancelled, or is a replayed delivery gets no VM.
 
 use hyper::{Method, StatusCode};

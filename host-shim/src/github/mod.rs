@@ -1,4 +1,4 @@
-//! GitHub: webhooks in, and (for the dispatcher) the App's REST calls out.
+//! GitHub: webhooks in, and (for the job lifecycle, [`crate::job`]) the App's REST calls out.
 //!
 //! - [`webhook`] — `X-Hub-Signature-256` check and the typed `workflow_job` payload.
 //! - [`scope`] — where runners register: a repository, an organization or an enterprise.

@@ -2,9 +2,9 @@
 //! VM, then each runs in its own task through a [`Dispatch`].
 //!
 //! - [`job`] — [`QueuedJob`]: what a webhook hands over.
-//! - [`dispatch`] — [`Dispatch`]: runs one job's VM (`kiln serve`'s is `serve::dispatch`).
+//! - [`dispatch`] — [`Dispatch`]: runs one job's VM (`kiln serve`'s is [`crate::job::Jobs`]).
 //! - [`queue`] — the bookkeeping: FIFO order, host and pool capacity, [`Snapshot`].
-//! - [`runner`] — [`Scheduler`]: the queue behind a lock, one task per started job,
+//! - [`running`] — [`Scheduler`]: the queue behind a lock, one task per running job,
 //!   capacity released when the task ends however it ends.
 //!
 //! Order: jobs start in arrival order. A job waiting for its pool's
@@ -14,11 +14,11 @@
 pub mod dispatch;
 pub mod job;
 pub mod queue;
-pub mod runner;
+pub mod running;
 #[cfg(test)]
 mod test_support;
 
 pub use dispatch::Dispatch;
 pub use job::QueuedJob;
 pub use queue::{EnqueueError, PoolSnapshot, Snapshot};
-pub use runner::Scheduler;
+pub use running::Scheduler;

@@ -4,8 +4,9 @@
 //! that arrives after its job's `completed` starts nothing.
 //! Bounded, so a flood cannot grow it; an entry older than the last N is
 //! forgotten (a duplicate that late is queued again; the scheduler still
-//! refuses a job id that is queued already, and the dispatcher asks GitHub
-//! whether the job is still queued before it registers a runner).
+//! refuses a job id that is queued already, and the job lifecycle
+//! ([`crate::job`]) asks GitHub whether the job is still queued before it
+//! registers a runner).
 
 use std::borrow::Borrow;
 use std::collections::{HashSet, VecDeque};

@@ -6,7 +6,6 @@
 //! - [`body`] — reading unverified bodies under a shared byte budget.
 //! - [`limits`] — what an unauthenticated client may cost; the file limit.
 //! - [`dedupe`] — the bounded memory of deliveries already handled.
-//! - [`dispatch`] — the dispatcher `kiln serve` runs jobs with.
 //! - [`signals`] — SIGINT/SIGTERM: drain, then cancel.
 //! - [`error`] — [`ServeError`].
 //!
@@ -15,7 +14,6 @@
 mod body;
 mod conns;
 pub mod dedupe;
-pub mod dispatch;
 pub mod error;
 mod http;
 pub mod limits;

@@ -2,12 +2,18 @@
 //! bound first, the guest's `Hello` within a timeout, the job, its output
 //! streamed to a sink, the job's end (or a cancel, a kill, a deadline), the
 //! guest's power-off within a timeout, and a teardown on every path.
+//!
+//! [`Launcher::run`] goes through it in phases, the methods of a private
+//! `VmLife`: prepare (directory, CID, scratch disk, network), boot (the
+//! backend), hand over (Hello, the Job), supervise (output, deadline, stop
+//! signal, the VMM's exit) and finish (teardown, the [`VmReport`]). Its
+//! doc comment names the phase that makes each resource.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln_protocol::{ExitStatus, GuestError, RunnerExited, WallClock};
+use kiln_protocol::{ExitStatus, GuestError, Job, RunnerExited, WallClock};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 
@@ -20,9 +26,11 @@ use super::output::OutputSink;
 use super::request::{RequestError, VmRequest};
 use super::stop::{StopLevel, StopSignal};
 use super::timing::{Marks, Timing};
-use crate::conversation::{self, Conversation, ConversationError, Event, Limits, Summary};
+use crate::conversation::{
+    self, Canceller, Conversation, ConversationError, Event, Limits, Summary,
+};
 use crate::disk::{self, ScratchError};
-use crate::net::{NetError, Network};
+use crate::net::{NetError, NetRequest, Network};
 use crate::vmm::{NetAttach, VmSpec};
 
 /// How long the guest may take, once its VMM has exited, to deliver what it
@@ -127,7 +135,7 @@ impl VmReport {
     }
 }
 
-/// What `drive` learned, kept for the report whatever it returns.
+/// What the run learned, kept for the report whatever it returns.
 #[derive(Default)]
 struct RunState {
     id: Option<String>,
@@ -185,94 +193,143 @@ impl Launcher {
         mut stop: StopSignal,
         progress: Option<UnboundedSender<Progress>>,
     ) -> VmReport {
-        let mut marks = Marks::new();
-        let mut slot: Option<VmGuard> = None;
-        let mut st = RunState::default();
-        let result = self
-            .drive(
-                &req, sink, &mut stop, &progress, &mut marks, &mut slot, &mut st,
-            )
-            .await;
-        st.stop = st.stop.max(stop.level());
-        if let Err(e) = &result {
-            // The report carries the error to the caller, who decides how
-            // loud it is.
-            tracing::info!(vm = ?st.id, error = %e, "VM run failed; tearing down");
+        let mut life = VmLife::new(self, &req, progress);
+        let result = life.live_through(sink, &mut stop).await;
+        life.finish(result, &stop).await
+    }
+
+    /// The scratch disk `req` asks for, made from a template at its path
+    /// under the disk directory, its room held on `guard` first.
+    async fn make_scratch(
+        &self,
+        req: &VmRequest,
+        guard: &mut VmGuard,
+    ) -> Result<Option<PathBuf>, RunError> {
+        let Some(bytes) = req.scratch_bytes else {
+            return Ok(None);
+        };
+        let path = self.dirs.scratch_path(&guard.id)?;
+        guard.scratch_room = Some(self.disk_budget.hold(&self.dirs.disks, &path, bytes)?);
+        let p = path.clone();
+        let skeleton = req.boot.scratch_skeleton.clone();
+        let templates = disk::Templates::new(self.dirs.templates());
+        let made =
+            tokio::task::spawn_blocking(move || templates.create(&p, bytes, skeleton.as_deref()))
+                .await
+                .map_err(|e| RunError::Task(e.to_string()))??;
+        tracing::debug!(vm = %guard.id, how = ?made, "scratch disk made");
+        guard.scratch = Some(path.clone());
+        Ok(Some(path))
+    }
+
+    /// Attaches the VM to its network (held on `guard`): the tap goes into
+    /// `spec`, the guest's addresses and resolvers into `job`.
+    async fn attach_network(
+        &self,
+        net_req: &NetRequest,
+        guard: &mut VmGuard,
+        spec: &mut VmSpec,
+        job: &mut Job,
+    ) -> Result<(), RunError> {
+        let network = self.network.as_ref().ok_or(RunError::NoNetwork)?;
+        let vm_net = network.attach(&guard.id, net_req).await?;
+        spec.net = Some(NetAttach {
+            netns: vm_net
+                .netns_path()
+                .map(ToOwned::to_owned)
+                .unwrap_or_default(),
+            tap: vm_net.tap().to_owned(),
+        });
+        job.network = Some(vm_net.guest_config().clone());
+        job.dns = vm_net.dns().to_vec();
+        tracing::debug!(vm = %guard.id, net = ?vm_net.guest_config(), "VM network attached");
+        guard.net = Some((network.clone(), vm_net));
+        Ok(())
+    }
+
+    /// The kernel command line's additions: the modules the guest needs
+    /// for `spec`'s devices, `kiln.debug` with an attached console, then
+    /// the request's own.
+    fn add_kernel_args(&self, req: &VmRequest, spec: &mut VmSpec) {
+        let modules = req.boot.modules.select(&self.backend.guest_modules(spec));
+        if !modules.is_empty() {
+            spec.kernel_args
+                .push(format!("kiln.modules={}", modules.join(",")));
         }
-        let mut vmm_exit = None;
-        let mut console_tail = String::new();
-        let mut teardown = Ok(());
-        if let Some(guard) = slot {
-            // After the job's end the guest powers off by itself; after
-            // anything else there is nothing to wait for.
-            let wait = result.is_ok().then_some(req.timeouts.exit);
-            let id = guard.id.clone();
-            let torn = guard.teardown(wait).await;
-            marks.vmm_exited = torn.vmm_exited;
-            vmm_exit = torn.vmm_exit;
-            console_tail = torn.console_tail;
-            if !torn.problems.is_empty() {
-                teardown = Err(TeardownError {
-                    id,
-                    problems: torn.problems,
-                });
-            }
+        if req.console == super::ConsoleMode::Attach {
+            spec.kernel_args.push("kiln.debug".into());
         }
-        marks.done = Some(Instant::now());
-        let timing = Timing::compute(&marks, st.summary.as_ref());
-        tracing::info!(vm = ?st.id, timing = %timing.render(), "VM done");
-        VmReport {
-            id: st.id,
-            backend: self.backend.name(),
-            detail: st.detail,
-            cid: st.cid,
-            result,
-            stop: st.stop,
-            summary: st.summary,
-            timing,
-            vmm_exit,
-            console_tail,
-            teardown,
+        spec.kernel_args.extend(req.kernel_args.iter().cloned());
+    }
+}
+
+/// One VM's life, phase by phase. [`Launcher::run`] makes one, runs
+/// [`VmLife::live_through`] (prepare, boot, hand over, supervise) and
+/// then [`VmLife::finish`], whatever the phases returned.
+///
+/// Where each resource is made, and so where a journal would hook in:
+///
+/// - [`VmLife::prepare`]: the VM's id and directory
+///   ([`RuntimeDirs::create_vm_dir`]) and with them `guard`, which owns
+///   everything made after; the CID lease; the scratch disk's room and
+///   file; the VM's network (namespace, tap, addresses, policy elements).
+/// - [`VmLife::boot`]: the VMM's processes and the listener the guest
+///   dials ([`Live`], on `guard`), and the console follower.
+/// - [`VmLife::hand_over`]: the conversation (the guest's Hello, the Job).
+/// - [`VmLife::supervise`]: nothing; it records the stop level and the
+///   conversation's summary.
+/// - [`VmLife::finish`]: removes all of it ([`VmGuard::teardown`]).
+///
+/// Everything made is on `guard` as soon as it exists: dropping a
+/// `VmLife` in any phase (the run's future dropped) removes it in the
+/// guard's `Drop`.
+struct VmLife<'a> {
+    launcher: &'a Launcher,
+    req: &'a VmRequest,
+    progress: Notify,
+    marks: Marks,
+    /// `None` until `prepare` made the VM's directory.
+    guard: Option<VmGuard>,
+    st: RunState,
+}
+
+impl<'a> VmLife<'a> {
+    fn new(launcher: &'a Launcher, req: &'a VmRequest, progress: Notify) -> Self {
+        VmLife {
+            launcher,
+            req,
+            progress,
+            marks: Marks::new(),
+            guard: None,
+            st: RunState::default(),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn drive<S: OutputSink>(
-        &self,
-        req: &VmRequest,
+    /// The phases in order, up to the job's end or the first failure.
+    async fn live_through<S: OutputSink>(
+        &mut self,
         sink: &mut S,
         stop: &mut StopSignal,
-        progress: &Notify,
-        marks: &mut Marks,
-        slot: &mut Option<VmGuard>,
-        st: &mut RunState,
     ) -> Result<JobEnd, RunError> {
-        req.check()?;
-        let (id, dir) = self.dirs.create_vm_dir()?;
-        st.id = Some(id.clone());
-        let guard = slot.insert(VmGuard::new(id.clone(), dir.clone()));
-        let lease: CidLease = self.cids.lease()?;
+        self.req.check()?;
+        let (spec, job) = self.prepare().await?;
+        self.boot(&spec, stop).await?;
+        let conv = self.hand_over(job, stop).await?;
+        self.supervise(conv, sink, stop).await
+    }
+
+    /// Directory, CID, scratch disk, network: the VM's spec and the job
+    /// to send, completed with the guest's network.
+    async fn prepare(&mut self) -> Result<(VmSpec, Job), RunError> {
+        let (launcher, req) = (self.launcher, self.req);
+        let (id, dir) = launcher.dirs.create_vm_dir()?;
+        self.st.id = Some(id.clone());
+        let guard = self.guard.insert(VmGuard::new(id.clone(), dir.clone()));
+        let lease: CidLease = launcher.cids.lease()?;
         let cid = lease.cid();
-        st.cid = Some(cid);
+        self.st.cid = Some(cid);
         guard.cid = Some(lease);
-        let scratch = match req.scratch_bytes {
-            Some(bytes) => {
-                let path = self.dirs.scratch_path(&id)?;
-                guard.scratch_room = Some(self.disk_budget.hold(&self.dirs.disks, &path, bytes)?);
-                let p = path.clone();
-                let skeleton = req.boot.scratch_skeleton.clone();
-                let templates = disk::Templates::new(self.dirs.templates());
-                let made = tokio::task::spawn_blocking(move || {
-                    templates.create(&p, bytes, skeleton.as_deref())
-                })
-                .await
-                .map_err(|e| RunError::Task(e.to_string()))??;
-                tracing::debug!(vm = %id, how = ?made, "scratch disk made");
-                guard.scratch = Some(path.clone());
-                Some(path)
-            }
-            None => None,
-        };
+        let scratch = launcher.make_scratch(req, guard).await?;
         let mut spec = VmSpec {
             id: id.clone(),
             dir: dir.clone(),
@@ -289,41 +346,30 @@ impl Launcher {
         };
         let mut job = req.job.clone();
         if let Some(net_req) = &req.network {
-            let network = self.network.as_ref().ok_or(RunError::NoNetwork)?;
-            let vm_net = network.attach(&id, net_req).await?;
-            spec.net = Some(NetAttach {
-                netns: vm_net
-                    .netns_path()
-                    .map(ToOwned::to_owned)
-                    .unwrap_or_default(),
-                tap: vm_net.tap().to_owned(),
-            });
-            job.network = Some(vm_net.guest_config().clone());
-            job.dns = vm_net.dns().to_vec();
-            tracing::debug!(vm = %id, net = ?vm_net.guest_config(), "VM network attached");
-            guard.net = Some((network.clone(), vm_net));
+            launcher
+                .attach_network(net_req, guard, &mut spec, &mut job)
+                .await?;
         }
-        let modules = req.boot.modules.select(&self.backend.guest_modules(&spec));
-        if !modules.is_empty() {
-            spec.kernel_args
-                .push(format!("kiln.modules={}", modules.join(",")));
-        }
-        if req.console == super::ConsoleMode::Attach {
-            spec.kernel_args.push("kiln.debug".into());
-        }
-        spec.kernel_args.extend(req.kernel_args.iter().cloned());
-        marks.prepared = Some(Instant::now());
-        tracing::info!(vm = %id, cid, backend = self.backend.name(), dir = %dir.display(), "starting VM");
-        notify(progress, Progress::Prepared { id, dir, cid });
+        launcher.add_kernel_args(req, &mut spec);
+        self.marks.prepared = Some(Instant::now());
+        tracing::info!(vm = %id, cid, backend = launcher.backend.name(), dir = %dir.display(), "starting VM");
+        notify(&self.progress, Progress::Prepared { id, dir, cid });
+        Ok((spec, job))
+    }
 
+    /// Starts the backend (unless stopped first) and puts the running VM
+    /// and its listener on the guard.
+    async fn boot(&mut self, spec: &VmSpec, stop: &mut StopSignal) -> Result<(), RunError> {
+        let req = self.req;
+        let guard = self.guard.as_mut().ok_or(RunError::StoppedBeforeJob)?;
         let started = tokio::select! {
-            r = self.backend.start(&spec, req.console) => r?,
+            r = self.launcher.backend.start(spec, req.console) => r?,
             _ = stop.above(StopLevel::Run) => return Err(RunError::StoppedBeforeJob),
         };
-        marks.vmm_started = Some(Instant::now());
-        st.detail = started.vm.detail();
+        self.marks.vmm_started = Some(Instant::now());
+        self.st.detail = started.vm.detail();
         notify(
-            progress,
+            &self.progress,
             Progress::VmmStarted {
                 pid: started.vm.pid(),
             },
@@ -336,20 +382,22 @@ impl Launcher {
                 ));
             }
         }
-        let live = guard.live.insert(Live {
+        guard.live = Some(Live {
             vm: started.vm,
             listener: started.listener,
         });
+        Ok(())
+    }
 
-        let t = &req.timeouts;
-        let limits = Limits {
-            accept_timeout: t.boot,
-            hello_timeout: t.hello,
-            write_timeout: t.write,
-            end_slack: t.end_slack,
-            max_output_bytes: req.max_output_bytes.unwrap_or(u64::MAX),
-            ..Limits::default()
-        };
+    /// The guest's Hello (within the boot and Hello timeouts), then the
+    /// job, its clock set now.
+    async fn hand_over(
+        &mut self,
+        mut job: Job,
+        stop: &mut StopSignal,
+    ) -> Result<Conversation, RunError> {
+        let limits = self.limits();
+        let (live, _, _) = self.booted()?;
         let greeting = tokio::select! {
             r = conversation::greet(&live.listener, &limits) => r?,
             s = live.vm.exited() => {
@@ -357,13 +405,40 @@ impl Launcher {
             }
             _ = stop.above(StopLevel::Run) => return Err(RunError::StoppedBeforeJob),
         };
-        notify(progress, Progress::Hello);
+        notify(&self.progress, Progress::Hello);
         // The guest sets its clock from the job: the time of sending, not
         // of the request (the boot took a while).
         job.clock = WallClock::now();
-        let mut conv = greeting.send_job(&job, limits).await?;
-        notify(progress, Progress::JobSent);
+        let conv = greeting.send_job(&job, limits).await?;
+        notify(&self.progress, Progress::JobSent);
+        Ok(conv)
+    }
 
+    /// The conversation's limits from the request's timeouts and cap.
+    fn limits(&self) -> Limits {
+        let t = &self.req.timeouts;
+        Limits {
+            accept_timeout: t.boot,
+            hello_timeout: t.hello,
+            write_timeout: t.write,
+            end_slack: t.end_slack,
+            max_output_bytes: self.req.max_output_bytes.unwrap_or(u64::MAX),
+            ..Limits::default()
+        }
+    }
+
+    /// The job's run: output to `sink`, runner events, the stop signal
+    /// (cancel, then kill), the cancel deadline and the VMM's exit, up to
+    /// the job's end. Records the conversation's summary either way.
+    async fn supervise<S: OutputSink>(
+        &mut self,
+        mut conv: Conversation,
+        sink: &mut S,
+        stop: &mut StopSignal,
+    ) -> Result<JobEnd, RunError> {
+        let req = self.req;
+        let t = &req.timeouts;
+        let (live, st, progress) = self.booted()?;
         let canceller = conv.canceller();
         let mut level = StopLevel::Run;
         let mut cancel_by: Option<Instant> = None;
@@ -378,15 +453,7 @@ impl Launcher {
                     Ok(Some(Event::RunnerExited(e))) => break Ok(JobEnd::Exited(e)),
                     Ok(Some(Event::GuestError(e))) => break Ok(JobEnd::GuestError(e)),
                     Ok(None) => break Err(ConversationError::Closed.into()),
-                    Err(ConversationError::Closed) => {
-                        // Usually the VMM going away closed the channel:
-                        // say so when it did.
-                        let exited = tokio::time::timeout(CLOSED_VMM_GRACE, live.vm.exited()).await;
-                        break Err(match exited {
-                            Ok(s) => RunError::VmmExitedDuringJob { status: status_text(s) },
-                            Err(_) => ConversationError::Closed.into(),
-                        });
-                    }
+                    Err(ConversationError::Closed) => break Err(closed(&mut live.vm).await),
                     Err(e) => break Err(e.into()),
                 },
                 s = live.vm.exited() => {
@@ -402,11 +469,7 @@ impl Launcher {
                     st.stop = l;
                     match l {
                         StopLevel::Cancel => {
-                            tracing::info!(vm = ?st.id, grace = ?req.cancel_grace, "cancelling the job");
-                            if let Err(e) = canceller.cancel(req.cancel_grace).await {
-                                tracing::warn!(vm = ?st.id, error = %e, "sending Cancel failed");
-                            }
-                            cancel_by = Some(Instant::now() + req.cancel_grace + t.cancel_slack);
+                            cancel_by = Some(cancel(&canceller, req, st.id.as_deref()).await);
                         }
                         StopLevel::Kill => break Err(RunError::Killed),
                         StopLevel::Run => {}
@@ -422,6 +485,63 @@ impl Launcher {
             notify(progress, Progress::JobEnded);
         }
         ended
+    }
+
+    /// The running VM `boot` put on the guard, with the run's record and
+    /// the progress watcher beside it. The phases run in order, so `boot`
+    /// always has: were it not, no job was sent, and the run says so.
+    fn booted(&mut self) -> Result<(&mut Live, &mut RunState, &Notify), RunError> {
+        let live = self.guard.as_mut().and_then(|g| g.live.as_mut());
+        let live = live.ok_or(RunError::StoppedBeforeJob)?;
+        Ok((live, &mut self.st, &self.progress))
+    }
+
+    /// Teardown, whatever `result` is: after the job's end the guest may
+    /// power off by itself (within the exit timeout), after anything else
+    /// the VMM is killed. Then the report.
+    async fn finish(mut self, result: Result<JobEnd, RunError>, stop: &StopSignal) -> VmReport {
+        self.st.stop = self.st.stop.max(stop.level());
+        if let Err(e) = &result {
+            // The report carries the error to the caller, who decides how
+            // loud it is.
+            tracing::info!(vm = ?self.st.id, error = %e, "VM run failed; tearing down");
+        }
+        let mut vmm_exit = None;
+        let mut console_tail = String::new();
+        let mut teardown = Ok(());
+        if let Some(guard) = self.guard.take() {
+            // After the job's end the guest powers off by itself; after
+            // anything else there is nothing to wait for.
+            let wait = result.is_ok().then_some(self.req.timeouts.exit);
+            let id = guard.id.clone();
+            let torn = guard.teardown(wait).await;
+            self.marks.vmm_exited = torn.vmm_exited;
+            vmm_exit = torn.vmm_exit;
+            console_tail = torn.console_tail;
+            if !torn.problems.is_empty() {
+                teardown = Err(TeardownError {
+                    id,
+                    problems: torn.problems,
+                });
+            }
+        }
+        self.marks.done = Some(Instant::now());
+        let st = self.st;
+        let timing = Timing::compute(&self.marks, st.summary.as_ref());
+        tracing::info!(vm = ?st.id, timing = %timing.render(), "VM done");
+        VmReport {
+            id: st.id,
+            backend: self.launcher.backend.name(),
+            detail: st.detail,
+            cid: st.cid,
+            result,
+            stop: st.stop,
+            summary: st.summary,
+            timing,
+            vmm_exit,
+            console_tail,
+            teardown,
+        }
     }
 }
 
@@ -449,6 +569,27 @@ impl<'a, S: OutputSink> Output<'a, S> {
             self.broken = true;
         }
     }
+}
+
+/// The channel closed during the job. Usually the VMM going away closed
+/// it: say so when it did.
+async fn closed(vm: &mut RunningVm) -> RunError {
+    match tokio::time::timeout(CLOSED_VMM_GRACE, vm.exited()).await {
+        Ok(s) => RunError::VmmExitedDuringJob {
+            status: status_text(s),
+        },
+        Err(_) => ConversationError::Closed.into(),
+    }
+}
+
+/// Sends the guest Cancel with the request's grace; returns by when the
+/// job's end must have come.
+async fn cancel(canceller: &Canceller, req: &VmRequest, vm: Option<&str>) -> Instant {
+    tracing::info!(vm = ?vm, grace = ?req.cancel_grace, "cancelling the job");
+    if let Err(e) = canceller.cancel(req.cancel_grace).await {
+        tracing::warn!(vm = ?vm, error = %e, "sending Cancel failed");
+    }
+    Instant::now() + req.cancel_grace + req.timeouts.cancel_slack
 }
 
 /// Reads what the guest sent before its VMM exited, up to its last event.

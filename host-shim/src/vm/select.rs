@@ -96,14 +96,9 @@ async fn kvm_runs_guests(opts: &BackendOptions) -> Result<String, String> {
                 Accel::Tcg => Err(d.reason),
             }
         }
-        Err(_) => {
-            let f = crate::doctor::check_kvm(&opts.qemu.kvm_device);
-            if f.level == crate::doctor::Level::Ok {
-                Ok(f.detail)
-            } else {
-                Err(f.detail)
-            }
-        }
+        Err(_) => crate::vmm::kvm::check(&opts.qemu.kvm_device)
+            .map(|d| d.to_string())
+            .map_err(|e| e.to_string()),
     }
 }
 

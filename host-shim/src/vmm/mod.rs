@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod firecracker;
+pub mod kvm;
 pub mod qemu;
 pub mod spec;
 pub mod uid_pool;

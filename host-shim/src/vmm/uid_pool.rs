@@ -151,7 +151,6 @@ fn status_uids(status: &str) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

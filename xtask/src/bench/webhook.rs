@@ -669,8 +669,8 @@ mod tests {
     #[test]
     fn serve_log_counts_enqueues_and_the_shutdown_summary() {
         let log = "2026-11-22T05:00:00Z  INFO kiln::serve: kiln serve: listening\n\
-            2026-11-22T05:00:01Z  INFO kiln::scheduler::runner: job queued delivery=a job_id=1 pool=bench queued=1\n\
-            2026-11-22T05:00:01Z  INFO kiln::scheduler::runner: job queued delivery=b job_id=2 pool=bench queued=2\n\
+            2026-11-22T05:00:01Z  INFO kiln::scheduler::running: job queued delivery=a job_id=1 pool=bench queued=1\n\
+            2026-11-22T05:00:01Z  INFO kiln::scheduler::running: job queued delivery=b job_id=2 pool=bench queued=2\n\
             2026-11-22T05:00:02Z  INFO kiln::serve: webhooks stopped; waiting for the running jobs dropped_from_queue=2 running=0\n";
         assert_eq!(parse_serve_log(log), (2, Some(2)));
         let colored = "\x1b[3mdropped_from_queue\x1b[0m\x1b[2m=\x1b[0m41 running=0";

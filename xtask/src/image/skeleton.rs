@@ -72,7 +72,6 @@ pub fn build(root: &Path, out: &Path) -> Result<(), SkeletonError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -149,7 +149,6 @@ pub fn requests(spec: &VmSpec) -> Vec<ApiRequest> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -137,7 +137,6 @@ pub(crate) async fn copy_until_stopped<R: AsyncRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -128,7 +128,6 @@ pub fn jailer_args(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

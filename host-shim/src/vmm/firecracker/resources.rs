@@ -196,7 +196,6 @@ pub(crate) fn open_log_fifo(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -163,7 +163,6 @@ impl FirecrackerSettings {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

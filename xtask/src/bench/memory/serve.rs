@@ -100,7 +100,7 @@ pub fn job_ends(serve_log: &str) -> JobEnds {
     let text = webhook::strip_ansi(serve_log);
     let mut ends = JobEnds::default();
     for l in text.lines() {
-        // The message follows the target: `...: kiln::serve::dispatch: job done runner_id=...`.
+        // The message follows the target: `...: kiln::job: job done runner_id=...`.
         let Some((_, msg)) = l.split_once(": job ") else {
             continue;
         };
@@ -236,7 +236,7 @@ pub fn stand_in_image(bench: &Path, out: &Path, hold: Duration) -> anyhow::Resul
     }
     let runner_dir = dst
         .join("upper")
-        .join(kiln::serve::dispatch::runner::RUNNER_COMMAND.trim_start_matches('/'));
+        .join(kiln::job::runner::RUNNER_COMMAND.trim_start_matches('/'));
     let runner_dir = runner_dir
         .parent()
         .context("the runner command has no directory")?
@@ -249,7 +249,7 @@ pub fn stand_in_image(bench: &Path, out: &Path, hold: Duration) -> anyhow::Resul
         .with_context(|| format!("creating {}", runner_dir.display()))?;
     let script = dst
         .join("upper")
-        .join(kiln::serve::dispatch::runner::RUNNER_COMMAND.trim_start_matches('/'));
+        .join(kiln::job::runner::RUNNER_COMMAND.trim_start_matches('/'));
     std::fs::write(&script, stand_in_script(hold))
         .with_context(|| format!("writing {}", script.display()))?;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
@@ -902,15 +902,15 @@ mod tests {
     #[test]
     fn serve_log_job_ends_are_told_apart() {
         let log = "\
-2026-12-01T22:00:01Z  INFO kiln::scheduler::runner: job started delivery=a job_id=1 pool=bench waited_ms=0
-2026-12-01T22:00:09Z  INFO job{job_id=1 pool=bench runner=kiln-bench-1-abcdef}: kiln::serve::dispatch: job done runner_id=101 vm=kiln-x exit=exit 0
-2026-12-01T22:00:10Z  WARN job{job_id=2 pool=bench runner=kiln-bench-2-abcdef}: kiln::serve::dispatch: job done: the runner failed runner_id=102 exit=exit 1
-2026-12-01T22:00:11Z ERROR job{job_id=3 pool=bench runner=kiln-bench-3-abcdef}: kiln::serve::dispatch: job failed runner_id=103 exit=VM failed: boot
-2026-12-01T22:00:12Z  WARN job{job_id=4 pool=bench runner=kiln-bench-4-abcdef}: kiln::serve::dispatch: job ended without a VM runner_id=None
-2026-12-01T22:00:13Z ERROR kiln::serve::dispatch: the job's task failed job_id=5
+2026-12-01T22:00:01Z  INFO kiln::scheduler::running: job started delivery=a job_id=1 pool=bench waited_ms=0
+2026-12-01T22:00:09Z  INFO job{job_id=1 pool=bench runner=kiln-bench-1-abcdef}: kiln::job: job done runner_id=101 vm=kiln-x exit=exit 0
+2026-12-01T22:00:10Z  WARN job{job_id=2 pool=bench runner=kiln-bench-2-abcdef}: kiln::job: job done: the runner failed runner_id=102 exit=exit 1
+2026-12-01T22:00:11Z ERROR job{job_id=3 pool=bench runner=kiln-bench-3-abcdef}: kiln::job: job failed runner_id=103 exit=VM failed: boot
+2026-12-01T22:00:12Z  WARN job{job_id=4 pool=bench runner=kiln-bench-4-abcdef}: kiln::job: job ended without a VM runner_id=None
+2026-12-01T22:00:13Z ERROR kiln::job: the job's task failed job_id=5
 ";
         assert_eq!(job_ends(log), JobEnds { done: 1, other: 3 });
-        let colored = "\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m \x1b[1mjob\x1b[0m: kiln::serve::dispatch: job done \x1b[3mrunner_id\x1b[0m=1";
+        let colored = "\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m \x1b[1mjob\x1b[0m: kiln::job: job done \x1b[3mrunner_id\x1b[0m=1";
         assert_eq!(job_ends(colored), JobEnds { done: 1, other: 0 });
         assert_eq!(job_ends(""), JobEnds::default());
     }

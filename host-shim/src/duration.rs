@@ -1,5 +1,5 @@
-//! Durations on the command line: `90` (seconds), `90s`, `500ms`, `5m`,
-//! `1h30m`, `2d`.
+//! Durations on the command line and in the config file: `90` (seconds),
+//! `90s`, `500ms`, `5m`, `1h30m`, `2d`.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Why the dispatcher cannot start. Each names what to fix; `kiln serve`
+//! Why [`super::Jobs`] cannot start. Each names what to fix; `kiln serve`
 //! stops with it before it takes a webhook.
 
 use std::path::PathBuf;

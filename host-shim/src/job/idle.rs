@@ -12,7 +12,7 @@
 //!   changed line in a new runner version does not kill running jobs).
 //!
 //! When neither says so, the VM is asked to stop (the runner gets SIGTERM,
-//! then the grace period) and the dispatcher deletes the registration as
+//! then the grace period) and [`super::Jobs`] deletes the registration as
 //! always. When GitHub cannot be asked, the watch asks again after
 //! [`RECHECK`] rather than risk stopping a job.
 

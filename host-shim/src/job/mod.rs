@@ -1,5 +1,5 @@
-//! The dispatcher `kiln serve` runs jobs with ([`Production`]): for each job
-//! the scheduler starts, design.md's steps 3 to 9.
+//! One job's lifecycle, as `kiln serve` runs it ([`Jobs`], the scheduler's
+//! [`Dispatch`]): for each job the scheduler starts, design.md's steps 3 to 9.
 //!
 //! 1. A runner name `kiln-<pool>-<job id>-<random>` ([`runner`]).
 //! 2. GitHub is asked whether the job is still queued
@@ -30,11 +30,11 @@
 //! its own task ([`tasks`]) and the dispatch future only waits for it;
 //! when that future is dropped it raises the job's [`StopSignal`] to
 //! `Kill`: the task kills and tears down the VM in order, then deletes the
-//! runner. [`Production::finish`] lets `kiln serve` wait (bounded) for
+//! runner. [`Jobs::finish`] lets `kiln serve` wait (bounded) for
 //! those tasks before the runtime goes away.
 //!
-//! Networks. When any pool has `network = "egress"` (the default), the
-//! dispatcher starts [`crate::net::Network`] at start-up (checks, the
+//! Networks. When any pool has `network = "egress"` (the default),
+//! [`Jobs`] starts [`crate::net::Network`] at start-up (checks, the
 //! egress policy table) and gives each such pool's VM a network with the
 //! pool's allowlist; a proxy reaches the job as `HTTP_PROXY`/`HTTPS_PROXY`.
 //! A watchdog checks every [`NET_CHECK_EVERY`] that the table is still
@@ -47,7 +47,7 @@
 //! - [`joblog`] — per-job log files: private, capped, pruned.
 //! - [`idle`] — stopping a runner that never takes a job.
 //! - [`tasks`] — counting the job tasks for shutdown.
-//! - [`error`] — [`SetupError`]: why the dispatcher cannot start.
+//! - [`error`] — [`SetupError`]: why [`Jobs`] cannot start.
 
 pub mod error;
 pub mod idle;
@@ -98,7 +98,7 @@ const ADDRESS_RETRY: Duration = Duration::from_secs(2);
 /// How often the watchdog checks that the egress policy table is there.
 pub const NET_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// How the dispatcher runs VMs; [`Settings::from_env`] is what `kiln
+/// How [`Jobs`] runs VMs; [`Settings::from_env`] is what `kiln
 /// serve` uses.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -157,11 +157,12 @@ fn state_dir_from_env() -> Result<PathBuf, SetupError> {
     }
 }
 
-/// The real dispatcher: JIT config, VM, log, runner deletion. Cheap to
-/// clone (shared): keep a clone to call [`Production::finish`] after
+/// Runs each job the scheduler hands over: JIT config, VM, log, runner
+/// deletion. Cheap to
+/// clone (shared): keep a clone to call [`Jobs::finish`] after
 /// handing one to the server.
 #[derive(Clone)]
-pub struct Production {
+pub struct Jobs {
     shared: Arc<Shared>,
     tasks: JobTasks,
 }
@@ -181,93 +182,91 @@ struct Shared {
     net_lost: tokio::sync::watch::Receiver<bool>,
 }
 
-/// [`production_with`] and [`Settings::from_env`]: what `kiln serve` runs.
-pub async fn production(config: &Config) -> Result<Production, SetupError> {
-    production_with(config, Settings::from_env()?).await
-}
+impl Jobs {
+    /// [`Jobs::start_with`] and [`Settings::from_env`]: what `kiln serve` runs.
+    pub async fn start(config: &Config) -> Result<Jobs, SetupError> {
+        Self::start_with(config, Settings::from_env()?).await
+    }
 
-/// Opens every pool's image, builds the GitHub App client, chooses the
-/// backend and prepares the directories; fails with what to fix.
-pub async fn production_with(
-    config: &Config,
-    settings: Settings,
-) -> Result<Production, SetupError> {
-    let mut pools = HashMap::new();
-    for pool in &config.pools {
-        if pool.max_vms == Some(0) {
-            tracing::info!(pool = %pool.name, "max_vms = 0: the pool's image is not opened");
-            continue;
+    /// Opens every pool's image, builds the GitHub App client, chooses the
+    /// backend and prepares the directories; fails with what to fix.
+    pub async fn start_with(config: &Config, settings: Settings) -> Result<Jobs, SetupError> {
+        let mut pools = HashMap::new();
+        for pool in &config.pools {
+            if pool.max_vms == Some(0) {
+                tracing::info!(pool = %pool.name, "max_vms = 0: the pool's image is not opened");
+                continue;
+            }
+            let image = PoolImage::open(pool, &config.source)?;
+            tracing::info!(pool = %pool.name, image = %image.image.dir.display(), "pool image");
+            pools.insert(pool.name.clone(), image);
         }
-        let image = PoolImage::open(pool, &config.source)?;
-        tracing::info!(pool = %pool.name, image = %image.image.dir.display(), "pool image");
-        pools.insert(pool.name.clone(), image);
-    }
-    let github = GithubApp::with_policy(
-        &config.github.api_url,
-        config.github.app_id,
-        &config.github.private_key,
-        settings.github,
-    )
-    .map_err(SetupError::Github)?;
-    // Ours and written by us alone, or refused with what to run.
-    settings.dirs.ensure()?;
-    crate::vm::dirs::make_private_dir_all(&settings.state_dir)?;
-    let backend = match settings.backend {
-        Some(b) => b,
-        None => {
-            // QEMU's KVM probe boots a kernel: any pool's will do.
-            let kernel = config
-                .pools
-                .iter()
-                .find_map(|p| pools.get(&p.name))
-                .map(|p| p.image.boot.kernel.clone())
-                .unwrap_or_default();
-            let mut opts = BackendOptions::from_env(config.backend, kernel)?;
-            opts.qemu.accel_cache = Some(settings.dirs.runtime.join("accel-probe"));
-            opts.firecracker.uid_lease_dir = settings.dirs.uids();
-            let selected = select_backend(&opts).await?;
-            tracing::info!(backend = selected.backend.name(), why = %selected.reason, "backend chosen");
-            selected.backend
+        let github = GithubApp::with_policy(
+            &config.github.api_url,
+            config.github.app_id,
+            &config.github.private_key,
+            settings.github,
+        )
+        .map_err(SetupError::Github)?;
+        // Ours and written by us alone, or refused with what to run.
+        settings.dirs.ensure()?;
+        crate::vm::dirs::make_private_dir_all(&settings.state_dir)?;
+        let backend = match settings.backend {
+            Some(b) => b,
+            None => {
+                // QEMU's KVM probe boots a kernel: any pool's will do.
+                let kernel = config
+                    .pools
+                    .iter()
+                    .find_map(|p| pools.get(&p.name))
+                    .map(|p| p.image.boot.kernel.clone())
+                    .unwrap_or_default();
+                let mut opts = BackendOptions::from_env(config.backend, kernel)?;
+                opts.qemu.accel_cache = Some(settings.dirs.runtime.join("accel-probe"));
+                opts.firecracker.uid_lease_dir = settings.dirs.uids();
+                let selected = select_backend(&opts).await?;
+                tracing::info!(backend = selected.backend.name(), why = %selected.reason, "backend chosen");
+                selected.backend
+            }
+        };
+        let backend = confined(backend, &settings.dirs);
+        if let Backend::Firecracker(fc) = &backend {
+            check_jail_filesystem(fc, &pools, &settings.dirs.disks)?;
         }
-    };
-    let backend = confined(backend, &settings.dirs);
-    if let Backend::Firecracker(fc) = &backend {
-        check_jail_filesystem(fc, &pools, &settings.dirs.disks)?;
+        let network = start_network(config, &pools, &settings.dirs.runtime).await?;
+        let (net_lost_tx, net_lost) = tokio::sync::watch::channel(false);
+        let mut launcher = Launcher::new(backend, settings.dirs)?;
+        if let Some(n) = &network {
+            launcher = launcher.with_network(Arc::clone(n));
+            tokio::spawn(watch_policy(
+                Arc::clone(n),
+                settings.net_check_every,
+                net_lost_tx,
+            ));
+        }
+        let log_dir = settings.state_dir.join("logs");
+        let logs = JobLogs::open(log_dir.clone(), settings.log_max_bytes, settings.log_keep)
+            .map_err(|source| SetupError::Logs {
+                dir: log_dir,
+                source,
+            })?;
+        tracing::info!(dir = %logs.dir.display(), "job logs");
+        Ok(Jobs {
+            shared: Arc::new(Shared {
+                github,
+                scope: config.github.scope.clone(),
+                runner_group_id: config.github.runner_group_id,
+                pools,
+                launcher,
+                logs,
+                grace: settings.grace,
+                timeouts: settings.timeouts,
+                network,
+                net_lost,
+            }),
+            tasks: JobTasks::default(),
+        })
     }
-    let network = start_network(config, &pools, &settings.dirs.runtime).await?;
-    let (net_lost_tx, net_lost) = tokio::sync::watch::channel(false);
-    let mut launcher = Launcher::new(backend, settings.dirs)?;
-    if let Some(n) = &network {
-        launcher = launcher.with_network(Arc::clone(n));
-        tokio::spawn(watch_policy(
-            Arc::clone(n),
-            settings.net_check_every,
-            net_lost_tx,
-        ));
-    }
-    let log_dir = settings.state_dir.join("logs");
-    let logs = JobLogs::open(log_dir.clone(), settings.log_max_bytes, settings.log_keep).map_err(
-        |source| SetupError::Logs {
-            dir: log_dir,
-            source,
-        },
-    )?;
-    tracing::info!(dir = %logs.dir.display(), "job logs");
-    Ok(Production {
-        shared: Arc::new(Shared {
-            github,
-            scope: config.github.scope.clone(),
-            runner_group_id: config.github.runner_group_id,
-            pools,
-            launcher,
-            logs,
-            grace: settings.grace,
-            timeouts: settings.timeouts,
-            network,
-            net_lost,
-        }),
-        tasks: JobTasks::default(),
-    })
 }
 
 /// Firecracker's jails hard-link each VM's files: the images and the disk
@@ -360,7 +359,7 @@ async fn watch_policy(
     }
 }
 
-impl Production {
+impl Jobs {
     /// Waits, at most `within`, for the jobs' tasks to finish their
     /// clean-up (cancelled jobs go on tearing down their VM and deleting
     /// their runner after the scheduler let go of them). Returns how many
@@ -380,7 +379,7 @@ impl Production {
     }
 
     /// Gives up the egress policy table (the last Kiln process on the host
-    /// deletes it). Call after [`Production::finish`].
+    /// deletes it). Call after [`Jobs::finish`].
     pub async fn stop_network(&self) {
         if let Some(n) = &self.shared.network {
             if let Err(e) = n.stop().await {
@@ -405,7 +404,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-impl Dispatch for Production {
+impl Dispatch for Jobs {
     fn dispatch(&self, job: QueuedJob) -> impl std::future::Future<Output = ()> + Send {
         let shared = Arc::clone(&self.shared);
         let tasks = self.tasks.clone();

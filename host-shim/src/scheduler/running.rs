@@ -222,5 +222,5 @@ impl<D: Dispatch> Drop for Running<D> {
 }
 
 #[cfg(test)]
-#[path = "runner_tests.rs"]
+#[path = "running_tests.rs"]
 mod tests;

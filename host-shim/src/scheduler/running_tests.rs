@@ -1,3 +1,5 @@
+//! [`Scheduler`]'s tests: order, capacity, cancellation, shutdown.
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
