@@ -51,6 +51,8 @@ pub(crate) struct RawGithub {
     pub repo: Option<String>,
     pub enterprise: Option<String>,
     pub runner_group_id: Option<u64>,
+    pub reconcile_interval: Option<String>,
+    pub max_retries: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -41,6 +41,10 @@ pub const DEFAULT_SCRATCH_GIB: u64 = 20;
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 /// How long a pool's runner may wait for a job before its VM is stopped.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// How often the reconciler asks GitHub for jobs no webhook brought.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
+/// Re-runs per workflow run after infrastructure failures.
+pub const DEFAULT_MAX_RETRIES: u32 = 1;
 /// Queued jobs beyond this are refused (503) so a flood of webhooks cannot
 /// grow memory without limit.
 pub const DEFAULT_MAX_QUEUED: usize = 10_000;
@@ -71,6 +75,10 @@ pub struct GithubConfig {
     pub private_key: Secret,
     pub scope: RunnerScope,
     pub runner_group_id: u64,
+    /// How often GitHub is asked for queued jobs no webhook brought.
+    pub reconcile_interval: Duration,
+    /// Re-runs per workflow run after infrastructure failures (0: none).
+    pub max_retries: u32,
 }
 
 impl Config {
@@ -208,6 +216,13 @@ fn github(raw: RawGithub, base: &Path) -> Result<GithubConfig, ConfigErrorKind> 
         private_key,
         scope,
         runner_group_id: raw.runner_group_id.unwrap_or(DEFAULT_RUNNER_GROUP_ID),
+        reconcile_interval: pool_duration(
+            "github.reconcile_interval",
+            raw.reconcile_interval,
+            DEFAULT_RECONCILE_INTERVAL,
+            "\"60s\"",
+        )?,
+        max_retries: raw.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
     })
 }
 

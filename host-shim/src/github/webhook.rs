@@ -129,6 +129,9 @@ pub struct WorkflowJob {
     /// `reconcile::rerun::decide` reads).
     #[serde(default)]
     pub conclusion: Option<super::jobs::JobConclusion>,
+    /// The runner that took it (`in_progress`, `completed`), once one did.
+    #[serde(default)]
+    pub runner_name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -35,6 +35,8 @@ pub enum SetupError {
     Memory { pool: String, memory_mib: u64 },
     #[error("GitHub App client: {0}")]
     Github(#[source] GithubError),
+    #[error(transparent)]
+    Journal(#[from] crate::store::StoreError),
     #[error("VM directories: {0}")]
     Dirs(#[from] DirsError),
     #[error("guest CIDs: {0}")]

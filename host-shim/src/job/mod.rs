@@ -46,12 +46,17 @@
 //! - [`pools`] — each pool's image, opened at start-up.
 //! - [`joblog`] — per-job log files: private, capped, pruned.
 //! - [`idle`] — stopping a runner that never takes a job.
+//! - [`ledger`] — what the journal learns of each job, runner and VM.
 //! - [`tasks`] — counting the job tasks for shutdown.
 //! - [`error`] — [`SetupError`]: why [`Jobs`] cannot start.
 
 pub mod error;
 pub mod idle;
 pub mod joblog;
+pub mod ledger;
+mod lost;
+mod news;
+mod recovery;
 pub mod pools;
 pub mod runner;
 pub mod tasks;
@@ -78,7 +83,9 @@ use crate::vm::{
 };
 use crate::vmm::firecracker::FirecrackerSettings;
 use crate::vmm::qemu::Confinement;
+use crate::store::SqliteJournal;
 use idle::{IdleVerdict, JobSpotter, Spotting};
+use ledger::Ledger;
 use joblog::JobLogs;
 use pools::PoolImage;
 use runner::{RunnerSpec, RUNNER_COMMAND, WORK_FOLDER};
@@ -165,10 +172,12 @@ fn state_dir_from_env() -> Result<PathBuf, SetupError> {
 pub struct Jobs {
     shared: Arc<Shared>,
     tasks: JobTasks,
+    /// What the start-up recovery found queued, until the server takes it.
+    recovered: Arc<std::sync::Mutex<Vec<QueuedJob>>>,
 }
 
 struct Shared {
-    github: GithubApp,
+    github: Arc<GithubApp>,
     scope: RunnerScope,
     runner_group_id: u64,
     /// By pool name; pools with `max_vms = 0` have none (they never run).
@@ -180,6 +189,13 @@ struct Shared {
     network: Option<Arc<Network>>,
     /// True once the egress policy table was found gone.
     net_lost: tokio::sync::watch::Receiver<bool>,
+    ledger: Ledger,
+    /// Every pool of the config, for matching a job's labels.
+    config_pools: Vec<Arc<crate::config::Pool>>,
+    /// Re-runs per workflow run after infrastructure failures.
+    max_retries: u32,
+    /// Between the reconciler's passes.
+    reconcile_interval: Duration,
 }
 
 impl Jobs {
@@ -211,6 +227,8 @@ impl Jobs {
         // Ours and written by us alone, or refused with what to run.
         settings.dirs.ensure()?;
         crate::vm::dirs::make_private_dir_all(&settings.state_dir)?;
+        let opened = SqliteJournal::open(&settings.state_dir)?;
+        let ledger = Ledger::new(Arc::new(opened.journal));
         let backend = match settings.backend {
             Some(b) => b,
             None => {
@@ -263,6 +281,10 @@ impl Jobs {
                 timeouts: settings.timeouts,
                 network,
                 net_lost,
+                ledger,
+                config_pools: config.pools.clone(),
+                max_retries: config.github.max_retries,
+                reconcile_interval: config.github.reconcile_interval,
             }),
             tasks: JobTasks::default(),
         })
@@ -405,6 +427,25 @@ impl Drop for KillOnDrop {
 }
 
 impl Dispatch for Jobs {
+    fn queued(&self, job: &QueuedJob) -> bool {
+        match self.shared.ledger.queued(job) {
+            Ok(()) => true,
+            Err(e) => !e.is_full(),
+        }
+    }
+
+    fn news(&self, news: crate::scheduler::dispatch::JobNews) {
+        self.shared.news(news);
+    }
+
+    fn recovered(&self) -> Vec<QueuedJob> {
+        std::mem::take(&mut *self.recovered.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn find_lost(&self, enqueue: lost::Enqueue) {
+        tokio::spawn(Arc::clone(&self.shared).find_lost(enqueue));
+    }
+
     fn dispatch(&self, job: QueuedJob) -> impl std::future::Future<Output = ()> + Send {
         let shared = Arc::clone(&self.shared);
         let tasks = self.tasks.clone();
@@ -497,6 +538,15 @@ impl Shared {
                 log: None,
             };
         }
+        if let Err(e) = self.ledger.starting(job, runner) {
+            tracing::error!(error = %e, "the job is not started: it could not be recorded");
+            return Outcome {
+                runner_id: None,
+                jit_ms: 0,
+                report: None,
+                log: None,
+            };
+        }
         let req = JitRequest {
             name: runner.to_owned(),
             runner_group_id: self.runner_group_id,
@@ -522,10 +572,14 @@ impl Shared {
                     error = %e,
                     "no JIT runner config from GitHub: no VM for this job"
                 );
+                self.ledger.runner_gone(runner);
+                self.ledger.finished(job.job_id);
                 return outcome;
             }
         };
         outcome.runner_id = Some(jit.runner_id);
+        self.ledger
+            .registered(job, runner, jit.runner_id, &self.scope.to_string());
         // From here on a runner is registered: it is deleted whatever happens.
         if stop.level() > StopLevel::Run {
             tracing::warn!("cancelled before its VM started");
@@ -533,16 +587,21 @@ impl Shared {
             self.run_vm(job, image, runner, &jit, (handle, stop), &mut outcome)
                 .await;
         }
-        if let Err(e) = self
+        match infra_failure(outcome.report.as_ref()) {
+            Some(why) => self.ledger.infra_failure(job.job_id, runner, &why),
+            None => self.ledger.finished(job.job_id),
+        }
+        match self
             .github
             .delete_runner(job.installation_id, &self.scope, jit.runner_id)
             .await
         {
-            tracing::error!(
+            Ok(_) => self.ledger.runner_gone(runner),
+            Err(e) => tracing::error!(
                 runner_id = jit.runner_id,
                 error = %e,
-                "cannot delete the runner registration: delete it in GitHub's runner settings"
-            );
+                "cannot delete the runner registration: it is retried at the next start (or delete it in GitHub's runner settings)"
+            ),
         }
         outcome
     }
@@ -678,7 +737,7 @@ impl Shared {
         (handle, stop): (StopHandle, StopSignal),
     ) -> (VmReport, IdleVerdict) {
         let (spotter, taken) = JobSpotter::new();
-        let (progress, progress_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (progress, progress_rx, journaling) = self.journal_progress(job);
         let mut sink = Spotting {
             inner: log,
             spotter,
@@ -698,7 +757,35 @@ impl Shared {
                 v = &mut watch, if verdict.is_none() => verdict = Some(v),
             }
         };
+        // Every milestone is written before the VM's record goes.
+        let _ = journaling.await;
+        if let Some(id) = &report.id {
+            self.ledger.vm_gone(id);
+        }
         (report, verdict.unwrap_or(IdleVerdict::VmEnded))
+    }
+
+    /// A progress channel whose milestones the journal records (the VM's
+    /// id, directory, CID, VMM pid) before the idle watch sees them.
+    fn journal_progress(
+        &self,
+        job: &QueuedJob,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<Progress>,
+        tokio::sync::mpsc::UnboundedReceiver<Progress>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, mut raw) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+        let (fwd, rx) = tokio::sync::mpsc::unbounded_channel();
+        let ledger = self.ledger.clone();
+        let (pool, job_id) = (job.pool.name.clone(), job.job_id);
+        let task = tokio::spawn(async move {
+            while let Some(p) = raw.recv().await {
+                ledger.vm_progress(&pool, job_id, &p);
+                let _ = fwd.send(p);
+            }
+        });
+        (tx, rx, task)
     }
 
     /// Runs the VM; while every address of the pool is in use (other jobs,
@@ -744,6 +831,20 @@ impl Shared {
 /// What a VM that could not start lacked, when waiting can bring it: an
 /// address of the pool (other jobs, other Kiln processes hold them all), or
 /// disk space for its scratch disk (other VMs may still write theirs).
+/// Why a VM ended, when the reason was not the job's own: its VMM died
+/// or its guest went silent while the job ran. A job that never started
+/// (GitHub still has it queued), that exited by itself, hit its deadline
+/// or was cancelled is not such a failure.
+fn infra_failure(report: Option<&VmReport>) -> Option<String> {
+    let report = report?;
+    match &report.result {
+        Err(e @ (RunError::VmmExitedDuringJob { .. }
+        | RunError::Conversation(_)
+        | RunError::Task(_))) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
 fn lacking(result: &Result<JobEnd, RunError>) -> Option<&'static str> {
     match result {
         Err(RunError::Network(crate::net::NetError::Lease(

@@ -42,6 +42,11 @@ struct State {
 }
 
 impl<D: Dispatch> Scheduler<D> {
+    /// The dispatcher jobs are handed to.
+    pub fn dispatcher(&self) -> &D {
+        &self.inner.dispatcher
+    }
+
     /// `pools` are the only pools jobs may name; `max_queued` bounds the
     /// queue (jobs beyond it are refused, not dropped silently).
     pub fn new(

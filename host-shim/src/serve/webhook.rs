@@ -24,6 +24,7 @@ use crate::github::webhook::{
     parse_workflow_job, verify_signature, SignatureError, WorkflowJobAction, WorkflowJobEvent,
     DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER,
 };
+use crate::scheduler::dispatch::{JobNews, News};
 use crate::scheduler::{Dispatch, EnqueueError, QueuedJob};
 
 /// A delivery id longer than this is not GitHub's (a GUID is 36).
@@ -139,12 +140,24 @@ impl<D: Dispatch> App<D> {
         }
         let response = match action {
             WorkflowJobAction::Queued => self.queue(Arc::clone(&delivery), ev),
-            WorkflowJobAction::Completed => match self.scheduler.cancel_queued(job_id) {
-                Some(job) => {
-                    tracing::info!(%delivery, job_id, pool = %job.pool.name, "job completed before it ran: removed from the queue");
-                    answer(StatusCode::ACCEPTED, "removed from the queue")
+            WorkflowJobAction::Completed => {
+                let cancelled = self.scheduler.cancel_queued(job_id);
+                let conclusion = ev.workflow_job.conclusion;
+                self.tell(&delivery, ev, News::Completed { conclusion });
+                match cancelled {
+                    Some(job) => {
+                        tracing::info!(%delivery, job_id, pool = %job.pool.name, "job completed before it ran: removed from the queue");
+                        answer(StatusCode::ACCEPTED, "removed from the queue")
+                    }
+                    None => answer(StatusCode::ACCEPTED, "completed"),
                 }
-                None => answer(StatusCode::ACCEPTED, "completed"),
+            }
+            WorkflowJobAction::InProgress => match ev.workflow_job.runner_name.clone() {
+                Some(runner) => {
+                    self.tell(&delivery, ev, News::Taken { runner });
+                    answer(StatusCode::ACCEPTED, "noted")
+                }
+                None => answer(StatusCode::ACCEPTED, "ignored: no runner named"),
             },
             other => {
                 tracing::debug!(%delivery, job_id, action = other.as_str(), "action ignored");
@@ -159,6 +172,19 @@ impl<D: Dispatch> App<D> {
             self.lock_seen().forget(&delivery, job_id, action);
         }
         response
+    }
+
+    /// Hands what GitHub reported to the dispatcher (the journal, re-runs).
+    fn tell(&self, delivery: &Arc<str>, ev: WorkflowJobEvent, what: News) {
+        self.scheduler.dispatcher().news(JobNews {
+            delivery: Arc::clone(delivery),
+            job_id: ev.workflow_job.id,
+            run_id: ev.workflow_job.run_id,
+            installation_id: ev.installation.map(|i| i.id),
+            repository: ev.repository.full_name,
+            labels: ev.workflow_job.labels,
+            what,
+        });
     }
 
     fn queue(&self, delivery: Arc<str>, ev: WorkflowJobEvent) -> Response {
@@ -206,8 +232,17 @@ impl<D: Dispatch> App<D> {
             pool: Arc::clone(pool),
             received: Instant::now(),
         };
+        let recorded = job.clone();
         match self.scheduler.enqueue(job) {
-            Ok(()) => answer(StatusCode::ACCEPTED, "queued"),
+            Ok(()) if self.scheduler.dispatcher().queued(&recorded) => {
+                answer(StatusCode::ACCEPTED, "queued")
+            }
+            Ok(()) => {
+                // Not recorded (a full disk): a restart would lose it, so it
+                // is not taken; GitHub keeps it queued for the reconciler.
+                self.scheduler.cancel_queued(job_id);
+                answer(StatusCode::SERVICE_UNAVAILABLE, "cannot record the job")
+            }
             Err(EnqueueError::AlreadyQueued { .. }) => answer(StatusCode::ACCEPTED, "duplicate"),
             Err(e @ EnqueueError::QueueFull { .. }) => {
                 tracing::warn!(%delivery, job_id, pool = %pool.name, "job refused: {e}");

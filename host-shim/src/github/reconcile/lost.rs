@@ -168,6 +168,11 @@ impl Reconciler {
         }
     }
 
+    /// The installation whose jobs it looks for.
+    pub fn installation_id(&self) -> u64 {
+        self.installation_id
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

@@ -1,0 +1,146 @@
+//! What `kiln serve` does at start, before it takes work, about what a
+//! previous run left: a crash, a SIGKILL, a power loss.
+//!
+//! 1. The host: every VM no live Kiln process owns, found on the host
+//!    (VM directories, scratch disks, cgroups, jails, namespaces, links)
+//!    and in the journal, is killed (its VMM checked by pid and start
+//!    time) and removed ([`crate::recover`]).
+//! 2. The jobs those VMs ran: marked as failed by the infrastructure, so
+//!    that GitHub's `completed` with a failure re-runs them.
+//! 3. The runner registrations the journal holds: deleted at GitHub.
+//! 4. Runners in Kiln's scope with Kiln's prefix that are offline and not
+//!    in the journal: deleted (a crash between registering a runner and
+//!    recording its id leaves such a runner).
+//! 5. The jobs that were queued: handed back to be queued again.
+//!
+//! GitHub being unreachable skips steps 3 and 4 (the records stay for the
+//! next start); nothing here stops the daemon from starting.
+
+use std::sync::Arc;
+
+use super::ledger::Ledger;
+use crate::config::Pool;
+use crate::github::reconcile::{sweep_stale_runners, RUNNER_PREFIX};
+use crate::github::{GithubApp, JobState as JobState_, JobStatus, RunnerScope};
+use crate::recover::{reconcile_host, HostLayout};
+use crate::scheduler::QueuedJob;
+use crate::store::{JobRecord, JobState};
+
+/// Why a job's VM was gone after a restart.
+const GONE: &str = "kiln serve restarted while the job's VM ran (the VM was killed and removed)";
+
+/// Runs steps 1 to 5; returns the jobs to queue again.
+pub(super) async fn recover(
+    layout: &HostLayout,
+    ledger: &Ledger,
+    github: &GithubApp,
+    scope: &RunnerScope,
+    pools: &[Arc<Pool>],
+) -> Vec<QueuedJob> {
+    let journal = ledger.journal();
+    let vms = journal.vms().unwrap_or_default();
+    let report = reconcile_host(layout, &vms).await;
+    tracing::info!(
+        vms = report.vms.len(),
+        clean = report.is_clean(),
+        stale_leases = report.stale_leases,
+        ms = report.elapsed.as_millis() as u64,
+        "start-up: what a previous kiln left on the host is removed"
+    );
+    let cleaned: Vec<String> = report.cleaned_ids().map(str::to_owned).collect();
+    for vm in vms.iter().filter(|v| cleaned.contains(&v.id)) {
+        ledger.vm_gone(&vm.id);
+    }
+    for job in journal.jobs_in(&[JobState::Running]).unwrap_or_default() {
+        if still_queued(github, &job).await {
+            // Its VM never got to take it: queued again.
+            let _ = journal.set_job_state(job.job_id, JobState::Queued);
+        } else {
+            ledger.infra_failure(job.job_id, job.runner_name.as_deref().unwrap_or_default(), GONE);
+        }
+    }
+    clean_github(ledger, github, scope).await;
+    journal
+        .jobs_in(&[JobState::Queued])
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|rec| requeue(rec, pools))
+        .collect()
+}
+
+/// Whether GitHub still has `job` queued (no runner took it).
+async fn still_queued(github: &GithubApp, job: &JobRecord) -> bool {
+    let repository = format!("{}/{}", job.owner, job.repo);
+    matches!(
+        github.job_state(job.installation_id, &repository, job.job_id).await,
+        Ok(JobState_::Known(JobStatus::Queued))
+    )
+}
+
+/// Steps 3 and 4.
+async fn clean_github(ledger: &Ledger, github: &GithubApp, scope: &RunnerScope) {
+    let journal = ledger.journal();
+    let runners = journal.runners().unwrap_or_default();
+    let installation = match github.installation_of(scope).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, runners = runners.len(), "start-up: cannot reach GitHub to delete the runners a previous kiln left; they stay recorded for the next start");
+            return;
+        }
+    };
+    for r in &runners {
+        let Some(id) = r.runner_id else {
+            // Never registered, or registered without its id recorded:
+            // the sweep below finds it by name.
+            ledger.runner_gone(&r.name);
+            continue;
+        };
+        match github.delete_runner(installation, scope, id).await {
+            Ok(_) => {
+                tracing::info!(runner = %r.name, runner_id = id, "start-up: deleted the runner registration a previous kiln left");
+                ledger.runner_gone(&r.name);
+            }
+            Err(e) => {
+                tracing::error!(runner = %r.name, runner_id = id, error = %e, "start-up: cannot delete a runner registration a previous kiln left")
+            }
+        }
+    }
+    let known: Vec<String> = journal
+        .runners()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    match sweep_stale_runners(github, installation, scope, RUNNER_PREFIX, |name| {
+        known.iter().any(|k| k == name)
+    })
+    .await
+    {
+        Ok(sweep) if !sweep.deleted.is_empty() => {
+            let names: Vec<&str> = sweep.deleted.iter().map(|r| r.name.as_str()).collect();
+            tracing::info!(deleted = ?names, "start-up: deleted offline Kiln runners nobody knows");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "start-up: cannot list the runners in scope"),
+    }
+}
+
+/// A queued job's record as the scheduler takes it; `None` if its pool is
+/// gone from the config.
+fn requeue(rec: JobRecord, pools: &[Arc<Pool>]) -> Option<QueuedJob> {
+    let Some(pool) = pools.iter().find(|p| p.name == rec.pool) else {
+        tracing::warn!(job_id = rec.job_id, pool = %rec.pool, "start-up: a queued job's pool is no longer configured; it is not queued again");
+        return None;
+    };
+    tracing::info!(job_id = rec.job_id, pool = %rec.pool, "start-up: queued again");
+    Some(QueuedJob {
+        delivery: rec.delivery.unwrap_or_else(|| "recovered".into()).into(),
+        job_id: rec.job_id,
+        run_id: rec.run_id,
+        installation_id: rec.installation_id,
+        repository: format!("{}/{}", rec.owner, rec.repo),
+        labels: rec.labels,
+        pool: Arc::clone(pool),
+        received: std::time::Instant::now(),
+    })
+}

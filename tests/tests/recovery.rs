@@ -1,0 +1,322 @@
+//! A daemon you can kill: `kiln serve` (the binary, over QEMU, against a
+//! fake GitHub on 127.0.0.1) is SIGKILLed while a job's VM runs, then
+//! started again. The second one must remove everything the first left —
+//! the VMM and its helper, the VM directory, the scratch disk, the VM's
+//! cgroup — and delete the runner registration, all within a minute; and
+//! the job, whose VM died with its daemon, is re-run once GitHub reports
+//! it failed. Repeated [`ROUNDS`] times with the same directories, so
+//! nothing may accumulate either.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln::github::webhook::sign;
+use kiln::secret::Secret;
+use kiln_vm_tests::fake_github::{test_key, FakeGithub, APP_ID};
+use kiln_vm_tests::{assets, layer};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &str = "recovery-webhook-secret";
+const INSTALLATION: u64 = 7;
+const LABELS: &[&str] = &["self-hosted", "kiln-tiny"];
+/// Kill and restart this many times in a row (`KILN_TEST_RECOVERY_ROUNDS`).
+const ROUNDS: u32 = 3;
+/// What the issue asks of the cleanup after a restart.
+const CLEANUP_WITHIN: Duration = Duration::from_secs(60);
+
+/// The stand-in runner: says it holds, then holds until its VM dies.
+const HOLDER: &str = "#!/bin/sh\necho holding\nexec sleep 600\n";
+
+#[test]
+fn a_sigkilled_daemon_leaves_nothing_after_its_restart() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: kiln serve needs root for its VMs' uids and cgroups");
+        return;
+    }
+    let assets = assets::get().unwrap_or_else(|e| panic!("{e:#}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let fake = FakeGithub::start().await;
+        let root = tempfile::Builder::new()
+            .prefix("kiln-rec-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let port = free_port();
+        let config = write_config(root.path(), &fake.url, port);
+        let rounds = std::env::var("KILN_TEST_RECOVERY_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(ROUNDS);
+        let mut took = Vec::new();
+        for round in 0..rounds {
+            let job_id = 9_000 + u64::from(round);
+            took.push(kill_mid_job_then_restart(root.path(), &config, port, &fake, job_id, assets).await);
+        }
+        eprintln!("cleanup after SIGKILL, per round: {took:?}");
+        // Everything of every round is gone: nothing accumulates.
+        layer::assert_no_vm_left(root.path());
+        assert!(cgroups_named(&vm_ids_seen(root.path())).is_empty());
+    });
+}
+
+/// One round: a job's VM runs, kiln is SIGKILLed, a new kiln cleans up.
+async fn kill_mid_job_then_restart(
+    root: &Path,
+    config: &Path,
+    port: u16,
+    fake: &FakeGithub,
+    job_id: u64,
+    _assets: &assets::Assets,
+) -> Duration {
+    let mut first = start_kiln(root, config, port).await;
+    let answer = deliver(port, "queued", job_id, None, None).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    wait_for_holding(root, job_id, &mut first).await;
+    let vmms = layer::processes_working_below(root);
+    assert!(
+        vmms.iter().any(|p| p.name.starts_with("qemu-system")),
+        "no QEMU runs the job: {vmms:#?}"
+    );
+    let registered = fake.registered();
+    let runner = registered.last().unwrap();
+    let runner_id = runner.id;
+    let runner_name = runner.request["name"].as_str().unwrap().to_owned();
+    // The runner took the job, as GitHub says in `in_progress`.
+    fake.set_job(job_id, "acme/widgets", "in_progress");
+    let answer = deliver(port, "in_progress", job_id, None, Some(&runner_name)).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The VMM outlives its daemon: this is what the restart must clean.
+    assert!(!layer::processes_working_below(root).is_empty());
+
+    let restarted = Instant::now();
+    let mut second = start_kiln(root, config, port).await;
+    let took = wait_clean(root, restarted).await;
+    assert!(
+        fake.deleted().contains(&runner_id),
+        "runner {runner_id} not deleted: {:?}",
+        fake.deleted()
+    );
+
+    // GitHub reports the job failed (its runner vanished): it is re-run.
+    let reruns_before = fake.reruns().len();
+    fake.set_job(job_id, "acme/widgets", "completed");
+    let answer = deliver(port, "completed", job_id, Some("failure"), Some(&runner_name)).await;
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    let until = Instant::now() + Duration::from_secs(20);
+    while fake.reruns().len() == reruns_before {
+        assert!(Instant::now() < until, "job {job_id} was not re-run:\n{}", logs(root));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fake.reruns()[reruns_before], job_id);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    second.wait().unwrap();
+    took
+}
+
+/// Waits until nothing of any VM is left under `root` (processes, VM
+/// directories, scratch disks, cgroups); returns how long it took.
+async fn wait_clean(root: &Path, since: Instant) -> Duration {
+    loop {
+        let procs = layer::processes_working_below(root);
+        let vms = layer::entries_below(&root.join("run/vms"));
+        let disks = layer::scratch_disks_left(&root.join("disks"));
+        let cgroups = cgroups_named(&vm_ids_seen(root));
+        if procs.is_empty() && vms.is_empty() && disks.is_empty() && cgroups.is_empty() {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < CLEANUP_WITHIN,
+            "still there {CLEANUP_WITHIN:?} after the restart: processes {procs:#?}, VM dirs {vms:?}, disks {disks:?}, cgroups {cgroups:?}\n{}",
+            logs(root)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The VM ids the job logs name (`vm kiln-…` in kiln's log).
+fn vm_ids_seen(root: &Path) -> Vec<String> {
+    let text = logs(root);
+    let mut ids: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| kiln::recover::is_vm_id(w))
+        .map(str::to_owned)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Cgroup directories named for one of `ids`, in any hierarchy.
+fn cgroups_named(ids: &[String]) -> Vec<PathBuf> {
+    let roots = [
+        "/sys/fs/cgroup/kiln",
+        "/sys/fs/cgroup/unified/kiln",
+        "/sys/fs/cgroup/memory/kiln",
+        "/sys/fs/cgroup/cpu/kiln",
+    ];
+    roots
+        .iter()
+        .flat_map(|r| ids.iter().map(move |id| Path::new(r).join(id)))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+async fn wait_for_holding(root: &Path, job_id: u64, kiln: &mut Child) {
+    let until = Instant::now() + Duration::from_secs(240);
+    loop {
+        let holding = layer::entries_below(&root.join("state/logs"))
+            .iter()
+            .filter(|p| p.to_string_lossy().contains(&format!("/{job_id}-")))
+            .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("holding")));
+        if holding {
+            return;
+        }
+        assert!(kiln.try_wait().unwrap().is_none(), "kiln exited:\n{}", logs(root));
+        assert!(Instant::now() < until, "job {job_id} never ran:\n{}", logs(root));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn start_kiln(root: &Path, config: &Path, port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("kiln.log"))
+        .unwrap();
+    let child = Command::new(layer::kiln_binary().unwrap())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("KILN_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env("KILN_STATE_DIR", root.join("state"))
+        .env("KILN_RUNTIME_DIR", root.join("run"))
+        .env("KILN_DISK_DIR", root.join("disks"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < until, "kiln serve never listened:\n{}", logs(root));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child
+}
+
+fn logs(root: &Path) -> String {
+    std::fs::read_to_string(root.join("kiln.log")).unwrap_or_default()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The config, its secrets and the stand-in's image under `root`.
+fn write_config(root: &Path, api_url: &str, port: u16) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, content) in [
+        ("webhook-secret", SECRET.to_owned()),
+        ("app-key.pem", test_key().private_pkcs1.clone()),
+    ] {
+        let path = root.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let image = layer::minimal_image_dir_with(
+        &root.join("image-src"),
+        &[("opt/actions-runner/run.sh", 0o755, HOLDER)],
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+listen = "127.0.0.1:{port}"
+webhook_secret_file = "webhook-secret"
+backend = "qemu"
+
+[github]
+api_url = "{api_url}"
+app_id = {APP_ID}
+private_key_file = "app-key.pem"
+org = "acme"
+runner_group_id = 1
+
+[host]
+vcpus = 2
+memory_mib = 4096
+
+[[pool]]
+name = "tiny"
+labels = {labels}
+vcpus = 1
+memory_mib = 512
+scratch_gib = 1
+image = "{image}"
+job_timeout = "5m"
+network = "none"
+"#,
+        labels = serde_json::to_string(LABELS).unwrap(),
+        image = image.display(),
+    );
+    let path = root.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Sends a signed `workflow_job` delivery; returns the whole answer.
+async fn deliver(
+    port: u16,
+    action: &str,
+    job_id: u64,
+    conclusion: Option<&str>,
+    runner: Option<&str>,
+) -> String {
+    let status = match action {
+        "completed" => "completed",
+        "in_progress" => "in_progress",
+        _ => "queued",
+    };
+    let body = serde_json::to_vec(&json!({
+        "action": action,
+        "workflow_job": {
+            "id": job_id, "run_id": job_id + 1, "run_attempt": 1, "labels": LABELS,
+            "status": status, "conclusion": conclusion, "runner_name": runner, "steps": [],
+        },
+        "repository": {"full_name": "acme/widgets", "private": true},
+        "organization": {"login": "acme"},
+        "installation": {"id": INSTALLATION},
+        "sender": {"login": "octocat"},
+    }))
+    .unwrap();
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nHost: kiln.test\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nX-GitHub-Event: workflow_job\r\n\
+         X-GitHub-Delivery: rec-{action}-{job_id}\r\nX-Hub-Signature-256: {}\r\n\
+         Content-Length: {}\r\n\r\n",
+        sign(&Secret::new(SECRET), &body),
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    answer
+}
