@@ -1,0 +1,290 @@
+//! The clean-up against fabricated leftovers of a crashed daemon, in temp
+//! directories and a cgroup parent of the test's own. The parts that make
+//! cgroups and network namespaces need root and are skipped otherwise.
+
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use super::*;
+use crate::net::netns::NetNs;
+use crate::vm::dirs::RuntimeDirs;
+use crate::vmm::cgroup::{CgroupSettings, Limits, VmCgroup};
+
+/// A fresh random VM id.
+fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    crate::random::fill(&mut bytes);
+    format!("kiln-{}", hex::encode(bytes))
+}
+
+/// A host layout in a temp dir, with a cgroup parent of its own that is
+/// removed (with whatever is below it) on drop, as is the netns mount.
+struct TestHost {
+    root: tempfile::TempDir,
+    layout: HostLayout,
+}
+
+impl TestHost {
+    fn new(tag: &str) -> TestHost {
+        let root = tempfile::tempdir().expect("tempdir");
+        let p = root.path();
+        let layout = HostLayout {
+            dirs: RuntimeDirs::new(p.join("run"), p.join("disks")),
+            netns_dir: p.join("netns"),
+            cgroup: CgroupSettings::new(format!("kiln-test-{tag}-{}", std::process::id())),
+            extra_cgroup_parents: Vec::new(),
+            jails: Some(JailBase {
+                chroot_base: p.join("jails"),
+                exec_name: "firecracker".into(),
+            }),
+            host_links: false,
+        };
+        layout.dirs.ensure().expect("dirs");
+        TestHost { root, layout }
+    }
+
+    fn vm_dir(&self, id: &str) -> PathBuf {
+        let dir = self.layout.dirs.vms().join(id);
+        std::fs::create_dir_all(&dir).expect("vm dir");
+        std::fs::write(dir.join("console.log"), "boot").expect("console");
+        dir
+    }
+
+    fn scratch(&self, id: &str) -> PathBuf {
+        let path = self.layout.dirs.scratch_path(id).expect("scratch path");
+        std::fs::write(&path, "ext4").expect("scratch");
+        path
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        if let Ok(parents) = crate::vmm::cgroup::parent_dirs(&self.layout.cgroup) {
+            for p in parents {
+                let _ = crate::vmm::cgroup::kill_and_remove(&p);
+            }
+        }
+        if self.layout.netns_dir.exists() {
+            let _ = nix::mount::umount2(&self.layout.netns_dir, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = self.root.path();
+    }
+}
+
+fn is_root(what: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipped {what}: needs root");
+    }
+    root
+}
+
+fn sleep_in(dir: &Path) -> Child {
+    Command::new("sleep")
+        .arg("300")
+        .current_dir(dir)
+        .spawn()
+        .expect("spawn sleep")
+}
+
+fn assert_killed(child: &mut Child) {
+    let status = child.wait().expect("wait");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+}
+
+fn record(id: &str, dir: PathBuf) -> VmRecord {
+    VmRecord {
+        id: id.to_owned(),
+        pool: "default".into(),
+        job_id: None,
+        dir,
+        vmm_pid: None,
+        vmm_start_ticks: None,
+        cid: None,
+        uid: None,
+        netns: None,
+        links: Vec::new(),
+        scratch: None,
+        jail: None,
+        cgroup: None,
+        created_unix: 0,
+    }
+}
+
+#[tokio::test]
+async fn everything_a_crashed_vm_left_is_removed_and_its_processes_killed() {
+    if !is_root("the crashed VM's clean-up") {
+        return;
+    }
+    let host = TestHost::new("crash");
+    let layout = &host.layout;
+    let id = new_id();
+    let vm_dir = host.vm_dir(&id);
+    let scratch = host.scratch(&id);
+
+    // What is never a VM's: the templates and a directory of another name.
+    let templates = layout.dirs.templates();
+    std::fs::create_dir_all(&templates).expect("templates");
+    std::fs::write(templates.join("base.ext4"), "t").expect("template");
+    let stranger = layout.dirs.vms().join("not-a-kiln-id");
+    std::fs::create_dir_all(&stranger).expect("stranger");
+    std::fs::write(stranger.join("keep"), "k").expect("keep");
+
+    // The VMM the journal names, working in the VM dir as confined QEMU does.
+    let mut vmm = sleep_in(&vm_dir);
+    let vmm_id = ProcessId::of(vmm.id()).expect("vmm");
+
+    // A cgroup with a process in it, left as a crash leaves it.
+    let cg = VmCgroup::create(
+        &layout.cgroup,
+        &id,
+        Limits {
+            cpus: 1,
+            memory_bytes: 256 << 20,
+        },
+    )
+    .expect("cgroup");
+    let cgroup_dirs: Vec<PathBuf> = cg.dirs().map(Path::to_path_buf).collect();
+    let joiner = cg.joiner();
+    let mut in_cgroup = Command::new("sleep");
+    in_cgroup.arg("300");
+    // SAFETY: the closure only makes `write` system calls (Joiner::join).
+    unsafe {
+        in_cgroup.pre_exec(move || joiner.join());
+    }
+    let mut in_cgroup = in_cgroup.spawn().expect("spawn sleep in the cgroup");
+    std::mem::forget(cg);
+
+    // A jail and a network namespace.
+    let jail = layout
+        .jails
+        .as_ref()
+        .map(|j| j.dir().join(&id))
+        .expect("jails");
+    std::fs::create_dir_all(jail.join("root/run")).expect("jail");
+    std::fs::write(jail.join("root/kernel"), "k").expect("jail file");
+    let (ns, ()) =
+        NetNs::create(&layout.netns_dir, &id, || Ok::<(), std::io::Error>(())).expect("netns");
+    let ns_path = ns.path().to_owned();
+    std::mem::forget(ns);
+
+    // The owner's lock file, its owner dead.
+    let owners = layout.dirs.owners();
+    std::fs::create_dir_all(&owners).expect("owners");
+    std::fs::write(owners.join(&id), "").expect("owner file");
+
+    let mut rec = record(&id, vm_dir.clone());
+    rec.vmm_pid = Some(vmm_id.pid);
+    rec.vmm_start_ticks = Some(vmm_id.start_ticks);
+    rec.scratch = Some(scratch.clone());
+
+    let report = reconcile_host(layout, &[rec]).await;
+
+    assert_eq!(report.vms.len(), 1, "{report:?}");
+    let vm = &report.vms[0];
+    assert_eq!(vm.id, id);
+    assert!(report.is_clean(), "{report:?}");
+    assert!(vm.killed.contains(&vmm_id), "{vm:?}");
+    assert_killed(&mut vmm);
+    assert_killed(&mut in_cgroup);
+    for gone in [&vm_dir, &scratch, &jail, &ns_path, &owners.join(&id)] {
+        assert!(
+            gone.symlink_metadata().is_err(),
+            "{} is left",
+            gone.display()
+        );
+    }
+    assert!(
+        cgroup_dirs.iter().all(|d| !d.exists()),
+        "{cgroup_dirs:?} left"
+    );
+    assert!(templates.join("base.ext4").exists());
+    assert!(stranger.join("keep").exists());
+    assert_eq!(report.cleaned_ids().collect::<Vec<_>>(), vec![id.as_str()]);
+}
+
+#[tokio::test]
+async fn a_vm_a_live_process_owns_is_left_alone() {
+    let host = TestHost::new("owned");
+    let layout = &host.layout;
+    let id = new_id();
+    let _owner = VmOwner::claim(&layout.dirs.owners(), &id).expect("claim");
+    let vm_dir = host.vm_dir(&id);
+    let scratch = host.scratch(&id);
+    let mut vmm = sleep_in(&vm_dir);
+    let vmm_id = ProcessId::of(vmm.id()).expect("vmm");
+    let mut rec = record(&id, vm_dir.clone());
+    rec.vmm_pid = Some(vmm_id.pid);
+    rec.vmm_start_ticks = Some(vmm_id.start_ticks);
+
+    let report = reconcile_host(layout, &[rec]).await;
+
+    assert!(report.vms.is_empty(), "{report:?}");
+    assert!(vmm_id.is_same_alive());
+    assert!(vm_dir.join("console.log").exists());
+    assert!(scratch.exists());
+    assert!(is_owned(&layout.dirs.owners(), &id));
+    vmm.kill().expect("kill");
+    let _ = vmm.wait();
+}
+
+#[tokio::test]
+async fn a_journal_pid_that_started_at_another_time_is_not_killed() {
+    let host = TestHost::new("reused");
+    let layout = &host.layout;
+    let id = new_id();
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let mut other = sleep_in(elsewhere.path());
+    let other_id = ProcessId::of(other.id()).expect("other");
+    // The journal's paths are not the VM's: they are never touched.
+    let important = elsewhere.path().join("important");
+    std::fs::create_dir(&important).expect("mkdir");
+    let mut rec = record(&id, important.clone());
+    rec.vmm_pid = Some(other_id.pid);
+    rec.vmm_start_ticks = Some(other_id.start_ticks + 1);
+    rec.scratch = Some(elsewhere.path().join("disk.ext4"));
+    std::fs::write(elsewhere.path().join("disk.ext4"), "d").expect("disk");
+
+    let report = reconcile_host(layout, &[rec]).await;
+
+    assert_eq!(report.vms.len(), 1, "{report:?}");
+    assert!(report.vms[0].killed.is_empty(), "{report:?}");
+    assert!(other_id.is_same_alive(), "a reused pid was killed");
+    assert!(important.exists());
+    assert!(elsewhere.path().join("disk.ext4").exists());
+    other.kill().expect("kill");
+    let _ = other.wait();
+}
+
+#[test]
+fn vm_ids_are_kiln_and_twelve_lowercase_hex_digits() {
+    assert!(is_vm_id("kiln-0123456789ab"));
+    for bad in [
+        "kiln-0123456789a",
+        "kiln-0123456789abc",
+        "kiln-0123456789AB",
+        "kiln-0123456789ag",
+        "not-a-kiln-id",
+        "kiln-",
+        "templates",
+        "kiln-0123456789ab.ext4",
+    ] {
+        assert!(!is_vm_id(bad), "{bad}");
+    }
+}
+
+#[test]
+fn only_the_vms_own_link_names_are_removed() {
+    let id = "kiln-0123456789ab";
+    let journal = [
+        "kt-0123456789ab".to_owned(),
+        "eth0".to_owned(),
+        "kv-ffffffffffff".to_owned(),
+        "kv-0123456789ab".to_owned(),
+    ];
+    assert_eq!(
+        scan::link_names(id, &journal),
+        vec!["kv-0123456789ab".to_owned(), "kt-0123456789ab".to_owned()]
+    );
+}
