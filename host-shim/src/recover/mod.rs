@@ -54,9 +54,10 @@ use std::time::{Duration, Instant};
 pub use owner::{is_owned, OwnerError, VmOwner};
 pub use process::ProcessId;
 pub use reap::{reap, ReapError, ReapReport};
-pub use scan::{scan, HostLayout, JailBase, Orphan};
+pub use scan::{ids_of_host_links, scan, scan_with, HostLayout, JailBase, Orphan};
 
 use crate::lease::LeaseDir;
+use crate::net::link::Netlink;
 use crate::store::VmRecord;
 
 /// The length of the hex part of a VM id.
@@ -99,13 +100,20 @@ impl Report {
 
 /// Finds every VM no live process owns, on the host and in `journal_vms`
 /// (the journal's VM records; empty if the journal was unreadable), and
-/// removes all of it. Never fails: what could not be removed is in the
+/// removes all of it; then tidies the lease files nobody holds. With
+/// `layout.host_links`, `kv-` links in this process's network namespace
+/// name VMs too. Never fails: what could not be removed is in the
 /// report (and logged).
 pub async fn reconcile_host(layout: &HostLayout, journal_vms: &[VmRecord]) -> Report {
     let started = Instant::now();
+    let link_ids = if layout.host_links {
+        host_link_ids().await
+    } else {
+        Vec::new()
+    };
     let scan_layout = layout.clone();
     let records = journal_vms.to_vec();
-    let orphans = tokio::task::spawn_blocking(move || scan(&scan_layout, &records))
+    let orphans = tokio::task::spawn_blocking(move || scan_with(&scan_layout, &records, &link_ids))
         .await
         .unwrap_or_else(|e| {
             tracing::error!(error = %e, "the host scan failed");
@@ -115,7 +123,7 @@ pub async fn reconcile_host(layout: &HostLayout, journal_vms: &[VmRecord]) -> Re
     for orphan in orphans {
         report.vms.push(reap(layout, orphan).await);
     }
-    let dirs = [layout.dirs.cids(), layout.dirs.uids()];
+    let dirs = layout.lease_dirs.clone();
     report.stale_leases = tokio::task::spawn_blocking(move || {
         dirs.iter().map(|d| remove_stale_leases(d)).sum::<usize>()
     })
@@ -131,6 +139,21 @@ pub async fn reconcile_host(layout: &HostLayout, journal_vms: &[VmRecord]) -> Re
         "host clean-up after restart done"
     );
     report
+}
+
+/// The VM ids of the `kv-` links in this process's network namespace.
+async fn host_link_ids() -> Vec<String> {
+    let names = match Netlink::open(&tokio::runtime::Handle::current()) {
+        Ok(nl) => nl.names().await,
+        Err(e) => Err(e),
+    };
+    match names {
+        Ok(names) => ids_of_host_links(&names),
+        Err(e) => {
+            tracing::warn!(error = %e, "host links are not scanned");
+            Vec::new()
+        }
+    }
 }
 
 /// Removes the lease files in `dir` nobody holds (taking each lease and

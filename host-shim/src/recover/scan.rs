@@ -17,6 +17,7 @@ use crate::net::attach::{VmIfNames, HOST_IF_PREFIX, PEER_PREFIX, TAP_PREFIX};
 use crate::store::VmRecord;
 use crate::vm::dirs::RuntimeDirs;
 use crate::vmm::cgroup::CgroupSettings;
+use crate::vmm::firecracker::FirecrackerSettings;
 
 /// The scratch disks' file name suffix.
 pub const SCRATCH_SUFFIX: &str = ".ext4";
@@ -35,9 +36,11 @@ pub struct HostLayout {
     pub extra_cgroup_parents: Vec<PathBuf>,
     /// The jailer's jails, when Firecracker is configured.
     pub jails: Option<JailBase>,
-    /// Whether to remove a VM's leftover host-side links (`kv-…`) from this
-    /// process's network namespace: true for `kiln serve`.
+    /// Whether to look for and remove VMs' leftover host-side links
+    /// (`kv-…`) in this process's network namespace: true for `kiln serve`.
     pub host_links: bool,
+    /// Lease directories (CIDs, uids) whose unheld files are tidied.
+    pub lease_dirs: Vec<PathBuf>,
 }
 
 /// Where the jailer builds jails: `<chroot_base>/<exec_name>/<id>`.
@@ -46,6 +49,41 @@ pub struct JailBase {
     pub chroot_base: PathBuf,
     /// Firecracker's executable's file name.
     pub exec_name: String,
+}
+
+impl HostLayout {
+    /// Kiln's VMs under `dirs`, network namespaces in `netns_dir`
+    /// ([`crate::net::netns::NETNS_DIR`]), QEMU's cgroups as `cgroup`
+    /// places them; host links are looked for; no Firecracker jails.
+    pub fn new(dirs: RuntimeDirs, netns_dir: impl Into<PathBuf>, cgroup: CgroupSettings) -> Self {
+        let lease_dirs = vec![dirs.cids(), dirs.uids()];
+        HostLayout {
+            dirs,
+            netns_dir: netns_dir.into(),
+            cgroup,
+            extra_cgroup_parents: Vec::new(),
+            jails: None,
+            host_links: true,
+            lease_dirs,
+        }
+    }
+
+    /// Adds Firecracker's jails, cgroups and uid leases: `exec_name` names
+    /// the jails' directory ([`crate::vmm::firecracker::Firecracker::exec_name`]).
+    pub fn with_firecracker(mut self, settings: &FirecrackerSettings, exec_name: &str) -> Self {
+        self.jails = Some(JailBase {
+            chroot_base: settings.chroot_base.clone(),
+            exec_name: exec_name.to_owned(),
+        });
+        let parent = settings.cgroup_root.join(&settings.parent_cgroup);
+        if !self.extra_cgroup_parents.contains(&parent) {
+            self.extra_cgroup_parents.push(parent);
+        }
+        if !self.lease_dirs.contains(&settings.uid_lease_dir) {
+            self.lease_dirs.push(settings.uid_lease_dir.clone());
+        }
+        self
+    }
 }
 
 impl JailBase {
@@ -96,8 +134,22 @@ impl Orphan {
 /// Every VM left by a dead process: the ids found on the host and in
 /// `journal_vms`, minus those whose owner lock a live process holds.
 pub fn scan(layout: &HostLayout, journal_vms: &[VmRecord]) -> Vec<Orphan> {
+    scan_with(layout, journal_vms, &[])
+}
+
+/// [`scan`], with more ids found elsewhere (from host links:
+/// [`ids_of_host_links`]).
+pub fn scan_with(
+    layout: &HostLayout,
+    journal_vms: &[VmRecord],
+    more_ids: &[String],
+) -> Vec<Orphan> {
     let cgroup_parents = cgroup_parents(layout);
-    let mut ids = BTreeSet::new();
+    let mut ids: BTreeSet<String> = more_ids
+        .iter()
+        .filter(|id| super::is_vm_id(id))
+        .cloned()
+        .collect();
     for dir in [
         layout.dirs.vms(),
         layout.netns_dir.clone(),
@@ -252,6 +304,17 @@ pub fn link_names(id: &str, journal_links: &[String]) -> Vec<String> {
             .iter()
             .any(|p| n.starts_with(p))));
     names
+}
+
+/// The VM ids of the host-side veth ends (`kv-<12 hex>`) among `names`.
+pub fn ids_of_host_links(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter_map(|n| {
+            let id = format!("kiln-{}", n.strip_prefix(HOST_IF_PREFIX)?);
+            super::is_vm_id(&id).then_some(id)
+        })
+        .collect()
 }
 
 /// Every cgroup directory VM cgroups are made in.

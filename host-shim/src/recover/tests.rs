@@ -29,17 +29,17 @@ impl TestHost {
     fn new(tag: &str) -> TestHost {
         let root = tempfile::tempdir().expect("tempdir");
         let p = root.path();
-        let layout = HostLayout {
-            dirs: RuntimeDirs::new(p.join("run"), p.join("disks")),
-            netns_dir: p.join("netns"),
-            cgroup: CgroupSettings::new(format!("kiln-test-{tag}-{}", std::process::id())),
-            extra_cgroup_parents: Vec::new(),
-            jails: Some(JailBase {
-                chroot_base: p.join("jails"),
-                exec_name: "firecracker".into(),
-            }),
-            host_links: false,
-        };
+        let mut layout = HostLayout::new(
+            RuntimeDirs::new(p.join("run"), p.join("disks")),
+            p.join("netns"),
+            CgroupSettings::new(format!("kiln-test-{tag}-{}", std::process::id())),
+        );
+        layout.jails = Some(JailBase {
+            chroot_base: p.join("jails"),
+            exec_name: "firecracker".into(),
+        });
+        // Never the machine's own links.
+        layout.host_links = false;
         layout.dirs.ensure().expect("dirs");
         TestHost { root, layout }
     }
@@ -217,9 +217,16 @@ async fn a_vm_a_live_process_owns_is_left_alone() {
     let mut rec = record(&id, vm_dir.clone());
     rec.vmm_pid = Some(vmm_id.pid);
     rec.vmm_start_ticks = Some(vmm_id.start_ticks);
+    // A CID lease file a dead process left, and one held.
+    let cids = crate::lease::LeaseDir::new("guest CID", layout.dirs.cids(), 3..=100);
+    let held = cids.try_take(43).expect("lease").expect("free");
+    std::fs::write(layout.dirs.cids().join("42"), "").expect("stale lease");
 
     let report = reconcile_host(layout, &[rec]).await;
 
+    assert_eq!(report.stale_leases, 1, "{report:?}");
+    assert!(!layout.dirs.cids().join("42").exists());
+    assert!(held.path().exists());
     assert!(report.vms.is_empty(), "{report:?}");
     assert!(vmm_id.is_same_alive());
     assert!(vm_dir.join("console.log").exists());
@@ -272,6 +279,47 @@ fn vm_ids_are_kiln_and_twelve_lowercase_hex_digits() {
     ] {
         assert!(!is_vm_id(bad), "{bad}");
     }
+}
+
+#[test]
+fn host_veth_ends_name_vm_ids() {
+    let names: Vec<String> = [
+        "lo",
+        "eth0",
+        "kv-0123456789ab",
+        "kv-0123456789",
+        "kt-ffffffffffff",
+        "kv-ABCDEF012345",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(
+        ids_of_host_links(&names),
+        vec!["kiln-0123456789ab".to_owned()]
+    );
+}
+
+#[test]
+fn firecracker_adds_its_jails_cgroups_and_uid_leases() {
+    let dirs = RuntimeDirs::new("/run/kiln", "/var/lib/kiln/scratch");
+    let mut fc = crate::vmm::firecracker::FirecrackerSettings::new("/j", "/f");
+    fc.cgroup_root = PathBuf::from("/sys/fs/cgroup/unified");
+    fc.uid_lease_dir = PathBuf::from("/run/kiln-fc/uids");
+    let layout = HostLayout::new(dirs, "/run/netns", CgroupSettings::new("kiln"))
+        .with_firecracker(&fc, "firecracker-v1.9");
+    assert_eq!(
+        layout.jails.as_ref().map(JailBase::dir),
+        Some(fc.chroot_base.join("firecracker-v1.9"))
+    );
+    assert_eq!(
+        layout.extra_cgroup_parents,
+        vec![PathBuf::from("/sys/fs/cgroup/unified/kiln")]
+    );
+    assert!(layout.lease_dirs.contains(&PathBuf::from("/run/kiln/cids")));
+    assert!(layout
+        .lease_dirs
+        .contains(&PathBuf::from("/run/kiln-fc/uids")));
+    assert!(layout.host_links);
 }
 
 #[test]
