@@ -284,7 +284,7 @@ fn pool(raw: RawPool, base: &Path, host: &HostCapacity) -> Result<Pool, ConfigEr
         return Err(ConfigErrorKind::BlankLabel { pool: name });
     }
     // Firecracker's rule (see vmm::spec): 1 or an even count up to 32.
-    if !(raw.vcpus == 1 || (raw.vcpus % 2 == 0 && (2..=32).contains(&raw.vcpus))) {
+    if !(raw.vcpus == 1 || (raw.vcpus.is_multiple_of(2) && (2..=32).contains(&raw.vcpus))) {
         return Err(ConfigErrorKind::BadVcpus {
             pool: name,
             vcpus: raw.vcpus,

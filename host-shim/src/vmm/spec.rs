@@ -77,7 +77,7 @@ impl VmSpec {
                 cid: self.guest_cid,
             });
         }
-        if !(self.vcpus == 1 || (self.vcpus % 2 == 0 && (2..=32).contains(&self.vcpus))) {
+        if !(self.vcpus == 1 || (self.vcpus.is_multiple_of(2) && (2..=32).contains(&self.vcpus))) {
             return Err(VmSpecError::BadVcpus { vcpus: self.vcpus });
         }
         if self.memory_mib < 128 {
