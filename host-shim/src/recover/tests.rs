@@ -167,7 +167,8 @@ async fn everything_a_crashed_vm_left_is_removed_and_its_processes_killed() {
     let (ns, ()) =
         NetNs::create(&layout.netns_dir, &id, || Ok::<(), std::io::Error>(())).expect("netns");
     let ns_path = ns.path().to_owned();
-    std::mem::forget(ns);
+    // Dropped, not deleted: the name stays, as after a crash.
+    drop(ns);
 
     // The owner's lock file, its owner dead.
     let owners = layout.dirs.owners();
@@ -335,4 +336,81 @@ fn only_the_vms_own_link_names_are_removed() {
         scan::link_names(id, &journal),
         vec!["kv-0123456789ab".to_owned(), "kt-0123456789ab".to_owned()]
     );
+}
+
+/// Host links, in a throw-away namespace standing in for the host's: the
+/// test runs on a thread that entered it, never in the machine's own.
+#[test]
+fn leftover_host_links_are_found_and_removed() {
+    if !is_root("the host links' clean-up") {
+        return;
+    }
+    let mut host = TestHost::new("links");
+    host.layout.host_links = true;
+    let fake_host_dir = host.root.path().join("fake-host-ns");
+    let (fake_host, ()) = NetNs::create(&fake_host_dir, "host", || Ok::<(), std::io::Error>(()))
+        .expect("throw-away namespace");
+    let with_ns = new_id();
+    let only_link = new_id();
+    let (vm_ns, ()) = NetNs::create(&host.layout.netns_dir, &with_ns, || {
+        Ok::<(), std::io::Error>(())
+    })
+    .expect("vm netns");
+    let layout = host.layout.clone();
+    let outcome = fake_host
+        .run_in(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(links_in_fake_host(&layout, vm_ns, &with_ns, &only_link))
+        })
+        .expect("run in the throw-away namespace");
+    let _ = fake_host.delete();
+    let _ = nix::mount::umount2(&fake_host_dir, nix::mount::MntFlags::MNT_DETACH);
+    outcome.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Makes VM `with_ns`'s veth pair (host end here, peer in `vm_ns`, which
+/// is then left as a crash leaves it) and a lone `kv-` pair of VM
+/// `only_link`, cleans up, and checks that no `kv-` link is left.
+async fn links_in_fake_host(
+    layout: &HostLayout,
+    vm_ns: NetNs,
+    with_ns: &str,
+    only_link: &str,
+) -> Result<(), String> {
+    use crate::net::attach::VmIfNames;
+    use crate::net::link::Netlink;
+    let nl = Netlink::open(&tokio::runtime::Handle::current()).map_err(|e| e.to_string())?;
+    let here = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| e.to_string())?;
+    let a = VmIfNames::of(with_ns);
+    let b = VmIfNames::of(only_link);
+    nl.add_veth(&a.host, &a.peer, vm_ns.file())
+        .await
+        .map_err(|e| e.to_string())?;
+    nl.add_veth(&b.host, &b.peer, &here)
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(vm_ns);
+
+    let report = reconcile_host(layout, &[]).await;
+
+    let ids: Vec<&str> = report.vms.iter().map(|r| r.id.as_str()).collect();
+    if !report.is_clean() || !ids.contains(&with_ns) || !ids.contains(&only_link) {
+        return Err(format!("{report:?}"));
+    }
+    let lone = report.vms.iter().find(|r| r.id == only_link);
+    if !lone.is_some_and(|r| r.removed.contains(&format!("link {}", b.host))) {
+        return Err(format!("the lone link was not removed: {report:?}"));
+    }
+    // The kernel frees a namespace's links a moment after its last user.
+    for _ in 0..100 {
+        let names = nl.names().await.map_err(|e| e.to_string())?;
+        if !names.iter().any(|n| n.starts_with("kv-")) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Err("a kv- link is left".into())
 }
