@@ -15,6 +15,8 @@
 //! [`VmOwner::claim`] must be called **before any other resource of the VM
 //! is made** (its directory, scratch disk, cgroup, namespace, jail, VMM),
 //! and the [`VmOwner`] dropped **after the last of them is removed**.
+//! [`VmOwner::claim_new`] picks the id, claims it and then makes the VM
+//! directory: the start of a VM's prepare phase.
 //! Otherwise a clean-up running in another process may see a resource of a
 //! live VM without a held lock and remove it.
 //!
@@ -29,6 +31,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+
+use crate::vm::dirs::{make_private_dir_all as make_private_vms_dir, DirsError, RuntimeDirs};
 
 /// Tries of open-lock-check before the path counts as contended.
 const TRIES: u32 = 3;
@@ -46,6 +50,10 @@ pub enum OwnerError {
     Held { id: String, path: PathBuf },
     #[error("{id:?} is not a Kiln VM id (kiln- and 12 lowercase hex digits)")]
     BadId { id: String },
+    #[error(transparent)]
+    Dirs(#[from] DirsError),
+    #[error("no unused VM id after {tries} tries in {dir}")]
+    NoFreeId { dir: PathBuf, tries: u32 },
 }
 
 /// The lock on one VM, held until dropped.
@@ -91,6 +99,39 @@ impl VmOwner {
         Ok(None)
     }
 
+    /// A new VM: a fresh id, claimed, then its directory
+    /// `<runtime>/vms/<id>/` (private) made, in that order. For the start
+    /// of a VM's life instead of [`RuntimeDirs::create_vm_dir`], which
+    /// makes the directory before any claim could be taken.
+    pub fn claim_new(dirs: &RuntimeDirs) -> Result<(VmOwner, PathBuf), OwnerError> {
+        use std::os::unix::fs::DirBuilderExt;
+        const MAX_TRIES: u32 = 32;
+        let vms = dirs.vms();
+        make_private_vms_dir(&vms)?;
+        for _ in 0..MAX_TRIES {
+            let Some(owner) = Self::try_claim(&dirs.owners(), &new_id())? else {
+                continue;
+            };
+            let dir = vms.join(owner.id());
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok((owner, dir)),
+                // Left by a dead process: the clean-up's, not ours.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(source) => {
+                    return Err(OwnerError::Io {
+                        action: "creating the VM directory",
+                        path: dir,
+                        source,
+                    })
+                }
+            }
+        }
+        Err(OwnerError::NoFreeId {
+            dir: vms,
+            tries: MAX_TRIES,
+        })
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -130,6 +171,14 @@ pub fn is_owned(owners_dir: &Path, id: &str) -> bool {
         Ok(_unlocked_on_drop) => false,
         Err(_) => true,
     }
+}
+
+/// `kiln-` and 12 random hex digits, as [`RuntimeDirs::create_vm_dir`]
+/// makes them.
+fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    crate::random::fill(&mut bytes);
+    format!("kiln-{}", hex::encode(bytes))
 }
 
 /// What one attempt to lock a path found.
@@ -213,6 +262,20 @@ mod tests {
         let owner = VmOwner::claim(dir.path(), ID).expect("claim");
         drop(owner);
         assert!(!dir.path().join(ID).exists());
+    }
+
+    #[test]
+    fn a_new_vm_is_claimed_before_its_directory_is_made() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dirs = RuntimeDirs::new(root.path().join("run"), root.path().join("disks"));
+        let (owner, dir) = VmOwner::claim_new(&dirs).expect("claim new");
+        assert!(super::super::is_vm_id(owner.id()), "{}", owner.id());
+        assert_eq!(dir, dirs.vms().join(owner.id()));
+        assert!(dir.is_dir());
+        assert!(is_owned(&dirs.owners(), owner.id()));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
     }
 
     #[test]
