@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use super::owner::VmOwner;
 use super::process::ProcessId;
 use crate::net::attach::{VmIfNames, HOST_IF_PREFIX, PEER_PREFIX, TAP_PREFIX};
+use crate::net::{NetConfig, ADDR_LEASES_DIR};
 use crate::store::VmRecord;
 use crate::vm::dirs::RuntimeDirs;
 use crate::vmm::cgroup::CgroupSettings;
@@ -66,6 +67,17 @@ impl HostLayout {
             host_links: true,
             lease_dirs,
         }
+    }
+
+    /// Takes the network namespaces' directory and the address slot
+    /// leases from the network's config.
+    pub fn with_net(mut self, net: &NetConfig) -> Self {
+        self.netns_dir = net.netns_dir.clone();
+        let addrs = net.run_dir.join(ADDR_LEASES_DIR);
+        if !self.lease_dirs.contains(&addrs) {
+            self.lease_dirs.push(addrs);
+        }
+        self
     }
 
     /// Adds Firecracker's jails, cgroups and uid leases: `exec_name` names

@@ -301,13 +301,20 @@ fn host_veth_ends_name_vm_ids() {
 }
 
 #[test]
-fn firecracker_adds_its_jails_cgroups_and_uid_leases() {
+fn net_and_firecracker_add_their_places() {
     let dirs = RuntimeDirs::new("/run/kiln", "/var/lib/kiln/scratch");
     let mut fc = crate::vmm::firecracker::FirecrackerSettings::new("/j", "/f");
     fc.cgroup_root = PathBuf::from("/sys/fs/cgroup/unified");
     fc.uid_lease_dir = PathBuf::from("/run/kiln-fc/uids");
+    let mut net = crate::net::NetConfig::defaults(Path::new("/run/kiln"));
+    net.netns_dir = PathBuf::from("/run/other-netns");
     let layout = HostLayout::new(dirs, "/run/netns", CgroupSettings::new("kiln"))
+        .with_net(&net)
         .with_firecracker(&fc, "firecracker-v1.9");
+    assert_eq!(layout.netns_dir, PathBuf::from("/run/other-netns"));
+    assert!(layout
+        .lease_dirs
+        .contains(&PathBuf::from("/run/kiln/net/addrs")));
     assert_eq!(
         layout.jails.as_ref().map(JailBase::dir),
         Some(fc.chroot_base.join("firecracker-v1.9"))
