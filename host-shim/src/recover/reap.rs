@@ -150,7 +150,7 @@ pub fn reap_blocking(orphan: &Orphan) -> ReapReport {
 /// SIGKILLs the VM's processes known without its cgroups, and waits.
 fn kill_processes(report: &mut ReapReport, orphan: &Orphan) {
     let mut targets: Vec<ProcessId> = orphan.vmm.into_iter().collect();
-    for p in processes_using(&orphan.process_dirs()) {
+    for p in processes_using(&orphan.process_dirs) {
         if !targets.contains(&p) {
             targets.push(p);
         }

@@ -124,6 +124,9 @@ pub struct Orphan {
     /// Host-side link names that may be left: `kv-`, `kp-`, `kt-` with the
     /// id's hex digits.
     pub links: Vec<String>,
+    /// Where the VM's processes work or what they name: its directory and
+    /// jail, whether or not they still exist.
+    pub process_dirs: Vec<PathBuf>,
 }
 
 impl Orphan {
@@ -135,11 +138,6 @@ impl Orphan {
             || !self.cgroups.is_empty()
             || self.jail.is_some()
             || self.netns.is_some()
-    }
-
-    /// The directories a process of this VM would work in or name.
-    pub fn process_dirs(&self) -> Vec<PathBuf> {
-        self.vm_dir.iter().chain(&self.jail).cloned().collect()
     }
 }
 
@@ -254,6 +252,13 @@ fn find(
         }
     }
     let links = link_names(&id, rec.map(|r| r.links.as_slice()).unwrap_or_default());
+    let mut process_dirs = vec![layout.dirs.vms().join(&id)];
+    process_dirs.extend(layout.jails.as_ref().map(|j| j.dir().join(&id)));
+    for d in vm_dir.iter().chain(&jail) {
+        if !process_dirs.contains(d) {
+            process_dirs.push(d.clone());
+        }
+    }
     Orphan {
         id,
         claim,
@@ -265,6 +270,7 @@ fn find(
         jail,
         netns,
         links,
+        process_dirs,
     }
 }
 

@@ -135,6 +135,15 @@ async fn everything_a_crashed_vm_left_is_removed_and_its_processes_killed() {
     let mut vmm = sleep_in(&vm_dir);
     let vmm_id = ProcessId::of(vmm.id()).expect("vmm");
 
+    // A helper that names the VM dir on its command line, as an unconfined
+    // QEMU names its sockets, working elsewhere.
+    let mut naming = Command::new("sh")
+        .args(["-c", "while :; do sleep 0.1; done", "sh"])
+        .arg(vm_dir.join("qemu.sock"))
+        .current_dir(host.root.path())
+        .spawn()
+        .expect("spawn sh");
+
     // A cgroup with a process in it, left as a crash leaves it.
     let cg = VmCgroup::create(
         &layout.cgroup,
@@ -189,6 +198,7 @@ async fn everything_a_crashed_vm_left_is_removed_and_its_processes_killed() {
     assert!(vm.killed.contains(&vmm_id), "{vm:?}");
     assert_killed(&mut vmm);
     assert_killed(&mut in_cgroup);
+    assert_killed(&mut naming);
     for gone in [&vm_dir, &scratch, &jail, &ns_path, &owners.join(&id)] {
         assert!(
             gone.symlink_metadata().is_err(),
