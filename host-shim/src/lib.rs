@@ -8,6 +8,7 @@
 //! - [`doctor`] — `kiln doctor`: what this host lacks, and how to fix it.
 //! - [`lease`] — numbered host resources (CIDs, address slots) leased across processes by lock files.
 //! - [`random`] — random bytes from the kernel.
+//! - [`recover`] — after a crash of `kiln serve`: find what dead Kiln processes left on the host and remove it.
 //! - [`net`] — every VM's network: namespace, veth, tap, addresses, the nftables egress policy.
 //! - [`github`] — GitHub: webhook verification and payloads, the App's REST calls.
 //! - [`job`] — one job's lifecycle under `kiln serve`: runner name, still-queued check, JIT
@@ -37,6 +38,7 @@ pub mod job;
 pub mod lease;
 pub mod net;
 pub mod random;
+pub mod recover;
 pub mod scheduler;
 pub mod secret;
 pub mod serve;

@@ -228,6 +228,18 @@ impl Netlink {
         }
     }
 
+    /// The names of every link in the namespace.
+    pub async fn names(&self) -> Result<Vec<String>, LinkError> {
+        let mut links = self.handle.link().get().execute();
+        let mut names = Vec::new();
+        while let Some(l) = links.try_next().await.map_err(req("listing links"))? {
+            if let (Some(name), _) = name_and_mtu(&l.attributes) {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
     pub fn handle(&self) -> &Handle {
         &self.handle
     }

@@ -60,6 +60,9 @@ pub struct NetConfig {
     pub netns_dir: PathBuf,
 }
 
+/// The address slot leases' directory below [`NetConfig::run_dir`].
+pub const ADDR_LEASES_DIR: &str = "addrs";
+
 impl NetConfig {
     /// The defaults, with leases under `runtime` (Kiln's runtime directory).
     pub fn defaults(runtime: &std::path::Path) -> Self {
@@ -214,7 +217,7 @@ impl Network {
         );
         Ok(Network {
             host,
-            pool: AddrPool::new(plan, cfg.run_dir.join("addrs")),
+            pool: AddrPool::new(plan, cfg.run_dir.join(ADDR_LEASES_DIR)),
             policy,
             uplinks,
             mtu,

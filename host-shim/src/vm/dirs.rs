@@ -4,6 +4,7 @@
 //!   directory is meant for a tmpfs (`/run/kiln`).
 //! - `<runtime>/cids/<cid>`: guest CID leases ([`super::cid`]).
 //! - `<runtime>/uids/<uid>`: Firecracker jail uid leases.
+//! - `<runtime>/owners/<id>`: VM owner locks ([`crate::recover::owner`]).
 //! - `<disks>/<id>.ext4`: scratch disks. They grow with what the job
 //!   writes, so they belong on a real disk, never on a tmpfs.
 //! - `<disks>/templates/`: the scratch disks later ones are copied from
@@ -101,6 +102,12 @@ impl RuntimeDirs {
     /// Firecracker jail uid leases.
     pub fn uids(&self) -> PathBuf {
         self.runtime.join("uids")
+    }
+
+    /// VM owner locks ([`crate::recover::owner`]): `<runtime>/owners/<id>`,
+    /// held by the process that runs VM `<id>`.
+    pub fn owners(&self) -> PathBuf {
+        self.runtime.join("owners")
     }
 
     /// Creates a fresh directory for a new VM under a new unique id.

@@ -335,6 +335,54 @@ impl Drop for VmCgroup {
     }
 }
 
+/// `<hierarchy>/<parent>` in every hierarchy VM cgroups may be made in
+/// (v2, and v1 `cpu` and `memory`), for finding what a crashed process
+/// left there. A directory that does not exist is listed all the same.
+pub fn parent_dirs(settings: &CgroupSettings) -> Result<Vec<PathBuf>, CgroupError> {
+    check_parent(&settings.parent)?;
+    let text = std::fs::read_to_string(&settings.mountinfo).map_err(|source| CgroupError::Io {
+        action: "reading",
+        path: settings.mountinfo.clone(),
+        source,
+    })?;
+    let m = parse_mountinfo(&text);
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for root in [m.v2, m.v1_cpu, m.v1_memory].into_iter().flatten() {
+        let dir = root.join(&settings.parent);
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    Ok(dirs)
+}
+
+/// Kills every process in cgroup `dir` and its descendants and removes
+/// them, deepest first: for a cgroup nobody holds a [`VmCgroup`] for any
+/// more (left by a crashed process, or made by the jailer). Returns
+/// whether there was anything to remove.
+pub fn kill_and_remove(dir: &Path) -> Result<bool, CgroupError> {
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    let children = std::fs::read_dir(dir).map_err(|source| CgroupError::Io {
+        action: "listing",
+        path: dir.to_owned(),
+        source,
+    })?;
+    for entry in children.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            kill_and_remove(&entry.path())?;
+        }
+    }
+    // `kill_all` uses `cgroup.kill` where there is one (v2 only) and the
+    // listed processes otherwise, so v2 is right for either kind here.
+    remove_member(&Member {
+        dir: dir.to_owned(),
+        version: Version::V2,
+    })?;
+    Ok(true)
+}
+
 /// Which limits the v2 hierarchy carries.
 struct Has {
     cpu: bool,

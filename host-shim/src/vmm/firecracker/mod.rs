@@ -71,6 +71,12 @@ impl Firecracker {
         &self.settings
     }
 
+    /// The jails' directory name below the chroot base: the canonical
+    /// file name of the Firecracker binary.
+    pub fn exec_name(&self) -> &str {
+        &self.exec_name
+    }
+
     /// Where the jail of VM `id` is (or would be).
     pub fn jail_layout(&self, id: &str) -> jailer::JailLayout {
         jailer::JailLayout::new(&self.settings.chroot_base, &self.exec_name, id)
