@@ -53,7 +53,9 @@ fn a_sigkilled_daemon_leaves_nothing_after_its_restart() {
         let mut took = Vec::new();
         for round in 0..rounds {
             let job_id = 9_000 + u64::from(round);
-            took.push(kill_mid_job_then_restart(root.path(), &config, port, &fake, job_id, assets).await);
+            took.push(
+                kill_mid_job_then_restart(root.path(), &config, port, &fake, job_id, assets).await,
+            );
         }
         eprintln!("cleanup after SIGKILL, per round: {took:?}");
         // Everything of every round is gone: nothing accumulates.
@@ -106,11 +108,22 @@ async fn kill_mid_job_then_restart(
     // GitHub reports the job failed (its runner vanished): it is re-run.
     let reruns_before = fake.reruns().len();
     fake.set_job(job_id, "acme/widgets", "completed");
-    let answer = deliver(port, "completed", job_id, Some("failure"), Some(&runner_name)).await;
+    let answer = deliver(
+        port,
+        "completed",
+        job_id,
+        Some("failure"),
+        Some(&runner_name),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     let until = Instant::now() + Duration::from_secs(20);
     while fake.reruns().len() == reruns_before {
-        assert!(Instant::now() < until, "job {job_id} was not re-run:\n{}", logs(root));
+        assert!(
+            Instant::now() < until,
+            "job {job_id} was not re-run:\n{}",
+            logs(root)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(fake.reruns()[reruns_before], job_id);
@@ -182,8 +195,16 @@ async fn wait_for_holding(root: &Path, job_id: u64, kiln: &mut Child) {
         if holding {
             return;
         }
-        assert!(kiln.try_wait().unwrap().is_none(), "kiln exited:\n{}", logs(root));
-        assert!(Instant::now() < until, "job {job_id} never ran:\n{}", logs(root));
+        assert!(
+            kiln.try_wait().unwrap().is_none(),
+            "kiln exited:\n{}",
+            logs(root)
+        );
+        assert!(
+            Instant::now() < until,
+            "job {job_id} never ran:\n{}",
+            logs(root)
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -208,8 +229,15 @@ async fn start_kiln(root: &Path, config: &Path, port: u16) -> Child {
         .spawn()
         .unwrap();
     let until = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < until, "kiln serve never listened:\n{}", logs(root));
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < until,
+            "kiln serve never listened:\n{}",
+            logs(root)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     child

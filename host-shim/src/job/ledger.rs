@@ -161,7 +161,9 @@ impl Ledger {
     pub fn finished(&self, job_id: u64) {
         let _ = self.write(
             "recording a finished job",
-            self.journal.set_job_state(job_id, JobState::Finished).map(drop),
+            self.journal
+                .set_job_state(job_id, JobState::Finished)
+                .map(drop),
         );
     }
 
@@ -187,7 +189,10 @@ impl Ledger {
             infra_failure: kept.and_then(|k| k.infra_failure),
             ..rec.clone()
         };
-        let _ = self.write("recording which runner took a job", self.journal.put_job(&rec));
+        let _ = self.write(
+            "recording which runner took a job",
+            self.journal.put_job(&rec),
+        );
     }
 
     /// GitHub reports job `job_id` completed: remembered (a later `queued`

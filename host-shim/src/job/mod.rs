@@ -56,8 +56,8 @@ pub mod joblog;
 pub mod ledger;
 mod lost;
 mod news;
-mod recovery;
 pub mod pools;
+mod recovery;
 pub mod runner;
 pub mod tasks;
 
@@ -76,17 +76,19 @@ use crate::github::{
     ClientPolicy, GithubApp, JitConfig, JitRequest, JobState, JobStatus, RunnerScope,
 };
 use crate::net::{NetConfig, NetRequest, Network};
+use crate::recover::HostLayout;
 use crate::scheduler::{Dispatch, QueuedJob};
+use crate::store::SqliteJournal;
 use crate::vm::{
     select_backend, stop_channel, Backend, BackendOptions, JobEnd, Launcher, OutputSink, Progress,
     RunError, RuntimeDirs, StopHandle, StopLevel, StopSignal, Timeouts, VmReport, VmRequest,
 };
+use crate::vmm::cgroup::CgroupSettings;
 use crate::vmm::firecracker::FirecrackerSettings;
 use crate::vmm::qemu::Confinement;
-use crate::store::SqliteJournal;
 use idle::{IdleVerdict, JobSpotter, Spotting};
-use ledger::Ledger;
 use joblog::JobLogs;
+use ledger::Ledger;
 use pools::PoolImage;
 use runner::{RunnerSpec, RUNNER_COMMAND, WORK_FOLDER};
 use tasks::JobTasks;
@@ -269,7 +271,20 @@ impl Jobs {
                 source,
             })?;
         tracing::info!(dir = %logs.dir.display(), "job logs");
+        let github = Arc::new(github);
+        // The namespaces and address leases as start_network places them.
+        let net = NetConfig::defaults(&launcher.dirs().runtime);
+        let layout = host_layout(&launcher, &net);
+        let recovered = recovery::recover(
+            &layout,
+            &ledger,
+            &github,
+            &config.github.scope,
+            &config.pools,
+        )
+        .await;
         Ok(Jobs {
+            recovered: Arc::new(std::sync::Mutex::new(recovered)),
             shared: Arc::new(Shared {
                 github,
                 scope: config.github.scope.clone(),
@@ -291,9 +306,29 @@ impl Jobs {
     }
 }
 
-/// Firecracker's jails hard-link each VM's files: the images and the disk
-/// directory must be on the chroot base's filesystem (checked now rather
-/// than at the first job).
+/// Where this daemon's VMs put things on the host, for the start-up
+/// clean-up: its directories, network namespaces, and the cgroups and
+/// jails of its backend.
+fn host_layout(launcher: &Launcher, net: &NetConfig) -> HostLayout {
+    let (cgroup, firecracker) = match launcher.backend() {
+        Backend::Firecracker(fc) => (
+            CgroupSettings::new(fc.settings().parent_cgroup.clone()),
+            Some(fc),
+        ),
+        Backend::Qemu(cfg) => (
+            cfg.confine
+                .as_ref()
+                .map_or_else(|| CgroupSettings::new("kiln"), |c| c.cgroup.clone()),
+            None,
+        ),
+    };
+    let layout = HostLayout::new(launcher.dirs().clone(), &net.netns_dir, cgroup).with_net(net);
+    match firecracker {
+        Some(fc) => layout.with_firecracker(fc.settings(), fc.exec_name()),
+        None => layout,
+    }
+}
+
 /// QEMU, when it is the backend, never runs as root under `kiln serve`:
 /// each VM's gets its own uid (from the jails' range and lock files), a
 /// seccomp sandbox and a cgroup ([`crate::vmm::qemu::confine`]).
@@ -311,6 +346,9 @@ fn confined(backend: Backend, dirs: &RuntimeDirs) -> Backend {
     }
 }
 
+/// Firecracker's jails hard-link each VM's files: the images and the disk
+/// directory must be on the chroot base's filesystem (checked now rather
+/// than at the first job).
 fn check_jail_filesystem(
     fc: &crate::vmm::firecracker::Firecracker,
     pools: &HashMap<String, PoolImage>,
@@ -439,7 +477,12 @@ impl Dispatch for Jobs {
     }
 
     fn recovered(&self) -> Vec<QueuedJob> {
-        std::mem::take(&mut *self.recovered.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(
+            &mut *self
+                .recovered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     fn find_lost(&self, enqueue: lost::Enqueue) {
@@ -838,9 +881,11 @@ impl Shared {
 fn infra_failure(report: Option<&VmReport>) -> Option<String> {
     let report = report?;
     match &report.result {
-        Err(e @ (RunError::VmmExitedDuringJob { .. }
-        | RunError::Conversation(_)
-        | RunError::Task(_))) => Some(e.to_string()),
+        Err(
+            e @ (RunError::VmmExitedDuringJob { .. }
+            | RunError::Conversation(_)
+            | RunError::Task(_)),
+        ) => Some(e.to_string()),
         _ => None,
     }
 }

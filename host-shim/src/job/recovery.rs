@@ -56,7 +56,11 @@ pub(super) async fn recover(
             // Its VM never got to take it: queued again.
             let _ = journal.set_job_state(job.job_id, JobState::Queued);
         } else {
-            ledger.infra_failure(job.job_id, job.runner_name.as_deref().unwrap_or_default(), GONE);
+            ledger.infra_failure(
+                job.job_id,
+                job.runner_name.as_deref().unwrap_or_default(),
+                GONE,
+            );
         }
     }
     clean_github(ledger, github, scope).await;
@@ -72,7 +76,9 @@ pub(super) async fn recover(
 async fn still_queued(github: &GithubApp, job: &JobRecord) -> bool {
     let repository = format!("{}/{}", job.owner, job.repo);
     matches!(
-        github.job_state(job.installation_id, &repository, job.job_id).await,
+        github
+            .job_state(job.installation_id, &repository, job.job_id)
+            .await,
         Ok(JobState_::Known(JobStatus::Queued))
     )
 }

@@ -40,7 +40,6 @@
 //! nftables needs nothing here: the first Kiln process to use `table inet
 //! kiln` replaces the whole table.
 
-pub mod owner;
 pub mod process;
 pub mod reap;
 pub mod scan;
@@ -51,7 +50,8 @@ mod tests;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub use owner::{is_owned, OwnerError, VmOwner};
+pub use crate::vm::dirs::is_vm_id;
+pub use crate::vm::owner::{is_owned, OwnerError, VmOwner};
 pub use process::ProcessId;
 pub use reap::{reap, ReapError, ReapReport};
 pub use scan::{ids_of_host_links, scan, scan_with, HostLayout, JailBase, Orphan};
@@ -59,19 +59,6 @@ pub use scan::{ids_of_host_links, scan, scan_with, HostLayout, JailBase, Orphan}
 use crate::lease::LeaseDir;
 use crate::net::link::Netlink;
 use crate::store::VmRecord;
-
-/// The length of the hex part of a VM id.
-const ID_HEX_LEN: usize = 12;
-
-/// Whether `s` is a Kiln VM id: `kiln-` and 12 lowercase hex digits.
-pub fn is_vm_id(s: &str) -> bool {
-    s.strip_prefix("kiln-").is_some_and(|hex| {
-        hex.len() == ID_HEX_LEN
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
 
 /// What [`reconcile_host`] did.
 #[derive(Debug, Default)]

@@ -11,12 +11,12 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::owner::VmOwner;
 use super::process::ProcessId;
 use crate::net::attach::{VmIfNames, HOST_IF_PREFIX, PEER_PREFIX, TAP_PREFIX};
 use crate::net::{NetConfig, ADDR_LEASES_DIR};
 use crate::store::VmRecord;
 use crate::vm::dirs::RuntimeDirs;
+use crate::vm::owner::VmOwner;
 use crate::vmm::cgroup::CgroupSettings;
 use crate::vmm::firecracker::FirecrackerSettings;
 

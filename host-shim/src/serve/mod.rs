@@ -144,6 +144,16 @@ pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), Serve
             source,
         })?;
     let server = Server::with_limits(&config, dispatcher, limits);
+    let scheduler = server.scheduler().clone();
+    for job in scheduler.dispatcher().recovered() {
+        if let Err(e) = scheduler.enqueue(job) {
+            tracing::warn!(error = %e, "a job queued before the restart cannot be queued again");
+        }
+    }
+    let enqueue = scheduler.clone();
+    scheduler
+        .dispatcher()
+        .find_lost(std::sync::Arc::new(move |job| enqueue.enqueue(job).is_ok()));
     for pool in &config.pools {
         tracing::info!(
             pool = %pool.name,

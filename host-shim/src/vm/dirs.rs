@@ -4,7 +4,7 @@
 //!   directory is meant for a tmpfs (`/run/kiln`).
 //! - `<runtime>/cids/<cid>`: guest CID leases ([`super::cid`]).
 //! - `<runtime>/uids/<uid>`: Firecracker jail uid leases.
-//! - `<runtime>/owners/<id>`: VM owner locks ([`crate::recover::owner`]).
+//! - `/run/kiln/owners/<id>` (root) or `<runtime>/owners/<id>`: VM owner locks ([`crate::vm::owner`]).
 //! - `<disks>/<id>.ext4`: scratch disks. They grow with what the job
 //!   writes, so they belong on a real disk, never on a tmpfs.
 //! - `<disks>/templates/`: the scratch disks later ones are copied from
@@ -104,10 +104,16 @@ impl RuntimeDirs {
         self.runtime.join("uids")
     }
 
-    /// VM owner locks ([`crate::recover::owner`]): `<runtime>/owners/<id>`,
-    /// held by the process that runs VM `<id>`.
+    /// VM owner locks ([`crate::vm::owner`]), `<dir>/<id>`, held by the
+    /// process that runs VM `<id>`: [`HOST_OWNERS_DIR`] for root,
+    /// `<runtime>/owners` for other users (whose VMs have nothing
+    /// host-wide).
     pub fn owners(&self) -> PathBuf {
-        self.runtime.join("owners")
+        if nix::unistd::geteuid().is_root() {
+            PathBuf::from(HOST_OWNERS_DIR)
+        } else {
+            self.runtime.join("owners")
+        }
     }
 
     /// Creates a fresh directory for a new VM under a new unique id.
@@ -206,10 +212,30 @@ pub fn check_owned_dir(dir: &Path) -> Result<(), DirsError> {
     Ok(())
 }
 
+/// Root's VM owner locks ([`crate::vm::owner`]), one directory for the
+/// whole host whatever the runtime directory: what they guard (network
+/// namespaces, cgroups, links) is host-wide, so the start-up clean-up of
+/// one `kiln serve` must see the VMs of every other Kiln process, also
+/// those with runtime directories of their own.
+pub const HOST_OWNERS_DIR: &str = "/run/kiln/owners";
+
+/// The length of the hex part of a VM id.
+const ID_HEX_LEN: usize = 12;
+
+/// Whether `s` is a Kiln VM id: `kiln-` and 12 lowercase hex digits.
+pub fn is_vm_id(s: &str) -> bool {
+    s.strip_prefix("kiln-").is_some_and(|hex| {
+        hex.len() == ID_HEX_LEN
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// `kiln-` and 12 random hex digits: short (socket paths are limited to
 /// 107 bytes), within the jailer's id rules, and unguessable enough that
 /// ids never repeat in practice; the exclusive mkdir decides.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut bytes = [0u8; 6];
     super::random::fill(&mut bytes);
     format!("kiln-{}", hex::encode(bytes))

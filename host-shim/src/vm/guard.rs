@@ -9,6 +9,7 @@
 //! dropped the future), `Drop` does what can be done without waiting:
 //! SIGKILL to the VMM's processes, and the same removals.
 
+use super::owner::VmOwner;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,8 @@ pub(super) struct VmGuard {
     pub follower: Option<ConsoleFollower>,
     /// The VM's network, removed after its VMM is gone.
     pub net: Option<(Arc<Network>, VmNet)>,
+    /// This process runs the VM: released last, after everything else.
+    owner: Option<VmOwner>,
     finished: bool,
 }
 
@@ -61,10 +64,11 @@ pub struct TeardownError {
 }
 
 impl VmGuard {
-    pub fn new(id: String, dir: PathBuf) -> Self {
+    pub fn new(owner: VmOwner, dir: PathBuf) -> Self {
         VmGuard {
-            id,
+            id: owner.id().to_owned(),
             dir,
+            owner: Some(owner),
             scratch: None,
             scratch_room: None,
             cid: None,
@@ -114,6 +118,7 @@ impl VmGuard {
         }
         drop(self.scratch_room.take());
         drop(self.cid.take());
+        drop(self.owner.take());
         self.finished = true;
         if problems.is_empty() {
             tracing::debug!(vm = %self.id, "VM torn down");
@@ -150,6 +155,7 @@ impl Drop for VmGuard {
             tracing::warn!(vm = %self.id, error = %e, "VM directory left behind");
         }
         drop(self.cid.take());
+        drop(self.owner.take());
     }
 }
 

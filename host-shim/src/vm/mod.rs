@@ -22,6 +22,7 @@ pub mod dirs;
 mod guard;
 pub mod image;
 pub mod output;
+pub mod owner;
 pub use crate::random;
 pub mod request;
 mod run;

@@ -23,6 +23,7 @@ use super::console;
 use super::dirs::{DirsError, RuntimeDirs};
 use super::guard::{Live, TeardownError, VmGuard};
 use super::output::OutputSink;
+use super::owner::{OwnerError, VmOwner};
 use super::request::{RequestError, VmRequest};
 use super::stop::{StopLevel, StopSignal};
 use super::timing::{Marks, Timing};
@@ -76,6 +77,8 @@ pub enum RunError {
     Request(#[from] RequestError),
     #[error(transparent)]
     Dirs(#[from] DirsError),
+    #[error(transparent)]
+    Owner(#[from] OwnerError),
     #[error(transparent)]
     Cid(#[from] CidError),
     #[error(transparent)]
@@ -270,7 +273,7 @@ impl Launcher {
 /// Where each resource is made, and so where a journal would hook in:
 ///
 /// - [`VmLife::prepare`]: the VM's id and directory
-///   ([`RuntimeDirs::create_vm_dir`]) and with them `guard`, which owns
+///   ([`VmOwner::claim_new`]: the owner lock first) and with them `guard`, which owns
 ///   everything made after; the CID lease; the scratch disk's room and
 ///   file; the VM's network (namespace, tap, addresses, policy elements).
 /// - [`VmLife::boot`]: the VMM's processes and the listener the guest
@@ -322,9 +325,11 @@ impl<'a> VmLife<'a> {
     /// to send, completed with the guest's network.
     async fn prepare(&mut self) -> Result<(VmSpec, Job), RunError> {
         let (launcher, req) = (self.launcher, self.req);
-        let (id, dir) = launcher.dirs.create_vm_dir()?;
+        // Claimed before anything of the VM exists (see `owner`).
+        let (owner, dir) = VmOwner::claim_new(&launcher.dirs)?;
+        let id = owner.id().to_owned();
         self.st.id = Some(id.clone());
-        let guard = self.guard.insert(VmGuard::new(id.clone(), dir.clone()));
+        let guard = self.guard.insert(VmGuard::new(owner, dir.clone()));
         let lease: CidLease = launcher.cids.lease()?;
         let cid = lease.cid();
         self.st.cid = Some(cid);

@@ -5,7 +5,7 @@
 //! `<runtime>/owners/<id>` ([`crate::vm::dirs::RuntimeDirs::owners`]) for
 //! as long as anything of the VM exists. The lock dies with its holder,
 //! however it dies, so "the lock can be taken" means "no live process runs
-//! this VM": the clean-up at start ([`super::reconcile_host`]) leaves a VM
+//! this VM": the clean-up at start ([`crate::recover::reconcile_host`]) leaves a VM
 //! alone while its lock is held, and holds the lock itself while it
 //! removes a dead one's leftovers, so that no process can start using the
 //! id meanwhile.
@@ -32,7 +32,9 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::vm::dirs::{make_private_dir_all as make_private_vms_dir, DirsError, RuntimeDirs};
+use crate::vm::dirs::{
+    is_vm_id, make_private_dir_all as make_private_vms_dir, new_id, DirsError, RuntimeDirs,
+};
 
 /// Tries of open-lock-check before the path counts as contended.
 const TRIES: u32 = 3;
@@ -77,7 +79,7 @@ impl VmOwner {
 
     /// Like [`VmOwner::claim`], but `None` when another process holds it.
     pub fn try_claim(owners_dir: &Path, id: &str) -> Result<Option<VmOwner>, OwnerError> {
-        if !super::is_vm_id(id) {
+        if !is_vm_id(id) {
             return Err(OwnerError::BadId { id: id.to_owned() });
         }
         make_private_dir_all(owners_dir)?;
@@ -173,14 +175,6 @@ pub fn is_owned(owners_dir: &Path, id: &str) -> bool {
     }
 }
 
-/// `kiln-` and 12 random hex digits, as [`RuntimeDirs::create_vm_dir`]
-/// makes them.
-fn new_id() -> String {
-    let mut bytes = [0u8; 6];
-    crate::random::fill(&mut bytes);
-    format!("kiln-{}", hex::encode(bytes))
-}
-
 /// What one attempt to lock a path found.
 enum Locked {
     Ours(Flock<File>),
@@ -269,7 +263,7 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let dirs = RuntimeDirs::new(root.path().join("run"), root.path().join("disks"));
         let (owner, dir) = VmOwner::claim_new(&dirs).expect("claim new");
-        assert!(super::super::is_vm_id(owner.id()), "{}", owner.id());
+        assert!(is_vm_id(owner.id()), "{}", owner.id());
         assert_eq!(dir, dirs.vms().join(owner.id()));
         assert!(dir.is_dir());
         assert!(is_owned(&dirs.owners(), owner.id()));
