@@ -23,12 +23,19 @@ const SECRET: &str = "recovery-webhook-secret";
 const INSTALLATION: u64 = 7;
 const LABELS: &[&str] = &["self-hosted", "kiln-tiny"];
 /// Kill and restart this many times in a row (`KILN_TEST_RECOVERY_ROUNDS`).
-const ROUNDS: u32 = 3;
+const ROUNDS: u32 = 10;
 /// What the issue asks of the cleanup after a restart.
 const CLEANUP_WITHIN: Duration = Duration::from_secs(60);
 
-/// The stand-in runner: says it holds, then holds until its VM dies.
-const HOLDER: &str = "#!/bin/sh\necho holding\nexec sleep 600\n";
+/// The stand-in runner (its hostname carries the job id): jobs 9xxx hold
+/// until their VM dies, 7xx1 print that they ran and exit 0, 7xx2 exit 1.
+const STAND_IN: &str = r#"#!/bin/sh
+case "$(hostname)" in
+  *-9[0-9][0-9][0-9]-*) echo holding; exec sleep 600;;
+  *-7[0-9][0-9]1-*) echo "ran without a webhook"; exit 0;;
+  *) echo "failing by itself"; exit 1;;
+esac
+"#;
 
 #[test]
 fn a_sigkilled_daemon_leaves_nothing_after_its_restart() {
@@ -257,6 +264,11 @@ fn free_port() -> u16 {
 
 /// The config, its secrets and the stand-in's image under `root`.
 fn write_config(root: &Path, api_url: &str, port: u16) -> PathBuf {
+    write_config_with(root, api_url, port, "")
+}
+
+/// [`write_config`] with more `[github]` keys.
+fn write_config_with(root: &Path, api_url: &str, port: u16, github: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     for (name, content) in [
         ("webhook-secret", SECRET.to_owned()),
@@ -268,7 +280,7 @@ fn write_config(root: &Path, api_url: &str, port: u16) -> PathBuf {
     }
     let image = layer::minimal_image_dir_with(
         &root.join("image-src"),
-        &[("opt/actions-runner/run.sh", 0o755, HOLDER)],
+        &[("opt/actions-runner/run.sh", 0o755, STAND_IN)],
     )
     .unwrap();
     let config = format!(
@@ -283,6 +295,7 @@ app_id = {APP_ID}
 private_key_file = "app-key.pem"
 org = "acme"
 runner_group_id = 1
+{github}
 
 [host]
 vcpus = 2
@@ -347,4 +360,140 @@ async fn deliver(
     let mut answer = String::new();
     s.read_to_string(&mut answer).await.unwrap();
     answer
+}
+
+/// GitHub as the source of truth: a queued job whose webhook never came is
+/// found by the reconciler and runs within two of its intervals; a job
+/// whose VMM is SIGKILLed mid-job is re-run once GitHub reports it failed,
+/// and a job that exits 1 by itself is not.
+#[test]
+fn lost_webhooks_and_infrastructure_failures() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: kiln serve needs root for its VMs' uids and cgroups");
+        return;
+    }
+    let _ = assets::get().unwrap_or_else(|e| panic!("{e:#}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let fake = FakeGithub::start().await;
+        fake.add_repository("acme/widgets");
+        let root = tempfile::Builder::new()
+            .prefix("kiln-rec-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = root.path();
+        let port = free_port();
+        let interval = Duration::from_secs(3);
+        let config = write_config_with(root, &fake.url, port, "reconcile_interval = \"3s\"");
+        let mut kiln = start_kiln(root, &config, port).await;
+
+        // No webhook: only GitHub knows job 7001 is queued.
+        let queued_at = Instant::now();
+        fake.queue_job("acme/widgets", 7_100, 7_001, LABELS);
+        // Picked up (its runner registered) within two intervals; the
+        // runner takes it, as GitHub then says.
+        let until = queued_at + 2 * interval + Duration::from_secs(5);
+        while !fake.registered().iter().any(|r| {
+            r.request["name"]
+                .as_str()
+                .is_some_and(|n| n.contains("-7001-"))
+        }) {
+            assert!(
+                Instant::now() < until,
+                "job 7001 not taken:\n{}",
+                logs(root)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let taken = queued_at.elapsed();
+        fake.set_job_outcome(7_001, "in_progress", None);
+        wait_for_log(root, 7_001, "ran without a webhook", &mut kiln).await;
+        eprintln!(
+            "a job without a webhook: taken after {taken:?}, ran after {:?}",
+            queued_at.elapsed()
+        );
+
+        // Job 9100's VMM dies mid-job: an infrastructure failure.
+        let answer = deliver(port, "queued", 9_100, None, None).await;
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+        wait_for_holding(root, 9_100, &mut kiln).await;
+        let runner = runner_of(&fake, 9_100);
+        deliver(port, "in_progress", 9_100, None, Some(&runner)).await;
+        let qemu = layer::processes_working_below(root)
+            .into_iter()
+            .find(|p| p.name.starts_with("qemu-system"))
+            .expect("the job's QEMU");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(qemu.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        wait_for_log(root, 9_100, "[kiln] VM failed", &mut kiln).await;
+        fake.set_job(9_100, "acme/widgets", "completed");
+        deliver(port, "completed", 9_100, Some("failure"), Some(&runner)).await;
+        let until = Instant::now() + Duration::from_secs(20);
+        while !fake.reruns().contains(&9_100) {
+            assert!(
+                Instant::now() < until,
+                "job 9100 was not re-run:\n{}",
+                logs(root)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // Job 7002 fails by itself: never re-run.
+        let answer = deliver(port, "queued", 7_002, None, None).await;
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+        wait_for_log(root, 7_002, "[kiln] exit 1", &mut kiln).await;
+        let runner = runner_of(&fake, 7_002);
+        deliver(port, "in_progress", 7_002, None, Some(&runner)).await;
+        fake.set_job(7_002, "acme/widgets", "completed");
+        deliver(port, "completed", 7_002, Some("failure"), Some(&runner)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(fake.reruns(), [9_100], "{}", logs(root));
+
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(kiln.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        kiln.wait().unwrap();
+        layer::assert_no_vm_left(root);
+        assert_eq!(fake.violations(), Vec::<String>::new());
+    });
+}
+
+/// The name of the runner registered for `job_id`.
+fn runner_of(fake: &FakeGithub, job_id: u64) -> String {
+    fake.registered()
+        .iter()
+        .filter_map(|r| r.request["name"].as_str())
+        .find(|n| n.contains(&format!("-{job_id}-")))
+        .unwrap_or_else(|| panic!("no runner for job {job_id}"))
+        .to_owned()
+}
+
+/// Waits until job `job_id`'s log holds `text`.
+async fn wait_for_log(root: &Path, job_id: u64, text: &str, kiln: &mut Child) {
+    let until = Instant::now() + Duration::from_secs(240);
+    loop {
+        let found = layer::entries_below(&root.join("state/logs"))
+            .iter()
+            .filter(|p| p.to_string_lossy().contains(&format!("/{job_id}-")))
+            .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(text)));
+        if found {
+            return;
+        }
+        assert!(
+            kiln.try_wait().unwrap().is_none(),
+            "kiln exited:\n{}",
+            logs(root)
+        );
+        assert!(
+            Instant::now() < until,
+            "job {job_id}'s log never said {text:?}:\n{}",
+            logs(root)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
