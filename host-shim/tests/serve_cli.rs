@@ -328,3 +328,98 @@ fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
         .collect();
     assert_eq!(open_files[3..5], ["4096", "4096"], "{limits}");
 }
+
+/// A tmpfs mounted at `dir` for one test (root only), lazily unmounted
+/// when dropped, also when the test fails.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Option<Tmpfs> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mount -o {options} {}", dir.display());
+        Some(Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A signed `queued` delivery of job `id` for the `small` pool.
+fn signed_queued(delivery: &str, id: u64) -> String {
+    let body = serde_json::json!({
+        "action": "queued",
+        "workflow_job": {"id": id, "run_id": id + 1, "labels": ["self-hosted", "kiln-small"], "status": "queued"},
+        "repository": {"full_name": "acme/widgets"},
+        "installation": {"id": 42},
+    })
+    .to_string();
+    format!(
+        "POST /webhook HTTP/1.1\r\nHost: k\r\nConnection: close\r\nX-GitHub-Event: workflow_job\r\n\
+         X-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: {}\r\nContent-Length: {}\r\n\r\n{body}",
+        sign(&Secret::new("s3cret"), body.as_bytes()),
+        body.len()
+    )
+}
+
+#[test]
+fn a_read_only_state_directory_stops_it_naming_the_directory() {
+    let dir = dir_with_config(0o600);
+    let state = dir.path().join("state");
+    let Some(_mount) = Tmpfs::mount(&state, "ro,mode=0700,size=1m") else {
+        return;
+    };
+    let out = serve_command(&dir.path().join("config.toml"))
+        .output()
+        .expect("run kiln serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&state.display().to_string()) && stderr.contains("not writable"),
+        "{stderr}"
+    );
+}
+
+/// The journal's filesystem full: a new job is refused (503, GitHub keeps
+/// it queued) rather than taken and lost at a restart; once there is room
+/// again, jobs are taken.
+#[test]
+fn a_full_state_filesystem_refuses_new_jobs_until_there_is_room() {
+    let dir = dir_with_config(0o600);
+    let state = dir.path().join("state");
+    let Some(_mount) = Tmpfs::mount(&state, "mode=0700,size=2m") else {
+        return;
+    };
+    let mut child = kiln_serve(&dir.path().join("config.toml"));
+    let rx = lines(&mut child);
+    let port = port_of(&wait_for_line(&rx, "listening"));
+    let fill = state.join("fill");
+    let mut f = std::fs::File::create(&fill).expect("fill file");
+    while f.write_all(&[0u8; 64 * 1024]).is_ok() {}
+    drop(f);
+
+    let refused = http(port, &signed_queued("full-1", 501));
+    assert!(
+        refused.starts_with("HTTP/1.1 503") && refused.ends_with("cannot record the job"),
+        "{refused}"
+    );
+    wait_for_line(&rx, "full");
+
+    std::fs::remove_file(&fill).expect("make room");
+    let taken = http(port, &signed_queued("full-2", 502));
+    assert!(taken.starts_with("HTTP/1.1 202"), "{taken}");
+
+    let _ = child.kill();
+    let _ = child.wait();
+}

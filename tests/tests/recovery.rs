@@ -43,7 +43,7 @@ fn a_sigkilled_daemon_leaves_nothing_after_its_restart() {
         eprintln!("skipped: kiln serve needs root for its VMs' uids and cgroups");
         return;
     }
-    let assets = assets::get().unwrap_or_else(|e| panic!("{e:#}"));
+    let _ = assets::get().unwrap_or_else(|e| panic!("{e:#}"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let fake = FakeGithub::start().await;
@@ -57,72 +57,151 @@ fn a_sigkilled_daemon_leaves_nothing_after_its_restart() {
             .ok()
             .and_then(|r| r.parse().ok())
             .unwrap_or(ROUNDS);
-        let mut took = Vec::new();
+        let mut took_by_point = Vec::new();
         for round in 0..rounds {
             let job_id = 9_000 + u64::from(round);
-            took.push(
-                kill_mid_job_then_restart(root.path(), &config, port, &fake, job_id, assets).await,
-            );
+            let at = KillAt::of_round(round);
+            // The second Disk round also loses its journal.
+            let truncate = round == 4;
+            let took =
+                kill_then_restart(root.path(), &config, port, &fake, job_id, at, truncate).await;
+            took_by_point.push((at, took));
         }
-        eprintln!("cleanup after SIGKILL, per round: {took:?}");
+        eprintln!("cleanup after SIGKILL, per round: {took_by_point:?}");
         // Everything of every round is gone: nothing accumulates.
         layer::assert_no_vm_left(root.path());
         assert!(cgroups_named(&vm_ids_seen(root.path())).is_empty());
     });
 }
 
-/// One round: a job's VM runs, kiln is SIGKILLed, a new kiln cleans up.
-async fn kill_mid_job_then_restart(
+/// When in a VM's life the daemon is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KillAt {
+    /// Its scratch disk exists (before the VMM).
+    Disk,
+    /// Its VMM runs, the guest has not had its Job.
+    Vmm,
+    /// The job runs.
+    Job,
+}
+
+impl KillAt {
+    fn of_round(round: u32) -> KillAt {
+        [KillAt::Job, KillAt::Disk, KillAt::Vmm][round as usize % 3]
+    }
+}
+
+/// One round: a job's VM is set up or runs, kiln is SIGKILLed at `at`, a
+/// new kiln cleans up. With `truncate_journal` the journal is cut short
+/// before the restart: it is moved aside, and the host scan still cleans.
+async fn kill_then_restart(
     root: &Path,
     config: &Path,
     port: u16,
     fake: &FakeGithub,
     job_id: u64,
-    _assets: &assets::Assets,
+    at: KillAt,
+    truncate_journal: bool,
 ) -> Duration {
     let mut first = start_kiln(root, config, port).await;
     let answer = deliver(port, "queued", job_id, None, None).await;
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
-    wait_for_holding(root, job_id, &mut first).await;
-    let vmms = layer::processes_working_below(root);
-    assert!(
-        vmms.iter().any(|p| p.name.starts_with("qemu-system")),
-        "no QEMU runs the job: {vmms:#?}"
-    );
+    wait_for_kill_point(root, job_id, at, &mut first).await;
     let registered = fake.registered();
     let runner = registered.last().unwrap();
     let runner_id = runner.id;
     let runner_name = runner.request["name"].as_str().unwrap().to_owned();
-    // The runner took the job, as GitHub says in `in_progress`.
-    fake.set_job(job_id, "acme/widgets", "in_progress");
-    let answer = deliver(port, "in_progress", job_id, None, Some(&runner_name)).await;
-    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    if at == KillAt::Job {
+        // The runner took the job, as GitHub says in `in_progress`.
+        fake.set_job(job_id, "acme/widgets", "in_progress");
+        let answer = deliver(port, "in_progress", job_id, None, Some(&runner_name)).await;
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    } else {
+        // Cancelled meanwhile: not queued again after the restart.
+        fake.set_job(job_id, "acme/widgets", "completed");
+    }
 
     first.kill().unwrap();
     first.wait().unwrap();
-    // The VMM outlives its daemon: this is what the restart must clean.
-    assert!(!layer::processes_working_below(root).is_empty());
+    // What outlives its daemon: what the restart must clean.
+    let left = layer::processes_working_below(root).len()
+        + layer::scratch_disks_left(&root.join("disks")).len();
+    assert!(left > 0, "nothing left to clean at {at:?}");
+    if truncate_journal {
+        let journal = root.join("state/journal.db");
+        let len = std::fs::metadata(&journal).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&journal)
+            .unwrap()
+            .set_len(len.min(1000))
+            .unwrap();
+    }
 
     let restarted = Instant::now();
     let mut second = start_kiln(root, config, port).await;
     let took = wait_clean(root, restarted).await;
-    assert!(
-        fake.deleted().contains(&runner_id),
-        "runner {runner_id} not deleted: {:?}",
-        fake.deleted()
-    );
+    if truncate_journal {
+        assert!(logs(root).contains("journal.db.corrupt-"), "{}", logs(root));
+    } else {
+        assert!(
+            fake.deleted().contains(&runner_id),
+            "runner {runner_id} not deleted: {:?}",
+            fake.deleted()
+        );
+    }
+    if at == KillAt::Job && !truncate_journal {
+        assert_rerun_after_failure(root, port, fake, job_id, &runner_name).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    second.wait().unwrap();
+    took
+}
 
-    // GitHub reports the job failed (its runner vanished): it is re-run.
+/// Waits until job `job_id`'s VM got to `at`.
+async fn wait_for_kill_point(root: &Path, job_id: u64, at: KillAt, kiln: &mut Child) {
+    let until = Instant::now() + Duration::from_secs(240);
+    loop {
+        let reached = match at {
+            KillAt::Disk => !layer::scratch_disks_left(&root.join("disks")).is_empty(),
+            KillAt::Vmm => layer::processes_working_below(root)
+                .iter()
+                .any(|p| p.name.starts_with("qemu-system")),
+            KillAt::Job => return wait_for_holding(root, job_id, kiln).await,
+        };
+        if reached {
+            return;
+        }
+        assert!(
+            kiln.try_wait().unwrap().is_none(),
+            "kiln exited:\n{}",
+            logs(root)
+        );
+        assert!(
+            Instant::now() < until,
+            "job {job_id} never got to {at:?}:\n{}",
+            logs(root)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// GitHub reports the job failed (its runner vanished with its VM): it is
+/// re-run.
+async fn assert_rerun_after_failure(
+    root: &Path,
+    port: u16,
+    fake: &FakeGithub,
+    job_id: u64,
+    runner: &str,
+) {
     let reruns_before = fake.reruns().len();
     fake.set_job(job_id, "acme/widgets", "completed");
-    let answer = deliver(
-        port,
-        "completed",
-        job_id,
-        Some("failure"),
-        Some(&runner_name),
-    )
-    .await;
+    let answer = deliver(port, "completed", job_id, Some("failure"), Some(runner)).await;
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     let until = Instant::now() + Duration::from_secs(20);
     while fake.reruns().len() == reruns_before {
@@ -134,14 +213,6 @@ async fn kill_mid_job_then_restart(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(fake.reruns()[reruns_before], job_id);
-
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(second.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    second.wait().unwrap();
-    took
 }
 
 /// Waits until nothing of any VM is left under `root` (processes, VM

@@ -75,6 +75,7 @@ pub(crate) struct RawPool {
     pub max_vms: Option<u32>,
     pub job_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub max_retries: Option<u32>,
     pub network: Option<String>,
     #[serde(default)]
     pub allow: Vec<RawAllow>,

@@ -361,6 +361,7 @@ fn pool(raw: RawPool, base: &Path, host: &HostCapacity) -> Result<Pool, ConfigEr
         max_vms: raw.max_vms,
         job_timeout,
         idle_timeout,
+        max_retries: raw.max_retries,
         name,
     })
 }

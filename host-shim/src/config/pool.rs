@@ -23,6 +23,9 @@ pub struct Pool {
     /// A runner that has not taken a job this long after it started is
     /// stopped and its registration deleted.
     pub idle_timeout: Duration,
+    /// Re-runs per workflow run after infrastructure failures for this
+    /// pool's jobs; `None`: `github.max_retries`.
+    pub max_retries: Option<u32>,
     /// Whether the pool's VMs have a network.
     pub network: super::PoolNetwork,
     /// Extra destinations, the proxy's among them.
@@ -61,6 +64,7 @@ mod tests {
             max_vms: None,
             job_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
+            max_retries: None,
             network: Default::default(),
             allow: Vec::new(),
             proxy: None,

@@ -91,7 +91,9 @@ fn full_example_with_defaults() {
     assert_eq!(p.image, Path::new(DEFAULT_IMAGE));
     assert_eq!(p.job_timeout, Duration::from_secs(6 * 3600));
     assert_eq!(p.idle_timeout, Duration::from_secs(600));
-    assert_eq!((p.sudo, p.max_vms), (false, None));
+    assert_eq!((p.sudo, p.max_vms, p.max_retries), (false, None, None));
+    assert_eq!(c.github.reconcile_interval, DEFAULT_RECONCILE_INTERVAL);
+    assert_eq!(c.github.max_retries, DEFAULT_MAX_RETRIES);
     let job = vec!["self-hosted".to_string(), "KILN-SMALL".to_string()];
     assert_eq!(c.pool_for(&job).map(|p| p.name.as_str()), Some("small"));
     assert!(c.pool_for(&["gpu".to_string()]).is_none());
@@ -356,6 +358,24 @@ fn job_timeout_must_parse() {
     let pool = format!("{POOL}job_timeout = \"0s\"\n");
     let (_, msg) = Dir::new().err(&Dir::config("org = \"acme\"", &pool));
     assert!(msg.contains("more than 0"), "{msg}");
+}
+
+#[test]
+fn reconciling_and_re_runs_are_configured_per_daemon_and_per_pool() {
+    let pool = format!("{POOL}max_retries = 0\n");
+    let github = "org = \"acme\"\nreconcile_interval = \"90s\"\nmax_retries = 2";
+    let c = Dir::new()
+        .load(&Dir::config(github, &pool))
+        .expect("valid config");
+    assert_eq!(c.github.reconcile_interval, Duration::from_secs(90));
+    assert_eq!(c.github.max_retries, 2);
+    assert_eq!(c.pools[0].max_retries, Some(0));
+    let (kind, msg) = Dir::new().err(&Dir::config(
+        "org = \"acme\"\nreconcile_interval = \"0s\"",
+        POOL,
+    ));
+    assert!(matches!(kind, ConfigErrorKind::BadDuration { .. }), "{msg}");
+    assert!(msg.contains("github.reconcile_interval"), "{msg}");
 }
 
 #[test]

@@ -50,6 +50,7 @@ impl Ledger {
         let rec = JobRecord {
             attempts: kept.as_ref().map_or(0, |k| k.attempts),
             reruns: kept.as_ref().map_or(0, |k| k.reruns),
+            infra_failure: kept.and_then(|k| k.infra_failure),
             ..rec
         };
         self.write("recording a queued job", self.journal.put_job(&rec))
@@ -62,6 +63,7 @@ impl Ledger {
         let rec = JobRecord {
             attempts: kept.as_ref().map_or(0, |k| k.attempts) + 1,
             reruns: kept.as_ref().map_or(0, |k| k.reruns),
+            infra_failure: kept.and_then(|k| k.infra_failure),
             ..record_of(job, JobState::Running, Some(runner))
         };
         self.write("recording a starting job", self.journal.put_job(&rec))?;

@@ -275,14 +275,12 @@ impl Jobs {
         // The namespaces and address leases as start_network places them.
         let net = NetConfig::defaults(&launcher.dirs().runtime);
         let layout = host_layout(&launcher, &net);
-        let recovered = recovery::recover(
-            &layout,
-            &ledger,
-            &github,
-            &config.github.scope,
-            &config.pools,
-        )
-        .await;
+        let recovered = recovery::recover(&layout, &ledger, &config.pools).await;
+        tokio::spawn({
+            let (ledger, github) = (ledger.clone(), Arc::clone(&github));
+            let scope = config.github.scope.clone();
+            async move { recovery::clean_github(&ledger, &github, &scope).await }
+        });
         Ok(Jobs {
             recovered: Arc::new(std::sync::Mutex::new(recovered)),
             shared: Arc::new(Shared {
@@ -574,6 +572,7 @@ impl Shared {
     ) -> Outcome {
         let asked = Instant::now();
         if !self.still_queued(job).await {
+            self.ledger.finished(job.job_id);
             return Outcome {
                 runner_id: None,
                 jit_ms: 0,

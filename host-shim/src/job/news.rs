@@ -74,9 +74,14 @@ impl Shared {
             infra_failure: rec.infra_failure.is_some(),
             reruns,
         };
-        let policy = RerunPolicy {
-            max_retries: self.max_retries,
-        };
+        // The pool's own setting, else the daemon's.
+        let max_retries = self
+            .config_pools
+            .iter()
+            .find(|p| p.name == rec.pool)
+            .and_then(|p| p.max_retries)
+            .unwrap_or(self.max_retries);
+        let policy = RerunPolicy { max_retries };
         let why = rec.infra_failure.as_deref().unwrap_or_default();
         match rerun_if_due(&self.github, rec.installation_id, &job, policy).await {
             Ok(RerunDecision::Rerun) => {

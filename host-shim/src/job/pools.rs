@@ -80,6 +80,7 @@ mod tests {
             max_vms: None,
             job_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
+            max_retries: None,
             network: Default::default(),
             allow: Vec::new(),
             proxy: None,

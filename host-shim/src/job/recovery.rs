@@ -6,22 +6,25 @@
 //!    and in the journal, is killed (its VMM checked by pid and start
 //!    time) and removed ([`crate::recover`]).
 //! 2. The jobs those VMs ran: marked as failed by the infrastructure, so
-//!    that GitHub's `completed` with a failure re-runs them.
+//!    that GitHub's `completed` with a failure re-runs them (and queued
+//!    again, for the case their VM never got to take them).
 //! 3. The runner registrations the journal holds: deleted at GitHub.
 //! 4. Runners in Kiln's scope with Kiln's prefix that are offline and not
 //!    in the journal: deleted (a crash between registering a runner and
 //!    recording its id leaves such a runner).
 //! 5. The jobs that were queued: handed back to be queued again.
 //!
-//! GitHub being unreachable skips steps 3 and 4 (the records stay for the
-//! next start); nothing here stops the daemon from starting.
+//! Steps 1, 2 and 5 touch only the host and the journal and run before the
+//! daemon listens; steps 3 and 4 talk to GitHub and run after it started,
+//! so an unreachable GitHub delays nothing (its records stay for the next
+//! start). Nothing here stops the daemon from starting.
 
 use std::sync::Arc;
 
 use super::ledger::Ledger;
 use crate::config::Pool;
 use crate::github::reconcile::{sweep_stale_runners, RUNNER_PREFIX};
-use crate::github::{GithubApp, JobState as JobState_, JobStatus, RunnerScope};
+use crate::github::{GithubApp, RunnerScope};
 use crate::recover::{reconcile_host, HostLayout};
 use crate::scheduler::QueuedJob;
 use crate::store::{JobRecord, JobState};
@@ -29,12 +32,14 @@ use crate::store::{JobRecord, JobState};
 /// Why a job's VM was gone after a restart.
 const GONE: &str = "kiln serve restarted while the job's VM ran (the VM was killed and removed)";
 
-/// Runs steps 1 to 5; returns the jobs to queue again.
+/// Steps 1, 2 and 5, on the host alone (fast, before the daemon listens);
+/// returns the jobs to queue again. A job whose VM was running is queued
+/// again too, marked: the dispatch asks GitHub first and starts nothing for
+/// a job no longer queued, whose re-run then waits for GitHub's
+/// `completed`. Steps 3 and 4 ([`clean_github`]) run after the start.
 pub(super) async fn recover(
     layout: &HostLayout,
     ledger: &Ledger,
-    github: &GithubApp,
-    scope: &RunnerScope,
     pools: &[Arc<Pool>],
 ) -> Vec<QueuedJob> {
     let journal = ledger.journal();
@@ -52,18 +57,13 @@ pub(super) async fn recover(
         ledger.vm_gone(&vm.id);
     }
     for job in journal.jobs_in(&[JobState::Running]).unwrap_or_default() {
-        if still_queued(github, &job).await {
-            // Its VM never got to take it: queued again.
-            let _ = journal.set_job_state(job.job_id, JobState::Queued);
-        } else {
-            ledger.infra_failure(
-                job.job_id,
-                job.runner_name.as_deref().unwrap_or_default(),
-                GONE,
-            );
-        }
+        ledger.infra_failure(
+            job.job_id,
+            job.runner_name.as_deref().unwrap_or_default(),
+            GONE,
+        );
+        let _ = journal.set_job_state(job.job_id, JobState::Queued);
     }
-    clean_github(ledger, github, scope).await;
     journal
         .jobs_in(&[JobState::Queued])
         .unwrap_or_default()
@@ -72,19 +72,8 @@ pub(super) async fn recover(
         .collect()
 }
 
-/// Whether GitHub still has `job` queued (no runner took it).
-async fn still_queued(github: &GithubApp, job: &JobRecord) -> bool {
-    let repository = format!("{}/{}", job.owner, job.repo);
-    matches!(
-        github
-            .job_state(job.installation_id, &repository, job.job_id)
-            .await,
-        Ok(JobState_::Known(JobStatus::Queued))
-    )
-}
-
-/// Steps 3 and 4.
-async fn clean_github(ledger: &Ledger, github: &GithubApp, scope: &RunnerScope) {
+/// Steps 3 and 4: the runner registrations a previous run left.
+pub(super) async fn clean_github(ledger: &Ledger, github: &GithubApp, scope: &RunnerScope) {
     let journal = ledger.journal();
     let runners = journal.runners().unwrap_or_default();
     let installation = match github.installation_of(scope).await {

@@ -20,6 +20,7 @@ pub(crate) fn pool(name: &str, vcpus: u32, memory_mib: u64, max_vms: Option<u32>
         max_vms,
         job_timeout: Duration::from_secs(60),
         idle_timeout: Duration::from_secs(60),
+        max_retries: None,
         network: Default::default(),
         allow: Vec::new(),
         proxy: None,
