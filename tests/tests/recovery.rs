@@ -68,6 +68,18 @@ fn a_sigkilled_daemon_leaves_nothing_after_its_restart() {
             took_by_point.push((at, took));
         }
         eprintln!("cleanup after SIGKILL, per round: {took_by_point:?}");
+        // A start after a SIGTERM drain finds nothing to clean; one after
+        // a SIGKILL finds the VM it left.
+        let starts: Vec<String> = logs(root.path())
+            .lines()
+            .filter(|l| l.contains("start-up: what a previous kiln left"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(starts.len(), 2 * rounds as usize, "{starts:#?}");
+        for (i, line) in starts.iter().enumerate() {
+            let want = if i % 2 == 0 { "vms=0" } else { "vms=1" };
+            assert!(line.contains(want), "start {i}: {line}");
+        }
         // Everything of every round is gone: nothing accumulates.
         layer::assert_no_vm_left(root.path());
         assert!(cgroups_named(&vm_ids_seen(root.path())).is_empty());
