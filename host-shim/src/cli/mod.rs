@@ -67,14 +67,40 @@ fn init_daemon_tracing(default: &str) -> Option<log_writer::FlushGuard> {
         init_tracing(default);
         return None;
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(log_filter(default))
         // Colour codes only for a person at a terminal, not for journald
         // or a log file.
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer)
-        .init();
+        .with_writer(writer);
+    if stderr_is_the_journal() {
+        // journald stamps every line itself.
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
     Some(guard)
+}
+
+/// Whether stderr is journald's stream: systemd sets `JOURNAL_STREAM` to
+/// its `device:inode` for the service it starts.
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    is_stream(&stream.to_string_lossy(), meta.dev(), meta.ino())
+}
+
+/// `JOURNAL_STREAM`'s `device:inode` names the file with `dev` and `ino`.
+fn is_stream(journal_stream: &str, dev: u64, ino: u64) -> bool {
+    journal_stream
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        == Some((dev, ino))
 }
 
 fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
@@ -99,5 +125,18 @@ pub fn main() -> ExitCode {
             not_dumpable();
             serve::main(args)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_stream_is_recognised_by_device_and_inode() {
+        assert!(is_stream("64769:123456", 64769, 123456));
+        assert!(!is_stream("64769:123456", 64769, 123457));
+        assert!(!is_stream("garbage", 1, 2));
+        assert!(!is_stream("", 0, 0));
     }
 }
