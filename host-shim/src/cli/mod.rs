@@ -3,7 +3,9 @@
 //! - [`run`]: `kiln run` — one job in a fresh microVM, without GitHub.
 //! - [`doctor`]: `kiln doctor` — what this host lacks.
 //! - [`serve`]: `kiln serve` — the daemon: GitHub webhooks in, one microVM per job.
+//! - [`config`]: `kiln config check` — is this config file one `kiln serve` takes?
 
+pub mod config;
 pub mod doctor;
 mod log_writer;
 pub mod run;
@@ -35,6 +37,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// The daemon: take GitHub's workflow_job webhooks and run each job in a fresh microVM.
     Serve(serve::ServeArgs),
+    /// Check `kiln serve`'s config file.
+    Config(config::ConfigArgs),
 }
 
 /// No core dump of kiln, and no ptrace or `/proc/<pid>/` reading by
@@ -124,6 +128,11 @@ pub fn main() -> ExitCode {
             let _flush_on_exit = init_daemon_tracing("info");
             not_dumpable();
             serve::main(args)
+        }
+        Command::Config(args) => {
+            init_tracing("warn");
+            not_dumpable();
+            config::main(args)
         }
     }
 }

@@ -1,0 +1,172 @@
+//! `examples/config.toml` is a config `kiln serve` accepts, and it names
+//! every key the code accepts: each table's keys are read from the
+//! config parser itself (its "unknown field, expected one of ..." answer
+//! to a key it does not know), so a new key without its line in the
+//! example fails here.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use kiln::config::{Config, HostFacts};
+
+fn example() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config.toml");
+    std::fs::read_to_string(path).expect("read examples/config.toml")
+}
+
+/// The example with its `/etc/kiln/` files in `dir`, written there.
+fn example_in(dir: &Path) -> std::path::PathBuf {
+    for name in ["webhook-secret", "app-key.pem"] {
+        let p = dir.join(name);
+        std::fs::write(&p, "x\n").expect("write secret");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let text = example().replace("/etc/kiln/", &format!("{}/", dir.display()));
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn the_example_config_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let facts = HostFacts {
+        cpus: 64,
+        memory_mib: 262_144,
+    };
+    let c = Config::load_with_host(&example_in(dir.path()), &facts)
+        .unwrap_or_else(|e| panic!("examples/config.toml: {e}"));
+    assert_eq!(c.pools.len(), 1);
+    assert_eq!(c.pools[0].allow.len(), 1);
+}
+
+/// The keys a table accepts, as the parser lists them when `probe` (a
+/// line the test adds to the table) is unknown.
+fn accepted_keys(text_with_probe: &str, dir: &Path) -> Vec<String> {
+    let path = dir.join("probe.toml");
+    std::fs::write(&path, text_with_probe).expect("write probe");
+    let facts = HostFacts {
+        cpus: 64,
+        memory_mib: 262_144,
+    };
+    let err = Config::load_with_host(&path, &facts)
+        .expect_err("an unknown key is refused")
+        .to_string();
+    // serde: "expected `a`", "expected `a` or `b`", "expected one of `a`, `b`, ...".
+    let line = err
+        .lines()
+        .find(|l| l.contains("unknown field"))
+        .unwrap_or_else(|| panic!("no unknown field in: {err}"));
+    let expected = line
+        .split_once("expected")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no list of keys in: {err}"));
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_example_names_every_key_the_code_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = std::fs::read_to_string(example_in(dir.path())).expect("read");
+    let probe = "zzz_not_a_key = 1\n";
+    // Each table, with the probe as its first key.
+    let tables = [
+        (
+            "",
+            base.replacen("listen =", &format!("{probe}listen ="), 1),
+        ),
+        (
+            "[github]",
+            base.replacen("[github]\n", &format!("[github]\n{probe}"), 1),
+        ),
+        (
+            "[host]",
+            base.replacen("[host]\n", &format!("[host]\n{probe}"), 1),
+        ),
+        (
+            "[network]",
+            base.replacen("[network]\n", &format!("[network]\n{probe}"), 1),
+        ),
+        (
+            "[[pool]]",
+            base.replacen("[[pool]]\n", &format!("[[pool]]\n{probe}"), 1),
+        ),
+        (
+            "[[pool.allow]]",
+            base.replacen("[[pool.allow]]\n", &format!("[[pool.allow]]\n{probe}"), 1),
+        ),
+    ];
+    let text = example();
+    let mut missing = Vec::new();
+    for (table, with_probe) in tables {
+        let keys = accepted_keys(&with_probe, dir.path());
+        assert!(keys.len() >= 2, "{table}: {keys:?}");
+        for key in keys {
+            let named = text.lines().any(|l| {
+                let l = l.trim_start().trim_start_matches('#').trim_start();
+                l.starts_with(&format!("{key} ="))
+                    || l.starts_with(&format!("[{key}]"))
+                    || l.starts_with(&format!("[[{key}]]"))
+                    || l.starts_with(&format!("[[pool.{key}]]"))
+            });
+            if !named {
+                missing.push(format!("{table} {key}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "keys not in examples/config.toml: {missing:?}"
+    );
+}
+
+/// `kiln config check`: the example passes with a one-line summary; a
+/// misspelt key fails with its line and column and the keys it could be.
+#[test]
+fn kiln_config_check_passes_the_example_and_points_at_a_bad_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = example_in(dir.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .expect("run kiln config check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("valid") && stdout.contains("small"),
+        "{stdout}"
+    );
+
+    let text = std::fs::read_to_string(&good).expect("read");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, text.replacen("idle_timeout =", "idle_timout =", 1)).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .expect("run kiln config check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("idle_timeout ="))
+        .expect("idle_timeout line")
+        + 1;
+    assert!(
+        stderr.contains(&format!("line {line}, column 1"))
+            && stderr.contains("idle_timout")
+            && stderr.contains("idle_timeout"),
+        "{stderr}"
+    );
+}
