@@ -176,30 +176,16 @@ async fn kill_then_restart(
 
 /// Waits until job `job_id`'s VM got to `at`.
 async fn wait_for_kill_point(root: &Path, job_id: u64, at: KillAt, kiln: &mut Child) {
-    let until = Instant::now() + Duration::from_secs(240);
-    loop {
-        let reached = match at {
-            KillAt::Disk => !layer::scratch_disks_left(&root.join("disks")).is_empty(),
-            KillAt::Vmm => layer::processes_working_below(root)
-                .iter()
-                .any(|p| p.name.starts_with("qemu-system")),
-            KillAt::Job => return wait_for_holding(root, job_id, kiln).await,
-        };
-        if reached {
-            return;
-        }
-        assert!(
-            kiln.try_wait().unwrap().is_none(),
-            "kiln exited:\n{}",
-            logs(root)
-        );
-        assert!(
-            Instant::now() < until,
-            "job {job_id} never got to {at:?}:\n{}",
-            logs(root)
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let reached = || match at {
+        KillAt::Disk => !layer::scratch_disks_left(&root.join("disks")).is_empty(),
+        KillAt::Vmm => layer::processes_working_below(root)
+            .iter()
+            .any(|p| p.name.starts_with("qemu-system")),
+        KillAt::Job => log_says(root, job_id, "holding"),
+    };
+    let what = format!("job {job_id} never got to {at:?}");
+    // Fine-grained: the disk comes a moment before the VMM.
+    wait_while_kiln_runs(root, kiln, &what, Duration::from_millis(2), reached).await;
 }
 
 /// GitHub reports the job failed (its runner vanished with its VM): it is
@@ -276,27 +262,7 @@ fn cgroups_named(ids: &[String]) -> Vec<PathBuf> {
 }
 
 async fn wait_for_holding(root: &Path, job_id: u64, kiln: &mut Child) {
-    let until = Instant::now() + Duration::from_secs(240);
-    loop {
-        let holding = layer::entries_below(&root.join("state/logs"))
-            .iter()
-            .filter(|p| p.to_string_lossy().contains(&format!("/{job_id}-")))
-            .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("holding")));
-        if holding {
-            return;
-        }
-        assert!(
-            kiln.try_wait().unwrap().is_none(),
-            "kiln exited:\n{}",
-            logs(root)
-        );
-        assert!(
-            Instant::now() < until,
-            "job {job_id} never ran:\n{}",
-            logs(root)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_log(root, job_id, "holding", kiln).await;
 }
 
 async fn start_kiln(root: &Path, config: &Path, port: u16) -> Child {
@@ -558,25 +524,36 @@ fn runner_of(fake: &FakeGithub, job_id: u64) -> String {
 
 /// Waits until job `job_id`'s log holds `text`.
 async fn wait_for_log(root: &Path, job_id: u64, text: &str, kiln: &mut Child) {
+    let what = format!("job {job_id}'s log never said {text:?}");
+    let said = || log_says(root, job_id, text);
+    wait_while_kiln_runs(root, kiln, &what, Duration::from_millis(200), said).await;
+}
+
+/// Whether job `job_id`'s log holds `text`.
+fn log_says(root: &Path, job_id: u64, text: &str) -> bool {
+    layer::entries_below(&root.join("state/logs"))
+        .iter()
+        .filter(|p| p.to_string_lossy().contains(&format!("/{job_id}-")))
+        .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(text)))
+}
+
+/// Polls `reached` every `every` until it holds; fails with `what` after
+/// 240 s, or as soon as kiln exits.
+async fn wait_while_kiln_runs(
+    root: &Path,
+    kiln: &mut Child,
+    what: &str,
+    every: Duration,
+    mut reached: impl FnMut() -> bool,
+) {
     let until = Instant::now() + Duration::from_secs(240);
-    loop {
-        let found = layer::entries_below(&root.join("state/logs"))
-            .iter()
-            .filter(|p| p.to_string_lossy().contains(&format!("/{job_id}-")))
-            .any(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains(text)));
-        if found {
-            return;
-        }
+    while !reached() {
         assert!(
             kiln.try_wait().unwrap().is_none(),
             "kiln exited:\n{}",
             logs(root)
         );
-        assert!(
-            Instant::now() < until,
-            "job {job_id}'s log never said {text:?}:\n{}",
-            logs(root)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Instant::now() < until, "{what}:\n{}", logs(root));
+        tokio::time::sleep(every).await;
     }
 }

@@ -33,8 +33,6 @@ pub enum DirsError {
         #[source]
         source: io::Error,
     },
-    #[error("no unused VM id after {tries} tries in {dir}")]
-    NoFreeId { dir: PathBuf, tries: u32 },
     #[error("{var}={value:?} must be an absolute path")]
     NotAbsolute { var: &'static str, value: PathBuf },
     #[error("{} is owned by uid {owner}, not by kiln's uid {me}, so that user could change what kiln keeps there: run `chown {me} {}` (or remove it and let kiln make it)", path.display(), path.display())]
@@ -114,32 +112,6 @@ impl RuntimeDirs {
         } else {
             self.runtime.join("owners")
         }
-    }
-
-    /// Creates a fresh directory for a new VM under a new unique id.
-    pub fn create_vm_dir(&self) -> Result<(String, PathBuf), DirsError> {
-        let parent = self.vms();
-        make_private_dir_all(&parent)?;
-        const TRIES: u32 = 32;
-        for _ in 0..TRIES {
-            let id = new_id();
-            let dir = parent.join(&id);
-            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => return Ok((id, dir)),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(source) => {
-                    return Err(DirsError::Io {
-                        action: "creating the VM directory",
-                        path: dir,
-                        source,
-                    })
-                }
-            }
-        }
-        Err(DirsError::NoFreeId {
-            dir: parent,
-            tries: TRIES,
-        })
     }
 
     /// Where scratch disk templates are kept, below the disks (the same
@@ -251,7 +223,8 @@ mod tests {
         let dirs = RuntimeDirs::new(root.path().join("run"), root.path().join("disks"));
         let mut seen = std::collections::HashSet::new();
         for _ in 0..50 {
-            let (id, dir) = dirs.create_vm_dir().expect("vm dir");
+            let (owner, dir) = super::super::owner::VmOwner::claim_new(&dirs).expect("vm dir");
+            let id = owner.id().to_owned();
             assert!(dir.is_dir());
             assert_eq!(dir.parent(), Some(dirs.vms().as_path()));
             assert!(seen.insert(id.clone()), "{id} repeated");

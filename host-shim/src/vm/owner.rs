@@ -102,9 +102,8 @@ impl VmOwner {
     }
 
     /// A new VM: a fresh id, claimed, then its directory
-    /// `<runtime>/vms/<id>/` (private) made, in that order. For the start
-    /// of a VM's life instead of [`RuntimeDirs::create_vm_dir`], which
-    /// makes the directory before any claim could be taken.
+    /// `<runtime>/vms/<id>/` (private) made, in that order: the start of
+    /// every VM's life (no directory exists before its claim).
     pub fn claim_new(dirs: &RuntimeDirs) -> Result<(VmOwner, PathBuf), OwnerError> {
         use std::os::unix::fs::DirBuilderExt;
         const MAX_TRIES: u32 = 32;

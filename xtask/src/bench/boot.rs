@@ -403,7 +403,10 @@ fn spec_shape(
 
 async fn systemd_once(kit: &Kit, sp: &SystemdPath) -> anyhow::Result<SystemdRun> {
     let start = Instant::now();
-    let (id, dir) = kit.dirs.create_vm_dir()?;
+    // Claimed first and dropped last, as the VM layer does: a `kiln serve`
+    // starting meanwhile leaves this VM alone.
+    let (owner, dir) = kiln::vm::owner::VmOwner::claim_new(&kit.dirs)?;
+    let id = owner.id().to_owned();
     let scratch = kit.dirs.scratch_path(&id)?;
     // Declared before the VM, so dropped after it (the VMM is killed on
     // drop) also when this future is dropped half way (Ctrl-C).
