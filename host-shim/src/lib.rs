@@ -1,11 +1,14 @@
 //! `kiln`: the host side of Kiln. Every GitHub Actions job in a fresh microVM.
 //!
+//! - [`admin`] — `kiln serve`'s operator side: the metrics listener and the admin socket
+//!   (`kiln ps`, `kiln logs`, `kiln cancel`).
 //! - [`cli`] — the `kiln` command line: `run`, `doctor`, `serve`.
 //! - [`config`] — `kiln serve`'s config file: parse, validate, read the secrets.
 //! - [`conversation`] — the exchange with one guest's kiln-init: Hello, Job, events, Cancel.
 //! - [`disk`] — per-VM scratch disks.
 //! - [`duration`] — durations as people write them (`90s`, `1h30m`), for the CLI and the config.
 //! - [`doctor`] — `kiln doctor`: what this host lacks, and how to fix it.
+//! - [`metrics`] — Prometheus metrics: what every layer counts, scraped on the admin listener.
 //! - [`lease`] — numbered host resources (CIDs, address slots) leased across processes by lock files.
 //! - [`random`] — random bytes from the kernel.
 //! - [`recover`] — after a crash of `kiln serve`: find what dead Kiln processes left on the host and remove it.
@@ -27,6 +30,7 @@
 //! `vm`, and the leaves `duration`, `lease`, `random`, `secret` use only
 //! each other.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod conversation;
@@ -36,6 +40,7 @@ pub mod duration;
 pub mod github;
 pub mod job;
 pub mod lease;
+pub mod metrics;
 pub mod net;
 pub mod random;
 pub mod recover;

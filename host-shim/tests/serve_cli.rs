@@ -20,6 +20,10 @@ webhook_secret_file = "webhook-secret"
 # No VM boots here; QEMU needs nothing at start, Firecracker would.
 backend = "qemu"
 
+# The metrics listener is not needed here (and 9464 may be taken).
+[admin]
+listen = "off"
+
 [github]
 app_id = 1
 private_key_file = "key.pem"

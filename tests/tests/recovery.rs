@@ -338,6 +338,10 @@ listen = "127.0.0.1:{port}"
 webhook_secret_file = "webhook-secret"
 backend = "qemu"
 
+# The metrics listener is not needed here (and 9464 may be taken).
+[admin]
+listen = "off"
+
 [github]
 api_url = "{api_url}"
 app_id = {APP_ID}

@@ -243,6 +243,7 @@ job_timeout = "2m"
             grace: Duration::from_secs(5),
             timeouts: Timeouts::default(),
             net_check_every: Duration::from_secs(1),
+            metrics: Default::default(),
         };
         let jobs = Jobs::start_with(&config, settings).await.unwrap();
         let server = Arc::new(Server::new(&config, jobs.clone()));

@@ -3,8 +3,10 @@
 //! - [`run`]: `kiln run` — one job in a fresh microVM, without GitHub.
 //! - [`doctor`]: `kiln doctor` — what this host lacks.
 //! - [`serve`]: `kiln serve` — the daemon: GitHub webhooks in, one microVM per job.
+//! - [`admin`]: `kiln ps`, `kiln logs`, `kiln cancel` — a running `kiln serve`'s jobs.
 //! - [`config`]: `kiln config check` — is this config file one `kiln serve` takes?
 
+pub mod admin;
 pub mod config;
 pub mod doctor;
 mod log_writer;
@@ -39,6 +41,12 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Check `kiln serve`'s config file.
     Config(config::ConfigArgs),
+    /// The jobs a running kiln serve runs and has queued: id, pool, repository, state, age, VM, boot.
+    Ps(admin::PsArgs),
+    /// A job's log (by job or VM id), or with -f what it writes next, until it is over.
+    Logs(admin::LogsArgs),
+    /// Cancel a job: dequeue it, or stop its runner (SIGTERM, then SIGKILL after the grace).
+    Cancel(admin::CancelArgs),
 }
 
 /// No core dump of kiln, and no ptrace or `/proc/<pid>/` reading by
@@ -133,6 +141,18 @@ pub fn main() -> ExitCode {
             init_tracing("warn");
             not_dumpable();
             config::main(args)
+        }
+        Command::Ps(args) => {
+            init_tracing("warn");
+            admin::ps(args)
+        }
+        Command::Logs(args) => {
+            init_tracing("warn");
+            admin::logs(args)
+        }
+        Command::Cancel(args) => {
+            init_tracing("warn");
+            admin::cancel(args)
         }
     }
 }

@@ -17,6 +17,7 @@ pub(crate) struct RawConfig {
     pub github: RawGithub,
     pub host: Option<RawHost>,
     pub network: Option<RawNetwork>,
+    pub admin: Option<super::admin::RawAdmin>,
     #[serde(default)]
     pub pool: Vec<RawPool>,
 }

@@ -3,12 +3,14 @@
 //! - [`file`] — the file as written (serde, unknown keys refused).
 //! - [`pool`] — [`Pool`]: one VM size and image, and which jobs it takes.
 //! - [`host`] — [`HostCapacity`]: what this host gives VMs at once, and its defaults.
+//! - [`admin`] — `[admin]`: the metrics listener.
 //! - [`network`] — `[network]` and each pool's network, allowlist and proxy.
 //! - [`secret_file`] — secrets from files that only their owner can read.
 //! - [`error`] — [`ConfigError`]: the file, the key and what to fix.
 //!
 //! Relative paths in the file are relative to the file's directory.
 
+mod admin;
 mod error;
 mod file;
 mod host;
@@ -22,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use admin::{AdminSettings, DEFAULT_ADMIN_LISTEN};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use host::{HostCapacity, HostFacts, DEFAULT_MEMORY_PERCENT};
 pub use network::{NetworkSettings, PoolNetwork, Proxy};
@@ -62,6 +65,8 @@ pub struct Config {
     pub github: GithubConfig,
     pub host: HostCapacity,
     pub network: NetworkSettings,
+    /// The metrics listener.
+    pub admin: AdminSettings,
     /// In file order: a job goes to the first pool that accepts it.
     pub pools: Vec<Arc<Pool>>,
 }
@@ -152,6 +157,7 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Co
         ));
     }
     let network = network::settings(raw.network)?;
+    let admin = admin::settings(raw.admin)?;
     if raw.pool.is_empty() {
         return Err(ConfigErrorKind::NoPools);
     }
@@ -172,6 +178,7 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Co
         github,
         host,
         network,
+        admin,
         pools,
     })
 }

@@ -68,6 +68,12 @@ impl GithubApp {
     }
 
     /// [`GithubApp::new`] with other timeouts, retries or waits.
+    /// Counts every request to GitHub in `metrics`.
+    pub fn count_in(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.http.count_in(metrics);
+        self
+    }
+
     pub fn with_policy(
         api_url: &str,
         app_id: u64,

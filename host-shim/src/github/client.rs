@@ -19,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
 use super::error::{truncate_message, GithubError};
+use crate::metrics::Metrics;
 
 /// Answers larger than this are refused; a JIT config is a few KiB.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -159,6 +160,8 @@ pub(crate) struct HttpClient {
     /// `https://api.github.com` or `https://ghes.example/api/v3`, no trailing slash.
     base: String,
     policy: ClientPolicy,
+    /// Where every answer and every request without one is counted.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl HttpClient {
@@ -174,7 +177,14 @@ impl HttpClient {
             client,
             base,
             policy,
+            metrics: None,
         })
+    }
+
+    /// Counts every answer (method, status, rate limit left) and every
+    /// request that got none in `metrics`.
+    pub fn count_in(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
     }
 
     pub fn base(&self) -> &str {
@@ -223,7 +233,9 @@ impl HttpClient {
                 json_body.clone(),
                 if_none_match,
             );
-            let retry_after = match tokio::time::timeout(policy.request_timeout, once).await {
+            let result = tokio::time::timeout(policy.request_timeout, once).await;
+            self.count(name, &result);
+            let retry_after = match result {
                 Err(_elapsed) => {
                     if last {
                         return Err(GithubError::Timeout {
@@ -303,6 +315,24 @@ impl HttpClient {
                 }
             };
             tokio::time::sleep(retry_after).await;
+        }
+    }
+
+    /// Counts one attempt's result in the metrics.
+    fn count<E>(
+        &self,
+        method: &'static str,
+        result: &Result<Result<(Answer, HeaderMap), String>, E>,
+    ) {
+        let Some(m) = &self.metrics else { return };
+        match result {
+            Err(_) => m.github_error("timeout"),
+            Ok(Err(_)) => m.github_error("transport"),
+            Ok(Ok((answer, _))) => m.github_answer(
+                method,
+                answer.status.as_u16(),
+                answer.rate_limit.map(|r| r.remaining),
+            ),
         }
     }
 

@@ -49,6 +49,8 @@ impl Shared {
                     |job_id| self.ledger.knows(job_id),
                 )
                 .await;
+            self.metrics
+                .reconcile_pass(pass.as_ref().ok().map(|r| r.found.len()));
             match pass {
                 Ok(report) => {
                     for lost in report.found {

@@ -46,10 +46,12 @@
 //! - [`pools`] — each pool's image, opened at start-up.
 //! - [`joblog`] — per-job log files: private, capped, pruned.
 //! - [`idle`] — stopping a runner that never takes a job.
+//! - [`board`] — the jobs running now and lately, for `kiln ps`, `kiln logs`, `kiln cancel`.
 //! - [`ledger`] — what the journal learns of each job, runner and VM.
 //! - [`tasks`] — counting the job tasks for shutdown.
 //! - [`error`] — [`SetupError`]: why [`Jobs`] cannot start.
 
+pub mod board;
 pub mod error;
 pub mod idle;
 pub mod joblog;
@@ -75,6 +77,7 @@ use crate::config::{Config, PoolNetwork};
 use crate::github::{
     ClientPolicy, GithubApp, JitConfig, JitRequest, JobState, JobStatus, RunnerScope,
 };
+use crate::metrics::{JobResult, Metrics};
 use crate::net::{NetConfig, NetRequest, Network};
 use crate::recover::HostLayout;
 use crate::scheduler::{Dispatch, QueuedJob};
@@ -86,6 +89,7 @@ use crate::vm::{
 use crate::vmm::cgroup::CgroupSettings;
 use crate::vmm::firecracker::FirecrackerSettings;
 use crate::vmm::qemu::Confinement;
+use board::{Board, NewRow, Stage};
 use idle::{IdleVerdict, JobSpotter, Spotting};
 use joblog::JobLogs;
 use ledger::Ledger;
@@ -124,6 +128,8 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// How often the watchdog checks the egress policy table.
     pub net_check_every: Duration,
+    /// Where jobs, VMs and GitHub calls are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Settings {
@@ -141,6 +147,7 @@ impl Settings {
             grace: DEFAULT_GRACE,
             timeouts: Timeouts::default(),
             net_check_every: NET_CHECK_EVERY,
+            metrics: Arc::new(Metrics::new()),
         })
     }
 }
@@ -198,6 +205,8 @@ struct Shared {
     max_retries: u32,
     /// Between the reconciler's passes.
     reconcile_interval: Duration,
+    metrics: Arc<Metrics>,
+    board: Arc<Board>,
 }
 
 impl Jobs {
@@ -225,7 +234,8 @@ impl Jobs {
             &config.github.private_key,
             settings.github,
         )
-        .map_err(SetupError::Github)?;
+        .map_err(SetupError::Github)?
+        .count_in(Arc::clone(&settings.metrics));
         // Ours and written by us alone, or refused with what to run.
         settings.dirs.ensure()?;
         crate::vm::dirs::make_private_dir_all(&settings.state_dir)?;
@@ -298,6 +308,8 @@ impl Jobs {
                 config_pools: config.pools.clone(),
                 max_retries: config.github.max_retries,
                 reconcile_interval: config.github.reconcile_interval,
+                metrics: settings.metrics,
+                board: Arc::new(Board::default()),
             }),
             tasks: JobTasks::default(),
         })
@@ -431,6 +443,11 @@ impl Jobs {
         self.tasks.alive()
     }
 
+    /// The runtime directory (the admin socket's place).
+    pub fn runtime_dir(&self) -> &std::path::Path {
+        &self.shared.launcher.dirs().runtime
+    }
+
     /// Where job logs go.
     pub fn log_dir(&self) -> &std::path::Path {
         &self.shared.logs.dir
@@ -450,6 +467,41 @@ impl Jobs {
     pub fn network(&self) -> Option<&Arc<Network>> {
         self.shared.network.as_ref()
     }
+
+    /// The jobs running now and lately.
+    pub fn board(&self) -> &Board {
+        &self.shared.board
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// An operator's cancel of running job `job_id` (see [`Board::cancel`]).
+    pub fn cancel(&self, job_id: u64) -> board::Cancelled {
+        let found = self.shared.board.cancel(job_id);
+        if found == board::Cancelled::Stopping {
+            if let Some(row) = self.shared.board.find(&job_id.to_string()) {
+                self.shared.metrics.job_cancelled(&row.pool, "operator");
+            }
+            tracing::warn!(
+                job_id,
+                "job cancelled by an operator: its runner is stopped"
+            );
+        }
+        found
+    }
+
+    /// An operator's cancel of job `job_id` while it was queued: the
+    /// journal forgets it (GitHub keeps it queued; the reconciler may bring
+    /// it back).
+    pub fn forget_queued(&self, job: &QueuedJob) {
+        self.shared.ledger.finished(job.job_id);
+        self.shared
+            .metrics
+            .job_cancelled(&job.pool.name, "operator");
+        tracing::warn!(job_id = job.job_id, pool = %job.pool.name, "queued job cancelled by an operator");
+    }
 }
 
 /// Raises a job's stop signal to `Kill` when dropped: the dispatch future
@@ -468,6 +520,10 @@ impl Dispatch for Jobs {
             Ok(()) => true,
             Err(e) => !e.is_full(),
         }
+    }
+
+    fn metrics(&self) -> Option<&Metrics> {
+        Some(&self.shared.metrics)
     }
 
     fn news(&self, news: crate::scheduler::dispatch::JobNews) {
@@ -552,10 +608,26 @@ impl Shared {
         };
         let span =
             tracing::info_span!("job", job_id = job.job_id, pool = %pool.name, runner = %runner);
+        self.board.add(
+            &NewRow {
+                job_id: job.job_id,
+                run_id: job.run_id,
+                repository: &job.repository,
+                pool: &pool.name,
+                runner: &runner,
+            },
+            handle.clone(),
+        );
         async move {
             let queued_ms = ms(picked_up.saturating_duration_since(job.received));
             let outcome = self.run_runner(&job, image, &runner, handle, stop).await;
             log_outcome(queued_ms, &outcome, picked_up.elapsed());
+            self.count(&pool.name, &outcome);
+            let how = outcome
+                .report
+                .as_ref()
+                .map_or_else(|| "no VM".to_owned(), |r| describe(&r.result));
+            self.board.done(job.job_id, how);
         }
         .instrument(span)
         .await;
@@ -589,6 +661,7 @@ impl Shared {
                 log: None,
             };
         }
+        self.board.stage(job.job_id, Stage::Registering);
         let req = JitRequest {
             name: runner.to_owned(),
             runner_group_id: self.runner_group_id,
@@ -699,6 +772,7 @@ impl Shared {
         };
         if let Some(log) = log.as_mut() {
             outcome.log = Some(log.path().to_owned());
+            self.board.log(job.job_id, log.path().to_owned());
             log.note(&format!(
                 "job {} of {} (run {}, delivery {}), pool {}, runner {} (id {})",
                 job.job_id,
@@ -742,6 +816,42 @@ impl Shared {
 }
 
 impl Shared {
+    /// Counts how the job ended and where its VM's time went.
+    fn count(&self, pool: &str, outcome: &Outcome) {
+        let m = &self.metrics;
+        let Some(report) = &outcome.report else {
+            m.job_finished(pool, JobResult::NoVm);
+            return;
+        };
+        let result = match &report.result {
+            Ok(JobEnd::Exited(e)) if e.status == ExitStatus::Code(0) => JobResult::Succeeded,
+            Ok(_) => JobResult::Failed,
+            Err(_) => JobResult::VmFailed,
+        };
+        m.job_finished(pool, result);
+        let t = &report.timing;
+        let phases = [
+            ("prepare", t.prepare),
+            ("vmm_start", t.vmm_start),
+            ("pre_kernel", t.pre_kernel),
+            ("kernel", t.kernel),
+            ("init", t.init),
+            ("handshake", t.handshake),
+            ("shutdown", t.shutdown),
+        ];
+        for (phase, took) in phases {
+            if let Some(took) = took {
+                m.boot_phase(phase, took);
+            }
+        }
+        if let Some(job) = t.job {
+            m.job_duration(pool, job);
+        }
+        if let Some(teardown) = t.teardown {
+            m.teardown(teardown);
+        }
+    }
+
     /// Whether GitHub says the job is still queued; logs why not. Anything
     /// but `queued` (a job that ran, was cancelled, a replayed delivery,
     /// a job GitHub cannot find or cannot tell about) gets no runner.
@@ -820,10 +930,15 @@ impl Shared {
         let (tx, mut raw) = tokio::sync::mpsc::unbounded_channel::<Progress>();
         let (fwd, rx) = tokio::sync::mpsc::unbounded_channel();
         let ledger = self.ledger.clone();
-        let (pool, job_id) = (job.pool.name.clone(), job.job_id);
+        let (board, metrics) = (Arc::clone(&self.board), Arc::clone(&self.metrics));
+        let (pool, job_id, received) = (job.pool.name.clone(), job.job_id, job.received);
         let task = tokio::spawn(async move {
             while let Some(p) = raw.recv().await {
                 ledger.vm_progress(&pool, job_id, &p);
+                board.progress(job_id, &p);
+                if matches!(p, Progress::RunnerStarted { .. }) {
+                    metrics.runner_started(&pool, received.elapsed());
+                }
                 let _ = fwd.send(p);
             }
         });

@@ -87,6 +87,7 @@ impl Shared {
             Ok(RerunDecision::Rerun) => {
                 tracing::warn!(job_id = rec.job_id, run_id = rec.run_id, repository = %format!("{}/{}", rec.owner, rec.repo), why, "re-running the job: it failed after its VM ended for a reason not its own");
                 self.ledger.reran(&rec);
+                self.metrics.job_rerun(&rec.pool);
             }
             Ok(decision) => {
                 tracing::info!(job_id = rec.job_id, ?decision, why, "the job is not re-run");

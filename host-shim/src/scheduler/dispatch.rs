@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::QueuedJob;
 use crate::github::JobConclusion;
+use crate::metrics::Metrics;
 
 /// What GitHub reported about a job besides queueing it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +50,12 @@ pub trait Dispatch: Send + Sync + 'static {
     /// Jobs a previous run had queued, to queue again at start.
     fn recovered(&self) -> Vec<QueuedJob> {
         Vec::new()
+    }
+
+    /// Where the scheduler and the webhook handler count what they do
+    /// (jobs received, started, cancelled; webhooks), if anywhere.
+    fn metrics(&self) -> Option<&Metrics> {
+        None
     }
 
     /// Starts looking for jobs GitHub has queued that no webhook brought,

@@ -190,6 +190,17 @@ impl Queue {
     }
 
     /// Empties the queue (shutdown); running jobs keep their claims.
+    /// The queued jobs in arrival order (copies).
+    pub(crate) fn waiting(&self) -> Vec<QueuedJob> {
+        let mut jobs: Vec<(u64, &QueuedJob)> = self
+            .pools
+            .iter()
+            .flat_map(|s| s.waiting.iter().map(|(seq, job)| (*seq, job)))
+            .collect();
+        jobs.sort_by_key(|(seq, _)| *seq);
+        jobs.into_iter().map(|(_, job)| job.clone()).collect()
+    }
+
     pub(crate) fn drain(&mut self) -> Vec<QueuedJob> {
         self.queued.clear();
         let mut jobs: Vec<(u64, QueuedJob)> = self

@@ -79,6 +79,9 @@ impl<D: Dispatch> Scheduler<D> {
         let (delivery, job_id, pool) =
             (Arc::clone(&job.delivery), job.job_id, Arc::clone(&job.pool));
         state.queue.enqueue(job)?;
+        if let Some(m) = self.inner.dispatcher.metrics() {
+            m.job_received(&pool.name);
+        }
         let queued = state.queue.queued();
         start_ready(&self.inner, &mut state);
         // Logged outside the lock: every webhook and every job's end takes it.
@@ -91,6 +94,11 @@ impl<D: Dispatch> Scheduler<D> {
     /// before it ran: cancelled, or another runner took it). Returns it.
     pub fn cancel_queued(&self, job_id: u64) -> Option<QueuedJob> {
         self.inner.lock().queue.cancel(job_id)
+    }
+
+    /// The jobs waiting now, oldest first.
+    pub fn waiting(&self) -> Vec<QueuedJob> {
+        self.inner.lock().queue.waiting()
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -167,6 +175,9 @@ fn start_ready<D: Dispatch>(inner: &Arc<Inner<D>>, state: &mut State) {
             waited_ms = u64::try_from(job.received.elapsed().as_millis()).unwrap_or(u64::MAX),
             "job started"
         );
+        if let Some(m) = inner.dispatcher.metrics() {
+            m.job_started(&job.pool.name);
+        }
         let dispatcher = Arc::clone(&inner.dispatcher);
         let dispatch = runtime.spawn(async move { dispatcher.dispatch(job).await });
         state.tasks.insert(task, dispatch.abort_handle());

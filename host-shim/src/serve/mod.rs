@@ -31,8 +31,10 @@ use tokio::net::TcpListener;
 pub use error::ServeError;
 pub use limits::{BodyLimits, HttpLimits, ServerLimits};
 
+use crate::admin::Admin;
 use crate::config::{Config, Pool};
 use crate::github::RunnerScope;
+use crate::job::Jobs;
 use crate::scheduler::{Dispatch, Scheduler};
 use crate::secret::Secret;
 use body::Budget;
@@ -130,11 +132,27 @@ impl<D: Dispatch> Server<D> {
     }
 }
 
+/// Serves `router` on `listener` with the webhook server's accept loop,
+/// connection cap and timers (`limits`), until `shutdown` resolves: for
+/// other listeners of the daemon (the metrics listener).
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let conns = Connections::new(limits.max_connections);
+    http::serve(listener, router, conns, limits, shutdown).await
+}
+
 /// `kiln serve`: listens on `config.listen` until SIGINT or SIGTERM. The
 /// first signal stops taking webhooks and starting jobs (queued ones are
 /// dropped; GitHub keeps them queued) and waits for the running jobs; the
 /// next cancels them.
-pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), ServeError> {
+///
+/// Beside the webhook port: the metrics listener and the admin socket
+/// ([`crate::admin`]), for as long as it runs.
+pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
     let signals = Signals::install().map_err(ServeError::Signals)?;
     let limits = server_limits();
     let listener = TcpListener::bind(config.listen)
@@ -143,8 +161,12 @@ pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), Serve
             addr: config.listen,
             source,
         })?;
+    let jobs = dispatcher.clone();
     let server = Server::with_limits(&config, dispatcher, limits);
     let scheduler = server.scheduler().clone();
+    let _admin = Admin::start(&config.admin, jobs, scheduler.clone())
+        .await
+        .map_err(ServeError::Admin)?;
     for job in scheduler.dispatcher().recovered() {
         if let Err(e) = scheduler.enqueue(job) {
             tracing::warn!(error = %e, "a job queued before the restart cannot be queued again");

@@ -38,10 +38,19 @@ const DELIVERY: HeaderName = HeaderName::from_static(DELIVERY_HEADER);
 const EVENT: HeaderName = HeaderName::from_static(EVENT_HEADER);
 const SIGNATURE: HeaderName = HeaderName::from_static(SIGNATURE_HEADER);
 
+/// `POST /webhook`; every answer is counted by its status.
 pub(super) async fn handle<D: Dispatch>(
     State(app): State<Arc<App<D>>>,
     request: Request,
 ) -> Response {
+    let response = handle_delivery(&app, request).await;
+    if let Some(m) = app.scheduler.dispatcher().metrics() {
+        m.webhook(response.status().as_u16());
+    }
+    response
+}
+
+async fn handle_delivery<D: Dispatch>(app: &App<D>, request: Request) -> Response {
     // Taken apart rather than extracted as a `HeaderMap`, which would copy it.
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
@@ -146,6 +155,9 @@ impl<D: Dispatch> App<D> {
                 self.tell(&delivery, ev, News::Completed { conclusion });
                 match cancelled {
                     Some(job) => {
+                        if let Some(m) = self.scheduler.dispatcher().metrics() {
+                            m.job_cancelled(&job.pool.name, "github");
+                        }
                         tracing::info!(%delivery, job_id, pool = %job.pool.name, "job completed before it ran: removed from the queue");
                         answer(StatusCode::ACCEPTED, "removed from the queue")
                     }

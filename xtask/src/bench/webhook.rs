@@ -126,6 +126,10 @@ max_queued = {max_queued}
 # No VM starts; QEMU needs nothing at start, Firecracker would.
 backend = "qemu"
 
+# The metrics listener is not needed here (and 9464 may be taken).
+[admin]
+listen = "off"
+
 [github]
 # Never called: no job starts.
 api_url = "http://127.0.0.1:9"

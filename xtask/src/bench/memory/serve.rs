@@ -167,6 +167,10 @@ webhook_secret_file = "webhook-secret"
 # The bench's VMs run under QEMU (TCG where KVM cannot run guests).
 backend = "qemu"
 
+# The metrics listener is not needed here (and 9464 may be taken).
+[admin]
+listen = "off"
+
 [github]
 # The fake GitHub API (tests/src/bin/fake-github).
 api_url = "{url}"

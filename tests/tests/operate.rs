@@ -1,0 +1,496 @@
+//! Operating `kiln serve` as a service: the binary, over QEMU, against a
+//! fake GitHub on 127.0.0.1, with its metrics listener on. While a job's
+//! runner holds, `kiln ps` shows it with its VM and boot milestones,
+//! `kiln logs -f` follows its log, the metrics pass `promtool check
+//! metrics` and count it; `kiln cancel` stops it, the follower ends with
+//! the job's last line, and the metrics move again.
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln::github::webhook::sign;
+use kiln::secret::Secret;
+use kiln_vm_tests::fake_github::{test_key, FakeGithub, APP_ID};
+use kiln_vm_tests::{assets, layer};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SECRET: &str = "operate-webhook-secret";
+const LABELS: &[&str] = &["self-hosted", "kiln-tiny"];
+const JOB: u64 = 4_242;
+
+/// The stand-in runner: says it holds, then holds until stopped.
+const STAND_IN: &str = "#!/bin/sh\necho holding\nexec sleep 600\n";
+
+/// Kills `kiln serve` when the test ends, however it ends.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn ps_logs_cancel_and_metrics_follow_a_job() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: kiln serve needs root for its VMs' uids and cgroups");
+        return;
+    }
+    let _ = assets::get().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        Command::new("promtool").arg("--version").output().is_ok(),
+        "promtool is missing: apt-get install prometheus (.ci/prereqs does)"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let fake = FakeGithub::start().await;
+        let root = tempfile::Builder::new()
+            .prefix("kiln-op-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = root.path();
+        let (port, metrics_port) = (free_port(), free_port());
+        let config = write_config(root, &fake.url, port, metrics_port);
+        let daemon = start(root, &config, port).await;
+        let socket = root.join("run/admin.sock");
+        let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the admin socket is root's only");
+
+        let before = scrape(metrics_port).await;
+        assert_eq!(
+            value(&before, "kiln_jobs_started_total{pool=\"tiny\"}"),
+            None
+        );
+
+        let answer = deliver(port, JOB).await;
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+        // kiln ps: the job runs, in a VM, its runner started.
+        let row = wait_for(root, "the job's runner to start", || {
+            let ps = kiln_json(root, &socket, &["ps", "--json"]);
+            let row = ps["jobs"].as_array()?.first()?.clone();
+            (row["stage"] == "running").then_some(row)
+        });
+        assert_eq!(row["job_id"], json!(JOB));
+        assert_eq!(row["pool"], "tiny");
+        assert_eq!(row["repository"], "acme/widgets");
+        let vm = row["vm"].as_str().unwrap().to_owned();
+        assert!(vm.starts_with("kiln-"), "{row}");
+        let milestones: Vec<&str> = row["milestones"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            milestones,
+            [
+                "prepared",
+                "vmm_started",
+                "guest_hello",
+                "job_sent",
+                "runner_started"
+            ],
+            "{row}"
+        );
+        let table = kiln(root, &socket, &["ps"]);
+        assert!(table.status.success());
+        let table = String::from_utf8_lossy(&table.stdout);
+        assert!(table.contains(&vm) && table.contains("running"), "{table}");
+
+        // kiln logs -f by VM id, until the job is over.
+        let follower = Command::new(layer::kiln_binary().unwrap())
+            .args(["logs", "-f", &vm, "--socket"])
+            .arg(&socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(root, "the stand-in to hold", || {
+            let out = kiln(root, &socket, &["logs", &JOB.to_string()]);
+            String::from_utf8_lossy(&out.stdout)
+                .contains("holding")
+                .then_some(())
+        });
+
+        // The metrics while it runs: valid for promtool, and counting it.
+        let running = scrape(metrics_port).await;
+        promtool(&running);
+        assert_eq!(
+            value(&running, "kiln_jobs_received_total{pool=\"tiny\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&running, "kiln_jobs_started_total{pool=\"tiny\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&running, "kiln_vms_running{pool=\"tiny\"}"),
+            Some(1.0)
+        );
+        assert_eq!(value(&running, "kiln_capacity_vcpus_in_use"), Some(1.0));
+        assert_eq!(
+            value(
+                &running,
+                "kiln_webhook_to_runner_seconds_count{pool=\"tiny\"}"
+            ),
+            Some(1.0),
+            "{running}"
+        );
+        assert_eq!(
+            value(&running, "kiln_webhooks_total{status=\"202\"}"),
+            Some(1.0)
+        );
+        assert!(
+            value(
+                &running,
+                "kiln_github_requests_total{method=\"POST\",status=\"201\"}"
+            )
+            .is_some_and(|n| n >= 2.0),
+            "a token and a JIT config at least:\n{running}"
+        );
+
+        // kiln cancel: the runner is stopped, the job ends.
+        let cancelled = kiln(root, &socket, &["cancel", &JOB.to_string()]);
+        assert!(cancelled.status.success(), "{cancelled:?}");
+        assert!(
+            String::from_utf8_lossy(&cancelled.stdout).contains("being stopped"),
+            "{cancelled:?}"
+        );
+        let followed = wait_output(follower, Duration::from_secs(120));
+        assert!(followed.status.success(), "{followed:?}");
+        let followed = String::from_utf8_lossy(&followed.stdout);
+        assert!(followed.contains("holding\n"), "{followed}");
+        assert!(
+            followed
+                .lines()
+                .last()
+                .is_some_and(|l| l.starts_with("[kiln] ")),
+            "the follower ends with the job's last line:\n{followed}"
+        );
+        let done = wait_for(root, "the job to end", || {
+            let ps = kiln_json(root, &socket, &["ps", "--all", "--json"]);
+            let row = ps["jobs"].as_array()?.first()?.clone();
+            (row["stage"] == "done").then_some(row)
+        });
+        assert_eq!(done["cancelled"], json!(true), "{done}");
+
+        let after = scrape(metrics_port).await;
+        promtool(&after);
+        assert_eq!(value(&after, "kiln_vms_running{pool=\"tiny\"}"), Some(0.0));
+        assert_eq!(
+            value(
+                &after,
+                "kiln_jobs_cancelled_total{by=\"operator\",pool=\"tiny\"}"
+            )
+            .or_else(|| value(
+                &after,
+                "kiln_jobs_cancelled_total{pool=\"tiny\",by=\"operator\"}"
+            )),
+            Some(1.0),
+            "{after}"
+        );
+        assert_eq!(
+            value(
+                &after,
+                "kiln_jobs_finished_total{pool=\"tiny\",result=\"failed\"}"
+            ),
+            Some(1.0),
+            "the runner stopped by SIGTERM failed:\n{after}"
+        );
+        for phase in ["prepare", "vmm_start", "kernel", "init", "handshake"] {
+            assert_eq!(
+                value(
+                    &after,
+                    &format!("kiln_boot_phase_seconds_count{{phase=\"{phase}\"}}")
+                ),
+                Some(1.0),
+                "{phase}:\n{after}"
+            );
+        }
+        assert_eq!(value(&after, "kiln_teardown_seconds_count"), Some(1.0));
+
+        // Bad requests get what to do.
+        let unknown = kiln(root, &socket, &["cancel", "77"]);
+        assert!(!unknown.status.success());
+        let unknown = String::from_utf8_lossy(&unknown.stderr);
+        assert!(unknown.contains("kiln cancel:"), "{unknown}");
+        let no_log = kiln(root, &socket, &["logs", "kiln-nothing"]);
+        assert!(!no_log.status.success());
+        assert!(
+            String::from_utf8_lossy(&no_log.stderr).contains("kiln ps --all"),
+            "{no_log:?}"
+        );
+        drop(daemon);
+        assert!(!socket.exists(), "the admin socket goes with kiln serve");
+        layer::assert_no_vm_left(root);
+    });
+}
+
+/// `kiln ARGS --socket SOCKET`.
+fn kiln(root: &Path, socket: &Path, args: &[&str]) -> Output {
+    let out = Command::new(layer::kiln_binary().unwrap())
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap();
+    if out.status.code().is_none() {
+        panic!("kiln {args:?} died: {out:?}\n{}", logs(root));
+    }
+    out
+}
+
+fn kiln_json(root: &Path, socket: &Path, args: &[&str]) -> Value {
+    let out = kiln(root, socket, args);
+    assert!(
+        out.status.success(),
+        "kiln {args:?}: {out:?}\n{}",
+        logs(root)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Polls `f` every 200 ms for up to four minutes (boots under TCG are slow).
+fn wait_for<T>(root: &Path, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < until, "waited for {what}:\n{}", logs(root));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_output(mut child: Child, within: Duration) -> Output {
+    let until = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!(
+                "kiln logs -f did not end with the job: {:?}",
+                child.wait_with_output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The sample `series` of Prometheus text, if there.
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (name, v) = l.rsplit_once(' ')?;
+        (name == series).then(|| v.parse().ok())?
+    })
+}
+
+/// `promtool check metrics` passes `text` (lint problems fail too).
+fn promtool(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all_sync(text.as_bytes());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+trait WriteAllSync {
+    fn write_all_sync(self, bytes: &[u8]);
+}
+
+impl WriteAllSync for std::process::ChildStdin {
+    fn write_all_sync(mut self, bytes: &[u8]) {
+        std::io::Write::write_all(&mut self, bytes).unwrap();
+    }
+}
+
+/// `GET /metrics` as Prometheus (text format) asks for it.
+async fn scrape(port: u16) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /metrics HTTP/1.1\r\nHost: kiln\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    dechunk(body, head)
+}
+
+/// The body of an answer that may be chunked.
+fn dechunk(body: &str, head: &str) -> String {
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return body.to_owned();
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    out
+}
+
+async fn start(root: &Path, config: &Path, port: u16) -> Daemon {
+    let log = std::fs::File::create(root.join("kiln.log")).unwrap();
+    let child = Command::new(layer::kiln_binary().unwrap())
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("KILN_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env("KILN_STATE_DIR", root.join("state"))
+        .env("KILN_RUNTIME_DIR", root.join("run"))
+        .env("KILN_DISK_DIR", root.join("disks"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let daemon = Daemon(child);
+    let until = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < until,
+            "kiln serve never listened:\n{}",
+            logs(root)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon
+}
+
+fn logs(root: &Path) -> String {
+    std::fs::read_to_string(root.join("kiln.log")).unwrap_or_default()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(root: &Path, api_url: &str, port: u16, metrics_port: u16) -> PathBuf {
+    for (name, content) in [
+        ("webhook-secret", SECRET.to_owned()),
+        ("app-key.pem", test_key().private_pkcs1.clone()),
+    ] {
+        let path = root.join(name);
+        std::fs::write(&path, content).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let image = layer::minimal_image_dir_with(
+        &root.join("image-src"),
+        &[("opt/actions-runner/run.sh", 0o755, STAND_IN)],
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+listen = "127.0.0.1:{port}"
+webhook_secret_file = "webhook-secret"
+backend = "qemu"
+
+[admin]
+listen = "127.0.0.1:{metrics_port}"
+
+[github]
+api_url = "{api_url}"
+app_id = {APP_ID}
+private_key_file = "app-key.pem"
+org = "acme"
+
+[host]
+vcpus = 2
+memory_mib = 4096
+
+[[pool]]
+name = "tiny"
+labels = {labels}
+vcpus = 1
+memory_mib = 512
+scratch_gib = 1
+image = "{image}"
+job_timeout = "5m"
+network = "none"
+"#,
+        labels = serde_json::to_string(LABELS).unwrap(),
+        image = image.display(),
+    );
+    let path = root.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// A signed `queued` delivery of job `job_id`; the whole answer.
+async fn deliver(port: u16, job_id: u64) -> String {
+    let body = serde_json::to_vec(&json!({
+        "action": "queued",
+        "workflow_job": {
+            "id": job_id, "run_id": job_id + 1, "run_attempt": 1, "labels": LABELS,
+            "status": "queued", "runner_name": null, "steps": [],
+        },
+        "repository": {"full_name": "acme/widgets", "private": true},
+        "organization": {"login": "acme"},
+        "installation": {"id": 7},
+        "sender": {"login": "octocat"},
+    }))
+    .unwrap();
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nHost: kiln.test\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nX-GitHub-Event: workflow_job\r\n\
+         X-GitHub-Delivery: op-{job_id}\r\nX-Hub-Signature-256: {}\r\n\
+         Content-Length: {}\r\n\r\n",
+        sign(&Secret::new(SECRET), &body),
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    answer
+}
