@@ -34,32 +34,34 @@ pub(crate) async fn logs(
 ) -> Response {
     let jobs = &state.jobs;
     let (job_id, path) = match jobs.board().find(&id) {
-        Some(row) => {
-            match row.log {
-                Some(path) => (Some(row.job_id), path),
-                None => return (
+        Some(row) => match row.log {
+            Some(path) => (Some(row.job_id), path),
+            None => {
+                return (
                     StatusCode::NOT_FOUND,
                     format!(
                         "job {} has no log yet: its VM has not started (kiln ps says where it is)",
                         row.job_id
                     ),
                 )
-                    .into_response(),
+                    .into_response()
             }
-        }
+        },
         None => match id
             .parse::<u64>()
             .ok()
             .and_then(|j| newest_log(jobs.log_dir(), j))
         {
             Some(path) => (None, path),
-            None => return (
-                StatusCode::NOT_FOUND,
-                format!(
+            None => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    format!(
                     "no job or VM {id:?} here: kiln ps --all lists the jobs this kiln serve knows"
                 ),
-            )
-                .into_response(),
+                )
+                    .into_response()
+            }
         },
     };
     let file = match tokio::fs::File::open(&path).await {

@@ -44,13 +44,14 @@
 //! one counted request per run in progress, which is why it is off by
 //! default.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::github::conditional::{Cost, EtagCache};
 use crate::github::error::GithubError;
 use crate::github::jobs::JobStatus;
-use crate::github::lists::{repo_path, Repository, RunFilter, WorkflowJob};
+use crate::github::lists::{repo_path, Page, Repository, RunFilter, WorkflowJob, WorkflowRun};
 use crate::github::scope::RunnerScope;
 use crate::github::GithubApp;
 
@@ -140,6 +141,89 @@ pub struct Reconciler {
 enum Stop {
     OutOfBudget,
     Failed(GithubError),
+}
+
+/// One paginated list the reconciler reads: [`Reconciler::pages`] pays
+/// for each page and gathers the items.
+trait List: Sync {
+    type Item: Send;
+    fn page<'a>(
+        &'a self,
+        app: &'a GithubApp,
+        installation_id: u64,
+        page: u32,
+        cache: &'a mut EtagCache,
+    ) -> impl Future<Output = Result<Page<Self::Item>, GithubError>> + Send + 'a;
+}
+
+/// The repositories the installation may reach.
+struct Repositories;
+
+impl List for Repositories {
+    type Item = Repository;
+    fn page<'a>(
+        &'a self,
+        app: &'a GithubApp,
+        installation_id: u64,
+        page: u32,
+        cache: &'a mut EtagCache,
+    ) -> impl Future<Output = Result<Page<Repository>, GithubError>> + Send + 'a {
+        app.installation_repositories_page(installation_id, page, cache)
+    }
+}
+
+/// A repository's workflow runs with one status.
+struct Runs<'s> {
+    owner: &'s str,
+    repo: &'s str,
+    filter: RunFilter,
+}
+
+impl List for Runs<'_> {
+    type Item = WorkflowRun;
+    fn page<'a>(
+        &'a self,
+        app: &'a GithubApp,
+        installation_id: u64,
+        page: u32,
+        cache: &'a mut EtagCache,
+    ) -> impl Future<Output = Result<Page<WorkflowRun>, GithubError>> + Send + 'a {
+        app.runs_page(
+            installation_id,
+            self.owner,
+            self.repo,
+            self.filter,
+            page,
+            cache,
+        )
+    }
+}
+
+/// One workflow run's jobs.
+struct RunJobs<'s> {
+    owner: &'s str,
+    repo: &'s str,
+    run_id: u64,
+}
+
+impl List for RunJobs<'_> {
+    type Item = WorkflowJob;
+    fn page<'a>(
+        &'a self,
+        app: &'a GithubApp,
+        installation_id: u64,
+        page: u32,
+        cache: &'a mut EtagCache,
+    ) -> impl Future<Output = Result<Page<WorkflowJob>, GithubError>> + Send + 'a {
+        app.run_jobs_page(
+            installation_id,
+            self.owner,
+            self.repo,
+            self.run_id,
+            page,
+            cache,
+        )
+    }
 }
 
 impl From<GithubError> for Stop {
@@ -264,24 +348,10 @@ impl Reconciler {
         if let RunnerScope::Repo { owner, repo } = &self.scope {
             return Ok(Some(vec![(owner.clone(), repo.clone())]));
         }
-        let mut all: Vec<Repository> = Vec::new();
-        let mut page = 1;
-        loop {
-            if !self.may_spend(now) {
-                return Ok(None);
-            }
-            let this = self
-                .app
-                .installation_repositories_page(self.installation_id, page, &mut self.cache)
-                .await?;
-            self.account(now, this.cost, report);
-            let more = this.has_next(page);
-            all.extend(this.items);
-            if !more {
-                break;
-            }
-            page += 1;
-        }
+        let all: Vec<Repository> = match self.pages(now, report, &Repositories).await? {
+            Some(all) => all,
+            None => return Ok(None),
+        };
         let mut repos: Vec<(String, String)> = all
             .into_iter()
             .filter(|r| self.scope.covers(&r.full_name))
@@ -372,31 +442,19 @@ impl Reconciler {
         filter: RunFilter,
         report: &mut PassReport,
     ) -> Result<Vec<u64>, Stop> {
-        let mut ids = Vec::new();
-        let mut page = 1;
-        loop {
-            if !self.may_spend(now) {
-                return Err(Stop::OutOfBudget);
-            }
-            let this = self
-                .app
-                .runs_page(
-                    self.installation_id,
+        let runs = self
+            .pages(
+                now,
+                report,
+                &Runs {
                     owner,
                     repo,
                     filter,
-                    page,
-                    &mut self.cache,
-                )
-                .await?;
-            self.account(now, this.cost, report);
-            let more = this.has_next(page);
-            ids.extend(this.items.iter().map(|r| r.id));
-            if !more {
-                return Ok(ids);
-            }
-            page += 1;
-        }
+                },
+            )
+            .await?
+            .ok_or(Stop::OutOfBudget)?;
+        Ok(runs.iter().map(|r| r.id).collect())
     }
 
     async fn run_jobs(
@@ -407,28 +465,43 @@ impl Reconciler {
         run_id: u64,
         report: &mut PassReport,
     ) -> Result<Vec<WorkflowJob>, Stop> {
-        let mut jobs = Vec::new();
+        self.pages(
+            now,
+            report,
+            &RunJobs {
+                owner,
+                repo,
+                run_id,
+            },
+        )
+        .await?
+        .ok_or(Stop::OutOfBudget)
+    }
+
+    /// Every page of one list, each paid for from the budget before it is
+    /// asked for; `None` when the budget (or GitHub's remaining limit) ran
+    /// out first.
+    async fn pages<L: List>(
+        &mut self,
+        now: Instant,
+        report: &mut PassReport,
+        list: &L,
+    ) -> Result<Option<Vec<L::Item>>, GithubError> {
+        let app = Arc::clone(&self.app);
+        let mut all = Vec::new();
         let mut page = 1;
         loop {
             if !self.may_spend(now) {
-                return Err(Stop::OutOfBudget);
+                return Ok(None);
             }
-            let this = self
-                .app
-                .run_jobs_page(
-                    self.installation_id,
-                    owner,
-                    repo,
-                    run_id,
-                    page,
-                    &mut self.cache,
-                )
+            let this = list
+                .page(&app, self.installation_id, page, &mut self.cache)
                 .await?;
             self.account(now, this.cost, report);
             let more = this.has_next(page);
-            jobs.extend(this.items);
+            all.extend(this.items);
             if !more {
-                return Ok(jobs);
+                return Ok(Some(all));
             }
             page += 1;
         }
