@@ -26,13 +26,8 @@ pub enum LeaseError {
         #[source]
         source: io::Error,
     },
-    #[error("{action} {path}: {source}")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Lock(#[from] LockFileError),
     #[error("no free {what} after {tries} tries in {start}..={end} ({dir})")]
     Exhausted {
         what: &'static str,
@@ -56,8 +51,107 @@ pub struct LeaseDir {
 #[derive(Debug)]
 pub struct Lease {
     n: u64,
+    lock: LockFile,
+}
+
+/// An exclusive `flock` on the file at a path, which counts only while
+/// that file is still the one at the path (see the module docs). Dropping
+/// it unlinks the file while still locked, then unlocks. Leases and the
+/// VM owner locks ([`crate::vm::owner`]) are such files.
+#[derive(Debug)]
+pub struct LockFile {
     path: PathBuf,
     lock: Option<Flock<File>>,
+}
+
+/// Why a lock file could not be locked or checked.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path}: {source}")]
+pub struct LockFileError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Tries of open-lock-check before a path counts as contended: a releaser
+/// may unlink between our open and our lock.
+const LOCK_TRIES: u32 = 3;
+
+impl LockFile {
+    /// Locks `path` (created 0600 if missing); `None` when another open
+    /// file holds it, or the file kept being replaced under us.
+    pub fn try_lock(path: &Path) -> Result<Option<LockFile>, LockFileError> {
+        let io_err = |action, source| LockFileError {
+            action,
+            path: path.to_owned(),
+            source,
+        };
+        for _ in 0..LOCK_TRIES {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| io_err("opening", e))?;
+            let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => l,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
+                Err((_, e)) => return Err(io_err("locking", io::Error::from(e))),
+            };
+            let held = lock.metadata().map_err(|e| io_err("inspecting", e))?;
+            match std::fs::metadata(path) {
+                Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
+                    return Ok(Some(LockFile {
+                        path: path.to_owned(),
+                        lock: Some(lock),
+                    }))
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("inspecting", e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether a live process holds `path`'s lock. A file that cannot be
+    /// opened for a reason but its absence counts as held: callers then
+    /// leave its resource alone rather than risk a live one.
+    pub fn is_held(path: &Path) -> bool {
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
+            Err(_) => return true,
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(_unlocked_on_drop) => false,
+            Err(_) => true,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        // Unlinked while locked, then unlocked by closing: see the module docs.
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.path.display(), error = %e, "could not remove a lock file");
+            }
+        }
+        drop(self.lock.take());
+    }
 }
 
 impl LeaseDir {
@@ -110,45 +204,11 @@ impl LeaseDir {
     /// Takes `n` if nobody holds it.
     pub fn try_take(&self, n: u64) -> Result<Option<Lease>, LeaseError> {
         make_private_dir_all(&self.dir)?;
-        let path = self.dir.join(n.to_string());
-        let io_err = |action, source| LeaseError::Io {
-            action,
-            path: path.clone(),
-            source,
-        };
-        // A releaser may unlink between our open and our lock: retry the
-        // same number a few times before moving on.
-        for _ in 0..3 {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(&path)
-                .map_err(|e| io_err("opening", e))?;
-            let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(l) => l,
-                Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
-                Err((_, e)) => return Err(io_err("locking", io::Error::from(e))),
-            };
-            let held = lock.metadata().map_err(|e| io_err("inspecting", e))?;
-            match std::fs::metadata(&path) {
-                Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => {
-                    tracing::debug!(what = self.what, n, "leased");
-                    return Ok(Some(Lease {
-                        n,
-                        path,
-                        lock: Some(lock),
-                    }));
-                }
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err("inspecting", e)),
-            }
+        let lock = LockFile::try_lock(&self.dir.join(n.to_string()))?;
+        if lock.is_some() {
+            tracing::debug!(what = self.what, n, "leased");
         }
-        Ok(None)
+        Ok(lock.map(|lock| Lease { n, lock }))
     }
 }
 
@@ -158,19 +218,7 @@ impl Lease {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        // Unlinked while locked, then unlocked by closing: see the module docs.
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.path.display(), error = %e, "could not remove a lease file");
-            }
-        }
-        drop(self.lock.take());
+        self.lock.path()
     }
 }
 

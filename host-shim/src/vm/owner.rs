@@ -20,24 +20,17 @@
 //! Otherwise a clean-up running in another process may see a resource of a
 //! live VM without a held lock and remove it.
 //!
-//! Dropping a [`VmOwner`] unlinks the file while still holding the lock,
-//! then unlocks. A process that opened the file just before the unlink may
-//! then lock an unlinked inode; so a lock counts only if the file at the
-//! path is still the one locked (as in [`crate::lease`]).
+//! The lock is a [`LockFile`], as leases are: dropping a [`VmOwner`]
+//! unlinks the file while still holding the lock, then unlocks, and a lock
+//! counts only if the file at the path is still the one locked.
 
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
-
+use crate::lease::{LockFile, LockFileError};
 use crate::vm::dirs::{
     is_vm_id, make_private_dir_all as make_private_vms_dir, new_id, DirsError, RuntimeDirs,
 };
-
-/// Tries of open-lock-check before the path counts as contended.
-const TRIES: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OwnerError {
@@ -48,6 +41,8 @@ pub enum OwnerError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Lock(#[from] LockFileError),
     #[error("VM {id:?} is owned by another live process ({path} is locked)")]
     Held { id: String, path: PathBuf },
     #[error("{id:?} is not a Kiln VM id (kiln- and 12 lowercase hex digits)")]
@@ -62,8 +57,7 @@ pub enum OwnerError {
 #[derive(Debug)]
 pub struct VmOwner {
     id: String,
-    path: PathBuf,
-    lock: Option<Flock<File>>,
+    lock: LockFile,
 }
 
 impl VmOwner {
@@ -83,22 +77,11 @@ impl VmOwner {
             return Err(OwnerError::BadId { id: id.to_owned() });
         }
         make_private_dir_all(owners_dir)?;
-        let path = owners_dir.join(id);
-        for _ in 0..TRIES {
-            match lock_path(&path)? {
-                Locked::Busy => return Ok(None),
-                Locked::Stale => continue,
-                Locked::Ours(lock) => {
-                    return Ok(Some(VmOwner {
-                        id: id.to_owned(),
-                        path,
-                        lock: Some(lock),
-                    }))
-                }
-            }
-        }
-        // The file kept being replaced under us: someone is using it.
-        Ok(None)
+        let lock = LockFile::try_lock(&owners_dir.join(id))?;
+        Ok(lock.map(|lock| VmOwner {
+            id: id.to_owned(),
+            lock,
+        }))
     }
 
     /// A new VM: a fresh id, claimed, then its directory
@@ -138,19 +121,7 @@ impl VmOwner {
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for VmOwner {
-    fn drop(&mut self) {
-        // Unlinked while locked, then unlocked by closing: see the module docs.
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(vm = %self.id, path = %self.path.display(), error = %e, "could not remove a VM owner lock file");
-            }
-        }
-        drop(self.lock.take());
+        self.lock.path()
     }
 }
 
@@ -158,57 +129,7 @@ impl Drop for VmOwner {
 /// checked (the directory unreadable) counts as held: the clean-up then
 /// leaves the VM alone rather than risk a live one.
 pub fn is_owned(owners_dir: &Path, id: &str) -> bool {
-    let path = owners_dir.join(id);
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
-        Err(_) => return true,
-    };
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(_unlocked_on_drop) => false,
-        Err(_) => true,
-    }
-}
-
-/// What one attempt to lock a path found.
-enum Locked {
-    Ours(Flock<File>),
-    Busy,
-    /// We locked a file that is no longer the one at the path.
-    Stale,
-}
-
-fn lock_path(path: &Path) -> Result<Locked, OwnerError> {
-    let io_err = |action, source| OwnerError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| io_err("opening", e))?;
-    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(Locked::Busy),
-        Err((_, e)) => return Err(io_err("locking", io::Error::from(e))),
-    };
-    let held = lock.metadata().map_err(|e| io_err("inspecting", e))?;
-    match std::fs::metadata(path) {
-        Ok(m) if m.ino() == held.ino() && m.dev() == held.dev() => Ok(Locked::Ours(lock)),
-        Ok(_) => Ok(Locked::Stale),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Locked::Stale),
-        Err(e) => Err(io_err("inspecting", e)),
-    }
+    LockFile::is_held(&owners_dir.join(id))
 }
 
 fn make_private_dir_all(dir: &Path) -> Result<(), OwnerError> {
