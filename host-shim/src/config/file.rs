@@ -17,6 +17,7 @@ pub(crate) struct RawConfig {
     pub github: RawGithub,
     pub host: Option<RawHost>,
     pub network: Option<RawNetwork>,
+    pub tls: Option<super::tls::RawTls>,
     #[serde(default)]
     pub pool: Vec<RawPool>,
 }

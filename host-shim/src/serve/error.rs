@@ -13,4 +13,6 @@ pub enum ServeError {
     Signals(std::io::Error),
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("{0}")]
+    Tls(super::TlsError),
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`webhook`] — `POST /webhook`: signature, parsing, de-duplication, the queue.
 //! - [`http`] — the HTTP/1 server under the router: accept loop, timers.
+//! - [`tls`] — HTTPS when `[tls]` asks for it: certificate files or ACME.
 //! - [`conns`] — the open connections, and which one goes when room is needed.
 //! - [`body`] — reading unverified bodies under a shared byte budget.
 //! - [`limits`] — what an unauthenticated client may cost; the file limit.
@@ -18,6 +19,7 @@ pub mod error;
 mod http;
 pub mod limits;
 pub mod signals;
+mod tls;
 pub mod webhook;
 
 use std::future::Future;
@@ -30,6 +32,7 @@ use tokio::net::TcpListener;
 
 pub use error::ServeError;
 pub use limits::{BodyLimits, HttpLimits, ServerLimits};
+pub use tls::TlsError;
 
 use crate::config::{Config, Pool};
 use crate::github::RunnerScope;
@@ -114,11 +117,22 @@ impl<D: Dispatch> Server<D> {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve_with(listener, None, shutdown).await
+    }
+
+    /// [`Server::serve`], over TLS when `tls` is set.
+    async fn serve_with(
+        &self,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         http::serve(
             listener,
             self.router(),
             Arc::clone(&self.app.conns),
             self.http,
+            tls,
             shutdown,
         )
         .await
@@ -143,6 +157,10 @@ pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), Serve
             addr: config.listen,
             source,
         })?;
+    let tls = match &config.tls {
+        Some(settings) => Some(tls::Tls::start(settings, acme_state_dir).map_err(ServeError::Tls)?),
+        None => None,
+    };
     let server = Server::with_limits(&config, dispatcher, limits);
     let scheduler = server.scheduler().clone();
     for job in scheduler.dispatcher().recovered() {
@@ -172,6 +190,7 @@ pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), Serve
         host_vcpus = config.host.vcpus,
         host_memory_mib = config.host.memory_mib,
         scope = %config.github.scope,
+        https = tls.is_some(),
         "kiln serve: listening for webhooks on POST /webhook"
     );
 
@@ -183,7 +202,7 @@ pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), Serve
         }
     };
     tokio::select! {
-        served = server.serve(listener, signals.clone().count(1)) => served.map_err(ServeError::Http)?,
+        served = server.serve_with(listener, tls.as_ref().map(tls::Tls::acceptor), signals.clone().count(1)) => served.map_err(ServeError::Http)?,
         () = drain_deadline => tracing::warn!("connections still open {HTTP_DRAIN:?} after the signal: closing them"),
     }
 
@@ -205,6 +224,16 @@ pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), Serve
     }
     tracing::info!("kiln serve: stopped");
     Ok(())
+}
+
+/// `$KILN_STATE_DIR` (or its default), where ACME keeps its account and
+/// certificates.
+fn acme_state_dir() -> Result<std::path::PathBuf, TlsError> {
+    crate::job::Settings::from_env()
+        .map(|s| s.state_dir)
+        .map_err(|e| TlsError::Setup {
+            problem: e.to_string(),
+        })
 }
 
 /// The default limits, with the file limit raised to its hard limit and
