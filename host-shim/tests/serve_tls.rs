@@ -355,7 +355,10 @@ fn replaced_certificate_files_are_served_without_a_restart() {
     // A broken replacement keeps B, and the error names the file.
     let cert = dir.path().join("tls/cert.pem");
     std::fs::write(&cert, "not a certificate").expect("break the cert");
-    let error = kiln.wait_for("still serving the previous certificate", Duration::from_secs(20));
+    let error = kiln.wait_for(
+        "still serving the previous certificate",
+        Duration::from_secs(20),
+    );
     assert!(error.contains(&cert.display().to_string()), "{error}");
     let (_, leaf) = https(&client, port, DOMAIN, &signed_ping("files-3")).expect("HTTPS");
     assert_eq!(leaf, der(&b.0), "B stays");
@@ -584,7 +587,10 @@ fn acme_gets_a_certificate_from_pebble_and_a_restart_reuses_it() {
     drop(kiln);
 
     let kiln = Kiln::start(kiln_dir.path(), None);
-    kiln.wait_for("ACME: using the stored certificate", Duration::from_secs(30));
+    kiln.wait_for(
+        "ACME: using the stored certificate",
+        Duration::from_secs(30),
+    );
     kiln.wait_for("listening", Duration::from_secs(30));
     let (answer, second) =
         https(&client, kiln_port, DOMAIN, &signed_queued("acme-2", 702)).expect("HTTPS");

@@ -232,7 +232,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         secret(dir.path(), "c.pem", 0o644);
         secret(dir.path(), "k.pem", 0o640);
-        let m = message(parse("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n", dir.path()));
+        let m = message(parse(
+            "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+            dir.path(),
+        ));
         assert!(m.contains("tls.key") && m.contains("chmod 600"), "{m}");
     }
 
@@ -240,7 +243,10 @@ mod tests {
     fn a_missing_cert_file_is_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         secret(dir.path(), "k.pem", 0o600);
-        let m = message(parse("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n", dir.path()));
+        let m = message(parse(
+            "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+            dir.path(),
+        ));
         assert!(m.contains("tls.cert") && m.contains("c.pem"), "{m}");
     }
 
@@ -263,8 +269,11 @@ mod tests {
 
     #[test]
     fn acme_defaults_to_lets_encrypt_production() {
-        let got = parse("[tls.acme]\ndomains = [\"kiln.example.com\"]\n", Path::new("/"))
-            .expect("ok");
+        let got = parse(
+            "[tls.acme]\ndomains = [\"kiln.example.com\"]\n",
+            Path::new("/"),
+        )
+        .expect("ok");
         assert_eq!(
             got,
             Some(TlsSettings::Acme(AcmeSettings {

@@ -92,7 +92,12 @@ pub(super) async fn serve(
                     idle_timeout: limits.idle_timeout,
                     stop: stop_rx.clone(),
                 };
-                tasks.spawn(connection(stream, tls.clone(), limits.header_timeout, served));
+                tasks.spawn(connection(
+                    stream,
+                    tls.clone(),
+                    limits.header_timeout,
+                    served,
+                ));
             }
             Err(e) => accept_failed(e, &conns, &mut warned).await,
         }

@@ -150,17 +150,26 @@ impl Acme {
     }
 
     /// Serves `cert.pem` and `key.pem` if they are for the configured
-    /// names and not expired.
+    /// names, not expired, and from the configured CA (a staging
+    /// certificate is not kept after a switch to production).
     fn load_stored(&mut self) {
         let (cert, key) = (self.dir.join("cert.pem"), self.dir.join("key.pem"));
         if !cert.exists() {
             return;
         }
+        if self.stored_directory().as_deref() != Some(self.settings.directory.as_str()) {
+            tracing::info!(
+                directory = %self.settings.directory,
+                "ACME: the stored certificate is from another CA: ordering a new one"
+            );
+            return;
+        }
         let loaded = files::load(&cert, &key).and_then(|certified| {
-            let validity = Validity::of(&certified.cert[0]).map_err(|problem| TlsError::BadPem {
-                path: cert.clone(),
-                problem,
-            })?;
+            let validity =
+                Validity::of(&certified.cert[0]).map_err(|problem| TlsError::BadPem {
+                    path: cert.clone(),
+                    problem,
+                })?;
             Ok((certified, validity))
         });
         match loaded {
@@ -169,7 +178,7 @@ impl Acme {
             {
                 tracing::info!(
                     domains = ?self.settings.domains,
-                    not_after = %unix_time(validity.not_after),
+                    not_after = %when(validity.not_after),
                     "ACME: using the stored certificate"
                 );
                 self.resolver.set(certified);
@@ -180,7 +189,31 @@ impl Acme {
                 domains = ?self.settings.domains,
                 "ACME: the stored certificate is expired or for other names: ordering a new one"
             ),
-            Err(e) => tracing::warn!(error = %e, "ACME: the stored certificate cannot be used: ordering a new one"),
+            Err(e) => {
+                tracing::warn!(error = %e, "ACME: the stored certificate cannot be used: ordering a new one")
+            }
+        }
+    }
+
+    /// The directory `account.json` belongs to, if it can be read.
+    fn stored_directory(&self) -> Option<String> {
+        let bytes = std::fs::read(self.dir.join("account.json")).ok()?;
+        serde_json::from_slice::<StoredAccount>(&bytes)
+            .ok()
+            .map(|a| a.directory)
+    }
+
+    /// The CA no longer knows the stored account (a test CA restarted, an
+    /// account deactivated): forget it, so the next attempt registers anew.
+    fn forget_account_if_unknown(&mut self, e: &instant_acme::Error) {
+        let unknown = matches!(e, instant_acme::Error::Api(p)
+            if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:accountDoesNotExist"));
+        if unknown {
+            self.account = None;
+            let path = self.dir.join("account.json");
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "ACME: cannot remove the unknown account");
+            }
         }
     }
 
@@ -209,8 +242,8 @@ impl Acme {
                 Ok(Ok(validity)) => {
                     tracing::info!(
                         domains = ?self.settings.domains,
-                        not_after = %unix_time(validity.not_after),
-                        renew_at = %unix_time(validity.renew_at()),
+                        not_after = %when(validity.not_after),
+                        renew_at = %when(validity.renew_at()),
                         "ACME: new certificate installed"
                     );
                     self.current = Some(validity);
@@ -252,10 +285,13 @@ impl Acme {
             .iter()
             .map(|d| Identifier::Dns(d.clone()))
             .collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .map_err(|e| self.acme_error("new order", &e))?;
+        let mut order = match account.new_order(&NewOrder::new(&identifiers)).await {
+            Ok(order) => order,
+            Err(e) => {
+                self.forget_account_if_unknown(&e);
+                return Err(self.acme_error("new order", &e));
+            }
+        };
         self.answer_challenges(&mut order).await?;
         let retries = RetryPolicy::new().timeout(VALIDATION_WAIT);
         let status = order.poll_ready(&retries).await;
@@ -330,7 +366,9 @@ impl Acme {
             Ok(bytes) => serde_json::from_slice::<StoredAccount>(&bytes)
                 .map_err(|e| TlsError::BadPem {
                     path: path.clone(),
-                    problem: format!("not an account file Kiln wrote ({e}): remove it to register a new account"),
+                    problem: format!(
+                        "not an account file Kiln wrote ({e}): remove it to register a new account"
+                    ),
                 })
                 .map(Some)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -389,12 +427,20 @@ fn challenge_cert(domain: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, TlsE
         .map_err(|e| TlsError::Setup {
             problem: format!("the TLS-ALPN-01 key for {domain}: {e}"),
         })?;
-    Ok(Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer)))
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
 }
 
-fn unix_time(t: SystemTime) -> String {
+/// `t` for a log line: RFC 2822 in UTC.
+fn when(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    format!("{secs} (unix time)")
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| x509_parser::time::ASN1Time::from_timestamp(s).ok())
+        .and_then(|t| t.to_rfc2822().ok())
+        .unwrap_or_else(|| format!("{secs} s after the Unix epoch"))
 }
 
 /// instant-acme's HTTP client: hyper over rustls with Kiln's roots.
@@ -478,7 +524,8 @@ mod tests {
                 .expect("params");
         let now = rcgen::date_time_ymd(2030, 1, 1);
         params.not_before = now;
-        params.not_after = now + std::time::Duration::from_secs(u64::try_from(days).expect("days") * 86400);
+        params.not_after =
+            now + std::time::Duration::from_secs(u64::try_from(days).expect("days") * 86400);
         params.self_signed(&key).expect("sign").der().clone()
     }
 
@@ -513,6 +560,51 @@ mod tests {
         assert!(ext.value.ends_with(&[7u8; 32]));
     }
 
+    /// A state directory as an earlier run against `directory` left it.
+    fn stored_state(state: &Path, directory: &str, domain: &str) {
+        let acme = state.join("acme");
+        private_dir(&acme).expect("mkdir");
+        let account = serde_json::json!({
+            "directory": directory,
+            "credentials": {"id": "https://ca.example/acct/1", "key_pkcs8": "AAAA", "directory": directory},
+        });
+        write_private(&acme.join("account.json"), account.to_string().as_bytes()).expect("write");
+        let key = rcgen::KeyPair::generate().expect("keygen");
+        let cert = rcgen::CertificateParams::new(vec![domain.to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("sign");
+        write_private(&acme.join("cert.pem"), cert.pem().as_bytes()).expect("write");
+        write_private(&acme.join("key.pem"), key.serialize_pem().as_bytes()).expect("write");
+    }
+
+    fn settings(directory: &str, domain: &str) -> AcmeSettings {
+        AcmeSettings {
+            domains: vec![domain.to_string()],
+            contact: vec![],
+            directory: directory.to_string(),
+            ca_roots: None,
+        }
+    }
+
+    /// Whether a start with `settings` serves the stored certificate.
+    fn reuses(state: &Path, settings: &AcmeSettings) -> bool {
+        let resolver = Arc::new(CertResolver::default());
+        let acme = Acme::start(settings, state, Arc::clone(&resolver)).expect("start");
+        assert_eq!(acme.current.is_some(), resolver.current().is_some());
+        resolver.current().is_some()
+    }
+
+    #[test]
+    fn a_stored_certificate_is_reused_only_for_the_same_ca_and_names() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (ca, other_ca) = ("https://ca.example/dir", "https://other.example/dir");
+        stored_state(tmp.path(), ca, "kiln.example.com");
+        assert!(reuses(tmp.path(), &settings(ca, "kiln.example.com")));
+        assert!(!reuses(tmp.path(), &settings(other_ca, "kiln.example.com")));
+        assert!(!reuses(tmp.path(), &settings(ca, "other.example.com")));
+    }
+
     #[test]
     fn bad_ca_roots_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -520,6 +612,9 @@ mod tests {
         std::fs::write(&p, "nothing").expect("write");
         let mut roots = rustls::RootCertStore::empty();
         let m = add_roots(&mut roots, &p).expect_err("refused").to_string();
-        assert!(m.contains("roots.pem") && m.contains("no CERTIFICATE"), "{m}");
+        assert!(
+            m.contains("roots.pem") && m.contains("no CERTIFICATE"),
+            "{m}"
+        );
     }
 }

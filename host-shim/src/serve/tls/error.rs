@@ -6,9 +6,15 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {}: {cause}", path.display())]
-    Read { path: PathBuf, cause: std::io::Error },
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("cannot write {}: {cause} (is KILN_STATE_DIR writable?)", path.display())]
-    Write { path: PathBuf, cause: std::io::Error },
+    Write {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
     #[error("{}: {problem}", path.display())]
     BadPem { path: PathBuf, problem: String },
     #[error("the key in {} does not match the certificate in {}: {problem}", key.display(), cert.display())]

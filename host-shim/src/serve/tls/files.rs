@@ -52,17 +52,18 @@ pub(crate) fn from_pem(
     let private = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
         bad(
             key,
-            format!("no PEM private key in it (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY): {e}"),
+            format!(
+                "no PEM private key in it (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY): {e}"
+            ),
         )
     })?;
     let provider = rustls::crypto::ring::default_provider();
-    let certified = CertifiedKey::from_der(chain, private, &provider).map_err(|e| {
-        TlsError::Mismatch {
+    let certified =
+        CertifiedKey::from_der(chain, private, &provider).map_err(|e| TlsError::Mismatch {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             problem: e.to_string(),
-        }
-    })?;
+        })?;
     Ok(Arc::new(certified))
 }
 
@@ -92,11 +93,7 @@ pub(crate) struct Watched {
 impl Watched {
     /// Loads the pair into `resolver`: an error stops `kiln serve` from
     /// starting.
-    pub fn start(
-        cert: &Path,
-        key: &Path,
-        resolver: Arc<CertResolver>,
-    ) -> Result<Self, TlsError> {
+    pub fn start(cert: &Path, key: &Path, resolver: Arc<CertResolver>) -> Result<Self, TlsError> {
         let seen = (Stamp::of(cert), Stamp::of(key));
         resolver.set(load(cert, key)?);
         Ok(Self {
