@@ -56,9 +56,11 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let validation = hello
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        // RFC 8737: the CA offers acme-tls/1 and nothing else.
+        let validation = hello.alpn().is_some_and(|protocols| {
+            let offered: Vec<&[u8]> = protocols.collect();
+            offered == [ACME_TLS_ALPN]
+        });
         if validation {
             let name = hello.server_name()?.to_ascii_lowercase();
             return self
