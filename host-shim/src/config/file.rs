@@ -18,6 +18,7 @@ pub(crate) struct RawConfig {
     pub host: Option<RawHost>,
     pub network: Option<RawNetwork>,
     pub admin: Option<super::admin::RawAdmin>,
+    pub tls: Option<super::tls::RawTls>,
     #[serde(default)]
     pub pool: Vec<RawPool>,
 }

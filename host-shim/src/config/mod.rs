@@ -6,6 +6,7 @@
 //! - [`admin`] — `[admin]`: the metrics listener.
 //! - [`network`] — `[network]` and each pool's network, allowlist and proxy.
 //! - [`secret_file`] — secrets from files that only their owner can read.
+//! - [`tls`] — `[tls]`: plain HTTP, certificate files, or ACME.
 //! - [`error`] — [`ConfigError`]: the file, the key and what to fix.
 //!
 //! Relative paths in the file are relative to the file's directory.
@@ -17,6 +18,7 @@ mod host;
 mod network;
 mod pool;
 mod secret_file;
+mod tls;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -29,6 +31,7 @@ pub use error::{ConfigError, ConfigErrorKind};
 pub use host::{HostCapacity, HostFacts, DEFAULT_MEMORY_PERCENT};
 pub use network::{NetworkSettings, PoolNetwork, Proxy};
 pub use pool::Pool;
+pub use tls::{AcmeSettings, TlsSettings, DEFAULT_ACME_DIRECTORY};
 
 use crate::duration::parse_duration;
 use crate::github::scope::RunnerScope;
@@ -58,6 +61,8 @@ pub struct Config {
     /// The file it came from, for messages.
     pub source: PathBuf,
     pub listen: SocketAddr,
+    /// `None`: plain HTTP.
+    pub tls: Option<TlsSettings>,
     pub webhook_secret: Secret,
     pub max_queued: usize,
     /// The VMM: Firecracker (the default) or QEMU, only when asked for.
@@ -158,6 +163,7 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Co
     }
     let network = network::settings(raw.network)?;
     let admin = admin::settings(raw.admin)?;
+    let tls = tls::settings(raw.tls, base)?;
     if raw.pool.is_empty() {
         return Err(ConfigErrorKind::NoPools);
     }
@@ -172,6 +178,7 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Co
     Ok(Config {
         source: path.to_path_buf(),
         listen: raw.listen,
+        tls,
         webhook_secret,
         max_queued,
         backend,

@@ -15,4 +15,6 @@ pub enum ServeError {
     Http(std::io::Error),
     #[error(transparent)]
     Admin(crate::admin::AdminError),
+    #[error("{0}")]
+    Tls(super::TlsError),
 }

@@ -16,6 +16,14 @@
 //! - a place in the register ([`Connections`]): past the cap, the oldest
 //!   connection that never sent a signed delivery is closed to make room.
 //!   When accepting fails for want of file descriptors, one is closed too.
+//!
+//! With TLS ([`super::tls`]) the handshake runs inside the connection's
+//! task, after its registration: it counts against the cap like any
+//! connection, must finish within the header timeout (a client that sends
+//! nothing, or dribbles its ClientHello, is closed then), and its bytes
+//! keep the idle timer running. The header timeout starts again for the
+//! request head once the handshake is done. A handshake that was an ACME
+//! CA's TLS-ALPN-01 validation is closed right after it.
 
 use std::future::Future;
 use std::io;
@@ -35,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use super::conns::{Conn, Connections, Registration};
 use super::limits::HttpLimits;
@@ -58,6 +67,7 @@ pub(super) async fn serve(
     router: Router,
     conns: Arc<Connections>,
     limits: HttpLimits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let builder = builder(&limits);
@@ -75,13 +85,18 @@ pub(super) async fn serve(
         match accepted {
             Ok((stream, _peer)) => {
                 let registration = conns.admit();
+                let served = Served {
+                    registration,
+                    router: router.clone(),
+                    builder: builder.clone(),
+                    idle_timeout: limits.idle_timeout,
+                    stop: stop_rx.clone(),
+                };
                 tasks.spawn(connection(
                     stream,
-                    registration,
-                    router.clone(),
-                    builder.clone(),
-                    limits.idle_timeout,
-                    stop_rx.clone(),
+                    tls.clone(),
+                    limits.header_timeout,
+                    served,
                 ));
             }
             Err(e) => accept_failed(e, &conns, &mut warned).await,
@@ -138,21 +153,70 @@ async fn accept_failed(e: io::Error, conns: &Connections, warned: &mut Option<In
     tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
-/// Serves one connection until it ends, is told to close, or stays idle
-/// too long; asked to stop, it finishes its request first.
-async fn connection(
-    stream: TcpStream,
+/// What serving one connection needs besides its stream.
+struct Served {
     registration: Registration,
     router: Router,
     builder: http1::Builder,
     idle_timeout: Duration,
-    mut stop: watch::Receiver<()>,
+    stop: watch::Receiver<()>,
+}
+
+/// One accepted connection: the TLS handshake first if `tls`, then HTTP.
+async fn connection(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    served: Served,
 ) {
-    let conn = Arc::clone(registration.conn());
-    let io = TokioIo::new(Metered {
+    let conn = Arc::clone(served.registration.conn());
+    let metered = Metered {
         inner: stream,
         conn: Arc::clone(&conn),
-    });
+    };
+    let Some(acceptor) = tls else {
+        return serve_http(metered, served).await;
+    };
+    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(metered));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "webhook connection: TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(?handshake_timeout, "webhook connection closed: no TLS handshake in time");
+                return;
+            }
+        },
+        () = conn.evicted() => {
+            tracing::debug!("webhook connection closed to make room (during its TLS handshake)");
+            return;
+        }
+    };
+    if super::tls::is_validation(stream.get_ref().1) {
+        tracing::debug!("answered an ACME TLS-ALPN-01 validation");
+        return;
+    }
+    serve_http(stream, served).await;
+}
+
+/// Serves HTTP on one connection until it ends, is told to close, or
+/// stays idle too long; asked to stop, it finishes its request first.
+async fn serve_http<S>(io: S, served: Served)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Served {
+        registration,
+        router,
+        builder,
+        idle_timeout,
+        mut stop,
+    } = served;
+    let conn = Arc::clone(registration.conn());
+    let io = TokioIo::new(io);
     let handle = ConnHandle(Arc::clone(&conn));
     let router = TowerToHyperService::new(router);
     let service = service_fn(move |mut request: Request<Incoming>| {

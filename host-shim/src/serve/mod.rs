@@ -2,6 +2,7 @@
 //!
 //! - [`webhook`] — `POST /webhook`: signature, parsing, de-duplication, the queue.
 //! - [`http`] — the HTTP/1 server under the router: accept loop, timers.
+//! - [`tls`] — HTTPS when `[tls]` asks for it: certificate files or ACME.
 //! - [`conns`] — the open connections, and which one goes when room is needed.
 //! - [`body`] — reading unverified bodies under a shared byte budget.
 //! - [`limits`] — what an unauthenticated client may cost; the file limit.
@@ -18,6 +19,7 @@ pub mod error;
 mod http;
 pub mod limits;
 pub mod signals;
+mod tls;
 pub mod webhook;
 
 use std::future::Future;
@@ -30,6 +32,7 @@ use tokio::net::TcpListener;
 
 pub use error::ServeError;
 pub use limits::{BodyLimits, HttpLimits, ServerLimits};
+pub use tls::TlsError;
 
 use crate::admin::Admin;
 use crate::config::{Config, Pool};
@@ -116,11 +119,22 @@ impl<D: Dispatch> Server<D> {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve_with(listener, None, shutdown).await
+    }
+
+    /// [`Server::serve`], over TLS when `tls` is set.
+    async fn serve_with(
+        &self,
+        listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         http::serve(
             listener,
             self.router(),
             Arc::clone(&self.app.conns),
             self.http,
+            tls,
             shutdown,
         )
         .await
@@ -142,7 +156,7 @@ pub async fn serve_router(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let conns = Connections::new(limits.max_connections);
-    http::serve(listener, router, conns, limits, shutdown).await
+    http::serve(listener, router, conns, limits, None, shutdown).await
 }
 
 /// `kiln serve`: listens on `config.listen` until SIGINT or SIGTERM. The
@@ -162,6 +176,10 @@ pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
             source,
         })?;
     let jobs = dispatcher.clone();
+    let tls = match &config.tls {
+        Some(settings) => Some(tls::Tls::start(settings, acme_state_dir).map_err(ServeError::Tls)?),
+        None => None,
+    };
     let server = Server::with_limits(&config, dispatcher, limits);
     let scheduler = server.scheduler().clone();
     let _admin = Admin::start(&config.admin, jobs, scheduler.clone())
@@ -194,6 +212,7 @@ pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
         host_vcpus = config.host.vcpus,
         host_memory_mib = config.host.memory_mib,
         scope = %config.github.scope,
+        https = tls.is_some(),
         "kiln serve: listening for webhooks on POST /webhook"
     );
 
@@ -205,7 +224,7 @@ pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
         }
     };
     tokio::select! {
-        served = server.serve(listener, signals.clone().count(1)) => served.map_err(ServeError::Http)?,
+        served = server.serve_with(listener, tls.as_ref().map(tls::Tls::acceptor), signals.clone().count(1)) => served.map_err(ServeError::Http)?,
         () = drain_deadline => tracing::warn!("connections still open {HTTP_DRAIN:?} after the signal: closing them"),
     }
 
@@ -227,6 +246,16 @@ pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
     }
     tracing::info!("kiln serve: stopped");
     Ok(())
+}
+
+/// `$KILN_STATE_DIR` (or its default), where ACME keeps its account and
+/// certificates.
+fn acme_state_dir() -> Result<std::path::PathBuf, TlsError> {
+    crate::job::Settings::from_env()
+        .map(|s| s.state_dir)
+        .map_err(|e| TlsError::Setup {
+            problem: e.to_string(),
+        })
 }
 
 /// The default limits, with the file limit raised to its hard limit and
