@@ -116,7 +116,8 @@ pub(crate) fn pool_network(
     allow: Vec<RawAllow>,
     proxy: Option<String>,
 ) -> Result<(PoolNetwork, Vec<Allow>, Option<Proxy>), ConfigErrorKind> {
-    let key = |k: &str| format!("pool {pool:?}: {k}");
+    // `pool` is the pool's key path, `pool[0]`.
+    let key = |k: &str| format!("{pool}.{k}");
     let mode = match mode.as_deref() {
         None | Some("egress") => PoolNetwork::Egress,
         Some("none") => PoolNetwork::None,
@@ -128,8 +129,8 @@ pub(crate) fn pool_network(
         }
     };
     let mut allowed = Vec::with_capacity(allow.len());
-    for a in allow {
-        allowed.push(allow_entry(&key("allow"), a)?);
+    for (i, a) in allow.into_iter().enumerate() {
+        allowed.push(allow_entry(&key(&format!("allow[{i}]")), a)?);
     }
     let proxy = proxy.map(|p| parse_proxy(&key("proxy"), &p)).transpose()?;
     if mode == PoolNetwork::None && (!allowed.is_empty() || proxy.is_some()) {
