@@ -13,7 +13,8 @@ use std::path::PathBuf;
 #[derive(Debug)]
 pub struct ConfigError {
     pub path: PathBuf,
-    pub first: Problem,
+    /// Boxed: a `Result<Config, ConfigError>` stays small.
+    pub first: Box<Problem>,
     pub more: Vec<Problem>,
 }
 
@@ -37,7 +38,7 @@ impl ConfigError {
     pub(crate) fn single(path: PathBuf, kind: ConfigErrorKind) -> Self {
         Self {
             path,
-            first: Problem { at: None, kind },
+            first: Box::new(Problem { at: None, kind }),
             more: Vec::new(),
         }
     }
@@ -49,7 +50,7 @@ impl ConfigError {
 
     /// Every problem, in file order.
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {
-        std::iter::once(&self.first).chain(&self.more)
+        std::iter::once(&*self.first).chain(&self.more)
     }
 
     /// How many problems the file has.

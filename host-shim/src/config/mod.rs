@@ -112,12 +112,12 @@ impl Config {
 fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     ConfigError {
         path: path.to_path_buf(),
-        first: Problem {
+        first: Box::new(Problem {
             at: e.span().map(|s| locate::position(text, s.start)),
             kind: ConfigErrorKind::Syntax {
                 message: e.message().trim_end().to_string(),
             },
-        },
+        }),
         more: Vec::new(),
     }
 }
@@ -142,7 +142,7 @@ fn located(path: &Path, text: &str, problems: Problems) -> ConfigError {
     });
     ConfigError {
         path: path.to_path_buf(),
-        first,
+        first: Box::new(first),
         more: all.collect(),
     }
 }

@@ -119,7 +119,7 @@ fn directory_problem(dir: &Path, meta: &std::fs::Metadata) -> Option<Finding> {
 fn free_space(dir: &Path) -> Finding {
     match nix::sys::statvfs::statvfs(dir) {
         Ok(st) => {
-            let free = u64::from(st.blocks_available()) * u64::from(st.fragment_size());
+            let free = st.blocks_available() * st.fragment_size();
             let detail = format!("{} GiB free in {}", free >> 30, dir.display());
             if free < LOW_SPACE_BYTES {
                 Finding::problem(
