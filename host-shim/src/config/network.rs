@@ -148,16 +148,19 @@ pub(crate) fn pool_network(
     Ok((mode, allowed, proxy))
 }
 
+/// One `[[pool.allow]]`; `key` is its path (`pool[0].allow[1]`), each
+/// problem is at the field it is about.
 fn allow_entry(key: &str, a: RawAllow) -> Result<Allow, ConfigErrorKind> {
+    let cidr_key = format!("{key}.cidr");
     let net = a.cidr.parse::<IpNet>().or_else(|_| a.cidr.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
         ConfigErrorKind::bad_value(
-            key,
+            &cidr_key,
             format!("cidr {:?} is not an address or CIDR: write e.g. \"10.1.2.3/32\" or \"10.1.0.0/16\"", a.cidr),
         )
     })?;
     if net.trunc() != net {
         return Err(ConfigErrorKind::bad_value(
-            key,
+            &cidr_key,
             format!(
                 "cidr {net} has host bits set: did you mean {}?",
                 net.trunc()
@@ -166,14 +169,14 @@ fn allow_entry(key: &str, a: RawAllow) -> Result<Allow, ConfigErrorKind> {
     }
     if a.port == Some(0) {
         return Err(ConfigErrorKind::bad_value(
-            key,
+            format!("{key}.port"),
             format!("{net}: port 0 is not a port; leave it out for every port"),
         ));
     }
     let unnamed = a.name.as_deref().is_none_or(|n| n.trim().is_empty());
     if unnamed && reaches_denied(&net) {
         return Err(ConfigErrorKind::bad_value(
-            key,
+            &cidr_key,
             format!("{net} reaches a private range, which jobs cannot reach by default: say what it is with name = \"...\" (e.g. \"registry\"), so the exception is on record"),
         ));
     }
