@@ -165,7 +165,7 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Pr
     let backend = problems.take(backend(raw.backend));
     let github = github(raw.github, base, &mut problems);
     let host = problems.take(host(raw.host.as_ref(), facts));
-    let network = problems.take(network::settings(raw.network));
+    let network = network::settings(raw.network, &mut problems);
     let pools = pools(raw.pool, base, host.as_ref(), &mut problems);
     let (Some(webhook_secret), Some(backend), Some(github), Some(host), Some(network), Some(pools)) =
         (webhook_secret, backend, github, host, network, pools)
