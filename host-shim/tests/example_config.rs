@@ -130,7 +130,8 @@ fn the_example_names_every_key_the_code_accepts() {
 }
 
 /// `kiln config check`: the example passes with a one-line summary; a
-/// misspelt key fails with its line and column and the keys it could be.
+/// misspelt key fails with its line and column and the keys it could be;
+/// every bad value is reported, each on its own line, and counted.
 #[test]
 fn kiln_config_check_passes_the_example_and_points_at_a_bad_key() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -168,9 +169,52 @@ fn kiln_config_check_passes_the_example_and_points_at_a_bad_key() {
         .expect("idle_timeout line")
         + 1;
     assert!(
-        stderr.contains(&format!("line {line}, column 1"))
+        stderr.contains(&format!("{}:{line}:1: ", bad.display()))
             && stderr.contains("idle_timout")
             && stderr.contains("idle_timeout"),
         "{stderr}"
     );
+}
+
+#[test]
+fn kiln_config_check_reports_every_bad_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = example_in(dir.path());
+    let text = std::fs::read_to_string(&good).expect("read");
+    let bad = dir.path().join("bad.toml");
+    let broken = text.replacen("app_id = ", "app_id = 0 # ", 1).replacen(
+        "\nvcpus = 2",
+        "\nvcpus = 3 # 2",
+        1,
+    );
+    std::fs::write(&bad, &broken).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .expect("run kiln config check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let line_of = |start: &str| {
+        broken
+            .lines()
+            .position(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no {start} line"))
+            + 1
+    };
+    let file = bad.display();
+    let (app_id, vcpus) = (line_of("app_id = 0"), line_of("vcpus = 3"));
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{file}:{app_id}:10: github.app_id: is 0: use the App ID"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{file}:{vcpus}:9: pool[0].vcpus: ")),
+        "{stderr}"
+    );
+    assert_eq!(lines[2], format!("kiln config check: 2 problems in {file}"));
 }

@@ -2,7 +2,8 @@
 //! (`tests/github_api.rs`), `kiln serve`'s end-to-end tests
 //! (`tests/serve_e2e.rs`) and, as a process (`src/bin/fake-github`),
 //! `cargo xtask bench`'s `kiln serve` memory figures: the App token
-//! exchange (the JWT checked against a key made at test time),
+//! exchange and the authenticated App (`GET /app`; the JWT checked against a
+//! key made at test time),
 //! `generate-jitconfig`, getting a runner (its `busy` field) and runner
 //! deletion for repo, org and enterprise scope, and getting a workflow job
 //! (every job it was not told about is `queued`, in whichever repository
@@ -654,6 +655,21 @@ async fn handle(
     }
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
+        // The authenticated App (`kiln doctor` checks the key with it).
+        (Method::GET, ["app"]) => {
+            if let Err(m) = fake.check_jwt(&headers) {
+                return error(StatusCode::UNAUTHORIZED, &m);
+            }
+            let body = json!({
+                "id": APP_ID,
+                "slug": "kiln-test",
+                "name": "Kiln test",
+                "owner": {"login": "acme", "id": 1},
+                "permissions": {"organization_self_hosted_runners": "write", "actions": "write"},
+                "events": ["workflow_job"],
+            });
+            (StatusCode::OK, body.to_string()).into_response()
+        }
         (Method::POST, ["app", "installations", id, "access_tokens"]) => {
             if let Err(m) = fake.check_jwt(&headers) {
                 return error(StatusCode::UNAUTHORIZED, &m);

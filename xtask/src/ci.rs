@@ -1,5 +1,7 @@
 //! The one test command, `cargo xtask ci`: what the README tells people to
-//! run and what `.ci/run` calls after installing prerequisites.
+//! run and what `.ci/run` calls after installing prerequisites. Without
+//! `--no-vm` (as root, like the VM tests) it also installs the .deb
+//! (`cargo xtask deb --install-check`) and purges it again.
 
 use std::process::Command;
 
@@ -86,6 +88,23 @@ fn steps(args: &Args) -> Vec<Step> {
         s.push(step(
             "all tests, VMs included",
             &["test", "--workspace"],
+            false,
+        ));
+        // The .deb with the kiln the tests just built (the packaging is the
+        // same for a release build, which would cost minutes of LTO here):
+        // dpkg -i, the installed kiln --version and kiln doctor, dpkg --purge.
+        s.push(step(
+            "the .deb installs, runs and purges",
+            &[
+                "run",
+                "--package",
+                "xtask",
+                "--",
+                "deb",
+                "--profile",
+                "dev",
+                "--install-check",
+            ],
             false,
         ));
     }

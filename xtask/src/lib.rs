@@ -3,6 +3,7 @@
 //!
 //! - [`bench`] — `cargo xtask bench`: benchmarks beside their baselines.
 //! - [`ci`] — the test command CI and the README run.
+//! - [`deb`] — `cargo xtask deb`: the Debian package of `kiln`.
 //! - [`demo`] — `cargo xtask demo`: the quick start, a job in a fresh microVM.
 //! - [`guest_init`] — build kiln-init statically for the guest.
 //! - [`guest_kernel`] — Debian's cloud kernel, fetched into a cache.
@@ -13,6 +14,7 @@
 
 pub mod bench;
 pub mod ci;
+pub mod deb;
 pub mod demo;
 pub mod guest_init;
 pub mod guest_kernel;

@@ -16,6 +16,8 @@ enum Command {
     Bench(xtask::bench::Args),
     /// Everything CI checks: fmt, clippy, guest builds for x86_64 and aarch64, all tests.
     Ci(xtask::ci::Args),
+    /// The Debian package: kiln, its unit, the example config (--install-check: install, check, purge).
+    Deb(xtask::deb::Args),
     /// The quick start: install what the host lacks, bake the image, run a job in a microVM.
     Demo(xtask::demo::Args),
     /// Bake the guest image: rootfs, kernel, initramfs, manifest.
@@ -28,6 +30,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Bench(a) => xtask::bench::run(a),
         Command::Ci(a) => xtask::ci::run(a),
+        Command::Deb(a) => xtask::deb::run(a),
         Command::Demo(a) => xtask::demo::run(a),
         Command::Image(a) => xtask::image::run(a),
         Command::Kernel(a) => xtask::kernel_build::run(a),

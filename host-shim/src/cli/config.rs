@@ -1,13 +1,13 @@
 //! `kiln config check FILE`: reads a config the way `kiln serve` does
 //! (every key, every secret file's mode, every value) without starting
-//! anything. Exit 0 with a one-line summary when it is valid; exit 1 with
-//! what is wrong and what to write instead (a TOML syntax error or an
-//! unknown key with its line and column) when it is not.
+//! anything. Exit 0 with a one-line summary when it is valid; exit 1 when
+//! it is not, with every problem on a line of its own, like a compiler's:
+//! `FILE:LINE:COL: KEY: what is wrong: what to write instead`, and a count.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH};
 
 #[derive(clap::Args, Debug)]
 pub struct ConfigArgs {
@@ -33,11 +33,19 @@ pub fn main(args: ConfigArgs) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("kiln config check: {e}");
+                eprintln!("{e}");
+                eprintln!("kiln config check: {}", count(&e));
                 ExitCode::FAILURE
             }
         },
     }
+}
+
+/// `3 problems in FILE`.
+fn count(e: &ConfigError) -> String {
+    let n = e.count();
+    let noun = if n == 1 { "problem" } else { "problems" };
+    format!("{n} {noun} in {}", e.path.display())
 }
 
 /// One line: the file, the scope, the backend, the pools.

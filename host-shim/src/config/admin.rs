@@ -66,7 +66,8 @@ mod tests {
             listen(Some("[::1]:9100")).unwrap().listen,
             Some("[::1]:9100".parse().unwrap())
         );
-        let e = listen(Some("localhost")).unwrap_err().to_string();
+        let e = listen(Some("localhost")).unwrap_err();
+        let e = format!("{}: {e}", e.key().unwrap_or_default());
         assert!(e.contains("admin.listen") && e.contains("\"off\""), "{e}");
     }
 }

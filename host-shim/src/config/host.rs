@@ -28,20 +28,20 @@ impl HostFacts {
             .map_err(|source| ConfigErrorKind::HostFacts {
                 what: "CPU count",
                 key: "vcpus",
-                source,
+                error: source,
             })?
             .get();
         let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|source| {
             ConfigErrorKind::HostFacts {
                 what: "memory size",
                 key: "memory_mib",
-                source,
+                error: source,
             }
         })?;
         let memory_mib = mem_total_mib(&meminfo).ok_or_else(|| ConfigErrorKind::HostFacts {
             what: "memory size",
             key: "memory_mib",
-            source: std::io::Error::new(
+            error: std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 "no MemTotal line in /proc/meminfo",
             ),

@@ -7,7 +7,8 @@
 //! - [`network`] — `[network]` and each pool's network, allowlist and proxy.
 //! - [`secret_file`] — secrets from files that only their owner can read.
 //! - [`tls`] — `[tls]`: plain HTTP, certificate files, or ACME.
-//! - [`error`] — [`ConfigError`]: the file, the key and what to fix.
+//! - [`error`] — [`ConfigError`]: every problem, with its key, where it is and what to fix.
+//! - [`locate`] — a key's line and column in the file.
 //!
 //! Relative paths in the file are relative to the file's directory.
 
@@ -15,6 +16,7 @@ mod admin;
 mod error;
 mod file;
 mod host;
+mod locate;
 mod network;
 mod pool;
 mod secret_file;
@@ -27,7 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use admin::{AdminSettings, DEFAULT_ADMIN_LISTEN};
-pub use error::{ConfigError, ConfigErrorKind};
+use error::Problems;
+pub use error::{ConfigError, ConfigErrorKind, Position, Problem};
 pub use host::{HostCapacity, HostFacts, DEFAULT_MEMORY_PERCENT};
 pub use network::{NetworkSettings, PoolNetwork, Proxy};
 pub use pool::Pool;
@@ -95,29 +98,18 @@ impl Config {
     /// Reads and validates `path`, with this machine's CPUs and RAM as the
     /// `[host]` defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let err = |kind| ConfigError {
-            path: path.to_path_buf(),
-            kind,
-        };
-        let facts = HostFacts::detect().map_err(err)?;
+        let facts = HostFacts::detect().map_err(|kind| ConfigError::single(path.into(), kind))?;
         Self::load_with_host(path, &facts)
     }
 
     /// [`Config::load`] with given host facts (tests, and hosts whose
-    /// defaults come from elsewhere).
+    /// defaults come from elsewhere). The error holds every problem found,
+    /// each with the line and column of the value at fault.
     pub fn load_with_host(path: &Path, facts: &HostFacts) -> Result<Self, ConfigError> {
-        let err = |kind| ConfigError {
-            path: path.to_path_buf(),
-            kind,
-        };
         let text = std::fs::read_to_string(path)
-            .map_err(|source| err(ConfigErrorKind::Read { source }))?;
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| {
-            err(ConfigErrorKind::Syntax {
-                message: e.to_string().trim_end().to_string(),
-            })
-        })?;
-        validate(raw, path, facts).map_err(err)
+            .map_err(|error| ConfigError::single(path.into(), ConfigErrorKind::Read { error }))?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
+        validate(raw, path, facts).map_err(|problems| located(path, &text, problems))
     }
 
     /// The first pool that accepts a job asking for `labels`.
@@ -126,54 +118,91 @@ impl Config {
     }
 }
 
-fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, ConfigErrorKind> {
+/// The parser's error, at the position it names.
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    ConfigError {
+        path: path.to_path_buf(),
+        first: Box::new(Problem {
+            at: e.span().map(|s| locate::position(text, s.start)),
+            kind: ConfigErrorKind::Syntax {
+                message: e.message().trim_end().to_string(),
+            },
+        }),
+        more: Vec::new(),
+    }
+}
+
+/// Validation's problems, each at its key's position, in file order (those
+/// without a position first).
+fn located(path: &Path, text: &str, problems: Problems) -> ConfigError {
+    let locator = locate::Locator::new(text);
+    let mut all: Vec<Problem> = problems
+        .0
+        .into_iter()
+        .map(|kind| Problem {
+            at: kind.key().and_then(|k| locator.find(k)),
+            kind,
+        })
+        .collect();
+    all.sort_by_key(|p| p.at);
+    let mut all = all.into_iter();
+    let first = all.next().unwrap_or(Problem {
+        at: None,
+        kind: ConfigErrorKind::bad_value("", "invalid (no problem recorded)"),
+    });
+    ConfigError {
+        path: path.to_path_buf(),
+        first: Box::new(first),
+        more: all.collect(),
+    }
+}
+
+fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Problems> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let webhook_secret = read_secret(
+    let mut problems = Problems::default();
+    let webhook_secret = problems.take(read_secret(
         "webhook_secret_file",
         &base.join(&raw.webhook_secret_file),
         Trim::TrailingNewline,
-    )?;
+    ));
     let max_queued = raw.max_queued.unwrap_or(DEFAULT_MAX_QUEUED);
     if max_queued == 0 {
-        return Err(ConfigErrorKind::bad_value(
+        problems.push(ConfigErrorKind::bad_value(
             "max_queued",
             "is 0: no job could ever wait; use e.g. 10000 (the default)",
         ));
     }
-    let backend = backend(raw.backend)?;
-    let github = github(raw.github, base)?;
-    let defaults = facts.default_capacity();
-    let host = HostCapacity {
-        vcpus: raw
-            .host
-            .as_ref()
-            .and_then(|h| h.vcpus)
-            .unwrap_or(defaults.vcpus),
-        memory_mib: raw
-            .host
-            .as_ref()
-            .and_then(|h| h.memory_mib)
-            .unwrap_or(defaults.memory_mib),
+    let backend = problems.take(backend(raw.backend));
+    let github = github(raw.github, base, &mut problems);
+    let host = problems.take(host(raw.host.as_ref(), facts));
+    let network = network::settings(raw.network, &mut problems);
+    let admin = problems.take(admin::settings(raw.admin));
+    let tls = problems.take(tls::settings(raw.tls, base));
+    let pools = pools(raw.pool, base, host.as_ref(), &mut problems);
+    let (
+        Some(webhook_secret),
+        Some(backend),
+        Some(github),
+        Some(host),
+        Some(network),
+        Some(admin),
+        Some(tls),
+        Some(pools),
+    ) = (
+        webhook_secret,
+        backend,
+        github,
+        host,
+        network,
+        admin,
+        tls,
+        pools,
+    )
+    else {
+        return Err(problems);
     };
-    if host.vcpus == 0 || host.memory_mib == 0 {
-        return Err(ConfigErrorKind::bad_value(
-            "host",
-            "vcpus and memory_mib must be more than 0 (leave them out for all CPUs and 80% of RAM)",
-        ));
-    }
-    let network = network::settings(raw.network)?;
-    let admin = admin::settings(raw.admin)?;
-    let tls = tls::settings(raw.tls, base)?;
-    if raw.pool.is_empty() {
-        return Err(ConfigErrorKind::NoPools);
-    }
-    let mut names = HashSet::new();
-    let mut pools = Vec::with_capacity(raw.pool.len());
-    for p in raw.pool {
-        if !names.insert(p.name.clone()) {
-            return Err(ConfigErrorKind::DuplicatePool { name: p.name });
-        }
-        pools.push(Arc::new(pool(p, base, &host)?));
+    if !problems.is_empty() {
+        return Err(problems);
     }
     Ok(Config {
         source: path.to_path_buf(),
@@ -190,6 +219,60 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Co
     })
 }
 
+/// `[host]`, defaults filled in from `facts`.
+fn host(raw: Option<&file::RawHost>, facts: &HostFacts) -> Result<HostCapacity, ConfigErrorKind> {
+    let defaults = facts.default_capacity();
+    let host = HostCapacity {
+        vcpus: raw.and_then(|h| h.vcpus).unwrap_or(defaults.vcpus),
+        memory_mib: raw
+            .and_then(|h| h.memory_mib)
+            .unwrap_or(defaults.memory_mib),
+    };
+    for (key, zero) in [
+        ("host.vcpus", host.vcpus == 0),
+        ("host.memory_mib", host.memory_mib == 0),
+    ] {
+        if zero {
+            return Err(ConfigErrorKind::bad_value(
+                key,
+                "is 0: must be more than 0 (leave vcpus and memory_mib out for all CPUs and 80% of RAM)",
+            ));
+        }
+    }
+    Ok(host)
+}
+
+/// Every `[[pool]]`, in file order; `None` when one has a problem. Without
+/// a valid `[host]` the pools' sizes are not compared with it.
+fn pools(
+    raw: Vec<RawPool>,
+    base: &Path,
+    host: Option<&HostCapacity>,
+    problems: &mut Problems,
+) -> Option<Vec<Arc<Pool>>> {
+    if raw.is_empty() {
+        problems.push(ConfigErrorKind::NoPools);
+        return None;
+    }
+    let mut names = HashSet::new();
+    let mut pools = Vec::with_capacity(raw.len());
+    let mut all_valid = true;
+    for (index, p) in raw.into_iter().enumerate() {
+        if !names.insert(p.name.clone()) {
+            problems.push(ConfigErrorKind::DuplicatePool {
+                key: format!("pool[{index}].name"),
+                name: p.name.clone(),
+            });
+            all_valid = false;
+        }
+        match pool(p, index, base, host, problems) {
+            Some(p) => pools.push(Arc::new(p)),
+            None => all_valid = false,
+        }
+    }
+    all_valid.then_some(pools)
+}
+
 /// A daemon runs what the operator chose: Firecracker unless QEMU is
 /// named, and never a silent fallback (`auto` is `kiln run`'s).
 fn backend(raw: Option<String>) -> Result<crate::vm::BackendChoice, ConfigErrorKind> {
@@ -204,38 +287,39 @@ fn backend(raw: Option<String>) -> Result<crate::vm::BackendChoice, ConfigErrorK
     }
 }
 
-fn github(raw: RawGithub, base: &Path) -> Result<GithubConfig, ConfigErrorKind> {
+fn github(raw: RawGithub, base: &Path, problems: &mut Problems) -> Option<GithubConfig> {
     let api_url = raw.api_url.unwrap_or_else(|| DEFAULT_API_URL.to_string());
     if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-        return Err(ConfigErrorKind::bad_value(
+        problems.push(ConfigErrorKind::bad_value(
             "github.api_url",
             format!("{api_url:?} is not an http(s) URL: use https://api.github.com, or https://HOST/api/v3 for GitHub Enterprise Server"),
         ));
     }
     if raw.app_id == 0 {
-        return Err(ConfigErrorKind::bad_value(
+        problems.push(ConfigErrorKind::bad_value(
             "github.app_id",
             "is 0: use the App ID from the GitHub App's settings page",
         ));
     }
-    let private_key = read_secret(
+    let private_key = problems.take(read_secret(
         "github.private_key_file",
         &base.join(&raw.private_key_file),
         Trim::Nothing,
-    )?;
-    let scope = scope(raw.org, raw.repo, raw.enterprise)?;
-    Ok(GithubConfig {
+    ));
+    let scope = problems.take(scope(raw.org, raw.repo, raw.enterprise));
+    let reconcile_interval = problems.take(positive_duration(
+        "github.reconcile_interval",
+        raw.reconcile_interval,
+        DEFAULT_RECONCILE_INTERVAL,
+        "\"60s\"",
+    ));
+    Some(GithubConfig {
         api_url: api_url.trim_end_matches('/').to_string(),
         app_id: raw.app_id,
-        private_key,
-        scope,
+        private_key: private_key?,
+        scope: scope?,
         runner_group_id: raw.runner_group_id.unwrap_or(DEFAULT_RUNNER_GROUP_ID),
-        reconcile_interval: pool_duration(
-            "github.reconcile_interval",
-            raw.reconcile_interval,
-            DEFAULT_RECONCILE_INTERVAL,
-            "\"60s\"",
-        )?,
+        reconcile_interval: reconcile_interval?,
         max_retries: raw.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
     })
 }
@@ -254,7 +338,11 @@ fn scope(
     .filter_map(|(k, set)| set.then_some(k))
     .collect();
     if found.len() != 1 {
-        return Err(ConfigErrorKind::Scope { found });
+        // Several: point at the second, the one to remove or keep.
+        let key = found
+            .get(1)
+            .map_or("github".to_string(), |k| format!("github.{k}"));
+        return Err(ConfigErrorKind::Scope { key, found });
     }
     let plain_name = |key: &str, value: String| {
         if value.is_empty() || value.contains('/') || value.contains(char::is_whitespace) {
@@ -289,11 +377,24 @@ fn scope(
                 repo: name.to_string(),
             })
         }
-        _ => Err(ConfigErrorKind::BadRepo { value }),
+        _ => Err(ConfigErrorKind::BadRepo {
+            key: "github.repo".into(),
+            value,
+        }),
     }
 }
 
-fn pool(raw: RawPool, base: &Path, host: &HostCapacity) -> Result<Pool, ConfigErrorKind> {
+/// `[[pool]]` number `index`; `None` with its problems noted. `host`:
+/// what the pool's size is compared with, when valid.
+fn pool(
+    raw: RawPool,
+    index: usize,
+    base: &Path,
+    host: Option<&HostCapacity>,
+    problems: &mut Problems,
+) -> Option<Pool> {
+    let before = problems.0.len();
+    let key = |k: &str| format!("pool[{index}].{k}");
     let name = raw.name;
     let valid_name = !name.is_empty()
         && name.len() <= 32
@@ -301,27 +402,33 @@ fn pool(raw: RawPool, base: &Path, host: &HostCapacity) -> Result<Pool, ConfigEr
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !valid_name {
-        return Err(ConfigErrorKind::bad_value(
-            "pool.name",
+        problems.push(ConfigErrorKind::bad_value(
+            key("name"),
             format!("{name:?}: use 1 to 32 letters, digits, '-' or '_' (it goes into runner and VM names)"),
         ));
     }
     if raw.labels.is_empty() {
-        return Err(ConfigErrorKind::EmptyLabels { pool: name });
+        problems.push(ConfigErrorKind::EmptyLabels {
+            key: key("labels"),
+            pool: name.clone(),
+        });
     }
     if raw.labels.iter().any(|l| l.trim().is_empty()) {
-        return Err(ConfigErrorKind::BlankLabel { pool: name });
+        problems.push(ConfigErrorKind::BlankLabel {
+            key: key("labels"),
+            pool: name.clone(),
+        });
     }
     // Firecracker's rule (see vmm::spec): 1 or an even count up to 32.
     if !(raw.vcpus == 1 || (raw.vcpus.is_multiple_of(2) && (2..=32).contains(&raw.vcpus))) {
-        return Err(ConfigErrorKind::BadVcpus {
-            pool: name,
+        problems.push(ConfigErrorKind::BadVcpus {
+            key: key("vcpus"),
+            pool: name.clone(),
             vcpus: raw.vcpus,
         });
     }
-    let key = |k: &str| format!("pool {name:?}: {k}");
     if raw.memory_mib < 128 {
-        return Err(ConfigErrorKind::bad_value(
+        problems.push(ConfigErrorKind::bad_value(
             key("memory_mib"),
             format!(
                 "{} MiB is too little to boot a runner: use at least 2048",
@@ -331,38 +438,37 @@ fn pool(raw: RawPool, base: &Path, host: &HostCapacity) -> Result<Pool, ConfigEr
     }
     let scratch_gib = raw.scratch_gib.unwrap_or(DEFAULT_SCRATCH_GIB);
     if scratch_gib == 0 {
-        return Err(ConfigErrorKind::bad_value(
+        problems.push(ConfigErrorKind::bad_value(
             key("scratch_gib"),
             "is 0: the VM's writable layer and /home live there; use e.g. 20",
         ));
     }
-    for (k, wants, has) in [
-        ("vcpus", u64::from(raw.vcpus), u64::from(host.vcpus)),
-        ("memory_mib", raw.memory_mib, host.memory_mib),
-    ] {
-        if wants > has {
-            return Err(ConfigErrorKind::PoolTooBig {
-                pool: name,
-                key: k,
-                wants,
-                host: has,
-            });
-        }
+    if let Some(host) = host {
+        fits(&name, index, (raw.vcpus, raw.memory_mib), host, problems);
     }
-    let job_timeout = pool_duration(
+    let job_timeout = problems.take(positive_duration(
         &key("job_timeout"),
         raw.job_timeout,
         DEFAULT_JOB_TIMEOUT,
         "6h",
-    )?;
-    let idle_timeout = pool_duration(
+    ));
+    let idle_timeout = problems.take(positive_duration(
         &key("idle_timeout"),
         raw.idle_timeout,
         DEFAULT_IDLE_TIMEOUT,
         "10m",
-    )?;
-    let (network, allow, proxy) = network::pool_network(&name, raw.network, raw.allow, raw.proxy)?;
-    Ok(Pool {
+    ));
+    let net = problems.take(network::pool_network(
+        &format!("pool[{index}]"),
+        raw.network,
+        raw.allow,
+        raw.proxy,
+    ));
+    let (network, allow, proxy) = net?;
+    if problems.0.len() > before {
+        return None;
+    }
+    Some(Pool {
         network,
         allow,
         proxy,
@@ -373,16 +479,40 @@ fn pool(raw: RawPool, base: &Path, host: &HostCapacity) -> Result<Pool, ConfigEr
         image: base.join(raw.image.unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE))),
         sudo: raw.sudo.unwrap_or(false),
         max_vms: raw.max_vms,
-        job_timeout,
-        idle_timeout,
+        job_timeout: job_timeout?,
+        idle_timeout: idle_timeout?,
         max_retries: raw.max_retries,
         name,
     })
 }
 
-/// A pool's duration key: `default` when absent; more than 0 (`example`
-/// says what to write instead).
-fn pool_duration(
+/// A pool no bigger than what the host gives all VMs together.
+fn fits(
+    name: &str,
+    index: usize,
+    (vcpus, memory_mib): (u32, u64),
+    host: &HostCapacity,
+    problems: &mut Problems,
+) {
+    for (what, wants, has) in [
+        ("vcpus", u64::from(vcpus), u64::from(host.vcpus)),
+        ("memory_mib", memory_mib, host.memory_mib),
+    ] {
+        if wants > has {
+            problems.push(ConfigErrorKind::PoolTooBig {
+                key: format!("pool[{index}].{what}"),
+                pool: name.to_string(),
+                what,
+                wants,
+                host: has,
+            });
+        }
+    }
+}
+
+/// A duration key: `default` when absent; more than 0 (`example` says
+/// what to write instead).
+fn positive_duration(
     key: &str,
     value: Option<String>,
     default: Duration,

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::error::ConfigErrorKind;
+use super::error::{ConfigErrorKind, Problems};
 use super::file::{RawAllow, RawNetwork};
 use crate::net::policy::reaches_denied;
 use crate::net::Allow;
@@ -40,9 +40,35 @@ pub struct Proxy {
     pub addr: SocketAddr,
 }
 
-pub(crate) fn settings(raw: Option<RawNetwork>) -> Result<NetworkSettings, ConfigErrorKind> {
+/// `[network]`, every key checked; `None` with the problems noted.
+pub(crate) fn settings(
+    raw: Option<RawNetwork>,
+    problems: &mut Problems,
+) -> Option<NetworkSettings> {
     let raw = raw.unwrap_or_default();
-    let pool4 = match raw.pool {
+    let pool4 = problems.take(pool4(raw.pool));
+    let pool6 = problems.take(raw.pool6.map(pool6).transpose());
+    if let Some(m) = raw.mtu {
+        if !(1280..=65535).contains(&m) {
+            problems.push(ConfigErrorKind::bad_value(
+                "network.mtu",
+                format!("{m} is outside 1280..=65535 (leave it out for the uplink's)"),
+            ));
+        }
+    }
+    let dns = problems.take(resolvers(raw.dns.unwrap_or_default()));
+    Some(NetworkSettings {
+        pool4: pool4?,
+        pool6: pool6?,
+        uplinks: raw.uplinks.unwrap_or_default(),
+        mtu: raw.mtu,
+        dns: dns?,
+    })
+}
+
+/// `network.pool`: an IPv4 CIDR with room for a VM's /30.
+fn pool4(raw: Option<String>) -> Result<Ipv4Net, ConfigErrorKind> {
+    let pool4 = match raw {
         None => crate::net::DEFAULT_POOL4
             .parse()
             .map_err(|_| ConfigErrorKind::bad_value("network.pool", "the default is not a CIDR"))?,
@@ -59,55 +85,46 @@ pub(crate) fn settings(raw: Option<RawNetwork>) -> Result<NetworkSettings, Confi
             format!("{pool4} is too small: each VM needs a /30, use a /29 or larger (e.g. 10.200.0.0/16)"),
         ));
     }
-    let pool6 = match raw.pool6 {
-        None => None,
-        Some(text) => {
-            let p = text.parse::<Ipv6Net>().map_err(|_| {
-                ConfigErrorKind::bad_value(
-                    "network.pool6",
-                    format!("{text:?} is not an IPv6 CIDR: write e.g. \"2001:db8:1::/64\""),
-                )
-            })?;
-            if p.prefix_len() > 64 {
-                return Err(ConfigErrorKind::bad_value(
-                    "network.pool6",
-                    format!("{p} is too small: use a /64 (or larger) routed to this host"),
-                ));
-            }
-            Some(p)
-        }
-    };
-    if let Some(m) = raw.mtu {
-        if !(1280..=65535).contains(&m) {
-            return Err(ConfigErrorKind::bad_value(
-                "network.mtu",
-                format!("{m} is outside 1280..=65535 (leave it out for the uplink's)"),
-            ));
-        }
+    Ok(pool4)
+}
+
+/// `network.pool6`: a routed /64 or larger.
+fn pool6(text: String) -> Result<Ipv6Net, ConfigErrorKind> {
+    let p = text.parse::<Ipv6Net>().map_err(|_| {
+        ConfigErrorKind::bad_value(
+            "network.pool6",
+            format!("{text:?} is not an IPv6 CIDR: write e.g. \"2001:db8:1::/64\""),
+        )
+    })?;
+    if p.prefix_len() > 64 {
+        return Err(ConfigErrorKind::bad_value(
+            "network.pool6",
+            format!("{p} is too small: use a /64 (or larger) routed to this host"),
+        ));
     }
+    Ok(p)
+}
+
+/// `network.dns`: addresses VMs can reach (not loopback).
+fn resolvers(texts: Vec<String>) -> Result<Vec<IpAddr>, ConfigErrorKind> {
     let mut dns = Vec::new();
-    for text in raw.dns.unwrap_or_default() {
+    for (i, text) in texts.into_iter().enumerate() {
+        let key = format!("network.dns[{i}]");
         let ip = text.parse::<IpAddr>().map_err(|_| {
             ConfigErrorKind::bad_value(
-                "network.dns",
+                &key,
                 format!("{text:?} is not an IP address: list resolvers as [\"192.0.2.53\", ...]"),
             )
         })?;
         if ip.is_loopback() {
             return Err(ConfigErrorKind::bad_value(
-                "network.dns",
+                key,
                 format!("{ip} is a loopback address, which no VM can reach: name the resolver's own address"),
             ));
         }
         dns.push(ip);
     }
-    Ok(NetworkSettings {
-        pool4,
-        pool6,
-        uplinks: raw.uplinks.unwrap_or_default(),
-        mtu: raw.mtu,
-        dns,
-    })
+    Ok(dns)
 }
 
 pub(crate) fn pool_network(
@@ -116,7 +133,8 @@ pub(crate) fn pool_network(
     allow: Vec<RawAllow>,
     proxy: Option<String>,
 ) -> Result<(PoolNetwork, Vec<Allow>, Option<Proxy>), ConfigErrorKind> {
-    let key = |k: &str| format!("pool {pool:?}: {k}");
+    // `pool` is the pool's key path, `pool[0]`.
+    let key = |k: &str| format!("{pool}.{k}");
     let mode = match mode.as_deref() {
         None | Some("egress") => PoolNetwork::Egress,
         Some("none") => PoolNetwork::None,
@@ -128,8 +146,8 @@ pub(crate) fn pool_network(
         }
     };
     let mut allowed = Vec::with_capacity(allow.len());
-    for a in allow {
-        allowed.push(allow_entry(&key("allow"), a)?);
+    for (i, a) in allow.into_iter().enumerate() {
+        allowed.push(allow_entry(&key(&format!("allow[{i}]")), a)?);
     }
     let proxy = proxy.map(|p| parse_proxy(&key("proxy"), &p)).transpose()?;
     if mode == PoolNetwork::None && (!allowed.is_empty() || proxy.is_some()) {
@@ -147,16 +165,19 @@ pub(crate) fn pool_network(
     Ok((mode, allowed, proxy))
 }
 
+/// One `[[pool.allow]]`; `key` is its path (`pool[0].allow[1]`), each
+/// problem is at the field it is about.
 fn allow_entry(key: &str, a: RawAllow) -> Result<Allow, ConfigErrorKind> {
+    let cidr_key = format!("{key}.cidr");
     let net = a.cidr.parse::<IpNet>().or_else(|_| a.cidr.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
         ConfigErrorKind::bad_value(
-            key,
+            &cidr_key,
             format!("cidr {:?} is not an address or CIDR: write e.g. \"10.1.2.3/32\" or \"10.1.0.0/16\"", a.cidr),
         )
     })?;
     if net.trunc() != net {
         return Err(ConfigErrorKind::bad_value(
-            key,
+            &cidr_key,
             format!(
                 "cidr {net} has host bits set: did you mean {}?",
                 net.trunc()
@@ -165,14 +186,14 @@ fn allow_entry(key: &str, a: RawAllow) -> Result<Allow, ConfigErrorKind> {
     }
     if a.port == Some(0) {
         return Err(ConfigErrorKind::bad_value(
-            key,
+            format!("{key}.port"),
             format!("{net}: port 0 is not a port; leave it out for every port"),
         ));
     }
     let unnamed = a.name.as_deref().is_none_or(|n| n.trim().is_empty());
     if unnamed && reaches_denied(&net) {
         return Err(ConfigErrorKind::bad_value(
-            key,
+            &cidr_key,
             format!("{net} reaches a private range, which jobs cannot reach by default: say what it is with name = \"...\" (e.g. \"registry\"), so the exception is on record"),
         ));
     }
@@ -281,27 +302,44 @@ mod tests {
         }
     }
 
+    /// `settings`' problems, one per line.
+    fn settings_err(raw: RawNetwork) -> String {
+        let mut problems = Problems::default();
+        assert!(settings(Some(raw), &mut problems).is_none());
+        let lines: Vec<String> = problems
+            .0
+            .iter()
+            .map(|p| format!("{:?}: {p}", p.key()))
+            .collect();
+        lines.join("\n")
+    }
+
     #[test]
     fn network_settings_are_checked() {
-        let s = settings(None).expect("defaults");
+        let mut problems = Problems::default();
+        let s = settings(None, &mut problems).expect("defaults");
         assert_eq!(s.pool4.to_string(), crate::net::DEFAULT_POOL4);
         let raw = |pool: &str| RawNetwork {
             pool: Some(pool.into()),
             ..RawNetwork::default()
         };
-        assert!(settings(Some(raw("10.0.0.0/30")))
-            .expect_err("small")
-            .to_string()
-            .contains("/29"));
-        assert!(settings(Some(raw("banana")))
-            .expect_err("bad")
-            .to_string()
-            .contains("banana"));
-        let e = settings(Some(RawNetwork {
-            dns: Some(vec!["127.0.0.53".into()]),
+        assert!(settings_err(raw("10.0.0.0/30")).contains("/29"));
+        assert!(settings_err(raw("banana")).contains("banana"));
+        let e = settings_err(RawNetwork {
+            dns: Some(vec!["192.0.2.53".into(), "127.0.0.53".into()]),
             ..RawNetwork::default()
-        }))
-        .expect_err("loopback");
-        assert!(e.to_string().contains("loopback"), "{e}");
+        });
+        assert!(
+            e.contains("Some(\"network.dns[1]\")") && e.contains("loopback"),
+            "{e}"
+        );
+        // Every key's problem, not only the first.
+        let e = settings_err(RawNetwork {
+            pool: Some("banana".into()),
+            mtu: Some(9),
+            dns: Some(vec!["resolver".into()]),
+            ..RawNetwork::default()
+        });
+        assert_eq!(e.lines().count(), 3, "{e}");
     }
 }

@@ -21,7 +21,7 @@ pub(crate) fn read_secret(key: &str, file: &Path, trim: Trim) -> Result<Secret, 
     let unreadable = |source| ConfigErrorKind::SecretUnreadable {
         key: key.to_string(),
         file: file.to_path_buf(),
-        source,
+        error: source,
     };
     let meta = std::fs::metadata(file).map_err(unreadable)?;
     let mode = meta.permissions().mode() & 0o777;

@@ -53,7 +53,8 @@ impl Dir {
         let e = self.load(text).expect_err("config must be refused");
         let msg = e.to_string();
         assert!(msg.contains("config.toml"), "message names the file: {msg}");
-        (e.kind, msg)
+        assert_eq!(e.count(), 1, "one problem: {msg}");
+        (e.first.kind, msg)
     }
 }
 
@@ -177,7 +178,7 @@ fn missing_and_unreadable_config_file() {
     let dir = Dir::new();
     let path = dir.0.path().join("nope.toml");
     let e = Config::load_with_host(&path, &FACTS).expect_err("no file");
-    assert!(matches!(e.kind, ConfigErrorKind::Read { .. }));
+    assert!(matches!(e.kind(), ConfigErrorKind::Read { .. }));
     assert!(e.to_string().contains("nope.toml"), "{e}");
 }
 
@@ -243,7 +244,7 @@ fn no_pools() {
 fn duplicate_pool_names() {
     let (kind, msg) = Dir::new().err(&Dir::config("org = \"acme\"", &format!("{POOL}{POOL}")));
     assert!(
-        matches!(kind, ConfigErrorKind::DuplicatePool { ref name } if name == "small"),
+        matches!(kind, ConfigErrorKind::DuplicatePool { ref name, .. } if name == "small"),
         "{msg}"
     );
     assert!(msg.contains("\"small\" is defined twice"), "{msg}");
@@ -269,7 +270,7 @@ fn pool_bigger_than_the_host() {
         matches!(
             kind,
             ConfigErrorKind::PoolTooBig {
-                key: "vcpus",
+                what: "vcpus",
                 wants: 16,
                 host: 8,
                 ..
@@ -285,7 +286,7 @@ fn pool_bigger_than_the_host() {
         matches!(
             kind,
             ConfigErrorKind::PoolTooBig {
-                key: "memory_mib",
+                what: "memory_mib",
                 wants: 4096,
                 host: 2048,
                 ..
@@ -351,7 +352,7 @@ fn job_timeout_must_parse() {
     let (kind, msg) = Dir::new().err(&Dir::config("org = \"acme\"", &pool));
     assert!(matches!(kind, ConfigErrorKind::BadDuration { .. }), "{msg}");
     assert!(
-        msg.contains("pool \"small\": job_timeout") && msg.contains("not a duration"),
+        msg.contains("pool[0].job_timeout") && msg.contains("not a duration"),
         "{msg}"
     );
 
@@ -390,7 +391,7 @@ fn idle_timeout_parses_and_must_be_more_than_0() {
         let (kind, msg) = Dir::new().err(&Dir::config("org = \"acme\"", &pool));
         assert!(matches!(kind, ConfigErrorKind::BadDuration { .. }), "{msg}");
         assert!(
-            msg.contains("pool \"small\": idle_timeout") && msg.contains(want),
+            msg.contains("pool[0].idle_timeout") && msg.contains(want),
             "{bad}: {msg}"
         );
     }
@@ -419,7 +420,7 @@ fn other_bad_values() {
     let cases = [
         (
             Dir::config("org = \"acme\"", &POOL.replace("\"small\"", "\"sm all\""))[..].to_string(),
-            "pool.name",
+            "pool[0].name",
         ),
         (
             format!("max_queued = 0\n{}", Dir::config("org = \"acme\"", POOL)),
@@ -435,7 +436,7 @@ fn other_bad_values() {
         ),
         (
             Dir::config("org = \"acme\"", &format!("[host]\nvcpus = 0\n{POOL}")),
-            "host",
+            "host.vcpus",
         ),
         (
             Dir::config(
@@ -481,4 +482,77 @@ fn the_backend_is_firecracker_unless_qemu_is_named() {
         msg.contains("\"auto\"") && msg.contains("never picks"),
         "{msg}"
     );
+}
+
+/// Validation goes on past the first problem: three different value
+/// errors are all reported, in file order, each at its value's line and
+/// column and under its key's path.
+#[test]
+fn every_value_error_is_reported_at_its_line_and_column() {
+    let text = "\
+webhook_secret_file = \"webhook-secret\"
+
+[github]
+app_id = 123
+private_key_file = \"app-key.pem\"
+org = \"acme\"
+reconcile_interval = \"soon\"
+
+[[pool]]
+name = \"small\"
+labels = [\"self-hosted\"]
+vcpus = 2
+memory_mib = 4096
+
+[[pool]]
+name = \"big\"
+labels = [\"self-hosted\", \"big\"]
+vcpus = 3
+memory_mib =   64
+";
+    let e = Dir::new().load(text).expect_err("three problems");
+    let found: Vec<(String, Option<Position>)> = e
+        .problems()
+        .map(|p| (p.kind.key().unwrap_or("").to_string(), p.at))
+        .collect();
+    let at = |line, column| Some(Position { line, column });
+    assert_eq!(
+        found,
+        [
+            ("github.reconcile_interval".to_string(), at(7, 22)),
+            ("pool[1].vcpus".to_string(), at(18, 9)),
+            ("pool[1].memory_mib".to_string(), at(19, 16)),
+        ],
+        "{e}"
+    );
+    let msg = e.to_string();
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(lines.len(), 3, "{msg}");
+    let file = e.path.display().to_string();
+    assert!(
+        lines[0].starts_with(&format!(
+            "{file}:7:22: github.reconcile_interval: \"soon\": "
+        )),
+        "{msg}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{file}:18:9: pool[1].vcpus: "))
+            && lines[1].contains("use 1 or an even number"),
+        "{msg}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("{file}:19:16: pool[1].memory_mib: "))
+            && lines[2].contains("use at least 2048"),
+        "{msg}"
+    );
+}
+
+/// A syntax error has the parser's position too.
+#[test]
+fn a_syntax_error_has_its_line_and_column() {
+    let text = Dir::config("org = \"acme\"", &format!("{POOL}vcpu = 4\n"));
+    let e = Dir::new().load(&text).expect_err("unknown key");
+    let line = text.lines().position(|l| l == "vcpu = 4").expect("line") + 1;
+    assert_eq!(e.first.at, Some(Position { line, column: 1 }), "{e}");
+    assert!(matches!(e.kind(), ConfigErrorKind::Syntax { .. }), "{e}");
 }

@@ -203,8 +203,10 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
     }
 
+    /// `key: problem`, as `kiln config check` prints it after the position.
     fn message(r: Result<Option<TlsSettings>, ConfigErrorKind>) -> String {
-        r.expect_err("refused").to_string()
+        let e = r.expect_err("refused");
+        format!("{}: {e}", e.key().unwrap_or_default())
     }
 
     #[test]

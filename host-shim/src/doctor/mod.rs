@@ -4,15 +4,24 @@
 //! - [`checks`] — KVM, the VMMs, the image, cgroups;
 //! - [`net`] — what VMs' networks need (nftables, tun, an uplink, resolvers,
 //!   a free address pool) and what would defeat them (another firewall's
-//!   forward policy).
+//!   forward policy);
+//! - [`state`] — `kiln serve`'s state directory and journal;
+//! - [`config`] — with `--config`: the config file loads;
+//! - [`github_app`] — with `--config`: GitHub takes the App's key.
 
 mod checks;
+pub mod config;
+pub mod github_app;
 pub mod net;
+pub mod state;
 
 use std::path::PathBuf;
 
 pub use checks::{check_cgroup, check_image, check_kvm, check_tool, probe_kvm};
+pub use config::check_config;
+pub use github_app::check_app;
 pub use net::{check_network, NetCheckConfig};
+pub use state::check_state_dir;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

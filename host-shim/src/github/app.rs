@@ -148,6 +148,28 @@ impl GithubApp {
         Ok(id)
     }
 
+    /// The App itself, asked as the App (`GET /app` with its JWT): whether
+    /// GitHub takes the key as App `app_id`'s. Answers the App's slug.
+    pub async fn authenticate(&self) -> Result<String, GithubError> {
+        #[derive(serde::Deserialize)]
+        struct App {
+            slug: String,
+        }
+        let path = "/app";
+        let auth = format!("Bearer {}", self.jwt()?.expose());
+        let answer = self.http.send(Method::GET, path, &auth, None).await?;
+        if answer.status != StatusCode::OK {
+            return Err(answer.into_error(&Method::GET, path));
+        }
+        let App { slug } = answer.json(&Method::GET, path)?;
+        Ok(slug)
+    }
+
+    /// The App id the JWTs name.
+    pub fn app_id(&self) -> u64 {
+        self.app_id
+    }
+
     /// Forgets installation `installation_id`'s token (GitHub said 401: revoked).
     async fn forget_token(&self, installation_id: u64) {
         let slot = {

@@ -152,7 +152,9 @@ impl Settings {
     }
 }
 
-fn state_dir_from_env() -> Result<PathBuf, SetupError> {
+/// The state directory: `KILN_STATE_DIR` (absolute), `/var/lib/kiln` for
+/// root, else under `$HOME` (also for `kiln doctor`).
+pub fn state_dir_from_env() -> Result<PathBuf, SetupError> {
     match std::env::var_os(STATE_DIR_ENV) {
         Some(v) if !v.is_empty() => {
             let p = PathBuf::from(v);

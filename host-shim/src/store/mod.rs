@@ -48,7 +48,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use sqlite::{MovedAside, OpenOutcome, SqliteJournal};
+pub use sqlite::{JournalHealth, MovedAside, OpenOutcome, SqliteJournal};
 
 /// One VM and every host resource made for it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,7 +36,9 @@ use std::time::Duration;
 
 use nix::unistd::{access, AccessFlags};
 use rusqlite::types::Type;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{
+    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
+};
 
 use super::{unix_now, JobRecord, JobState, Journal, RunnerRecord, StoreError, VmRecord};
 
@@ -163,6 +165,17 @@ impl fmt::Display for MovedAside {
     }
 }
 
+/// What [`SqliteJournal::inspect`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JournalHealth {
+    /// No journal yet: `kiln serve`'s first start makes it.
+    Missing { path: PathBuf },
+    /// Readable at schema `version` (an older one is migrated at the next start).
+    Readable { path: PathBuf, version: i64 },
+    /// The next start moves it aside and starts an empty one.
+    Unreadable { path: PathBuf, reason: String },
+}
+
 /// Why one attempt to open the journal failed.
 pub(super) enum OpenFailure {
     /// The file's content cannot be read: move it aside.
@@ -200,6 +213,30 @@ impl SqliteJournal {
             journal,
             moved_aside,
         })
+    }
+
+    /// What the journal in `state_dir` is like, read-only and changing
+    /// nothing (for `kiln doctor`, also while `kiln serve` runs): missing,
+    /// readable, or unreadable (the next [`SqliteJournal::open`] moves it
+    /// aside). A journal newer than this build is [`StoreError::TooNew`].
+    pub fn inspect(state_dir: &Path) -> Result<JournalHealth, StoreError> {
+        check_state_dir(state_dir)?;
+        let path = state_dir.join(FILE_NAME);
+        if !path.exists() {
+            return Ok(JournalHealth::Missing { path });
+        }
+        let unreadable = |reason| JournalHealth::Unreadable {
+            path: path.clone(),
+            reason,
+        };
+        match inspect_conn(&path) {
+            Ok(version) => Ok(JournalHealth::Readable {
+                path: path.clone(),
+                version,
+            }),
+            Err(OpenFailure::Unreadable(reason)) => Ok(unreadable(reason)),
+            Err(OpenFailure::Fatal(e)) => Err(e),
+        }
     }
 
     /// Keeps only the `cap` most recent completed job ids (default
@@ -492,6 +529,29 @@ fn open_conn(path: &Path) -> Result<Connection, OpenFailure> {
     migrate(&mut conn, version, path, dir)?;
     check_schema(&conn, path, dir)?;
     Ok(conn)
+}
+
+/// [`open_conn`]'s checks on a read-only connection: the schema version.
+fn inspect_conn(path: &Path) -> Result<i64, OpenFailure> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let fatal = |op| move |e| OpenFailure::Fatal(classify(path, dir, op, e));
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(fatal("opening read-only"))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(fatal("setting the busy timeout"))?;
+    let version = user_version(&conn, path, dir)?;
+    if version > SCHEMA_VERSION {
+        return Err(OpenFailure::Fatal(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            known: SCHEMA_VERSION,
+        }));
+    }
+    quick_check(&conn, path, dir)?;
+    if version == SCHEMA_VERSION {
+        check_schema(&conn, path, dir)?;
+    }
+    Ok(version)
 }
 
 /// Creates the journal file with mode 0600 if it is missing (SQLite would
