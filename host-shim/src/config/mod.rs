@@ -29,6 +29,7 @@ pub use pool::Pool;
 
 use crate::duration::parse_duration;
 use crate::github::scope::RunnerScope;
+use crate::logs::LogFormat;
 use crate::secret::Secret;
 use file::{RawConfig, RawGithub, RawPool};
 use secret_file::{read_secret, Trim};
@@ -59,6 +60,8 @@ pub struct Config {
     pub max_queued: usize,
     /// The VMM: Firecracker (the default) or QEMU, only when asked for.
     pub backend: crate::vm::BackendChoice,
+    /// kiln serve's own log lines: text (the default) or JSON.
+    pub log_format: LogFormat,
     pub github: GithubConfig,
     pub host: HostCapacity,
     pub network: NetworkSettings,
@@ -131,6 +134,11 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Co
         ));
     }
     let backend = backend(raw.backend)?;
+    let log_format = match raw.log_format.as_deref() {
+        None => LogFormat::default(),
+        Some(v) => LogFormat::parse("log_format", v)
+            .map_err(|e| ConfigErrorKind::bad_value("log_format", e.problem()))?,
+    };
     let github = github(raw.github, base)?;
     let defaults = facts.default_capacity();
     let host = HostCapacity {
@@ -169,6 +177,7 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Co
         webhook_secret,
         max_queued,
         backend,
+        log_format,
         github,
         host,
         network,

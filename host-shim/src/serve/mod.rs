@@ -33,6 +33,7 @@ pub use limits::{BodyLimits, HttpLimits, ServerLimits};
 
 use crate::config::{Config, Pool};
 use crate::github::RunnerScope;
+use crate::logs::events;
 use crate::scheduler::{Dispatch, Scheduler};
 use crate::secret::Secret;
 use body::Budget;
@@ -168,6 +169,7 @@ pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), Serve
         }
     }
     tracing::info!(
+        event = %events::SERVE_LISTENING,
         listen = %listener.local_addr().unwrap_or(config.listen),
         host_vcpus = config.host.vcpus,
         host_memory_mib = config.host.memory_mib,
@@ -191,6 +193,7 @@ pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), Serve
     let dropped = scheduler.close();
     let running = scheduler.snapshot().running;
     tracing::info!(
+        event = %events::SERVE_DRAINING,
         dropped_from_queue = dropped.len(),
         running,
         "webhooks stopped; waiting for the running jobs (signal again to cancel them)"
@@ -203,7 +206,7 @@ pub async fn run<D: Dispatch>(config: Config, dispatcher: D) -> Result<(), Serve
             scheduler.wait_idle().await;
         }
     }
-    tracing::info!("kiln serve: stopped");
+    tracing::info!(event = %events::SERVE_STOPPED, "kiln serve: stopped");
     Ok(())
 }
 
@@ -223,6 +226,7 @@ fn server_limits() -> ServerLimits {
         ..ServerLimits::default()
     };
     tracing::info!(
+        event = %events::SERVE_LIMITS,
         fd_limit,
         max_connections = limits.http.max_connections,
         header_timeout = ?limits.http.header_timeout,
