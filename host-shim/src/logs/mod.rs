@@ -1,6 +1,6 @@
 //! Kiln's own log lines (tracing): text for people, or JSON for machines.
 //!
-//! - [`LogFormat`]: `text` (tracing-subscriber's usual format, unchanged)
+//! - [`LogFormat`] — `text` (tracing-subscriber's usual format, unchanged)
 //!   or `json`: one object per line, every field at the top level, the
 //!   fields of the spans the event is in included ([`json`]). A line
 //!   about a job so carries `job_id`, `pool`, `runner` and, once known,
