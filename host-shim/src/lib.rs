@@ -9,6 +9,7 @@
 //! - [`duration`] — durations as people write them (`90s`, `1h30m`), for the CLI and the config.
 //! - [`doctor`] — `kiln doctor`: what this host lacks, and how to fix it.
 //! - [`metrics`] — Prometheus metrics: what every layer counts, scraped on the admin listener.
+//! - [`logs`] — kiln's own log lines: text or JSON, and the stable event names tools read.
 //! - [`lease`] — numbered host resources (CIDs, address slots) leased across processes by lock files.
 //! - [`random`] — random bytes from the kernel.
 //! - [`recover`] — after a crash of `kiln serve`: find what dead Kiln processes left on the host and remove it.
@@ -27,8 +28,8 @@
 //! Layers point one way: `cli` → `serve` → `job`, `scheduler` → `vm` →
 //! `vmm`, `vsock`, `disk`, `net`. Nothing lower `use`s anything above it:
 //! `config` (which names `vm` and `net` types) is read by the layers above
-//! `vm`, and the leaves `duration`, `lease`, `random`, `secret` use only
-//! each other.
+//! `vm`, and the leaves `duration`, `lease`, `logs`, `random`, `secret` use
+//! only each other.
 
 pub mod admin;
 pub mod cli;
@@ -40,6 +41,7 @@ pub mod duration;
 pub mod github;
 pub mod job;
 pub mod lease;
+pub mod logs;
 pub mod metrics;
 pub mod net;
 pub mod random;

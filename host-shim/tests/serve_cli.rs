@@ -1,6 +1,8 @@
 //! The `kiln serve` binary: starts from a config file, answers on its
 //! port, and stops cleanly on SIGTERM; a bad config stops it at once with
-//! a message that says what to fix.
+//! a message that says what to fix. It logs JSON here (`log_format =
+//! "json"`): the tests read its events ([`kiln::logs::events`]), not its
+//! human text.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -11,6 +13,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kiln::github::webhook::sign;
+use kiln::logs::events;
+use kiln::logs::read::{self, LogLine};
 use kiln::secret::Secret;
 use nix::sys::resource::{setrlimit, Resource};
 
@@ -19,6 +23,7 @@ listen = "127.0.0.1:0"
 webhook_secret_file = "webhook-secret"
 # No VM boots here; QEMU needs nothing at start, Firecracker would.
 backend = "qemu"
+log_format = "json"
 
 # The metrics listener is not needed here (and 9464 may be taken).
 [admin]
@@ -47,6 +52,11 @@ network = "none"
 /// start-up: a throw-away key, and an image directory with the files
 /// `kiln::vm::Image::open` checks (no VM boots in these tests).
 fn dir_with_config(secret_mode: u32) -> tempfile::TempDir {
+    dir_with(secret_mode, CONFIG)
+}
+
+/// [`dir_with_config`] with another config text.
+fn dir_with(secret_mode: u32, config: &str) -> tempfile::TempDir {
     use rsa::pkcs1::{EncodeRsaPrivateKey, LineEnding};
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("image");
@@ -67,7 +77,7 @@ fn dir_with_config(secret_mode: u32) -> tempfile::TempDir {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(secret_mode))
             .expect("chmod");
     }
-    std::fs::write(dir.path().join("config.toml"), CONFIG).expect("write config");
+    std::fs::write(dir.path().join("config.toml"), config).expect("write config");
     dir
 }
 
@@ -115,15 +125,13 @@ impl Drop for Reaped {
     }
 }
 
-fn port_of(listening: &str) -> u16 {
+/// The port of a `serve_listening` event.
+fn port_of(listening: &LogLine) -> u16 {
     listening
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no port in {listening:?}"))
+        .str("listen")
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("no address in {listening:?}"))
+        .port()
 }
 
 fn signed_ping(id: &str) -> String {
@@ -150,20 +158,37 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
-fn wait_for_line(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+/// Waits for event `name` on stderr; every line before it must be JSON.
+fn wait_for_event(rx: &mpsc::Receiver<String>, name: &str) -> LogLine {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(line) => seen.push(line),
-            Err(_) => break,
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        let parsed = parse(&line);
+        if parsed.is(name) {
+            return parsed;
         }
+        seen.push(line);
     }
-    panic!(
-        "no line with {needle:?} on stderr; got:\n{}",
-        seen.join("\n")
-    );
+    panic!("no {name} event on stderr; got:\n{}", seen.join("\n"));
+}
+
+/// One line of stderr, which must be a JSON object.
+fn parse(line: &str) -> LogLine {
+    match read::lines(&format!("{line}\n")) {
+        Ok(mut one) if one.len() == 1 => one.remove(0),
+        _ => panic!("not a JSON log line: {line:?}"),
+    }
+}
+
+/// The `serve_failed` event of a `kiln serve` that stopped: its error.
+fn failure(stderr: &str) -> String {
+    let lines = read::lines(stderr).unwrap_or_else(|e| panic!("{e}\n{stderr}"));
+    let failed = read::find(&lines, events::SERVE_FAILED, &[]);
+    assert_eq!(failed.len(), 1, "{stderr}");
+    failed[0].str("error").unwrap_or_default().to_owned()
 }
 
 fn http(port: u16, request: &str) -> String {
@@ -181,7 +206,10 @@ fn serves_and_stops_on_sigterm() {
     let dir = dir_with_config(0o600);
     let mut child = kiln_serve(&dir.path().join("config.toml"));
     let rx = lines(&mut child);
-    let port = port_of(&wait_for_line(&rx, "listening"));
+    let listening = wait_for_event(&rx, events::SERVE_LISTENING);
+    // Not under journald: kiln stamps its lines itself.
+    assert!(listening.str("timestamp").is_some(), "{listening:?}");
+    let port = port_of(&listening);
 
     let health = http(
         port,
@@ -197,7 +225,7 @@ fn serves_and_stops_on_sigterm() {
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    wait_for_line(&rx, "stopped");
+    wait_for_event(&rx, events::SERVE_STOPPED);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -210,6 +238,93 @@ fn serves_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// Under systemd (stderr is the `JOURNAL_STREAM`), no JSON line has a
+/// timestamp of kiln's own: journald stamps them.
+#[test]
+fn under_journald_its_json_lines_have_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = dir_with_config(0o600);
+    let log = dir.path().join("stderr");
+    let file = std::fs::File::create(&log).expect("create stderr file");
+    let meta = file.metadata().expect("stat");
+    let mut cmd = serve_command(&dir.path().join("config.toml"));
+    cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .stderr(file);
+    let mut child = Reaped(cmd.spawn().expect("spawn kiln serve"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).expect("read stderr");
+        let lines = read::lines(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        if !read::find(&lines, events::SERVE_LISTENING, &[]).is_empty() {
+            break lines;
+        }
+        assert!(
+            child.0.try_wait().expect("wait").is_none() && Instant::now() < deadline,
+            "no serve_listening event:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for line in &lines {
+        assert!(line.get("timestamp").is_none(), "{line:?}");
+        assert!(line.str("level").is_some(), "{line:?}");
+    }
+}
+
+/// `log_format = "text"` (the default): lines for people, as before, with
+/// the event names as a field.
+#[test]
+fn in_the_text_format_it_logs_for_people() {
+    let dir = dir_with(
+        0o600,
+        &CONFIG.replace("log_format = \"json\"", "log_format = \"text\""),
+    );
+    let mut child = Reaped(kiln_serve(&dir.path().join("config.toml")));
+    let rx = lines(&mut child.0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        assert!(
+            !line.starts_with('{'),
+            "a JSON line in the text format: {line}"
+        );
+        if line.contains("kiln serve: listening for webhooks on POST /webhook") {
+            assert!(line.contains(" INFO "), "{line}");
+            assert!(
+                line.contains("event=serve_listening listen=127.0.0.1:"),
+                "{line}"
+            );
+            return;
+        }
+        seen.push(line);
+    }
+    panic!("no listening line:\n{}", seen.join("\n"));
+}
+
+/// A bad config is refused on stderr in plain words, before any log line
+/// (its log format is not known yet).
+#[test]
+fn a_bad_log_format_stops_it_saying_what_to_write() {
+    let dir = dir_with(
+        0o600,
+        &CONFIG.replace("log_format = \"json\"", "log_format = \"xml\""),
+    );
+    let out = serve_command(&dir.path().join("config.toml"))
+        .output()
+        .expect("run kiln serve");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("kiln serve: config ")
+            && stderr.contains(
+                "log_format: \"xml\" is not a log format: use \"text\" (the default) or \"json\""
+            ),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -245,10 +360,10 @@ fn a_missing_image_stops_it_naming_the_pool_and_the_directory() {
         .output()
         .expect("run kiln serve");
     assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("pool \"small\""), "{stderr}");
-    assert!(stderr.contains(&image.display().to_string()), "{stderr}");
-    assert!(stderr.contains("cargo xtask image"), "{stderr}");
+    let error = failure(&String::from_utf8_lossy(&out.stderr));
+    assert!(error.contains("pool \"small\""), "{error}");
+    assert!(error.contains(&image.display().to_string()), "{error}");
+    assert!(error.contains("cargo xtask image"), "{error}");
 }
 
 /// Issue 13, item 2: under a small file limit, 300 connections that send
@@ -265,9 +380,9 @@ fn under_a_small_fd_limit_half_requests_neither_keep_a_ping_out_nor_stay_open() 
         200,
     ));
     let rx = lines(&mut child.0);
-    let limits = wait_for_line(&rx, "webhook limits");
-    assert!(limits.contains("max_connections=100"), "{limits}");
-    let port = port_of(&wait_for_line(&rx, "listening"));
+    let limits = wait_for_event(&rx, events::SERVE_LIMITS);
+    assert_eq!(limits.u64("max_connections"), Some(100), "{limits:?}");
+    let port = port_of(&wait_for_event(&rx, events::SERVE_LISTENING));
 
     let opened = Instant::now();
     let crowd: Vec<TcpStream> = (0..300)
@@ -321,7 +436,7 @@ fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
         4096,
     ));
     let rx = lines(&mut child.0);
-    wait_for_line(&rx, "listening");
+    wait_for_event(&rx, events::SERVE_LISTENING);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id()))
         .expect("read /proc/<pid>/limits");
     let open_files: Vec<&str> = limits
@@ -389,9 +504,10 @@ fn a_read_only_state_directory_stops_it_naming_the_directory() {
         .expect("run kiln serve");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
+    let error = failure(&stderr);
     assert!(
-        stderr.contains(&state.display().to_string()) && stderr.contains("not writable"),
-        "{stderr}"
+        error.contains(&state.display().to_string()) && error.contains("not writable"),
+        "{error}"
     );
 }
 
@@ -407,7 +523,7 @@ fn a_full_state_filesystem_refuses_new_jobs_until_there_is_room() {
     };
     let mut child = kiln_serve(&dir.path().join("config.toml"));
     let rx = lines(&mut child);
-    let port = port_of(&wait_for_line(&rx, "listening"));
+    let port = port_of(&wait_for_event(&rx, events::SERVE_LISTENING));
     let fill = state.join("fill");
     let mut f = std::fs::File::create(&fill).expect("fill file");
     while f.write_all(&[0u8; 64 * 1024]).is_ok() {}
@@ -418,7 +534,7 @@ fn a_full_state_filesystem_refuses_new_jobs_until_there_is_room() {
         refused.starts_with("HTTP/1.1 503") && refused.ends_with("cannot record the job"),
         "{refused}"
     );
-    wait_for_line(&rx, "full");
+    wait_for_event(&rx, events::JOURNAL_FULL);
 
     std::fs::remove_file(&fill).expect("make room");
     let taken = http(port, &signed_queued("full-2", 502));

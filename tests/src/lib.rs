@@ -5,6 +5,7 @@
 //! - [`prereq`] — what the host must have, and how to install what it lacks.
 //! - [`assets`] — kiln-init, kernel and initramfs, built once per process.
 //! - [`job`] — jobs for test payloads (busybox `sh -c` as `runner`).
+//! - [`events`] — `kiln serve`'s JSON log lines, found by event name and fields.
 //! - [`disk`] — ext4 base and scratch images, read back without mounting.
 //! - [`fake_github`] — a fake GitHub API for the GitHub App client's tests
 //!   and `kiln serve`'s end-to-end tests.
@@ -21,6 +22,7 @@
 
 pub mod assets;
 pub mod disk;
+pub mod events;
 pub mod fake_github;
 pub mod github_schema;
 pub mod job;

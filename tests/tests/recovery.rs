@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use kiln::github::webhook::sign;
 use kiln::secret::Secret;
+use kiln_vm_tests::events::{self, names};
 use kiln_vm_tests::fake_github::{test_key, FakeGithub, APP_ID};
 use kiln_vm_tests::{assets, layer};
 use serde_json::json;
@@ -70,15 +71,11 @@ fn a_sigkilled_daemon_leaves_nothing_after_its_restart() {
         eprintln!("cleanup after SIGKILL, per round: {took_by_point:?}");
         // A start after a SIGTERM drain finds nothing to clean; one after
         // a SIGKILL finds the VM it left.
-        let starts: Vec<String> = logs(root.path())
-            .lines()
-            .filter(|l| l.contains("start-up: what a previous kiln left"))
-            .map(str::to_owned)
-            .collect();
+        let starts = events::find(&logs(root.path()), names::RECOVERY_CLEANUP, &[]);
         assert_eq!(starts.len(), 2 * rounds as usize, "{starts:#?}");
         for (i, line) in starts.iter().enumerate() {
-            let want = if i % 2 == 0 { "vms=0" } else { "vms=1" };
-            assert!(line.contains(want), "start {i}: {line}");
+            let want = if i % 2 == 0 { 0 } else { 1 };
+            assert_eq!(line.u64("vms"), Some(want), "start {i}: {line:?}");
         }
         // Everything of every round is gone: nothing accumulates.
         layer::assert_no_vm_left(root.path());
@@ -154,7 +151,13 @@ async fn kill_then_restart(
     let mut second = start_kiln(root, config, port).await;
     let took = wait_clean(root, restarted).await;
     if truncate_journal {
-        assert!(logs(root).contains("journal.db.corrupt-"), "{}", logs(root));
+        let moved = events::one(&logs(root), names::JOURNAL_MOVED_ASIDE, &[]);
+        assert!(
+            moved
+                .str("to")
+                .is_some_and(|to| to.contains("journal.db.corrupt-")),
+            "{moved:?}"
+        );
     } else {
         assert!(
             fake.deleted().contains(&runner_id),
@@ -233,12 +236,12 @@ async fn wait_clean(root: &Path, since: Instant) -> Duration {
     }
 }
 
-/// The VM ids the job logs name (`vm kiln-…` in kiln's log).
+/// The VM ids kiln's log names (the `vm` field of its lines).
 fn vm_ids_seen(root: &Path) -> Vec<String> {
-    let text = logs(root);
-    let mut ids: Vec<String> = text
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-        .filter(|w| kiln::recover::is_vm_id(w))
+    let mut ids: Vec<String> = events::lines(&logs(root))
+        .iter()
+        .filter_map(|l| l.str("vm"))
+        .filter(|id| kiln::recover::is_vm_id(id))
         .map(str::to_owned)
         .collect();
     ids.sort();
@@ -337,6 +340,7 @@ fn write_config_with(root: &Path, api_url: &str, port: u16, github: &str) -> Pat
 listen = "127.0.0.1:{port}"
 webhook_secret_file = "webhook-secret"
 backend = "qemu"
+log_format = "json"
 
 # The metrics listener is not needed here (and 9464 may be taken).
 [admin]

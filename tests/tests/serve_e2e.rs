@@ -20,15 +20,18 @@ use kiln::config::{Config, HostFacts};
 use kiln::github::webhook::sign;
 use kiln::github::ClientPolicy;
 use kiln::job::{Jobs, Settings};
+use kiln::logs::{LogFormat, LogSettings};
 use kiln::secret::Secret;
 use kiln::serve::Server;
 use kiln::vm::{Backend, RuntimeDirs, Timeouts};
+use kiln_vm_tests::events::{self, names};
 use kiln_vm_tests::fake_github::{test_key, Failure, FakeGithub, APP_ID};
 use kiln_vm_tests::{assets, layer};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 const WEBHOOK_SECRET: &str = "serve-e2e-webhook-secret";
 const INSTALLATION: u64 = 77;
@@ -66,18 +69,22 @@ case "$(hostname)" in
 esac
 "#;
 
-/// Every tracing line of this process, to check what was logged (and that
-/// no JIT config was).
+/// Every tracing line of this process, as `kiln serve` with `log_format =
+/// "json"` writes them, to check what was logged (by [`events`]) and that
+/// no JIT config was.
 fn captured() -> Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOGS.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&buf);
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_ansi(false)
-            .with_writer(move || Capture(Arc::clone(&sink)))
-            .try_init();
+        let settings = LogSettings {
+            format: LogFormat::Json,
+            timestamps: true,
+            ansi: false,
+        };
+        let filter = tracing_subscriber::EnvFilter::new("info");
+        let _ =
+            kiln::logs::subscriber(settings, filter, move || Capture(Arc::clone(&sink))).try_init();
         buf
     })
     .clone()
@@ -191,6 +198,7 @@ impl Kiln {
             r#"
 listen = "127.0.0.1:0"
 webhook_secret_file = "webhook-secret"
+log_format = "json"
 
 [github]
 api_url = "{url}"
@@ -227,6 +235,7 @@ job_timeout = "2m"
             memory_mib: 8192,
         };
         let config = Config::load_with_host(&path, &facts).unwrap();
+        assert_eq!(config.log_format, LogFormat::Json, "as captured() logs");
         let settings = Settings {
             backend: Some(backend),
             dirs: RuntimeDirs::new(root.path().join("run"), root.path().join("disks")),
@@ -446,13 +455,23 @@ async fn a_queued_webhook_runs_the_runner_in_a_vm_and_deletes_it() {
     kiln.assert_no_vm_left();
 
     let traced = logs_text();
+    let done = events::one(&traced, names::JOB_DONE, &[("job_id", json!(job_id))]);
     assert!(
-        traced.lines().any(|l| l.contains("job done")
-            && l.contains(&format!("job_id={job_id}"))
-            && l.contains("exit=exit 0")
-            && l.contains("vm=kiln-")),
-        "no `job done` line:\n{traced}"
+        done.has(&[
+            ("exit", json!("exit 0")),
+            ("pool", json!("tiny")),
+            ("runner", json!(name)),
+            ("runner_id", json!(runner.id)),
+        ]),
+        "{done:?}"
     );
+    assert!(
+        done.str("vm").is_some_and(kiln::recover::is_vm_id),
+        "{done:?}"
+    );
+    // The VM's own lines are the job's too.
+    let started = events::one(&traced, names::VM_STARTING, &[("job_id", json!(job_id))]);
+    assert_eq!(started.str("vm"), done.str("vm"), "{started:?}");
     assert!(
         !traced.contains(&runner.encoded),
         "the JIT config reached a log line"
@@ -507,11 +526,9 @@ async fn a_jit_failure_starts_no_vm_and_frees_the_capacity() {
 
     let traced = logs_text();
     let failed = |job: u64, what: &str| {
-        traced.lines().any(|l| {
-            l.contains("no JIT runner config")
-                && l.contains(&format!("job_id={job}"))
-                && l.contains(what)
-        })
+        events::find(&traced, names::JOB_NO_JIT_CONFIG, &[("job_id", json!(job))])
+            .iter()
+            .any(|l| l.str("error").is_some_and(|e| e.contains(what)))
     };
     assert!(failed(27_182_818_001, "HTTP 422"), "{traced}");
     assert!(failed(27_182_818_002, "HTTP 500"), "{traced}");
@@ -557,11 +574,11 @@ async fn a_cancelled_job_still_kills_its_vm_and_deletes_its_runner() {
     let log = std::fs::read_to_string(&kiln.job_logs()[0]).unwrap();
     assert!(log.contains("[kiln] VM failed: killed on request"), "{log}");
     let traced = logs_text();
-    assert!(
-        traced.lines().any(|l| l.contains("job failed")
-            && l.contains("job_id=999")
-            && l.contains("killed on request")),
-        "{traced}"
+    let failed = events::one(&traced, names::JOB_FAILED, &[("job_id", json!(999))]);
+    assert_eq!(
+        failed.str("exit"),
+        Some("VM failed: killed on request"),
+        "{failed:?}"
     );
 }
 
@@ -738,9 +755,14 @@ async fn jobs_that_can_never_run_get_no_runner() {
     assert!(kiln.job_logs().is_empty(), "{:?}", kiln.job_logs());
     let traced = logs_text();
     assert!(
-        traced.lines().any(|l| l.contains("job not queued any more")
-            && l.contains("job_id=5103")
-            && l.contains("completed")),
+        events::has(
+            &traced,
+            names::JOB_NOT_QUEUED,
+            &[
+                ("job_id", json!(5103)),
+                ("github_state", json!("completed"))
+            ]
+        ),
         "{traced}"
     );
 }
@@ -823,13 +845,13 @@ async fn a_runner_that_never_takes_a_job_is_stopped_after_idle_timeout() {
     assert!(fake.live_runners().is_empty());
     kiln.assert_no_vm_left();
     let traced = logs_text();
-    assert!(
-        traced
-            .lines()
-            .any(|l| l.contains("took no job within the pool's idle_timeout")
-                && l.contains("job_id=5001")),
-        "{traced}"
-    );
+    let stopped = events::one(&traced, names::JOB_IDLE_STOPPED, &[("job_id", json!(5001))]);
+    assert_eq!(stopped.str("idle_timeout"), Some("5s"), "{stopped:?}");
+    assert!(!events::has(
+        &traced,
+        names::JOB_IDLE_STOPPED,
+        &[("job_id", json!(5002))]
+    ));
 }
 
 /// The stand-in runner of the network test: what its VM's network lets
@@ -895,7 +917,8 @@ fn serve_gives_the_pools_vms_the_egress_network_and_fails_closed() {
         let status = kiln.queued(1717).await;
         assert!(status.contains("202"), "{status}");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !logs_text().contains("the job waits for room") {
+        let waits = [("job_id", json!(1717)), ("lacking", json!("address"))];
+        while !events::has(&logs_text(), names::JOB_WAITS, &waits) {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "no wait for an address:\n{}",
@@ -947,7 +970,7 @@ fn serve_gives_the_pools_vms_the_egress_network_and_fails_closed() {
         assert!(deleted.success());
         kiln.wait_finished(2, Duration::from_secs(60)).await;
         assert!(
-            logs_text().contains("the egress policy is gone"),
+            events::has(&logs_text(), names::EGRESS_POLICY_LOST, &[]),
             "{}",
             logs_text()
         );

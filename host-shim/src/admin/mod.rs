@@ -27,6 +27,7 @@ pub use error::AdminError;
 
 use crate::config::AdminSettings;
 use crate::job::Jobs;
+use crate::logs::events;
 use crate::scheduler::Scheduler;
 
 /// The admin socket's file name in the runtime directory.
@@ -62,15 +63,20 @@ impl Admin {
         let path = socket_path(state.jobs.runtime_dir());
         let listener = socket::bind(&path)?;
         let mut tasks = vec![tokio::spawn(socket::serve(listener, Arc::clone(&state)))];
+        let mut metrics_at = None;
         if let Some(addr) = settings.listen {
             let tcp = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| AdminError::Listen { addr, source })?;
-            let bound = tcp.local_addr().unwrap_or(addr);
-            tracing::info!(listen = %bound, "metrics on GET /metrics");
+            metrics_at = Some(tcp.local_addr().unwrap_or(addr));
             tasks.push(tokio::spawn(metrics::serve(tcp, Arc::clone(&state))));
         }
-        tracing::info!(socket = %path.display(), "admin socket for kiln ps, kiln logs, kiln cancel");
+        tracing::info!(
+            event = %events::ADMIN_LISTENING,
+            socket = %path.display(),
+            metrics = metrics_at.map(|a| a.to_string()),
+            "admin socket for kiln ps, kiln logs, kiln cancel; metrics on GET /metrics"
+        );
         Ok(Admin {
             tasks,
             socket: path,

@@ -18,6 +18,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::logs::{self, BadLogFormat, LogFormat, LogSettings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,46 +55,67 @@ pub enum Command {
 /// No core dump of kiln, and no ptrace or `/proc/<pid>/` reading by
 /// its uid's other processes: its memory holds the App key, installation
 /// tokens and JIT configs. The VMMs it starts are unaffected (exec resets
-/// the flag).
-fn not_dumpable() {
-    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+/// the flag). Call before any secret is read; [`warn_dumpable`] says
+/// when it failed, once the logs are set up.
+fn not_dumpable() -> nix::Result<()> {
+    nix::sys::prctl::set_dumpable(false)
+}
+
+fn warn_dumpable(made: nix::Result<()>) {
+    if let Err(e) = made {
         tracing::warn!(error = %e, "could not make kiln non-dumpable (PR_SET_DUMPABLE 0): a core dump would hold its secrets");
     }
 }
 
 /// Logs go to stderr, filtered by `KILN_LOG` (default `warn` for `kiln
-/// run`, whose stderr is the job's, and `info` otherwise).
-fn init_tracing(default: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter(default))
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+/// run`, whose stderr is the job's, and `info` otherwise), in the format
+/// `KILN_LOG_FORMAT` names (text by default).
+fn init_tracing(default: &str) -> Result<(), BadLogFormat> {
+    let settings = log_settings(LogFormat::from_env()?);
+    // Only fails when a subscriber is set already: the first one stays.
+    let _ = logs::subscriber(settings, log_filter(default), std::io::stderr).try_init();
+    Ok(())
 }
 
-/// The daemon's logs: the same, but written in batches by a thread of
-/// their own (see [`log_writer`]), so a webhook handler's line per queued
-/// job costs no system call. The guard writes what is left when `kiln
-/// serve` exits.
-fn init_daemon_tracing(default: &str) -> Option<log_writer::FlushGuard> {
-    let Ok((writer, guard)) = log_writer::batched(std::io::stderr()) else {
+/// [`init_tracing`] for the commands other than `kiln serve`, or the
+/// exit code when `KILN_LOG_FORMAT` is bad.
+fn init_tracing_or(command: &str, default: &str, failed: ExitCode) -> Result<(), ExitCode> {
+    init_tracing(default).map_err(|e| {
+        eprintln!("kiln {command}: {e}");
+        failed
+    })
+}
+
+/// The daemon's logs, in its config's format: the same, but written in
+/// batches by a thread of their own (see [`log_writer`]), so a webhook
+/// handler's line per queued job costs no system call. The guard writes
+/// what is left when `kiln serve` exits.
+fn init_daemon_tracing(default: &str, format: LogFormat) -> Option<log_writer::FlushGuard> {
+    let settings = log_settings(format);
+    let (logs, guard) = match log_writer::batched(std::io::stderr()) {
+        Ok((writer, guard)) => (
+            logs::subscriber(settings, log_filter(default), writer),
+            Some(guard),
+        ),
         // No thread for the logs: write them directly.
-        init_tracing(default);
-        return None;
+        Err(_) => (
+            logs::subscriber(settings, log_filter(default), std::io::stderr),
+            None,
+        ),
     };
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(log_filter(default))
-        // Colour codes only for a person at a terminal, not for journald
-        // or a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
-    if stderr_is_the_journal() {
-        // journald stamps every line itself.
-        logs.without_time().init();
-    } else {
-        logs.init();
+    let _ = logs.try_init();
+    guard
+}
+
+/// Colour codes only for a person at a terminal, not for journald or a
+/// log file; no timestamp of kiln's own under journald, which stamps
+/// every line itself.
+fn log_settings(format: LogFormat) -> LogSettings {
+    LogSettings {
+        format,
+        timestamps: !stderr_is_the_journal(),
+        ansi: std::io::stderr().is_terminal(),
     }
-    Some(guard)
 }
 
 /// Whether stderr is journald's stream: systemd sets `JOURNAL_STREAM` to
@@ -124,34 +148,44 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            init_tracing("warn");
-            not_dumpable();
+            let failed = ExitCode::from(run::EXIT_KILN_FAILED);
+            if let Err(code) = init_tracing_or("run", "warn", failed) {
+                return code;
+            }
+            warn_dumpable(not_dumpable());
             run::main(*args)
         }
         Command::Doctor(args) => {
-            init_tracing("info");
+            if let Err(code) = init_tracing_or("doctor", "info", ExitCode::FAILURE) {
+                return code;
+            }
             doctor::main(args)
         }
-        Command::Serve(args) => {
-            let _flush_on_exit = init_daemon_tracing("info");
-            not_dumpable();
-            serve::main(args)
-        }
+        // Its log format is in its config: it sets up its logs itself.
+        Command::Serve(args) => serve::main(args),
         Command::Config(args) => {
-            init_tracing("warn");
-            not_dumpable();
+            if let Err(code) = init_tracing_or("config", "warn", ExitCode::FAILURE) {
+                return code;
+            }
+            warn_dumpable(not_dumpable());
             config::main(args)
         }
         Command::Ps(args) => {
-            init_tracing("warn");
+            if let Err(code) = init_tracing_or("ps", "warn", ExitCode::FAILURE) {
+                return code;
+            }
             admin::ps(args)
         }
         Command::Logs(args) => {
-            init_tracing("warn");
+            if let Err(code) = init_tracing_or("logs", "warn", ExitCode::FAILURE) {
+                return code;
+            }
             admin::logs(args)
         }
         Command::Cancel(args) => {
-            init_tracing("warn");
+            if let Err(code) = init_tracing_or("cancel", "warn", ExitCode::FAILURE) {
+                return code;
+            }
             admin::cancel(args)
         }
     }

@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 use crate::job::Jobs;
+use crate::logs::{events, LogFormat};
 use crate::serve;
 
 /// How long, after the server stopped, cancelled jobs may take to tear
@@ -24,17 +25,42 @@ pub struct ServeArgs {
 }
 
 pub fn main(args: ServeArgs) -> ExitCode {
-    match run(args) {
+    // Before the config's secrets are read.
+    let dumpable = super::not_dumpable();
+    // The logs' format is the config's: a bad config goes to stderr as is.
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("kiln serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let format = config.log_format;
+    let _flush_on_exit = super::init_daemon_tracing("info", format);
+    super::warn_dumpable(dumpable);
+    match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kiln serve: {e:#}");
+            failed(format, &e);
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
+/// Why `kiln serve` stops: as a plain line, or a JSON one where a reader
+/// expects nothing else.
+fn failed(format: LogFormat, e: &anyhow::Error) {
+    match format {
+        LogFormat::Text => eprintln!("kiln serve: {e:#}"),
+        LogFormat::Json => tracing::error!(
+            event = %events::SERVE_FAILED,
+            error = %format!("{e:#}"),
+            "kiln serve failed"
+        ),
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

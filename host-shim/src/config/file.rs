@@ -14,6 +14,7 @@ pub(crate) struct RawConfig {
     pub webhook_secret_file: PathBuf,
     pub max_queued: Option<usize>,
     pub backend: Option<String>,
+    pub log_format: Option<String>,
     pub github: RawGithub,
     pub host: Option<RawHost>,
     pub network: Option<RawNetwork>,

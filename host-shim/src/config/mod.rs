@@ -38,6 +38,7 @@ pub use tls::{AcmeSettings, TlsSettings, DEFAULT_ACME_DIRECTORY};
 
 use crate::duration::parse_duration;
 use crate::github::scope::RunnerScope;
+use crate::logs::LogFormat;
 use crate::secret::Secret;
 use file::{RawConfig, RawGithub, RawPool};
 use secret_file::{read_secret, Trim};
@@ -70,6 +71,8 @@ pub struct Config {
     pub max_queued: usize,
     /// The VMM: Firecracker (the default) or QEMU, only when asked for.
     pub backend: crate::vm::BackendChoice,
+    /// kiln serve's own log lines: text (the default) or JSON.
+    pub log_format: LogFormat,
     pub github: GithubConfig,
     pub host: HostCapacity,
     pub network: NetworkSettings,
@@ -173,6 +176,13 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Pr
         ));
     }
     let backend = problems.take(backend(raw.backend));
+    let log_format = match raw.log_format.as_deref() {
+        None => Some(LogFormat::default()),
+        Some(v) => problems.take(
+            LogFormat::parse("log_format", v)
+                .map_err(|e| ConfigErrorKind::bad_value("log_format", e.problem())),
+        ),
+    };
     let github = github(raw.github, base, &mut problems);
     let host = problems.take(host(raw.host.as_ref(), facts));
     let network = network::settings(raw.network, &mut problems);
@@ -182,6 +192,7 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Pr
     let (
         Some(webhook_secret),
         Some(backend),
+        Some(log_format),
         Some(github),
         Some(host),
         Some(network),
@@ -191,6 +202,7 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Pr
     ) = (
         webhook_secret,
         backend,
+        log_format,
         github,
         host,
         network,
@@ -211,6 +223,7 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Pr
         webhook_secret,
         max_queued,
         backend,
+        log_format,
         github,
         host,
         network,

@@ -556,3 +556,20 @@ fn a_syntax_error_has_its_line_and_column() {
     assert_eq!(e.first.at, Some(Position { line, column: 1 }), "{e}");
     assert!(matches!(e.kind(), ConfigErrorKind::Syntax { .. }), "{e}");
 }
+#[test]
+fn the_log_format_is_text_unless_json_is_named() {
+    let dir = Dir::new();
+    let with = |line: &str| format!("{line}\n{}", Dir::config("org = \"acme\"", POOL));
+    let c = dir.load(&with("")).expect("valid config");
+    assert_eq!(c.log_format, LogFormat::Text);
+    let c = dir.load(&with("log_format = \"json\"")).expect("json");
+    assert_eq!(c.log_format, LogFormat::Json);
+    let (kind, msg) = dir.err(&with("log_format = \"jsonl\""));
+    assert!(matches!(kind, ConfigErrorKind::BadValue { .. }), "{msg}");
+    assert!(
+        msg.contains(
+            "log_format: \"jsonl\" is not a log format: use \"text\" (the default) or \"json\""
+        ),
+        "{msg}"
+    );
+}

@@ -24,6 +24,7 @@ use kiln_protocol::Stream;
 use tokio::sync::{mpsc, watch};
 
 use crate::github::{GithubError, RunnerState};
+use crate::logs::events;
 use crate::vm::{OutputSink, Progress, StopHandle};
 
 /// What the actions runner prints on stdout when it takes a job
@@ -152,6 +153,7 @@ where
                             return IdleVerdict::TookJob;
                         }
                         tracing::warn!(
+                            event = %events::JOB_IDLE_STOPPED,
                             idle_timeout = ?idle,
                             github = ?state,
                             "the runner took no job within the pool's idle_timeout: stopping its VM"

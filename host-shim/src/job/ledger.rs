@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 
+use crate::logs::events;
 use crate::scheduler::QueuedJob;
 use crate::store::{unix_now, JobRecord, JobState, Journal, RunnerRecord, StoreError, VmRecord};
 use crate::vm::Progress;
@@ -249,7 +250,7 @@ impl Ledger {
     fn write(&self, what: &str, r: Result<(), StoreError>) -> Result<(), StoreError> {
         if let Err(e) = &r {
             if e.is_full() {
-                tracing::error!(error = %e, "{what}: the journal's filesystem is full: new jobs are refused until there is room; running jobs go on");
+                tracing::error!(event = %events::JOURNAL_FULL, error = %e, "{what}: the journal's filesystem is full: new jobs are refused until there is room; running jobs go on");
             } else {
                 tracing::error!(error = %e, "{what}: the journal could not be written; a crash now may leave this behind until the start-up scan");
             }

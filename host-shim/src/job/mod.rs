@@ -77,6 +77,7 @@ use crate::config::{Config, PoolNetwork};
 use crate::github::{
     ClientPolicy, GithubApp, JitConfig, JitRequest, JobState, JobStatus, RunnerScope,
 };
+use crate::logs::events;
 use crate::metrics::{JobResult, Metrics};
 use crate::net::{NetConfig, NetRequest, Network};
 use crate::recover::HostLayout;
@@ -424,7 +425,7 @@ async fn watch_policy(
             return;
         }
         if let Err(e) = network.check().await {
-            tracing::error!(error = %e, "the egress policy is gone: killing every running VM; no VM starts until kiln serve restarts");
+            tracing::error!(event = %events::EGRESS_POLICY_LOST, error = %e, "the egress policy is gone: killing every running VM; no VM starts until kiln serve restarts");
             let _ = lost.send(true);
             return;
         }
@@ -483,13 +484,14 @@ impl Jobs {
     pub fn cancel(&self, job_id: u64) -> board::Cancelled {
         let found = self.shared.board.cancel(job_id);
         if found == board::Cancelled::Stopping {
-            if let Some(row) = self.shared.board.find(&job_id.to_string()) {
-                self.shared.metrics.job_cancelled(&row.pool, "operator");
-            }
-            tracing::warn!(
-                job_id,
-                "job cancelled by an operator: its runner is stopped"
-            );
+            let pool = self
+                .shared
+                .board
+                .find(&job_id.to_string())
+                .map(|row| row.pool)
+                .unwrap_or_default();
+            self.shared.metrics.job_cancelled(&pool, "operator");
+            tracing::warn!(event = %events::JOB_CANCELLED, job_id, %pool, was = "running", "job cancelled by an operator: its runner is stopped");
         }
         found
     }
@@ -502,7 +504,7 @@ impl Jobs {
         self.shared
             .metrics
             .job_cancelled(&job.pool.name, "operator");
-        tracing::warn!(job_id = job.job_id, pool = %job.pool.name, "queued job cancelled by an operator");
+        tracing::warn!(event = %events::JOB_CANCELLED, job_id = job.job_id, pool = %job.pool.name, was = "queued", "queued job cancelled by an operator");
     }
 }
 
@@ -608,8 +610,16 @@ impl Shared {
                 return;
             }
         };
-        let span =
-            tracing::info_span!("job", job_id = job.job_id, pool = %pool.name, runner = %runner);
+        // Every line about the job carries these (`vm` and `runner_id`
+        // once known): see crate::logs. Never a secret here.
+        let span = tracing::info_span!(
+            "job",
+            job_id = job.job_id,
+            pool = %pool.name,
+            runner = %runner,
+            runner_id = tracing::field::Empty,
+            vm = tracing::field::Empty,
+        );
         self.board.add(
             &NewRow {
                 job_id: job.job_id,
@@ -684,6 +694,7 @@ impl Shared {
             Ok(jit) => jit,
             Err(e) => {
                 tracing::error!(
+                    event = %events::JOB_NO_JIT_CONFIG,
                     delivery = %job.delivery,
                     repository = %job.repository,
                     error = %e,
@@ -695,6 +706,7 @@ impl Shared {
             }
         };
         outcome.runner_id = Some(jit.runner_id);
+        tracing::Span::current().record("runner_id", jit.runner_id);
         self.ledger
             .registered(job, runner, jit.runner_id, &self.scope.to_string());
         // From here on a runner is registered: it is deleted whatever happens.
@@ -862,17 +874,24 @@ impl Shared {
             .github
             .job_state(job.installation_id, &job.repository, job.job_id)
             .await;
-        let why = match state {
+        // `github_state` for the event: the job's status, `not_found` or `unknown`.
+        let (github_state, why) = match state {
             Ok(JobState::Known(JobStatus::Queued)) => return true,
-            Ok(JobState::Known(status)) => format!("GitHub says the job is {}", status.as_str()),
-            Ok(JobState::NotFound) => {
-                "GitHub knows no such job in this repository (404)".to_owned()
-            }
-            Err(e) => format!(
-                "cannot ask GitHub whether the job is still queued (the App needs the repository permission \"Actions: read\"): {e}"
+            Ok(JobState::Known(status)) => (
+                status.as_str(),
+                format!("GitHub says the job is {}", status.as_str()),
             ),
+            Ok(JobState::NotFound) => (
+                "not_found",
+                "GitHub knows no such job in this repository (404)".to_owned(),
+            ),
+            Err(e) => ("unknown", format!(
+                "cannot ask GitHub whether the job is still queued (the App needs the repository permission \"Actions: read\"): {e}"
+            )),
         };
         tracing::warn!(
+            event = %events::JOB_NOT_QUEUED,
+            github_state,
             delivery = %job.delivery,
             repository = %job.repository,
             "job not queued any more: no runner and no VM: {why}"
@@ -912,30 +931,43 @@ impl Shared {
             }
         };
         // Every milestone is written before the VM's record goes.
-        let _ = journaling.await;
+        let named = journaling.await.unwrap_or(false);
         if let Some(id) = &report.id {
+            if !named {
+                // A VM that failed before it was prepared: named once, now.
+                tracing::Span::current().record("vm", tracing::field::display(id));
+            }
             self.ledger.vm_gone(id);
         }
         (report, verdict.unwrap_or(IdleVerdict::VmEnded))
     }
 
     /// A progress channel whose milestones the journal records (the VM's
-    /// id, directory, CID, VMM pid) before the idle watch sees them.
+    /// id, directory, CID, VMM pid) before the idle watch sees them. The
+    /// VM's id goes into the job's span as `vm`; the task returns whether
+    /// it did.
     fn journal_progress(
         &self,
         job: &QueuedJob,
     ) -> (
         tokio::sync::mpsc::UnboundedSender<Progress>,
         tokio::sync::mpsc::UnboundedReceiver<Progress>,
-        tokio::task::JoinHandle<()>,
+        tokio::task::JoinHandle<bool>,
     ) {
         let (tx, mut raw) = tokio::sync::mpsc::unbounded_channel::<Progress>();
         let (fwd, rx) = tokio::sync::mpsc::unbounded_channel();
         let ledger = self.ledger.clone();
         let (board, metrics) = (Arc::clone(&self.board), Arc::clone(&self.metrics));
         let (pool, job_id, received) = (job.pool.name.clone(), job.job_id, job.received);
+        let span = tracing::Span::current();
         let task = tokio::spawn(async move {
+            let mut named = false;
             while let Some(p) = raw.recv().await {
+                if let Progress::Prepared { id, .. } = &p {
+                    // The job's lines from here on name its VM.
+                    span.record("vm", tracing::field::display(id));
+                    named = true;
+                }
                 ledger.vm_progress(&pool, job_id, &p);
                 board.progress(job_id, &p);
                 if matches!(p, Progress::RunnerStarted { .. }) {
@@ -943,6 +975,7 @@ impl Shared {
                 }
                 let _ = fwd.send(p);
             }
+            named
         });
         (tx, rx, task)
     }
@@ -973,6 +1006,7 @@ impl Shared {
             }
             if !told {
                 tracing::warn!(
+                    event = %events::JOB_WAITS,
                     lacking,
                     "the job waits for room: {}",
                     describe(&report.result)
@@ -1018,11 +1052,13 @@ fn lacking(result: &Result<JobEnd, RunError>) -> Option<&'static str> {
     }
 }
 
-/// One line per job, at a level that says whether it went well.
-/// The job, pool and runner are in the span.
+/// One line per job, at a level that says whether it went well, with
+/// the event that says how it ended ([`events`]). The job, pool, runner
+/// and VM are in the span.
 fn log_outcome(queued_ms: u64, o: &Outcome, took: Duration) {
     let Some(report) = &o.report else {
         tracing::warn!(
+            event = %events::JOB_WITHOUT_VM,
             runner_id = o.runner_id,
             queued_ms,
             jit_ms = o.jit_ms,
@@ -1032,14 +1068,13 @@ fn log_outcome(queued_ms: u64, o: &Outcome, took: Duration) {
         return;
     };
     let exit = describe(&report.result);
-    let vm = report.id.as_deref().unwrap_or("-");
     let log = o.log.as_ref().map(|p| p.display().to_string());
     let teardown = report.teardown.as_ref().err().map(ToString::to_string);
     macro_rules! line {
-        ($level:ident, $msg:literal) => {
+        ($level:ident, $event:expr, $msg:literal) => {
             tracing::$level!(
+                event = %$event,
                 runner_id = o.runner_id,
-                vm = %vm,
                 backend = %report.backend,
                 exit = %exit,
                 stop = ?report.stop,
@@ -1056,9 +1091,17 @@ fn log_outcome(queued_ms: u64, o: &Outcome, took: Duration) {
         };
     }
     match &report.result {
-        Ok(JobEnd::Exited(e)) if e.status == ExitStatus::Code(0) => line!(info, "job done"),
-        Ok(_) if report.teardown.is_ok() => line!(warn, "job done: the runner failed"),
-        _ => line!(error, "job failed"),
+        Ok(JobEnd::Exited(e)) if e.status == ExitStatus::Code(0) => {
+            line!(info, events::JOB_DONE, "job done")
+        }
+        Ok(_) if report.teardown.is_ok() => {
+            line!(
+                warn,
+                events::JOB_RUNNER_FAILED,
+                "job done: the runner failed"
+            )
+        }
+        _ => line!(error, events::JOB_FAILED, "job failed"),
     }
 }
 

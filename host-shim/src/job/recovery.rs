@@ -25,6 +25,7 @@ use super::ledger::Ledger;
 use crate::config::Pool;
 use crate::github::reconcile::{sweep_stale_runners, RUNNER_PREFIX};
 use crate::github::{GithubApp, RunnerScope};
+use crate::logs::events;
 use crate::recover::{reconcile_host, HostLayout};
 use crate::scheduler::QueuedJob;
 use crate::store::{JobRecord, JobState};
@@ -46,6 +47,7 @@ pub(super) async fn recover(
     let vms = journal.vms().unwrap_or_default();
     let report = reconcile_host(layout, &vms).await;
     tracing::info!(
+        event = %events::RECOVERY_CLEANUP,
         vms = report.vms.len(),
         clean = report.is_clean(),
         stale_leases = report.stale_leases,

@@ -12,6 +12,7 @@ use tokio::task::AbortHandle;
 use super::queue::{Claim, EnqueueError, Queue, Snapshot};
 use super::{Dispatch, QueuedJob};
 use crate::config::{HostCapacity, Pool};
+use crate::logs::events;
 
 /// The job queue and the running jobs. Cheap to clone (shared).
 pub struct Scheduler<D: Dispatch> {
@@ -86,7 +87,7 @@ impl<D: Dispatch> Scheduler<D> {
         start_ready(&self.inner, &mut state);
         // Logged outside the lock: every webhook and every job's end takes it.
         drop(state);
-        tracing::info!(%delivery, job_id, pool = %pool.name, queued, "job queued");
+        tracing::info!(event = %events::JOB_QUEUED, %delivery, job_id, pool = %pool.name, queued, "job queued");
         Ok(())
     }
 

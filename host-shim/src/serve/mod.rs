@@ -38,6 +38,7 @@ use crate::admin::Admin;
 use crate::config::{Config, Pool};
 use crate::github::RunnerScope;
 use crate::job::Jobs;
+use crate::logs::events;
 use crate::scheduler::{Dispatch, Scheduler};
 use crate::secret::Secret;
 use body::Budget;
@@ -208,6 +209,7 @@ pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
         }
     }
     tracing::info!(
+        event = %events::SERVE_LISTENING,
         listen = %listener.local_addr().unwrap_or(config.listen),
         host_vcpus = config.host.vcpus,
         host_memory_mib = config.host.memory_mib,
@@ -232,6 +234,7 @@ pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
     let dropped = scheduler.close();
     let running = scheduler.snapshot().running;
     tracing::info!(
+        event = %events::SERVE_DRAINING,
         dropped_from_queue = dropped.len(),
         running,
         "webhooks stopped; waiting for the running jobs (signal again to cancel them)"
@@ -244,7 +247,7 @@ pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
             scheduler.wait_idle().await;
         }
     }
-    tracing::info!("kiln serve: stopped");
+    tracing::info!(event = %events::SERVE_STOPPED, "kiln serve: stopped");
     Ok(())
 }
 
@@ -274,6 +277,7 @@ fn server_limits() -> ServerLimits {
         ..ServerLimits::default()
     };
     tracing::info!(
+        event = %events::SERVE_LIMITS,
         fd_limit,
         max_connections = limits.http.max_connections,
         header_timeout = ?limits.http.header_timeout,

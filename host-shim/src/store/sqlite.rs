@@ -41,6 +41,7 @@ use rusqlite::{
 };
 
 use super::{unix_now, JobRecord, JobState, Journal, RunnerRecord, StoreError, VmRecord};
+use crate::logs::events;
 
 /// The journal's file name in the state directory.
 pub const FILE_NAME: &str = "journal.db";
@@ -196,7 +197,13 @@ impl SqliteJournal {
             Err(OpenFailure::Fatal(e)) => return Err(e),
             Err(OpenFailure::Unreadable(reason)) => {
                 let moved = move_aside(&path, reason)?;
-                tracing::error!("{moved}");
+                tracing::error!(
+                    event = %events::JOURNAL_MOVED_ASIDE,
+                    from = %moved.from.display(),
+                    to = %moved.to.display(),
+                    reason = %moved.reason,
+                    "{moved}"
+                );
                 (
                     open_conn(&path).map_err(|f| f.into_error(&path))?,
                     Some(moved),

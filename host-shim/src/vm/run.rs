@@ -31,6 +31,7 @@ use crate::conversation::{
     self, Canceller, Conversation, ConversationError, Event, Limits, Summary,
 };
 use crate::disk::{self, ScratchError};
+use crate::logs::events;
 use crate::net::{NetError, NetRequest, Network};
 use crate::vmm::{NetAttach, VmSpec};
 
@@ -357,7 +358,7 @@ impl<'a> VmLife<'a> {
         }
         launcher.add_kernel_args(req, &mut spec);
         self.marks.prepared = Some(Instant::now());
-        tracing::info!(vm = %id, cid, backend = launcher.backend.name(), dir = %dir.display(), "starting VM");
+        tracing::info!(event = %events::VM_STARTING, vm = %id, cid, backend = launcher.backend.name(), dir = %dir.display(), "starting VM");
         notify(&self.progress, Progress::Prepared { id, dir, cid });
         Ok((spec, job))
     }
@@ -509,7 +510,7 @@ impl<'a> VmLife<'a> {
         if let Err(e) = &result {
             // The report carries the error to the caller, who decides how
             // loud it is.
-            tracing::info!(vm = ?self.st.id, error = %e, "VM run failed; tearing down");
+            tracing::info!(vm = self.st.id.as_deref(), error = %e, "VM run failed; tearing down");
         }
         let mut vmm_exit = None;
         let mut console_tail = String::new();
@@ -533,7 +534,7 @@ impl<'a> VmLife<'a> {
         self.marks.done = Some(Instant::now());
         let st = self.st;
         let timing = Timing::compute(&self.marks, st.summary.as_ref());
-        tracing::info!(vm = ?st.id, timing = %timing.render(), "VM done");
+        tracing::info!(event = %events::VM_DONE, vm = st.id.as_deref(), timing = %timing.render(), "VM done");
         VmReport {
             id: st.id,
             backend: self.launcher.backend.name(),
@@ -590,9 +591,9 @@ async fn closed(vm: &mut RunningVm) -> RunError {
 /// Sends the guest Cancel with the request's grace; returns by when the
 /// job's end must have come.
 async fn cancel(canceller: &Canceller, req: &VmRequest, vm: Option<&str>) -> Instant {
-    tracing::info!(vm = ?vm, grace = ?req.cancel_grace, "cancelling the job");
+    tracing::info!(vm, grace = ?req.cancel_grace, "cancelling the job");
     if let Err(e) = canceller.cancel(req.cancel_grace).await {
-        tracing::warn!(vm = ?vm, error = %e, "sending Cancel failed");
+        tracing::warn!(vm, error = %e, "sending Cancel failed");
     }
     Instant::now() + req.cancel_grace + req.timeouts.cancel_slack
 }

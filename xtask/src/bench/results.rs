@@ -366,7 +366,7 @@ pub struct WebhookCheck {
     pub other_answers: BTreeMap<String, usize>,
     /// No answer (connection errors).
     pub failed: usize,
-    /// `job queued` lines in `kiln serve`'s log.
+    /// `job_queued` events in `kiln serve`'s log (its `job queued` lines).
     pub log_job_queued: Option<usize>,
     /// The queue's length at shutdown (its `dropped_from_queue` log field).
     pub dropped_at_shutdown: Option<usize>,

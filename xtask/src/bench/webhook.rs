@@ -125,6 +125,8 @@ webhook_secret_file = "webhook-secret"
 max_queued = {max_queued}
 # No VM starts; QEMU needs nothing at start, Firecracker would.
 backend = "qemu"
+# The bench counts its events (kiln::logs::events).
+log_format = "json"
 
 # The metrics listener is not needed here (and 9464 may be taken).
 [admin]
@@ -236,36 +238,20 @@ pub(super) async fn stop(server: &mut Server, what: &str) -> anyhow::Result<()> 
     }
 }
 
-/// The `job queued` lines and the shutdown summary's `dropped_from_queue`
-/// in `kiln serve`'s log (plain text: NO_COLOR is set, escapes are skipped
-/// anyway).
-pub fn parse_serve_log(text: &str) -> (usize, Option<usize>) {
-    let text = strip_ansi(text);
-    let queued = text.lines().filter(|l| l.contains(" job queued")).count();
-    let dropped = text.lines().rev().find_map(|l| {
-        let (_, rest) = l.split_once("dropped_from_queue=")?;
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        digits.parse().ok()
-    });
-    (queued, dropped)
-}
-
-/// `text` without terminal escape sequences (`ESC [ ... letter`).
-pub(super) fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for e in chars.by_ref() {
-                if e.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// The `job_queued` events and the shutdown summary's (`serve_draining`)
+/// `dropped_from_queue` in `kiln serve`'s JSON log; a line that is not
+/// JSON is an error.
+pub fn parse_serve_log(text: &str) -> anyhow::Result<(usize, Option<usize>)> {
+    use kiln::logs::events;
+    let lines = kiln::logs::read::lines(text)?;
+    let queued = lines.iter().filter(|l| l.is(events::JOB_QUEUED)).count();
+    let dropped = lines
+        .iter()
+        .rev()
+        .find(|l| l.is(events::SERVE_DRAINING))
+        .and_then(|l| l.u64("dropped_from_queue"))
+        .and_then(|n| usize::try_from(n).ok());
+    Ok((queued, dropped))
 }
 
 struct Runner<'a> {
@@ -557,7 +543,8 @@ pub async fn run(
     stop(&mut ceiling, "the ceiling").await?;
     let log = std::fs::read_to_string(&kiln.log)
         .with_context(|| format!("reading {}", kiln.log.display()))?;
-    let (log_queued, dropped) = parse_serve_log(&log);
+    let (log_queued, dropped) =
+        parse_serve_log(&log).with_context(|| format!("reading {}", kiln.log.display()))?;
     let verified = answers.ok == answers.sent
         && answers.failed == 0
         && answers.other.is_empty()
@@ -573,7 +560,7 @@ pub async fn run(
         verified,
     };
     eprintln!(
-        "webhook: kiln serve got {} deliveries: {} answered `queued`, {} `job queued` log lines, {:?} dropped from its queue at shutdown: {}",
+        "webhook: kiln serve got {} deliveries: {} answered `queued`, {} `job_queued` log events, {:?} dropped from its queue at shutdown: {}",
         check.sent, check.queued_answers, log_queued, dropped,
         if verified { "verified" } else { "NOT VERIFIED" }
     );
@@ -585,7 +572,7 @@ pub async fn run(
     let kiln_side = k.side("kiln serve", vec![
         "headers checked, body read (at most 32 at once), HMAC-SHA256 over the raw body, the JSON parsed for the fields the scheduler reads (sonic-rs)".into(),
         "de-duplication on the delivery id and (job id, action), the pool matched by labels".into(),
-        "the job queued in the scheduler, answered 202 `queued`; one `job queued` log line (info, the default) to a file".into(),
+        "the job queued in the scheduler, answered 202 `queued`; one `job_queued` JSON log line (info, the default) to a file".into(),
     ])?;
     let ceiling_side = c.side(
         "ceiling",
@@ -672,14 +659,19 @@ mod tests {
 
     #[test]
     fn serve_log_counts_enqueues_and_the_shutdown_summary() {
-        let log = "2026-11-22T05:00:00Z  INFO kiln::serve: kiln serve: listening\n\
-            2026-11-22T05:00:01Z  INFO kiln::scheduler::running: job queued delivery=a job_id=1 pool=bench queued=1\n\
-            2026-11-22T05:00:01Z  INFO kiln::scheduler::running: job queued delivery=b job_id=2 pool=bench queued=2\n\
-            2026-11-22T05:00:02Z  INFO kiln::serve: webhooks stopped; waiting for the running jobs dropped_from_queue=2 running=0\n";
-        assert_eq!(parse_serve_log(log), (2, Some(2)));
-        let colored = "\x1b[3mdropped_from_queue\x1b[0m\x1b[2m=\x1b[0m41 running=0";
-        assert_eq!(parse_serve_log(colored), (0, Some(41)));
-        assert_eq!(parse_serve_log("nothing here"), (0, None));
+        let log = r#"{"level":"INFO","event":"serve_listening","message":"kiln serve: listening"}
+{"level":"INFO","event":"job_queued","delivery":"a","job_id":1,"queued":1,"message":"job queued"}
+{"level":"INFO","event":"job_queued","delivery":"b","job_id":2,"queued":2,"message":"job queued"}
+{"level":"INFO","message":"no pool serves these labels: job ignored","job_id":3}
+{"level":"INFO","event":"serve_draining","dropped_from_queue":2,"running":0}
+"#;
+        assert_eq!(parse_serve_log(log).unwrap(), (2, Some(2)));
+        assert_eq!(parse_serve_log("").unwrap(), (0, None));
+        let text = "2026-11-22T05:00:01Z  INFO kiln::scheduler::running: job queued job_id=1\n";
+        assert!(
+            parse_serve_log(text).is_err(),
+            "a text line is refused, not skipped"
+        );
     }
 
     #[test]

@@ -87,33 +87,28 @@ pub fn stand_in_ready(log: &str) -> Option<bool> {
     })
 }
 
-/// How the jobs in `kiln serve`'s log ended: `job done` (the runner exited
-/// 0), and every other end (`job done: the runner failed`, `job failed`,
-/// `job ended without a VM`).
+/// How the jobs in `kiln serve`'s JSON log ended: `job_done` events (the
+/// runner exited 0), and every other end (`job_runner_failed`,
+/// `job_failed`, `job_without_vm`; see `kiln::logs::events`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JobEnds {
     pub done: usize,
     pub other: usize,
 }
 
-pub fn job_ends(serve_log: &str) -> JobEnds {
-    let text = webhook::strip_ansi(serve_log);
+pub fn job_ends(serve_log: &str) -> anyhow::Result<JobEnds> {
+    use kiln::logs::events;
     let mut ends = JobEnds::default();
-    for l in text.lines() {
-        // The message follows the target: `...: kiln::job: job done runner_id=...`.
-        let Some((_, msg)) = l.split_once(": job ") else {
-            continue;
-        };
-        if msg.starts_with("done: the runner failed")
-            || msg.starts_with("failed")
-            || msg.starts_with("ended without a VM")
-        {
-            ends.other += 1;
-        } else if msg == "done" || msg.starts_with("done ") {
-            ends.done += 1;
+    for l in kiln::logs::read::lines(serve_log)? {
+        match l.event() {
+            Some(events::JOB_DONE) => ends.done += 1,
+            Some(events::JOB_RUNNER_FAILED | events::JOB_FAILED | events::JOB_WITHOUT_VM) => {
+                ends.other += 1;
+            }
+            _ => {}
         }
     }
-    ends
+    Ok(ends)
 }
 
 /// The fake's `state` answer (tests/src/bin/fake-github).
@@ -166,6 +161,8 @@ listen = "127.0.0.1:{port}"
 webhook_secret_file = "webhook-secret"
 # The bench's VMs run under QEMU (TCG where KVM cannot run guests).
 backend = "qemu"
+# The bench reads its events (kiln::logs::events).
+log_format = "json"
 
 # The metrics listener is not needed here (and 9464 may be taken).
 [admin]
@@ -534,8 +531,10 @@ impl Run<'_> {
         self.dir.join("disks")
     }
 
-    fn ends(&self) -> JobEnds {
-        job_ends(&std::fs::read_to_string(self.serve_log()).unwrap_or_default())
+    fn ends(&self) -> anyhow::Result<JobEnds> {
+        let log = self.serve_log();
+        job_ends(&std::fs::read_to_string(&log).unwrap_or_default())
+            .with_context(|| format!("reading kiln serve's log {}", log.display()))
     }
 
     /// Sends job `job_id`'s signed `queued` delivery; it must be queued.
@@ -565,7 +564,7 @@ impl Run<'_> {
             if without > 0 {
                 bail!("a stand-in runner got no JIT config in its environment");
             }
-            let ends = self.ends();
+            let ends = self.ends()?;
             if ends.done + ends.other > 0 {
                 bail!(
                     "{} job(s) ended before {n} VMs ran at once ({} `job done`): the stand-ins' \
@@ -668,7 +667,7 @@ impl Run<'_> {
         tokio::time::sleep(SETTLE).await;
         let busy = rss()?;
         let (qemu, vhost, n) = vmm_rss(pid);
-        let ends = self.ends();
+        let ends = self.ends()?;
         if n != VMS || ends.done + ends.other > 0 {
             bail!(
                 "{n} QEMU processes under kiln serve at the {VMS}-VM sample, {} jobs already ended: \
@@ -679,7 +678,7 @@ impl Run<'_> {
 
         let deadline = Instant::now() + HOLD + Duration::from_secs(120);
         let ends = loop {
-            let ends = self.ends();
+            let ends = self.ends()?;
             if ends.done + ends.other >= VMS {
                 break ends;
             }
@@ -905,18 +904,20 @@ mod tests {
 
     #[test]
     fn serve_log_job_ends_are_told_apart() {
-        let log = "\
-2026-12-01T22:00:01Z  INFO kiln::scheduler::running: job started delivery=a job_id=1 pool=bench waited_ms=0
-2026-12-01T22:00:09Z  INFO job{job_id=1 pool=bench runner=kiln-bench-1-abcdef}: kiln::job: job done runner_id=101 vm=kiln-x exit=exit 0
-2026-12-01T22:00:10Z  WARN job{job_id=2 pool=bench runner=kiln-bench-2-abcdef}: kiln::job: job done: the runner failed runner_id=102 exit=exit 1
-2026-12-01T22:00:11Z ERROR job{job_id=3 pool=bench runner=kiln-bench-3-abcdef}: kiln::job: job failed runner_id=103 exit=VM failed: boot
-2026-12-01T22:00:12Z  WARN job{job_id=4 pool=bench runner=kiln-bench-4-abcdef}: kiln::job: job ended without a VM runner_id=None
-2026-12-01T22:00:13Z ERROR kiln::job: the job's task failed job_id=5
-";
-        assert_eq!(job_ends(log), JobEnds { done: 1, other: 3 });
-        let colored = "\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m \x1b[1mjob\x1b[0m: kiln::job: job done \x1b[3mrunner_id\x1b[0m=1";
-        assert_eq!(job_ends(colored), JobEnds { done: 1, other: 0 });
-        assert_eq!(job_ends(""), JobEnds::default());
+        let log = r#"{"level":"INFO","target":"kiln::scheduler::running","event":"job_queued","job_id":1,"message":"job queued"}
+{"level":"INFO","target":"kiln::job","event":"job_done","job_id":1,"message":"job done","vm":"kiln-1"}
+{"level":"WARN","target":"kiln::job","event":"job_runner_failed","job_id":2,"message":"job done: the runner failed"}
+{"level":"ERROR","target":"kiln::job","event":"job_failed","job_id":3,"message":"job failed"}
+{"level":"WARN","target":"kiln::job","event":"job_without_vm","job_id":4,"message":"job ended without a VM"}
+{"level":"ERROR","target":"kiln::job","job_id":5,"message":"the job's task failed"}
+"#;
+        assert_eq!(job_ends(log).unwrap(), JobEnds { done: 1, other: 3 });
+        assert_eq!(job_ends("").unwrap(), JobEnds::default());
+        let text = " INFO job{job_id=1}: kiln::job: job done runner_id=1\n";
+        assert!(
+            job_ends(text).is_err(),
+            "a text line is refused, not skipped"
+        );
     }
 
     #[test]
