@@ -319,9 +319,9 @@ fn a_bad_log_format_stops_it_saying_what_to_write() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.starts_with("kiln serve: config ")
+        stderr.starts_with("kiln serve: ")
             && stderr.contains(
-                "log_format: \"xml\" is not a log format: use \"text\" (the default) or \"json\""
+                "config.toml:6:14: log_format: \"xml\" is not a log format: use \"text\" (the default) or \"json\""
             ),
         "{stderr}"
     );
