@@ -16,6 +16,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use kiln::github::webhook::sign;
+use kiln::logs::events;
+use kiln::logs::read::{self, LogLine};
 use kiln::secret::Secret;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -30,6 +32,7 @@ fn config(listen: &str, tls: &str) -> String {
         r#"
 listen = "{listen}"
 webhook_secret_file = "webhook-secret"
+log_format = "json"
 backend = "qemu"
 
 # The metrics listener is not needed here (and 9464 may be taken).
@@ -150,19 +153,30 @@ impl Kiln {
         }
     }
 
-    /// The first stderr line with `needle`, within `within`.
-    fn wait_for(&self, needle: &str, within: Duration) -> String {
+    /// The first event `name` on kiln serve's stderr (JSON lines; a line
+    /// that is not one fails the test), within `within`.
+    fn wait_for(&self, name: &str, within: Duration) -> LogLine {
         let deadline = Instant::now() + within;
         let mut seen = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
+                Ok(text) => {
+                    let line = read::lines(&format!("{text}\n"))
+                        .unwrap_or_else(|e| {
+                            panic!("kiln serve wrote a line that is not JSON: {e:?}")
+                        })
+                        .pop()
+                        .expect("one line");
+                    if line.is(name) {
+                        return line;
+                    }
+                    seen.push(text);
+                }
                 Err(_) => break,
             }
         }
         panic!(
-            "no line with {needle:?} on kiln serve's stderr; got:\n{}",
+            "no {name:?} event on kiln serve's stderr; got:\n{}",
             seen.join("\n")
         );
     }
@@ -171,7 +185,7 @@ impl Kiln {
     fn stop(mut self) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.0.id()).expect("pid"));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        self.wait_for("stopped", Duration::from_secs(20));
+        self.wait_for(events::SERVE_STOPPED, Duration::from_secs(20));
         let status = self.child.0.wait().expect("wait");
         assert!(status.success(), "{status:?}");
     }
@@ -324,15 +338,13 @@ fn write_pair(dir: &Path, pair: &(String, String)) {
     }
 }
 
-fn port_of(listening: &str) -> u16 {
+/// The port of a `serve_listening` event's `listen` address.
+fn port_of(listening: &LogLine) -> u16 {
     listening
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no port in {listening:?}"))
+        .str("listen")
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port())
+        .unwrap_or_else(|| panic!("no listen address in {:?}", listening.fields()))
 }
 
 #[test]
@@ -343,7 +355,7 @@ fn replaced_certificate_files_are_served_without_a_restart() {
     let dir = dir_with_config("127.0.0.1:0", tls_files_table());
     write_pair(dir.path(), &a);
     let kiln = Kiln::start(dir.path(), None);
-    let port = port_of(&kiln.wait_for("listening", Duration::from_secs(30)));
+    let port = port_of(&kiln.wait_for(events::SERVE_LISTENING, Duration::from_secs(30)));
     let client = client(&ca.pem());
 
     let (answer, leaf) = https(&client, port, DOMAIN, &signed_ping("files-1")).expect("HTTPS");
@@ -351,7 +363,7 @@ fn replaced_certificate_files_are_served_without_a_restart() {
     assert_eq!(leaf, der(&a.0), "cert A first");
 
     write_pair(dir.path(), &b);
-    kiln.wait_for("TLS certificate reloaded", Duration::from_secs(20));
+    kiln.wait_for(events::TLS_RELOADED, Duration::from_secs(20));
     let (answer, leaf) = https(&client, port, DOMAIN, &signed_ping("files-2")).expect("HTTPS");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(leaf, der(&b.0), "cert B after the files were replaced");
@@ -359,11 +371,9 @@ fn replaced_certificate_files_are_served_without_a_restart() {
     // A broken replacement keeps B, and the error names the file.
     let cert = dir.path().join("tls/cert.pem");
     std::fs::write(&cert, "not a certificate").expect("break the cert");
-    let error = kiln.wait_for(
-        "still serving the previous certificate",
-        Duration::from_secs(20),
-    );
-    assert!(error.contains(&cert.display().to_string()), "{error}");
+    let error = kiln.wait_for(events::TLS_RELOAD_FAILED, Duration::from_secs(20));
+    let said = error.str("error").unwrap_or_default();
+    assert!(said.contains(&cert.display().to_string()), "{said}");
     let (_, leaf) = https(&client, port, DOMAIN, &signed_ping("files-3")).expect("HTTPS");
     assert_eq!(leaf, der(&b.0), "B stays");
     kiln.stop();
@@ -418,9 +428,14 @@ fn idle_and_dribbling_tls_clients_neither_keep_a_delivery_out_nor_stay_open() {
     let dir = dir_with_config("127.0.0.1:0", tls_files_table());
     write_pair(dir.path(), &ca.leaf(&[DOMAIN]));
     let kiln = Kiln::start(dir.path(), Some(200));
-    let limits = kiln.wait_for("webhook limits", Duration::from_secs(30));
-    assert!(limits.contains("max_connections=100"), "{limits}");
-    let port = port_of(&kiln.wait_for("listening", Duration::from_secs(30)));
+    let limits = kiln.wait_for(events::SERVE_LIMITS, Duration::from_secs(30));
+    assert_eq!(
+        limits.u64("max_connections"),
+        Some(100),
+        "{:?}",
+        limits.fields()
+    );
+    let port = port_of(&kiln.wait_for(events::SERVE_LISTENING, Duration::from_secs(30)));
 
     let opened = Instant::now();
     let crowd: Vec<TcpStream> = (0..300)
@@ -573,8 +588,9 @@ fn acme_gets_a_certificate_from_pebble_and_a_restart_reuses_it() {
     let kiln_dir = dir_with_config(&format!("127.0.0.1:{kiln_port}"), &tls);
 
     let kiln = Kiln::start(kiln_dir.path(), None);
-    kiln.wait_for("listening", Duration::from_secs(30));
-    kiln.wait_for("ACME: new certificate installed", Duration::from_secs(60));
+    kiln.wait_for(events::SERVE_LISTENING, Duration::from_secs(30));
+    let issued = kiln.wait_for(events::ACME_CERTIFICATE, Duration::from_secs(60));
+    assert_eq!(issued.str("source"), Some("new"), "{:?}", issued.fields());
     let client = client(&pebble.issuing_root());
     let (answer, first) =
         https(&client, kiln_port, DOMAIN, &signed_queued("acme-1", 701)).expect("HTTPS");
@@ -591,11 +607,14 @@ fn acme_gets_a_certificate_from_pebble_and_a_restart_reuses_it() {
     drop(kiln);
 
     let kiln = Kiln::start(kiln_dir.path(), None);
-    kiln.wait_for(
-        "ACME: using the stored certificate",
-        Duration::from_secs(30),
+    let reused = kiln.wait_for(events::ACME_CERTIFICATE, Duration::from_secs(30));
+    assert_eq!(
+        reused.str("source"),
+        Some("stored"),
+        "{:?}",
+        reused.fields()
     );
-    kiln.wait_for("listening", Duration::from_secs(30));
+    kiln.wait_for(events::SERVE_LISTENING, Duration::from_secs(30));
     let (answer, second) =
         https(&client, kiln_port, DOMAIN, &signed_queued("acme-2", 702)).expect("HTTPS");
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");

@@ -27,6 +27,15 @@
 //!   new jobs are refused. `error`.
 //! - [`EGRESS_POLICY_LOST`] `egress_policy_lost`: the egress table is
 //!   gone; every VM is killed. `error`.
+//! - [`TLS_RELOADED`] `tls_reloaded`: changed certificate files are
+//!   served now; `cert`, `key`.
+//! - [`TLS_RELOAD_FAILED`] `tls_reload_failed`: changed certificate files
+//!   cannot be used; the previous certificate stays. `error`.
+//! - [`ACME_CERTIFICATE`] `acme_certificate`: a certificate from the ACME
+//!   CA is served; `domains`, `not_after`, `source` (`stored`: kept from
+//!   before a restart; `new`: just issued, with `renew_at`).
+//! - [`ACME_FAILED`] `acme_failed`: no certificate this time; `domains`,
+//!   `error`, `retry_in`.
 //! - [`ADMIN_LISTENING`] `admin_listening`: the admin socket is up;
 //!   `socket`, and `metrics` (the metrics listener's address) unless it is off.
 //!
@@ -102,6 +111,14 @@ pub const JOB_FAILED: &str = "job_failed";
 /// The job ended without a VM.
 pub const JOB_WITHOUT_VM: &str = "job_without_vm";
 
+/// Changed certificate files are served.
+pub const TLS_RELOADED: &str = "tls_reloaded";
+/// Changed certificate files cannot be used.
+pub const TLS_RELOAD_FAILED: &str = "tls_reload_failed";
+/// An ACME certificate is served.
+pub const ACME_CERTIFICATE: &str = "acme_certificate";
+/// Getting an ACME certificate failed; it is retried.
+pub const ACME_FAILED: &str = "acme_failed";
 /// The admin socket (and the metrics listener) are up.
 pub const ADMIN_LISTENING: &str = "admin_listening";
 /// An operator cancelled a job.
@@ -129,6 +146,10 @@ pub const ALL: &[&str] = &[
     JOB_RUNNER_FAILED,
     JOB_FAILED,
     JOB_WITHOUT_VM,
+    TLS_RELOADED,
+    TLS_RELOAD_FAILED,
+    ACME_CERTIFICATE,
+    ACME_FAILED,
     ADMIN_LISTENING,
     JOB_CANCELLED,
 ];

@@ -38,6 +38,7 @@ use super::files;
 use super::private_files::{private_dir, write_private};
 use super::resolver::CertResolver;
 use crate::config::AcmeSettings;
+use crate::logs::events;
 
 /// An order (account, challenges, finalisation) that takes longer than
 /// this has failed: the CA is not answering.
@@ -177,6 +178,8 @@ impl Acme {
                 if validity.names == self.wanted() && validity.not_after > SystemTime::now() =>
             {
                 tracing::info!(
+                    event = %events::ACME_CERTIFICATE,
+                    source = "stored",
                     domains = ?self.settings.domains,
                     not_after = %when(validity.not_after),
                     "ACME: using the stored certificate"
@@ -241,6 +244,8 @@ impl Acme {
             let failure = match ordered {
                 Ok(Ok(validity)) => {
                     tracing::info!(
+                        event = %events::ACME_CERTIFICATE,
+                        source = "new",
                         domains = ?self.settings.domains,
                         not_after = %when(validity.not_after),
                         renew_at = %when(validity.renew_at()),
@@ -255,6 +260,7 @@ impl Acme {
             };
             self.resolver.clear_challenges();
             tracing::error!(
+                event = %events::ACME_FAILED,
                 domains = ?self.settings.domains,
                 error = %failure,
                 retry_in = ?retry,

@@ -14,6 +14,7 @@ use rustls::sign::CertifiedKey;
 
 use super::error::TlsError;
 use super::resolver::CertResolver;
+use crate::logs::events;
 
 /// How often the files' metadata is compared with what was loaded.
 pub(crate) const RELOAD_POLL: Duration = Duration::from_secs(2);
@@ -124,11 +125,13 @@ impl Watched {
             match self.check() {
                 None => {}
                 Some(Ok(())) => tracing::info!(
+                    event = %events::TLS_RELOADED,
                     cert = %self.cert.display(),
                     key = %self.key.display(),
                     "TLS certificate reloaded"
                 ),
                 Some(Err(e)) => tracing::error!(
+                    event = %events::TLS_RELOAD_FAILED,
                     error = %e,
                     "TLS certificate files changed but cannot be used: still serving the previous certificate"
                 ),
