@@ -4,6 +4,7 @@
 //!
 //! - [`prereq`] — what the host must have, and how to install what it lacks.
 //! - [`assets`] — kiln-init, kernel and initramfs, built once per process.
+//! - [`daemon`] — `kiln serve`, the binary: config, start, log, signed deliveries.
 //! - [`job`] — jobs for test payloads (busybox `sh -c` as `runner`).
 //! - [`events`] — `kiln serve`'s JSON log lines, found by event name and fields.
 //! - [`disk`] — ext4 base and scratch images, read back without mounting.
@@ -21,6 +22,7 @@
 //! lab's, say so and return when not root.)
 
 pub mod assets;
+pub mod daemon;
 pub mod disk;
 pub mod events;
 pub mod fake_github;

@@ -7,19 +7,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln::github::webhook::sign;
-use kiln::secret::Secret;
-use kiln_vm_tests::fake_github::{test_key, FakeGithub, APP_ID};
+use kiln_vm_tests::daemon::{self, Delivery, Setup};
+use kiln_vm_tests::fake_github::FakeGithub;
 use kiln_vm_tests::{assets, layer};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SECRET: &str = "operate-webhook-secret";
-const LABELS: &[&str] = &["self-hosted", "kiln-tiny"];
 const JOB: u64 = 4_242;
 
 /// The stand-in runner: says it holds, then holds until stopped.
@@ -65,8 +62,16 @@ fn ps_logs_cancel_and_metrics_follow_a_job() {
             .tempdir_in("/tmp")
             .unwrap();
         let root = root.path();
-        let (port, metrics_port) = (free_port(), free_port());
-        let config = write_config(root, &fake.url, port, metrics_port);
+        let (port, metrics_port) = (daemon::free_port().unwrap(), daemon::free_port().unwrap());
+        let metrics_at = format!("127.0.0.1:{metrics_port}");
+        let setup = Setup {
+            api_url: &fake.url,
+            port,
+            admin_listen: &metrics_at,
+            github: "",
+            stand_in: STAND_IN,
+        };
+        let config = daemon::write_config(root, &setup).unwrap();
         let daemon = start(root, &config, port).await;
         let socket = root.join("run/admin.sock");
         let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
@@ -78,7 +83,7 @@ fn ps_logs_cancel_and_metrics_follow_a_job() {
             None
         );
 
-        let answer = deliver(port, JOB).await;
+        let answer = daemon::deliver(port, &Delivery::queued(JOB)).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
         // kiln ps: the job runs, in a VM, its runner started.
         let row = wait_for(root, "the job's runner to start", || {
@@ -370,127 +375,13 @@ fn dechunk(body: &str, head: &str) -> String {
 }
 
 async fn start(root: &Path, config: &Path, port: u16) -> Daemon {
-    let log = std::fs::File::create(root.join("kiln.log")).unwrap();
-    let child = Command::new(layer::kiln_binary().unwrap())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("KILN_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env("KILN_STATE_DIR", root.join("state"))
-        .env("KILN_RUNTIME_DIR", root.join("run"))
-        .env("KILN_DISK_DIR", root.join("disks"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let daemon = Daemon(child);
-    let until = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < until,
-            "kiln serve never listened:\n{}",
-            logs(root)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    daemon
+    Daemon(
+        daemon::start(root, config, port)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}")),
+    )
 }
 
 fn logs(root: &Path) -> String {
-    std::fs::read_to_string(root.join("kiln.log")).unwrap_or_default()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_config(root: &Path, api_url: &str, port: u16, metrics_port: u16) -> PathBuf {
-    for (name, content) in [
-        ("webhook-secret", SECRET.to_owned()),
-        ("app-key.pem", test_key().private_pkcs1.clone()),
-    ] {
-        let path = root.join(name);
-        std::fs::write(&path, content).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let image = layer::minimal_image_dir_with(
-        &root.join("image-src"),
-        &[("opt/actions-runner/run.sh", 0o755, STAND_IN)],
-    )
-    .unwrap();
-    let config = format!(
-        r#"
-listen = "127.0.0.1:{port}"
-webhook_secret_file = "webhook-secret"
-backend = "qemu"
-
-[admin]
-listen = "127.0.0.1:{metrics_port}"
-
-[github]
-api_url = "{api_url}"
-app_id = {APP_ID}
-private_key_file = "app-key.pem"
-org = "acme"
-
-[host]
-vcpus = 2
-memory_mib = 4096
-
-[[pool]]
-name = "tiny"
-labels = {labels}
-vcpus = 1
-memory_mib = 512
-scratch_gib = 1
-image = "{image}"
-job_timeout = "5m"
-network = "none"
-"#,
-        labels = serde_json::to_string(LABELS).unwrap(),
-        image = image.display(),
-    );
-    let path = root.join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    path
-}
-
-/// A signed `queued` delivery of job `job_id`; the whole answer.
-async fn deliver(port: u16, job_id: u64) -> String {
-    let body = serde_json::to_vec(&json!({
-        "action": "queued",
-        "workflow_job": {
-            "id": job_id, "run_id": job_id + 1, "run_attempt": 1, "labels": LABELS,
-            "status": "queued", "runner_name": null, "steps": [],
-        },
-        "repository": {"full_name": "acme/widgets", "private": true},
-        "organization": {"login": "acme"},
-        "installation": {"id": 7},
-        "sender": {"login": "octocat"},
-    }))
-    .unwrap();
-    let head = format!(
-        "POST /webhook HTTP/1.1\r\nHost: kiln.test\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nX-GitHub-Event: workflow_job\r\n\
-         X-GitHub-Delivery: op-{job_id}\r\nX-Hub-Signature-256: {}\r\n\
-         Content-Length: {}\r\n\r\n",
-        sign(&Secret::new(SECRET), &body),
-        body.len()
-    );
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&body).await.unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
-    answer
+    daemon::logs(root)
 }

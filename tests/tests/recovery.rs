@@ -9,20 +9,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use kiln::github::webhook::sign;
-use kiln::secret::Secret;
+use kiln_vm_tests::daemon::{self, Delivery, Setup, LABELS};
 use kiln_vm_tests::events::{self, names};
-use kiln_vm_tests::fake_github::{test_key, FakeGithub, APP_ID};
+use kiln_vm_tests::fake_github::FakeGithub;
 use kiln_vm_tests::{assets, layer};
-use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SECRET: &str = "recovery-webhook-secret";
-const INSTALLATION: u64 = 7;
-const LABELS: &[&str] = &["self-hosted", "kiln-tiny"];
 /// Kill and restart this many times in a row (`KILN_TEST_RECOVERY_ROUNDS`).
 const ROUNDS: u32 = 10;
 /// What the issue asks of the cleanup after a restart.
@@ -269,49 +263,17 @@ async fn wait_for_holding(root: &Path, job_id: u64, kiln: &mut Child) {
 }
 
 async fn start_kiln(root: &Path, config: &Path, port: u16) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(root.join("kiln.log"))
-        .unwrap();
-    let child = Command::new(layer::kiln_binary().unwrap())
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("KILN_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env("KILN_STATE_DIR", root.join("state"))
-        .env("KILN_RUNTIME_DIR", root.join("run"))
-        .env("KILN_DISK_DIR", root.join("disks"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let until = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+    daemon::start(root, config, port)
         .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < until,
-            "kiln serve never listened:\n{}",
-            logs(root)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    child
+        .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn logs(root: &Path) -> String {
-    std::fs::read_to_string(root.join("kiln.log")).unwrap_or_default()
+    daemon::logs(root)
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    daemon::free_port().unwrap()
 }
 
 /// The config, its secrets and the stand-in's image under `root`.
@@ -321,59 +283,14 @@ fn write_config(root: &Path, api_url: &str, port: u16) -> PathBuf {
 
 /// [`write_config`] with more `[github]` keys.
 fn write_config_with(root: &Path, api_url: &str, port: u16, github: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    for (name, content) in [
-        ("webhook-secret", SECRET.to_owned()),
-        ("app-key.pem", test_key().private_pkcs1.clone()),
-    ] {
-        let path = root.join(name);
-        std::fs::write(&path, content).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let image = layer::minimal_image_dir_with(
-        &root.join("image-src"),
-        &[("opt/actions-runner/run.sh", 0o755, STAND_IN)],
-    )
-    .unwrap();
-    let config = format!(
-        r#"
-listen = "127.0.0.1:{port}"
-webhook_secret_file = "webhook-secret"
-backend = "qemu"
-log_format = "json"
-
-# The metrics listener is not needed here (and 9464 may be taken).
-[admin]
-listen = "off"
-
-[github]
-api_url = "{api_url}"
-app_id = {APP_ID}
-private_key_file = "app-key.pem"
-org = "acme"
-runner_group_id = 1
-{github}
-
-[host]
-vcpus = 2
-memory_mib = 4096
-
-[[pool]]
-name = "tiny"
-labels = {labels}
-vcpus = 1
-memory_mib = 512
-scratch_gib = 1
-image = "{image}"
-job_timeout = "5m"
-network = "none"
-"#,
-        labels = serde_json::to_string(LABELS).unwrap(),
-        image = image.display(),
-    );
-    let path = root.join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    path
+    let setup = Setup {
+        api_url,
+        port,
+        admin_listen: "off",
+        github,
+        stand_in: STAND_IN,
+    };
+    daemon::write_config(root, &setup).unwrap()
 }
 
 /// Sends a signed `workflow_job` delivery; returns the whole answer.
@@ -384,39 +301,13 @@ async fn deliver(
     conclusion: Option<&str>,
     runner: Option<&str>,
 ) -> String {
-    let status = match action {
-        "completed" => "completed",
-        "in_progress" => "in_progress",
-        _ => "queued",
+    let d = Delivery {
+        action,
+        job_id,
+        conclusion,
+        runner,
     };
-    let body = serde_json::to_vec(&json!({
-        "action": action,
-        "workflow_job": {
-            "id": job_id, "run_id": job_id + 1, "run_attempt": 1, "labels": LABELS,
-            "status": status, "conclusion": conclusion, "runner_name": runner, "steps": [],
-        },
-        "repository": {"full_name": "acme/widgets", "private": true},
-        "organization": {"login": "acme"},
-        "installation": {"id": INSTALLATION},
-        "sender": {"login": "octocat"},
-    }))
-    .unwrap();
-    let head = format!(
-        "POST /webhook HTTP/1.1\r\nHost: kiln.test\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nX-GitHub-Event: workflow_job\r\n\
-         X-GitHub-Delivery: rec-{action}-{job_id}\r\nX-Hub-Signature-256: {}\r\n\
-         Content-Length: {}\r\n\r\n",
-        sign(&Secret::new(SECRET), &body),
-        body.len()
-    );
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&body).await.unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
-    answer
+    daemon::deliver(port, &d).await.unwrap()
 }
 
 /// GitHub as the source of truth: a queued job whose webhook never came is
