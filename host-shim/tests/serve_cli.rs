@@ -4,18 +4,20 @@
 //! "json"`): the tests read its events ([`kiln::logs::events`]), not its
 //! human text.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kiln::github::webhook::sign;
 use kiln::logs::events;
-use kiln::logs::read::{self, LogLine};
+use kiln::logs::read;
 use kiln::secret::Secret;
+
+mod common;
+use common::{closed_by, port_of, stderr_lines, wait_for_event, Reaped};
 use nix::sys::resource::{setrlimit, Resource};
 
 const CONFIG: &str = r#"
@@ -116,24 +118,6 @@ fn kiln_serve_with_fd_limit(config: &Path, soft: u64, hard: u64) -> Child {
 }
 
 /// Kills a `kiln serve` a failed test left running.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The port of a `serve_listening` event.
-fn port_of(listening: &LogLine) -> u16 {
-    listening
-        .str("listen")
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        .unwrap_or_else(|| panic!("no address in {listening:?}"))
-        .port()
-}
-
 fn signed_ping(id: &str) -> String {
     let body = "{}";
     format!(
@@ -142,45 +126,6 @@ fn signed_ping(id: &str) -> String {
         sign(&Secret::new("s3cret"), body.as_bytes()),
         body.len()
     )
-}
-
-/// Stderr lines as they come, from a thread.
-fn lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let stderr = child.stderr.take().expect("stderr piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits for event `name` on stderr; every line before it must be JSON.
-fn wait_for_event(rx: &mpsc::Receiver<String>, name: &str) -> LogLine {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let Ok(line) = rx.recv_timeout(left) else {
-            break;
-        };
-        let parsed = parse(&line);
-        if parsed.is(name) {
-            return parsed;
-        }
-        seen.push(line);
-    }
-    panic!("no {name} event on stderr; got:\n{}", seen.join("\n"));
-}
-
-/// One line of stderr, which must be a JSON object.
-fn parse(line: &str) -> LogLine {
-    match read::lines(&format!("{line}\n")) {
-        Ok(mut one) if one.len() == 1 => one.remove(0),
-        _ => panic!("not a JSON log line: {line:?}"),
-    }
 }
 
 /// The `serve_failed` event of a `kiln serve` that stopped: its error.
@@ -205,8 +150,8 @@ fn http(port: u16, request: &str) -> String {
 fn serves_and_stops_on_sigterm() {
     let dir = dir_with_config(0o600);
     let mut child = kiln_serve(&dir.path().join("config.toml"));
-    let rx = lines(&mut child);
-    let listening = wait_for_event(&rx, events::SERVE_LISTENING);
+    let rx = stderr_lines(&mut child);
+    let listening = wait_for_event(&rx, events::SERVE_LISTENING, Duration::from_secs(20));
     // Not under journald: kiln stamps its lines itself.
     assert!(listening.str("timestamp").is_some(), "{listening:?}");
     let port = port_of(&listening);
@@ -225,7 +170,7 @@ fn serves_and_stops_on_sigterm() {
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    wait_for_event(&rx, events::SERVE_STOPPED);
+    wait_for_event(&rx, events::SERVE_STOPPED, Duration::from_secs(20));
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -281,7 +226,7 @@ fn in_the_text_format_it_logs_for_people() {
         &CONFIG.replace("log_format = \"json\"", "log_format = \"text\""),
     );
     let mut child = Reaped(kiln_serve(&dir.path().join("config.toml")));
-    let rx = lines(&mut child.0);
+    let rx = stderr_lines(&mut child.0);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -379,10 +324,14 @@ fn under_a_small_fd_limit_half_requests_neither_keep_a_ping_out_nor_stay_open() 
         200,
         200,
     ));
-    let rx = lines(&mut child.0);
-    let limits = wait_for_event(&rx, events::SERVE_LIMITS);
+    let rx = stderr_lines(&mut child.0);
+    let limits = wait_for_event(&rx, events::SERVE_LIMITS, Duration::from_secs(20));
     assert_eq!(limits.u64("max_connections"), Some(100), "{limits:?}");
-    let port = port_of(&wait_for_event(&rx, events::SERVE_LISTENING));
+    let port = port_of(&wait_for_event(
+        &rx,
+        events::SERVE_LISTENING,
+        Duration::from_secs(20),
+    ));
 
     let opened = Instant::now();
     let crowd: Vec<TcpStream> = (0..300)
@@ -409,24 +358,6 @@ fn under_a_small_fd_limit_half_requests_neither_keep_a_ping_out_nor_stay_open() 
     assert_eq!(still_open, 0, "half-sent connections still open 15 s on");
 }
 
-/// True if the peer closed `s` (EOF or reset) before `deadline`.
-fn closed_by(mut s: &TcpStream, deadline: Instant) -> bool {
-    let mut buf = [0u8; 256];
-    loop {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return false;
-        };
-        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .expect("timeout");
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
-}
-
 #[test]
 fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
     let dir = dir_with_config(0o600);
@@ -435,8 +366,8 @@ fn the_open_files_soft_limit_is_raised_to_the_hard_one() {
         256,
         4096,
     ));
-    let rx = lines(&mut child.0);
-    wait_for_event(&rx, events::SERVE_LISTENING);
+    let rx = stderr_lines(&mut child.0);
+    wait_for_event(&rx, events::SERVE_LISTENING, Duration::from_secs(20));
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.0.id()))
         .expect("read /proc/<pid>/limits");
     let open_files: Vec<&str> = limits
@@ -522,8 +453,12 @@ fn a_full_state_filesystem_refuses_new_jobs_until_there_is_room() {
         return;
     };
     let mut child = kiln_serve(&dir.path().join("config.toml"));
-    let rx = lines(&mut child);
-    let port = port_of(&wait_for_event(&rx, events::SERVE_LISTENING));
+    let rx = stderr_lines(&mut child);
+    let port = port_of(&wait_for_event(
+        &rx,
+        events::SERVE_LISTENING,
+        Duration::from_secs(20),
+    ));
     let fill = state.join("fill");
     let mut f = std::fs::File::create(&fill).expect("fill file");
     while f.write_all(&[0u8; 64 * 1024]).is_ok() {}
@@ -534,7 +469,7 @@ fn a_full_state_filesystem_refuses_new_jobs_until_there_is_room() {
         refused.starts_with("HTTP/1.1 503") && refused.ends_with("cannot record the job"),
         "{refused}"
     );
-    wait_for_event(&rx, events::JOURNAL_FULL);
+    wait_for_event(&rx, events::JOURNAL_FULL, Duration::from_secs(20));
 
     std::fs::remove_file(&fill).expect("make room");
     let taken = http(port, &signed_queued("full-2", 502));

@@ -7,18 +7,21 @@
 //! firewall changes); every process started here is killed, and every
 //! file removed, when its guard drops, also when an assertion fails.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use kiln::github::webhook::sign;
 use kiln::logs::events;
-use kiln::logs::read::{self, LogLine};
+use kiln::logs::read::LogLine;
 use kiln::secret::Secret;
+
+mod common;
+use common::{closed_by, port_of, stderr_lines, wait_for_event, Reaped};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -92,15 +95,6 @@ fn write_secret(path: &Path, content: &str) {
 }
 
 /// A child process killed and reaped when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A running `kiln serve` and its stderr lines.
 struct Kiln {
     child: Reaped,
@@ -138,47 +132,16 @@ impl Kiln {
             }
         }
         let mut child = cmd.spawn().expect("spawn kiln serve");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = stderr_lines(&mut child);
         Self {
             child: Reaped(child),
             lines,
         }
     }
 
-    /// The first event `name` on kiln serve's stderr (JSON lines; a line
-    /// that is not one fails the test), within `within`.
+    /// The first event `name` on kiln serve's stderr, within `within`.
     fn wait_for(&self, name: &str, within: Duration) -> LogLine {
-        let deadline = Instant::now() + within;
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(text) => {
-                    let line = read::lines(&format!("{text}\n"))
-                        .unwrap_or_else(|e| {
-                            panic!("kiln serve wrote a line that is not JSON: {e:?}")
-                        })
-                        .pop()
-                        .expect("one line");
-                    if line.is(name) {
-                        return line;
-                    }
-                    seen.push(text);
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no {name:?} event on kiln serve's stderr; got:\n{}",
-            seen.join("\n")
-        );
+        wait_for_event(&self.lines, name, within)
     }
 
     /// SIGTERM, and its exit.
@@ -338,15 +301,6 @@ fn write_pair(dir: &Path, pair: &(String, String)) {
     }
 }
 
-/// The port of a `serve_listening` event's `listen` address.
-fn port_of(listening: &LogLine) -> u16 {
-    listening
-        .str("listen")
-        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        .map(|a| a.port())
-        .unwrap_or_else(|| panic!("no listen address in {:?}", listening.fields()))
-}
-
 #[test]
 fn replaced_certificate_files_are_served_without_a_restart() {
     let ca = Ca::new("files test CA");
@@ -398,24 +352,6 @@ fn a_key_file_others_can_read_stops_it_with_chmod_600() {
         stderr.contains(&format!("run `chmod 600 {}`", key.display())),
         "{stderr}"
     );
-}
-
-/// True if the peer closed `s` (EOF or reset) before `deadline`.
-fn closed_by(mut s: &TcpStream, deadline: Instant) -> bool {
-    let mut buf = [0u8; 256];
-    loop {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            return false;
-        };
-        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-            .expect("timeout");
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-    }
 }
 
 /// The handshake runs under the same limits as plain HTTP: with 100
