@@ -78,9 +78,17 @@ fn ps_logs_cancel_and_metrics_follow_a_job() {
         assert_eq!(mode & 0o777, 0o600, "the admin socket is root's only");
 
         let before = scrape(metrics_port).await;
+        // Every pool's series is there from the start, at 0.
         assert_eq!(
             value(&before, "kiln_jobs_started_total{pool=\"tiny\"}"),
-            None
+            Some(0.0)
+        );
+        assert_eq!(
+            value(
+                &before,
+                "kiln_jobs_finished_total{pool=\"tiny\",result=\"failed\"}"
+            ),
+            Some(0.0)
         );
 
         let answer = daemon::deliver(port, &Delivery::queued(JOB)).await.unwrap();

@@ -10,6 +10,7 @@ use anyhow::Context;
 use crate::admin::client::AdminClient;
 use crate::admin::wire::Ps;
 use crate::admin::{socket_path, AdminError};
+use crate::job::board::Stage;
 use crate::vm::RuntimeDirs;
 
 #[derive(clap::Args, Debug)]
@@ -131,10 +132,13 @@ fn table(ps: &Ps) -> String {
         "BOOT".to_owned(),
     ]];
     for j in &ps.jobs {
-        let state = match (&j.outcome, j.cancelled) {
-            (Some(how), _) => format!("done: {how}"),
-            (None, true) => format!("{} (cancelling)", stage_name(j.stage)),
-            (None, false) => stage_name(j.stage).to_owned(),
+        let state = match (&j.outcome, j.cancelled, &j.waiting_for) {
+            (Some(how), _, _) => format!("done: {how}"),
+            (None, true, _) => format!("{} (cancelling)", stage_name(j.stage)),
+            (None, false, Some(lacking)) if j.stage == Stage::Waiting => {
+                format!("waiting for {lacking}")
+            }
+            (None, false, _) => stage_name(j.stage).to_owned(),
         };
         let boot: Vec<String> = j
             .milestones
@@ -188,12 +192,12 @@ fn table(ps: &Ps) -> String {
     out
 }
 
-fn stage_name(s: crate::job::board::Stage) -> &'static str {
-    use crate::job::board::Stage;
+fn stage_name(s: Stage) -> &'static str {
     match s {
         Stage::Checking => "checking",
         Stage::Registering => "registering",
         Stage::Booting => "booting",
+        Stage::Waiting => "waiting",
         Stage::Running => "running",
         Stage::TearingDown => "tearing down",
         Stage::Done => "done",
@@ -219,7 +223,7 @@ fn age(secs: f64) -> String {
 mod tests {
     use super::*;
     use crate::admin::wire::{Capacity, Queued};
-    use crate::job::board::{Milestone, Row, Stage};
+    use crate::job::board::{Milestone, Row};
 
     #[test]
     fn the_table_shows_running_and_queued_jobs_with_their_boot() {
@@ -241,6 +245,7 @@ mod tests {
                 log: None,
                 outcome: None,
                 cancelled: false,
+                waiting_for: None,
             }],
             queued: vec![Queued {
                 job_id: 42,

@@ -35,6 +35,8 @@ pub enum Stage {
     Registering,
     /// The VM is being made and boots.
     Booting,
+    /// The VM cannot start yet: `Row::waiting_for` says what it lacks.
+    Waiting,
     /// The runner runs in the guest.
     Running,
     /// The job ended; the VM is going and the runner is deleted.
@@ -65,6 +67,9 @@ pub struct Row {
     pub outcome: Option<String>,
     /// Set when an operator asked to cancel it.
     pub cancelled: bool,
+    /// What a waiting job's VM lacks: `address` or `disk space`.
+    #[serde(default)]
+    pub waiting_for: Option<String>,
 }
 
 /// What a job's task says about itself; [`Board::add`] makes one.
@@ -129,6 +134,7 @@ impl Board {
             log: None,
             outcome: None,
             cancelled: false,
+            waiting_for: None,
         };
         let entry = Entry {
             row,
@@ -141,6 +147,14 @@ impl Board {
 
     pub fn stage(&self, job_id: u64, stage: Stage) {
         self.with(job_id, |e| e.row.stage = stage);
+    }
+
+    /// The job's VM cannot start for want of `lacking`; it tries again.
+    pub fn waiting(&self, job_id: u64, lacking: &str) {
+        self.with(job_id, |e| {
+            e.row.stage = Stage::Waiting;
+            e.row.waiting_for = Some(lacking.to_owned());
+        });
     }
 
     pub fn log(&self, job_id: u64, path: PathBuf) {
@@ -162,6 +176,7 @@ impl Board {
                 Progress::JobEnded => ("job_ended", Stage::TearingDown),
             };
             e.row.stage = stage;
+            e.row.waiting_for = None;
             e.row.milestones.push(Milestone {
                 name: name.to_owned(),
                 ms: ms(e.since.elapsed()),
@@ -279,6 +294,10 @@ mod tests {
         let (stop, _signal) = stop_channel();
         board.add(&new_row(41), stop);
         board.stage(41, Stage::Registering);
+        board.waiting(41, "disk space");
+        let row = board.find("41").expect("running");
+        assert_eq!(row.stage, Stage::Waiting);
+        assert_eq!(row.waiting_for.as_deref(), Some("disk space"));
         board.progress(
             41,
             &Progress::Prepared {
@@ -290,6 +309,7 @@ mod tests {
         board.progress(41, &Progress::RunnerStarted { pid: 9 });
         let row = board.find("kiln-abc").expect("found by VM id");
         assert_eq!((row.job_id, row.stage), (41, Stage::Running));
+        assert_eq!(row.waiting_for, None, "a VM that starts waits no more");
         let names: Vec<_> = row.milestones.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["prepared", "runner_started"]);
         assert_eq!(board.rows(false).len(), 1);

@@ -239,6 +239,9 @@ impl Jobs {
         )
         .map_err(SetupError::Github)?
         .count_in(Arc::clone(&settings.metrics));
+        settings
+            .metrics
+            .know_pools(config.pools.iter().map(|p| p.name.as_str()));
         // Ours and written by us alone, or refused with what to run.
         settings.dirs.ensure()?;
         crate::vm::dirs::make_private_dir_all(&settings.state_dir)?;
@@ -713,6 +716,7 @@ impl Shared {
         if stop.level() > StopLevel::Run {
             tracing::warn!("cancelled before its VM started");
         } else {
+            self.board.stage(job.job_id, Stage::Booting);
             self.run_vm(job, image, runner, &jit, (handle, stop), &mut outcome)
                 .await;
         }
@@ -920,7 +924,7 @@ impl Shared {
                 .runner_state(job.installation_id, &self.scope, runner_id)
         };
         let watch = idle::watch_idle(job.pool.idle_timeout, progress_rx, taken, ask, handle);
-        let run = self.run_when_addressed(req, &mut sink, stop, progress);
+        let run = self.run_when_addressed(job.job_id, req, &mut sink, stop, progress);
         tokio::pin!(run, watch);
         let mut verdict = None;
         // The watch is dropped with the VM's end, even while it asks GitHub.
@@ -987,6 +991,7 @@ impl Shared {
     /// filled by VMs.
     async fn run_when_addressed(
         &self,
+        job_id: u64,
         req: VmRequest,
         sink: &mut impl OutputSink,
         mut stop: StopSignal,
@@ -1004,6 +1009,7 @@ impl Shared {
             if stop.level() > StopLevel::Run {
                 return report;
             }
+            self.board.waiting(job_id, lacking);
             if !told {
                 tracing::warn!(
                     event = %events::JOB_WAITS,

@@ -333,6 +333,40 @@ impl Metrics {
         out
     }
 
+    /// Makes every per-pool series of `pools` exist from the start, at 0,
+    /// so that a scrape shows them (and rates work) before the first job.
+    pub fn know_pools<'a>(&self, pools: impl IntoIterator<Item = &'a str>) {
+        for pool in pools {
+            let label = pool_label(pool);
+            self.received.get_or_create(&label).inc_by(0);
+            self.started.get_or_create(&label).inc_by(0);
+            self.rerun.get_or_create(&label).inc_by(0);
+            self.queued.get_or_create(&label).inc_by(0);
+            self.vms.get_or_create(&label).inc_by(0);
+            for result in [
+                JobResult::Succeeded,
+                JobResult::Failed,
+                JobResult::VmFailed,
+                JobResult::NoVm,
+            ] {
+                self.finished
+                    .get_or_create(&PoolResult {
+                        pool: pool.to_owned(),
+                        result: result.label(),
+                    })
+                    .inc_by(0);
+            }
+            for by in ["github", "operator"] {
+                self.cancelled
+                    .get_or_create(&PoolBy {
+                        pool: pool.to_owned(),
+                        by,
+                    })
+                    .inc_by(0);
+            }
+        }
+    }
+
     /// A webhook delivery answered with `status` (202 taken or ignored,
     /// 401 bad signature, 4xx refused, 503 no room).
     pub fn webhook(&self, status: u16) {

@@ -115,3 +115,29 @@ fn egress_counters_advance_by_what_nft_counted_and_survive_a_reset() {
         Some(2.0)
     );
 }
+
+#[test]
+fn known_pools_show_zeros_before_their_first_job() {
+    let m = Metrics::new();
+    m.know_pools(["small", "big"]);
+    let t = m.encode();
+    assert_eq!(
+        value(&t, "kiln_jobs_started_total{pool=\"big\"}"),
+        Some(0.0),
+        "{t}"
+    );
+    assert_eq!(
+        value(
+            &t,
+            "kiln_jobs_finished_total{pool=\"small\",result=\"no_vm\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &t,
+            "kiln_jobs_cancelled_total{pool=\"small\",by=\"operator\"}"
+        ),
+        Some(0.0)
+    );
+}

@@ -92,8 +92,9 @@ kiln is installed; the service is NOT started. Before `systemctl enable --now ki
   1. Edit /etc/kiln/config.toml: github.app_id, org/repo/enterprise, the pools.
   2. Put the App's webhook secret in /etc/kiln/webhook-secret and its private
      key in /etc/kiln/app-key.pem, both `chmod 600`.
-  3. Bake the guest image from Kiln's source tree (as root):
-       cargo xtask image --out /var/lib/kiln/image
+  3. Bake the guest image from Kiln's source tree (as root), with the
+     newest actions runner (github.com/actions/runner/releases):
+       cargo xtask image --runner-version X.Y.Z --out /var/lib/kiln/image
   4. Check: kiln config check /etc/kiln/config.toml
             kiln doctor --config /etc/kiln/config.toml
 EOT
