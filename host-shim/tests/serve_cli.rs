@@ -6,18 +6,17 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln::github::webhook::sign;
 use kiln::logs::events;
 use kiln::logs::read;
-use kiln::secret::Secret;
 
 mod common;
-use common::{closed_by, port_of, stderr_lines, wait_for_event, Reaped};
+use common::{
+    closed_by, config_dir, port_of, queued_body, signed, stderr_lines, wait_for_event, Reaped,
+};
 use nix::sys::resource::{setrlimit, Resource};
 
 const CONFIG: &str = r#"
@@ -59,28 +58,7 @@ fn dir_with_config(secret_mode: u32) -> tempfile::TempDir {
 
 /// [`dir_with_config`] with another config text.
 fn dir_with(secret_mode: u32, config: &str) -> tempfile::TempDir {
-    use rsa::pkcs1::{EncodeRsaPrivateKey, LineEnding};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let image = dir.path().join("image");
-    std::fs::create_dir(&image).expect("mkdir image");
-    for (name, content) in [
-        ("rootfs.ext4", "x"),
-        ("vmlinuz", "x"),
-        ("initrd", "x"),
-        ("manifest.json", r#"{"format":1}"#),
-    ] {
-        std::fs::write(image.join(name), content).expect("write image file");
-    }
-    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("RSA keygen");
-    let pem = key.to_pkcs1_pem(LineEnding::LF).expect("pem").to_string();
-    for (name, content) in [("webhook-secret", "s3cret\n"), ("key.pem", pem.as_str())] {
-        let path = dir.path().join(name);
-        std::fs::write(&path, content).expect("write");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(secret_mode))
-            .expect("chmod");
-    }
-    std::fs::write(dir.path().join("config.toml"), config).expect("write config");
-    dir
+    config_dir(secret_mode, config)
 }
 
 fn kiln_serve(config: &Path) -> Child {
@@ -119,13 +97,7 @@ fn kiln_serve_with_fd_limit(config: &Path, soft: u64, hard: u64) -> Child {
 
 /// Kills a `kiln serve` a failed test left running.
 fn signed_ping(id: &str) -> String {
-    let body = "{}";
-    format!(
-        "POST /webhook HTTP/1.1\r\nHost: k\r\nConnection: close\r\nX-GitHub-Event: ping\r\n\
-         X-GitHub-Delivery: {id}\r\nX-Hub-Signature-256: {}\r\nContent-Length: {}\r\n\r\n{body}",
-        sign(&Secret::new("s3cret"), body.as_bytes()),
-        body.len()
-    )
+    signed("k", "ping", id, "{}")
 }
 
 /// The `serve_failed` event of a `kiln serve` that stopped: its error.
@@ -408,19 +380,7 @@ impl Drop for Tmpfs {
 
 /// A signed `queued` delivery of job `id` for the `small` pool.
 fn signed_queued(delivery: &str, id: u64) -> String {
-    let body = serde_json::json!({
-        "action": "queued",
-        "workflow_job": {"id": id, "run_id": id + 1, "labels": ["self-hosted", "kiln-small"], "status": "queued"},
-        "repository": {"full_name": "acme/widgets"},
-        "installation": {"id": 42},
-    })
-    .to_string();
-    format!(
-        "POST /webhook HTTP/1.1\r\nHost: k\r\nConnection: close\r\nX-GitHub-Event: workflow_job\r\n\
-         X-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: {}\r\nContent-Length: {}\r\n\r\n{body}",
-        sign(&Secret::new("s3cret"), body.as_bytes()),
-        body.len()
-    )
+    signed("k", "workflow_job", delivery, &queued_body(id))
 }
 
 #[test]

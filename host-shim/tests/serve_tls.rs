@@ -15,13 +15,13 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use kiln::github::webhook::sign;
 use kiln::logs::events;
 use kiln::logs::read::LogLine;
-use kiln::secret::Secret;
 
 mod common;
-use common::{closed_by, port_of, stderr_lines, wait_for_event, Reaped};
+use common::{
+    closed_by, config_dir, port_of, queued_body, signed, stderr_lines, wait_for_event, Reaped,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -68,25 +68,7 @@ network = "none"
 /// A directory with the secrets and image `kiln serve` checks at start
 /// (no VM boots here) and `config.toml`.
 fn dir_with_config(listen: &str, tls: &str) -> tempfile::TempDir {
-    use rsa::pkcs1::{EncodeRsaPrivateKey, LineEnding};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let image = dir.path().join("image");
-    std::fs::create_dir(&image).expect("mkdir image");
-    for (name, content) in [
-        ("rootfs.ext4", "x"),
-        ("vmlinuz", "x"),
-        ("initrd", "x"),
-        ("manifest.json", r#"{"format":1}"#),
-    ] {
-        std::fs::write(image.join(name), content).expect("write image file");
-    }
-    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("RSA keygen");
-    let pem = key.to_pkcs1_pem(LineEnding::LF).expect("pem").to_string();
-    for (name, content) in [("webhook-secret", "s3cret\n"), ("key.pem", pem.as_str())] {
-        write_secret(&dir.path().join(name), content);
-    }
-    std::fs::write(dir.path().join("config.toml"), config(listen, tls)).expect("write config");
-    dir
+    config_dir(0o600, &config(listen, tls))
 }
 
 fn write_secret(path: &Path, content: &str) {
@@ -261,29 +243,13 @@ fn https(
     Ok((String::from_utf8_lossy(&out).into_owned(), leaf))
 }
 
-fn signed(event: &str, delivery: &str, body: &str) -> String {
-    format!(
-        "POST /webhook HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\nX-GitHub-Event: {event}\r\n\
-         X-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: {}\r\nContent-Length: {}\r\n\r\n{body}",
-        sign(&Secret::new("s3cret"), body.as_bytes()),
-        body.len()
-    )
-}
-
 fn signed_ping(delivery: &str) -> String {
-    signed("ping", delivery, "{}")
+    signed(DOMAIN, "ping", delivery, "{}")
 }
 
 /// A signed `queued` delivery of job `id` for the `small` pool.
 fn signed_queued(delivery: &str, id: u64) -> String {
-    let body = serde_json::json!({
-        "action": "queued",
-        "workflow_job": {"id": id, "run_id": id + 1, "labels": ["self-hosted", "kiln-small"], "status": "queued"},
-        "repository": {"full_name": "acme/widgets"},
-        "installation": {"id": 42},
-    })
-    .to_string();
-    signed("workflow_job", delivery, &body)
+    signed(DOMAIN, "workflow_job", delivery, &queued_body(id))
 }
 
 fn tls_files_table() -> &'static str {
