@@ -518,14 +518,7 @@ fn open_conn(path: &Path) -> Result<Connection, OpenFailure> {
     let mut conn = Connection::open(path).map_err(fatal("opening"))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(fatal("setting the busy timeout"))?;
-    let version = user_version(&conn, path, dir)?;
-    if version > SCHEMA_VERSION {
-        return Err(OpenFailure::Fatal(StoreError::TooNew {
-            path: path.to_path_buf(),
-            found: version,
-            known: SCHEMA_VERSION,
-        }));
-    }
+    let version = known_version(&conn, path, dir)?;
     if version < 0 {
         return Err(OpenFailure::Unreadable(format!(
             "schema version {version} is negative"
@@ -538,6 +531,19 @@ fn open_conn(path: &Path) -> Result<Connection, OpenFailure> {
     Ok(conn)
 }
 
+/// The journal's schema version, refused when this build does not know it.
+fn known_version(conn: &Connection, path: &Path, dir: &Path) -> Result<i64, OpenFailure> {
+    let version = user_version(conn, path, dir)?;
+    if version > SCHEMA_VERSION {
+        return Err(OpenFailure::Fatal(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            known: SCHEMA_VERSION,
+        }));
+    }
+    Ok(version)
+}
+
 /// [`open_conn`]'s checks on a read-only connection: the schema version.
 fn inspect_conn(path: &Path) -> Result<i64, OpenFailure> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -546,14 +552,7 @@ fn inspect_conn(path: &Path) -> Result<i64, OpenFailure> {
         .map_err(fatal("opening read-only"))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(fatal("setting the busy timeout"))?;
-    let version = user_version(&conn, path, dir)?;
-    if version > SCHEMA_VERSION {
-        return Err(OpenFailure::Fatal(StoreError::TooNew {
-            path: path.to_path_buf(),
-            found: version,
-            known: SCHEMA_VERSION,
-        }));
-    }
+    let version = known_version(&conn, path, dir)?;
     quick_check(&conn, path, dir)?;
     if version == SCHEMA_VERSION {
         check_schema(&conn, path, dir)?;
