@@ -150,7 +150,7 @@ async fn cancel(Shared(state): Shared<Arc<State>>, UrlPath(id): UrlPath<String>)
             "dequeued"
         }
         None => match state.jobs.cancel(job_id) {
-            Cancelled::Stopping => "stopping",
+            Cancelled::Stopping { .. } => "stopping",
             Cancelled::AlreadyOver => "already_over",
             Cancelled::Unknown => "unknown",
         },

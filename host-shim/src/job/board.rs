@@ -102,10 +102,11 @@ pub struct NewRow<'a> {
 }
 
 /// What [`Board::cancel`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancelled {
-    /// Its VM is being stopped (the runner gets SIGTERM and the grace).
-    Stopping,
+    /// Its VM is being stopped (the runner gets SIGTERM and the grace);
+    /// the job's pool.
+    Stopping { pool: String },
     /// It had finished already.
     AlreadyOver,
     /// No such job here.
@@ -207,7 +208,9 @@ impl Board {
         if let Some(e) = inner.running.get_mut(&job_id) {
             e.row.cancelled = true;
             e.stop.raise(StopLevel::Cancel);
-            return Cancelled::Stopping;
+            return Cancelled::Stopping {
+                pool: e.row.pool.clone(),
+            };
         }
         if inner.done.iter().any(|e| e.row.job_id == job_id) {
             Cancelled::AlreadyOver
@@ -328,7 +331,12 @@ mod tests {
         board.add(&new_row(5), stop);
         assert_eq!(board.cancel(6), Cancelled::Unknown);
         assert_eq!(signal.level(), StopLevel::Run);
-        assert_eq!(board.cancel(5), Cancelled::Stopping);
+        assert_eq!(
+            board.cancel(5),
+            Cancelled::Stopping {
+                pool: "small".into()
+            }
+        );
         assert_eq!(signal.level(), StopLevel::Cancel);
         assert!(board.find("5").is_some_and(|r| r.cancelled));
         board.done(5, "cancelled".into());

@@ -486,14 +486,8 @@ impl Jobs {
     /// An operator's cancel of running job `job_id` (see [`Board::cancel`]).
     pub fn cancel(&self, job_id: u64) -> board::Cancelled {
         let found = self.shared.board.cancel(job_id);
-        if found == board::Cancelled::Stopping {
-            let pool = self
-                .shared
-                .board
-                .find(&job_id.to_string())
-                .map(|row| row.pool)
-                .unwrap_or_default();
-            self.shared.metrics.job_cancelled(&pool, "operator");
+        if let board::Cancelled::Stopping { pool } = &found {
+            self.shared.metrics.job_cancelled(pool, "operator");
             tracing::warn!(event = %events::JOB_CANCELLED, job_id, %pool, was = "running", "job cancelled by an operator: its runner is stopped");
         }
         found
