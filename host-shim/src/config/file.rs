@@ -11,7 +11,9 @@ use serde::Deserialize;
 pub(crate) struct RawConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    pub webhook_secret_file: PathBuf,
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Where jobs come from, for pools that do not say: `webhook` or `scale-set`.
+    pub source: Option<String>,
     pub max_queued: Option<usize>,
     pub backend: Option<String>,
     pub log_format: Option<String>,
@@ -83,6 +85,8 @@ pub(crate) struct RawPool {
     #[serde(default)]
     pub allow: Vec<RawAllow>,
     pub proxy: Option<String>,
+    pub source: Option<String>,
+    pub scale_set: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {

@@ -33,7 +33,7 @@ use error::Problems;
 pub use error::{ConfigError, ConfigErrorKind, Position, Problem};
 pub use host::{HostCapacity, HostFacts, DEFAULT_MEMORY_PERCENT};
 pub use network::{NetworkSettings, PoolNetwork, Proxy};
-pub use pool::Pool;
+pub use pool::{JobSource, Pool};
 pub use tls::{AcmeSettings, TlsSettings, DEFAULT_ACME_DIRECTORY};
 
 use crate::duration::parse_duration;
@@ -67,7 +67,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `None`: plain HTTP.
     pub tls: Option<TlsSettings>,
-    pub webhook_secret: Secret,
+    /// `None` when every pool takes its jobs from a scale set and no
+    /// `webhook_secret_file` is set: then no webhook port is opened.
+    pub webhook_secret: Option<Secret>,
     pub max_queued: usize,
     /// The VMM: Firecracker (the default) or QEMU, only when asked for.
     pub backend: crate::vm::BackendChoice,
@@ -163,11 +165,17 @@ fn located(path: &Path, text: &str, problems: Problems) -> ConfigError {
 fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Problems> {
     let base = path.parent().unwrap_or(Path::new("."));
     let mut problems = Problems::default();
-    let webhook_secret = problems.take(read_secret(
-        "webhook_secret_file",
-        &base.join(&raw.webhook_secret_file),
-        Trim::TrailingNewline,
-    ));
+    let default_source = raw.source.clone();
+    let webhook_secret = match &raw.webhook_secret_file {
+        Some(file) => problems
+            .take(read_secret(
+                "webhook_secret_file",
+                &base.join(file),
+                Trim::TrailingNewline,
+            ))
+            .map(Some),
+        None => Some(None),
+    };
     let max_queued = raw.max_queued.unwrap_or(DEFAULT_MAX_QUEUED);
     if max_queued == 0 {
         problems.push(ConfigErrorKind::bad_value(
@@ -188,7 +196,20 @@ fn validate(raw: RawConfig, path: &Path, facts: &HostFacts) -> Result<Config, Pr
     let network = network::settings(raw.network, &mut problems);
     let admin = problems.take(admin::settings(raw.admin));
     let tls = problems.take(tls::settings(raw.tls, base));
-    let pools = pools(raw.pool, base, host.as_ref(), &mut problems);
+    let pools = pools(
+        raw.pool,
+        (base, default_source.as_deref()),
+        host.as_ref(),
+        &mut problems,
+    );
+    if let (Some(None), Some(pools)) = (&webhook_secret, &pools) {
+        if let Some(p) = pools.iter().find(|p| p.source == JobSource::Webhook) {
+            problems.push(ConfigErrorKind::bad_value(
+                "webhook_secret_file",
+                format!("is missing, and pool {:?} takes its jobs from webhooks: set it to a file holding the GitHub App's webhook secret, or set source = \"scale-set\"", p.name),
+            ));
+        }
+    }
     let (
         Some(webhook_secret),
         Some(backend),
@@ -259,7 +280,7 @@ fn host(raw: Option<&file::RawHost>, facts: &HostFacts) -> Result<HostCapacity, 
 /// a valid `[host]` the pools' sizes are not compared with it.
 fn pools(
     raw: Vec<RawPool>,
-    base: &Path,
+    (base, default_source): (&Path, Option<&str>),
     host: Option<&HostCapacity>,
     problems: &mut Problems,
 ) -> Option<Vec<Arc<Pool>>> {
@@ -278,7 +299,7 @@ fn pools(
             });
             all_valid = false;
         }
-        match pool(p, index, base, host, problems) {
+        match pool(p, index, (base, default_source), host, problems) {
             Some(p) => pools.push(Arc::new(p)),
             None => all_valid = false,
         }
@@ -402,7 +423,7 @@ fn scope(
 fn pool(
     raw: RawPool,
     index: usize,
-    base: &Path,
+    (base, default_source): (&Path, Option<&str>),
     host: Option<&HostCapacity>,
     problems: &mut Problems,
 ) -> Option<Pool> {
@@ -477,6 +498,15 @@ fn pool(
         raw.allow,
         raw.proxy,
     ));
+    let source = problems.take(source(
+        &key,
+        (
+            raw.source.as_deref().or(default_source),
+            raw.source.is_some(),
+        ),
+        raw.scale_set,
+        &name,
+    ));
     let (network, allow, proxy) = net?;
     if problems.0.len() > before {
         return None;
@@ -495,8 +525,65 @@ fn pool(
         job_timeout: job_timeout?,
         idle_timeout: idle_timeout?,
         max_retries: raw.max_retries,
+        source: source?,
         name,
     })
+}
+
+/// A pool's `source` (`default` when it names none) and `scale_set`: the
+/// scale set's name defaults to `kiln-<pool>-<host name>`, so that each
+/// host registers its own.
+fn source(
+    key: &dyn Fn(&str) -> String,
+    (value, own): (Option<&str>, bool),
+    scale_set: Option<String>,
+    pool: &str,
+) -> Result<JobSource, ConfigErrorKind> {
+    let at = if own {
+        key("source")
+    } else {
+        "source".to_owned()
+    };
+    match value {
+        None | Some("webhook") => match scale_set {
+            Some(_) => Err(ConfigErrorKind::bad_value(
+                key("scale_set"),
+                "names a scale set, but the pool takes its jobs from webhooks: add source = \"scale-set\" or remove it",
+            )),
+            None => Ok(JobSource::Webhook),
+        },
+        Some("scale-set") => {
+            let name = match scale_set {
+                Some(name) => name,
+                None => format!("kiln-{pool}-{}", host_name()),
+            };
+            let valid = !name.is_empty()
+                && name.len() <= 100
+                && !name.chars().any(|c| c.is_control() || c.is_whitespace());
+            if valid {
+                Ok(JobSource::ScaleSet { name })
+            } else {
+                Err(ConfigErrorKind::bad_value(
+                    key("scale_set"),
+                    format!("{name:?} is not a scale set name: use up to 100 characters without spaces"),
+                ))
+            }
+        }
+        Some(other) => Err(ConfigErrorKind::bad_value(
+            at,
+            format!("{other:?} is not \"webhook\" (the default) or \"scale-set\" (GitHub's runner scale-set queue: no public endpoint needed)"),
+        )),
+    }
+}
+
+/// This host's name up to the first dot, for scale-set names.
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .and_then(|h| h.split('.').next().map(str::to_owned))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned())
 }
 
 /// A pool no bigger than what the host gives all VMs together.

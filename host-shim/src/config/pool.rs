@@ -31,6 +31,31 @@ pub struct Pool {
     /// Extra destinations, the proxy's among them.
     pub allow: Vec<crate::net::Allow>,
     pub proxy: Option<super::Proxy>,
+    /// Where the pool's jobs come from.
+    pub source: JobSource,
+}
+
+/// Where a pool's jobs come from (`source` in the config).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum JobSource {
+    /// GitHub App `workflow_job` webhooks; runners registered with REST
+    /// `generate-jitconfig` (`source = "webhook"`, the default).
+    #[default]
+    Webhook,
+    /// The runner scale set `name`'s message queue, long-polled over
+    /// outbound HTTPS; runners minted from the scale set
+    /// (`source = "scale-set"`). Webhooks, when configured, only inform.
+    ScaleSet { name: String },
+}
+
+impl JobSource {
+    /// The scale set's name, for a scale-set pool.
+    pub fn scale_set(&self) -> Option<&str> {
+        match self {
+            JobSource::ScaleSet { name } => Some(name),
+            JobSource::Webhook => None,
+        }
+    }
 }
 
 impl Pool {
@@ -68,6 +93,7 @@ mod tests {
             network: Default::default(),
             allow: Vec::new(),
             proxy: None,
+            source: JobSource::Webhook,
         }
     }
 

@@ -154,6 +154,20 @@ impl Answer {
     }
 }
 
+/// What a request needs beyond the API's defaults.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Extra {
+    /// Set on the request, replacing Kiln's own header of the same name.
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// One attempt's timeout instead of the policy's (a long poll's).
+    pub timeout: Option<Duration>,
+}
+
+/// Whether `path` is a whole `http(s)://` URL rather than a path under the base.
+fn is_absolute(path: &str) -> bool {
+    path.starts_with("https://") || path.starts_with("http://")
+}
+
 /// Sends requests to one GitHub API base URL.
 pub(crate) struct HttpClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -219,21 +233,39 @@ impl HttpClient {
         json_body: Option<Bytes>,
         if_none_match: Option<&str>,
     ) -> Result<Answer, GithubError> {
+        let mut extra = Extra::default();
+        if let Some(etag) = if_none_match {
+            let value = HeaderValue::from_str(etag).map_err(|_| GithubError::InvalidRequest {
+                what: "If-None-Match",
+                problem: format!("the ETag {etag:?} is not a valid header value"),
+            })?;
+            extra.headers.push((header::IF_NONE_MATCH, value));
+        }
+        self.send_with(method, path, authorization, json_body, &extra)
+            .await
+    }
+
+    /// [`HttpClient::send`] with `extra`'s headers (replacing Kiln's own of
+    /// the same name) and timeout. `path` may be an absolute `http(s)://`
+    /// URL: the scale-set queue lives on another host than the API.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        path: &str,
+        authorization: &str,
+        json_body: Option<Bytes>,
+        extra: &Extra,
+    ) -> Result<Answer, GithubError> {
         let policy = &self.policy;
+        let request_timeout = extra.timeout.unwrap_or(policy.request_timeout);
         let name = method_name(&method);
         let mut rate_limit_waited = Duration::ZERO;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let last = attempt >= policy.max_attempts;
-            let once = self.once(
-                &method,
-                path,
-                authorization,
-                json_body.clone(),
-                if_none_match,
-            );
-            let result = tokio::time::timeout(policy.request_timeout, once).await;
+            let once = self.once(&method, path, authorization, json_body.clone(), extra);
+            let result = tokio::time::timeout(request_timeout, once).await;
             self.count(name, &result);
             let retry_after = match result {
                 Err(_elapsed) => {
@@ -241,7 +273,7 @@ impl HttpClient {
                         return Err(GithubError::Timeout {
                             method: name,
                             path: path.to_owned(),
-                            timeout: policy.request_timeout,
+                            timeout: request_timeout,
                             attempts: attempt,
                         });
                     }
@@ -343,11 +375,14 @@ impl HttpClient {
         path: &str,
         authorization: &str,
         json_body: Option<Bytes>,
-        if_none_match: Option<&str>,
+        extra: &Extra,
     ) -> Result<(Answer, HeaderMap), String> {
-        let uri: Uri = format!("{}{}", self.base, path)
-            .parse()
-            .map_err(|e| format!("bad request URI: {e}"))?;
+        let uri: Uri = if is_absolute(path) {
+            path.parse()
+        } else {
+            format!("{}{}", self.base, path).parse()
+        }
+        .map_err(|e| format!("bad request URI: {e}"))?;
         let mut auth = HeaderValue::from_str(authorization)
             .map_err(|_| "the Authorization value is not a valid header".to_owned())?;
         auth.set_sensitive(true);
@@ -361,14 +396,12 @@ impl HttpClient {
         if json_body.is_some() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
         }
-        if let Some(etag) = if_none_match {
-            let value = HeaderValue::from_str(etag)
-                .map_err(|_| format!("the ETag {etag:?} is not a valid header value"))?;
-            builder = builder.header(header::IF_NONE_MATCH, value);
-        }
-        let request = builder
+        let mut request = builder
             .body(Full::new(json_body.unwrap_or_default()))
             .map_err(|e| format!("building the request: {e}"))?;
+        for (name, value) in &extra.headers {
+            request.headers_mut().insert(name.clone(), value.clone());
+        }
         let response = self
             .client
             .request(request)

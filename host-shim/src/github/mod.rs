@@ -12,6 +12,7 @@
 //!   when nothing changed.
 //! - [`reconcile`] — lost webhooks, stale runners, re-running jobs Kiln's
 //!   infrastructure failed.
+//! - [`scaleset`] — the runner scale-set queue: jobs without webhooks.
 //! - [`client`] — HTTP: timeouts, retries, rate limits, TLS.
 //! - [`error`] — [`GithubError`]: names the request, never a token or JIT config.
 
@@ -24,6 +25,7 @@ pub mod jobs;
 pub mod lists;
 pub mod reconcile;
 pub mod runners;
+pub mod scaleset;
 pub mod scope;
 pub mod webhook;
 

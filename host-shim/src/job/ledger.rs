@@ -57,6 +57,25 @@ impl Ledger {
         self.write("recording a queued job", self.journal.put_job(&rec))
     }
 
+    /// A scale-set message's jobs, recorded before the message is deleted
+    /// (see [`crate::store::Journal::record_message`]).
+    pub fn record_message(
+        &self,
+        scale_set_id: u64,
+        message_id: i64,
+        jobs: &[QueuedJob],
+    ) -> Result<Option<Vec<u64>>, StoreError> {
+        let recs: Vec<JobRecord> = jobs
+            .iter()
+            .map(|j| record_of(j, JobState::Queued, None))
+            .collect();
+        let r = self.journal.record_message(scale_set_id, message_id, &recs);
+        if let Err(e) = &r {
+            log_failure("recording a scale-set message", e);
+        }
+        r
+    }
+
     /// The job's VM is about to start with runner `runner`. An error (a
     /// full disk) means the job must not start.
     pub fn starting(&self, job: &QueuedJob, runner: &str) -> Result<(), StoreError> {
@@ -249,13 +268,18 @@ impl Ledger {
     /// Logs a failed write once, saying what it means.
     fn write(&self, what: &str, r: Result<(), StoreError>) -> Result<(), StoreError> {
         if let Err(e) = &r {
-            if e.is_full() {
-                tracing::error!(event = %events::JOURNAL_FULL, error = %e, "{what}: the journal's filesystem is full: new jobs are refused until there is room; running jobs go on");
-            } else {
-                tracing::error!(error = %e, "{what}: the journal could not be written; a crash now may leave this behind until the start-up scan");
-            }
+            log_failure(what, e);
         }
         r
+    }
+}
+
+/// Logs a failed journal write once, saying what it means.
+fn log_failure(what: &str, e: &StoreError) {
+    if e.is_full() {
+        tracing::error!(event = %events::JOURNAL_FULL, error = %e, "{what}: the journal's filesystem is full: new jobs are refused until there is room; running jobs go on");
+    } else {
+        tracing::error!(error = %e, "{what}: the journal could not be written; a crash now may leave this behind until the start-up scan");
     }
 }
 

@@ -4,7 +4,8 @@
 //! budget, and the ones a pool serves that Kiln does not know are queued
 //! as if their webhook had arrived. A lost or late delivery, a delivery
 //! refused while the journal's disk was full, a job whose VM could not
-//! start: each runs within two intervals.
+//! start: each runs within two intervals. Jobs of scale-set pools are
+//! left to their scale set's queue, which loses nothing.
 
 use std::sync::Arc;
 
@@ -18,6 +19,13 @@ pub type Enqueue = Arc<dyn Fn(QueuedJob) -> bool + Send + Sync>;
 impl Shared {
     /// Runs the reconciler until the process ends.
     pub(super) async fn find_lost(self: Arc<Self>, enqueue: Enqueue) {
+        if self
+            .config_pools
+            .iter()
+            .all(|p| p.source.scale_set().is_some())
+        {
+            return;
+        }
         let settings = Settings {
             interval: self.reconcile_interval,
             ..Settings::default()
@@ -45,7 +53,7 @@ impl Shared {
             let installation = r.installation_id();
             let pass = r
                 .pass(
-                    |labels| self.config_pools.iter().any(|p| p.accepts(labels)),
+                    |labels| self.webhook_pool_for(labels).is_some(),
                     |job_id| self.ledger.knows(job_id),
                 )
                 .await;
@@ -62,8 +70,16 @@ impl Shared {
         }
     }
 
+    /// The pool a job's labels go to, when it takes its jobs from webhooks.
+    fn webhook_pool_for(&self, labels: &[String]) -> Option<&Arc<crate::config::Pool>> {
+        self.config_pools
+            .iter()
+            .find(|p| p.accepts(labels))
+            .filter(|p| p.source.scale_set().is_none())
+    }
+
     fn queue_lost(&self, lost: LostJob, installation_id: u64, enqueue: &Enqueue) {
-        let Some(pool) = self.config_pools.iter().find(|p| p.accepts(&lost.labels)) else {
+        let Some(pool) = self.webhook_pool_for(&lost.labels) else {
             return;
         };
         let job = QueuedJob {

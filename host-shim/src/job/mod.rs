@@ -48,6 +48,9 @@
 //! - [`idle`] — stopping a runner that never takes a job.
 //! - [`board`] — the jobs running now and lately, for `kiln ps`, `kiln logs`, `kiln cancel`.
 //! - [`ledger`] — what the journal learns of each job, runner and VM.
+//! - [`scale_sets`] — the scale sets of `source = "scale-set"` pools: their
+//!   runners' JIT configs come from there (steps 2 and 3 differ: GitHub
+//!   assigned the job to the scale set, so it is not asked again).
 //! - [`tasks`] — counting the job tasks for shutdown.
 //! - [`error`] — [`SetupError`]: why [`Jobs`] cannot start.
 
@@ -61,6 +64,7 @@ mod news;
 pub mod pools;
 mod recovery;
 pub mod runner;
+pub mod scale_sets;
 pub mod tasks;
 
 use std::collections::HashMap;
@@ -210,6 +214,8 @@ struct Shared {
     reconcile_interval: Duration,
     metrics: Arc<Metrics>,
     board: Arc<Board>,
+    /// By pool name: the pools whose jobs come from a scale set.
+    scale_sets: HashMap<String, Arc<scale_sets::ScaleSetPool>>,
 }
 
 impl Jobs {
@@ -292,10 +298,17 @@ impl Jobs {
         let net = NetConfig::defaults(&launcher.dirs().runtime);
         let layout = host_layout(&launcher, &net);
         let recovered = recovery::recover(&layout, &ledger, &config.pools).await;
+        let scale_sets = scale_sets::for_pools(&config.pools, &github, &config.github.scope);
         tokio::spawn({
             let (ledger, github) = (ledger.clone(), Arc::clone(&github));
             let scope = config.github.scope.clone();
-            async move { recovery::clean_github(&ledger, &github, &scope).await }
+            let webhook_pools: Vec<String> = config
+                .pools
+                .iter()
+                .filter(|p| p.source.scale_set().is_none())
+                .map(|p| p.name.clone())
+                .collect();
+            async move { recovery::clean_github(&ledger, &github, &scope, &webhook_pools).await }
         });
         Ok(Jobs {
             recovered: Arc::new(std::sync::Mutex::new(recovered)),
@@ -316,6 +329,7 @@ impl Jobs {
                 reconcile_interval: config.github.reconcile_interval,
                 metrics: settings.metrics,
                 board: Arc::new(Board::default()),
+                scale_sets,
             }),
             tasks: JobTasks::default(),
         })
@@ -472,6 +486,43 @@ impl Jobs {
     /// The VMs' network, when one was started.
     pub fn network(&self) -> Option<&Arc<Network>> {
         self.shared.network.as_ref()
+    }
+
+    /// The scale sets of the pools that take their jobs from one.
+    pub fn scale_sets(&self) -> Vec<Arc<scale_sets::ScaleSetPool>> {
+        self.shared.scale_sets.values().cloned().collect()
+    }
+
+    /// The journal (scale-set sessions are kept there).
+    pub fn journal(&self) -> &Arc<dyn crate::store::Journal> {
+        self.shared.ledger.journal()
+    }
+
+    /// Records the jobs of message `message_id` of scale set
+    /// `scale_set_id` before the message is deleted at GitHub: `None` for a
+    /// message recorded before, else the ids of the jobs to queue.
+    pub fn record_message(
+        &self,
+        scale_set_id: u64,
+        message_id: i64,
+        jobs: &[QueuedJob],
+    ) -> Result<Option<Vec<u64>>, crate::store::StoreError> {
+        self.shared
+            .ledger
+            .record_message(scale_set_id, message_id, jobs)
+    }
+
+    /// GitHub took job `job` back (or cancelled it) before it ran: the
+    /// journal forgets it.
+    pub fn withdrawn(&self, job: &QueuedJob) {
+        self.shared.ledger.completed(job.job_id);
+        self.shared.metrics.job_cancelled(&job.pool.name, "github");
+    }
+
+    /// A recorded job that could not be queued (the queue is full or
+    /// closed): it is not held any more; GitHub gives it to another runner.
+    pub fn not_queued(&self, job_id: u64) {
+        self.shared.ledger.finished(job_id);
     }
 
     /// The jobs running now and lately.
@@ -652,7 +703,10 @@ impl Shared {
         stop: StopSignal,
     ) -> Outcome {
         let asked = Instant::now();
-        if !self.still_queued(job).await {
+        let scale_set = self.scale_sets.get(&job.pool.name).cloned();
+        // A scale set's job was assigned to it by GitHub: not asked again
+        // (its id is not a REST job id).
+        if scale_set.is_none() && !self.still_queued(job).await {
             self.ledger.finished(job.job_id);
             return Outcome {
                 runner_id: None,
@@ -677,10 +731,14 @@ impl Shared {
             labels: job.pool.labels.clone(),
             work_folder: WORK_FOLDER.into(),
         };
-        let jit = self
-            .github
-            .jit_config(job.installation_id, &self.scope, &req)
-            .await;
+        let jit = match &scale_set {
+            Some(s) => s.jit(runner, WORK_FOLDER).await,
+            None => {
+                self.github
+                    .jit_config(job.installation_id, &self.scope, &req)
+                    .await
+            }
+        };
         let mut outcome = Outcome {
             runner_id: None,
             jit_ms: ms(asked.elapsed()),
@@ -704,8 +762,11 @@ impl Shared {
         };
         outcome.runner_id = Some(jit.runner_id);
         tracing::Span::current().record("runner_id", jit.runner_id);
+        let record_scope = scale_set
+            .as_ref()
+            .map_or_else(|| self.scope.to_string(), |s| s.record_scope());
         self.ledger
-            .registered(job, runner, jit.runner_id, &self.scope.to_string());
+            .registered(job, runner, jit.runner_id, &record_scope);
         // From here on a runner is registered: it is deleted whatever happens.
         if stop.level() > StopLevel::Run {
             tracing::warn!("cancelled before its VM started");
@@ -718,11 +779,15 @@ impl Shared {
             Some(why) => self.ledger.infra_failure(job.job_id, runner, &why),
             None => self.ledger.finished(job.job_id),
         }
-        match self
-            .github
-            .delete_runner(job.installation_id, &self.scope, jit.runner_id)
-            .await
-        {
+        let deleted = match &scale_set {
+            Some(s) => s.client.delete_runner(jit.runner_id).await,
+            None => {
+                self.github
+                    .delete_runner(job.installation_id, &self.scope, jit.runner_id)
+                    .await
+            }
+        };
+        match deleted {
             Ok(_) => self.ledger.runner_gone(runner),
             Err(e) => tracing::error!(
                 runner_id = jit.runner_id,

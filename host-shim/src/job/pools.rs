@@ -84,6 +84,7 @@ mod tests {
             network: Default::default(),
             allow: Vec::new(),
             proxy: None,
+            source: Default::default(),
         }
     }
 

@@ -64,7 +64,14 @@ pub(super) async fn recover(
             job.runner_name.as_deref().unwrap_or_default(),
             GONE,
         );
-        let _ = journal.set_job_state(job.job_id, JobState::Queued);
+        // A scale set's job cannot be asked about before a new VM starts:
+        // its runner had it; GitHub re-assigns it if it never started.
+        let from_scale_set = pools
+            .iter()
+            .any(|p| p.name == job.pool && p.source.scale_set().is_some());
+        if !from_scale_set {
+            let _ = journal.set_job_state(job.job_id, JobState::Queued);
+        }
     }
     journal
         .jobs_in(&[JobState::Queued])
@@ -75,9 +82,20 @@ pub(super) async fn recover(
 }
 
 /// Steps 3 and 4: the runner registrations a previous run left.
-pub(super) async fn clean_github(ledger: &Ledger, github: &GithubApp, scope: &RunnerScope) {
+pub(super) async fn clean_github(
+    ledger: &Ledger,
+    github: &GithubApp,
+    scope: &RunnerScope,
+    webhook_pools: &[String],
+) {
     let journal = ledger.journal();
-    let runners = journal.runners().unwrap_or_default();
+    // Scale-set runners are deleted through their scale set (by its listener).
+    let runners: Vec<_> = journal
+        .runners()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| !r.scope.starts_with(super::scale_sets::SCOPE_PREFIX))
+        .collect();
     let installation = match github.installation_of(scope).await {
         Ok(id) => id,
         Err(e) => {
@@ -108,8 +126,15 @@ pub(super) async fn clean_github(ledger: &Ledger, github: &GithubApp, scope: &Ru
         .into_iter()
         .map(|r| r.name)
         .collect();
+    // Only names this host's webhook pools make: other hosts' runners
+    // (their scale sets') are theirs to clean.
+    let ours = |name: &str| {
+        webhook_pools
+            .iter()
+            .any(|p| super::runner::is_named_for(name, p))
+    };
     match sweep_stale_runners(github, installation, scope, RUNNER_PREFIX, |name| {
-        known.iter().any(|k| k == name)
+        known.iter().any(|k| k == name) || !ours(name)
     })
     .await
     {

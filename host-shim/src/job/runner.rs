@@ -32,6 +32,26 @@ pub fn runner_name(pool: &str, job_id: u64, suffix: &str) -> String {
     format!("kiln-{pool}{tail}")
 }
 
+/// Whether `name` is shaped as [`runner_name`] makes them for pool `pool`
+/// (its name possibly shortened): the start-up sweep deletes only those,
+/// so that another host's runners (a scale set's, say) are left alone.
+pub fn is_named_for(name: &str, pool: &str) -> bool {
+    let Some(rest) = name.strip_prefix("kiln-") else {
+        return false;
+    };
+    let mut parts = rest.rsplitn(3, '-');
+    let (Some(suffix), Some(job), Some(named_pool)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    suffix.len() == SUFFIX_LEN
+        && suffix.bytes().all(|b| b.is_ascii_hexdigit())
+        && !job.is_empty()
+        && job.bytes().all(|b| b.is_ascii_digit())
+        && !named_pool.is_empty()
+        && pool.starts_with(named_pool)
+}
+
 /// [`SUFFIX_LEN`] random hex digits.
 pub fn random_suffix() -> std::io::Result<String> {
     let mut bytes = [0u8; SUFFIX_LEN / 2];
@@ -112,6 +132,18 @@ pub fn proxy_env(url: &str) -> Vec<EnvVar> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runner_names_are_recognised_per_pool() {
+        let name = runner_name("small", 1234, "a1b2c3");
+        assert!(is_named_for(&name, "small"));
+        assert!(!is_named_for(&name, "big"));
+        assert!(!is_named_for("kiln-small-hostA-12-a1b2c3x", "small"));
+        assert!(!is_named_for("kiln-small-x-a1b2c3", "small"));
+        assert!(!is_named_for("runner-small-1-a1b2c3", "small"));
+        let long = "p".repeat(60);
+        assert!(is_named_for(&runner_name(&long, 99, "a1b2c3"), &long));
+    }
 
     #[test]
     fn runner_names_are_bounded_and_readable() {

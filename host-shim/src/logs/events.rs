@@ -39,6 +39,29 @@
 //! - [`ADMIN_LISTENING`] `admin_listening`: the admin socket is up;
 //!   `socket`, and `metrics` (the metrics listener's address) unless it is off.
 //!
+//! A scale-set pool's queue (every line has `scale_set`, and `session`
+//! once one is open):
+//! - [`SCALE_SET_READY`] `scale_set_ready`: a message session is open;
+//!   `scale_set_id`, `created` (the scale set was made now), `labels`.
+//! - [`SCALE_SET_STANDBY`] `scale_set_standby`: another session holds the
+//!   scale set (HTTP 409): waiting, not failing; `retry_in`.
+//! - [`SCALE_SET_MESSAGE`] `scale_set_message`: a message from the queue;
+//!   `message_id`, `assigned`, `available`, `started`, `completed`, `queued`
+//!   (jobs recorded and queued now), `replayed` (true: recorded before, a
+//!   redelivery).
+//! - [`SCALE_SET_ACKED`] `scale_set_acked`: the message is deleted at
+//!   GitHub, after its jobs were recorded; `message_id`.
+//! - [`SCALE_SET_RECOVERING`] `scale_set_recovering`: GitHub lost or refused
+//!   something and the listener mends it; `problem` (`session_gone`,
+//!   `scale_set_gone`, `queue_token`, `admin_token`, `error`), `error`,
+//!   `retry_in`.
+//! - [`SCALE_SET_JOB_CANCELED`] `scale_set_job_canceled`: GitHub took an
+//!   assigned job back (or cancelled it) before it ran: it leaves the queue;
+//!   `job_id`, `job_key`, `result`.
+//! - [`WEBHOOK_SCALE_SET_JOB`] `webhook_scale_set_job`: a webhook queued a
+//!   job for a scale-set pool: noted only, never run from the webhook;
+//!   `delivery`, `job_id`, `pool`.
+//!
 //! An operator's `kiln cancel`:
 //! - [`JOB_CANCELLED`] `job_cancelled`: `job_id`, `pool`, `was` (`queued`:
 //!   dequeued; `running`: its runner is being stopped, and the job then
@@ -124,6 +147,21 @@ pub const ADMIN_LISTENING: &str = "admin_listening";
 /// An operator cancelled a job.
 pub const JOB_CANCELLED: &str = "job_cancelled";
 
+/// A scale set's message session is open.
+pub const SCALE_SET_READY: &str = "scale_set_ready";
+/// Another session holds the scale set: waiting.
+pub const SCALE_SET_STANDBY: &str = "scale_set_standby";
+/// A message from a scale set's queue.
+pub const SCALE_SET_MESSAGE: &str = "scale_set_message";
+/// A message deleted at GitHub after its jobs were recorded.
+pub const SCALE_SET_ACKED: &str = "scale_set_acked";
+/// The scale-set listener mends a failure.
+pub const SCALE_SET_RECOVERING: &str = "scale_set_recovering";
+/// GitHub took back or cancelled a scale-set job before it ran.
+pub const SCALE_SET_JOB_CANCELED: &str = "scale_set_job_canceled";
+/// A webhook for a scale-set pool's job: noted, not run.
+pub const WEBHOOK_SCALE_SET_JOB: &str = "webhook_scale_set_job";
+
 /// Every name above, for tests that they stay distinct and snake_case.
 pub const ALL: &[&str] = &[
     SERVE_LIMITS,
@@ -152,4 +190,11 @@ pub const ALL: &[&str] = &[
     ACME_FAILED,
     ADMIN_LISTENING,
     JOB_CANCELLED,
+    SCALE_SET_READY,
+    SCALE_SET_STANDBY,
+    SCALE_SET_MESSAGE,
+    SCALE_SET_ACKED,
+    SCALE_SET_RECOVERING,
+    SCALE_SET_JOB_CANCELED,
+    WEBHOOK_SCALE_SET_JOB,
 ];

@@ -20,5 +20,5 @@ mod test_support;
 
 pub use dispatch::Dispatch;
 pub use job::QueuedJob;
-pub use queue::{EnqueueError, PoolSnapshot, Snapshot};
+pub use queue::{EnqueueError, PoolSnapshot, Room, Snapshot};
 pub use running::Scheduler;

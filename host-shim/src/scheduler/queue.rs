@@ -38,6 +38,15 @@ pub struct Snapshot {
     pub cancelled: u64,
 }
 
+/// A pool's share of the host: see [`Queue::room`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Its jobs running or queued.
+    pub held: u64,
+    /// How many more could start now.
+    pub more: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSnapshot {
     pub name: String,
@@ -142,6 +151,34 @@ impl Queue {
         self.queued.insert(job.job_id, (pool, seq));
         self.pools[pool].waiting.insert(seq, job);
         Ok(())
+    }
+
+    /// Pool `name`'s share of the host now: the jobs it holds (running and
+    /// queued) plus how many more of its VMs could start at once, after
+    /// every queued job of every pool took its place (what a scale set
+    /// tells GitHub it can hold). `None` for an unknown pool.
+    pub(crate) fn room(&self, name: &str) -> Option<Room> {
+        let &index = self.by_name.get(name)?;
+        let (mut vcpus, mut memory) = (u64::from(self.vcpus_used), self.memory_mib_used);
+        for s in &self.pools {
+            let waiting = s.waiting.len() as u64;
+            vcpus += waiting * u64::from(s.pool.vcpus);
+            memory += waiting * s.pool.memory_mib;
+        }
+        let mine = &self.pools[index];
+        let free_vcpus = u64::from(self.capacity.vcpus).saturating_sub(vcpus);
+        let free_memory = self.capacity.memory_mib.saturating_sub(memory);
+        let host_room = (free_vcpus / u64::from(mine.pool.vcpus.max(1)))
+            .min(free_memory / mine.pool.memory_mib.max(1));
+        let held = u64::from(mine.running) + mine.waiting.len() as u64;
+        let pool_room = mine
+            .pool
+            .max_vms
+            .map_or(u64::MAX, |max| u64::from(max).saturating_sub(held));
+        Some(Room {
+            held,
+            more: host_room.min(pool_room),
+        })
     }
 
     /// Takes a still-queued job out (its `completed` arrived first).

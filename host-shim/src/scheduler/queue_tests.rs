@@ -151,3 +151,30 @@ fn a_pool_bigger_than_the_host_is_refused() {
         Err(EnqueueError::NeverFits { .. })
     ));
 }
+
+#[test]
+fn room_counts_what_a_pool_holds_and_what_still_fits() {
+    let small = pool("small", 2, 1000, Some(3));
+    let big = pool("big", 4, 4000, None);
+    let mut q = Queue::new(
+        host(8, 10_000),
+        &[Arc::clone(&small), Arc::clone(&big)],
+        100,
+    );
+    assert_eq!(
+        q.room("small"),
+        Some(Room { held: 0, more: 3 }),
+        "max_vms bounds it"
+    );
+    assert_eq!(q.room("big"), Some(Room { held: 0, more: 2 }));
+    q.enqueue(job(1, &small)).expect("enqueue");
+    assert_eq!(started(&mut q).len(), 1);
+    q.enqueue(job(2, &big)).expect("enqueue");
+    q.enqueue(job(3, &big)).expect("enqueue");
+    // 2 vCPUs run, 4 start with job 2, job 3 waits for the last 2 + 2 more:
+    // nothing is left for anyone, and job 3 counts against the host.
+    let _ = started(&mut q);
+    assert_eq!(q.room("small"), Some(Room { held: 1, more: 0 }));
+    assert_eq!(q.room("big"), Some(Room { held: 2, more: 0 }));
+    assert_eq!(q.room("nope"), None);
+}

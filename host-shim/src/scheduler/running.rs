@@ -102,6 +102,20 @@ impl<D: Dispatch> Scheduler<D> {
         self.inner.lock().queue.waiting()
     }
 
+    /// Pool `pool`'s share of the host now (see [`super::queue::Room`]);
+    /// none once closed.
+    pub fn room(&self, pool: &str) -> super::queue::Room {
+        let state = self.inner.lock();
+        let room = state
+            .queue
+            .room(pool)
+            .unwrap_or(super::queue::Room { held: 0, more: 0 });
+        if state.closed {
+            return super::queue::Room { more: 0, ..room };
+        }
+        room
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         self.inner.lock().queue.snapshot()
     }

@@ -24,6 +24,7 @@ pub(crate) fn pool(name: &str, vcpus: u32, memory_mib: u64, max_vms: Option<u32>
         network: Default::default(),
         allow: Vec::new(),
         proxy: None,
+        source: Default::default(),
     })
 }
 

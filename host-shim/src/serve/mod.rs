@@ -1,6 +1,9 @@
-//! `kiln serve`'s HTTP side: GitHub's webhooks in, jobs to the [`Scheduler`].
+//! `kiln serve`'s job sources: GitHub's webhooks in over HTTP, and the
+//! runner scale sets' queues polled over outbound HTTPS; both hand jobs to
+//! the one [`Scheduler`].
 //!
 //! - [`webhook`] — `POST /webhook`: signature, parsing, de-duplication, the queue.
+//! - [`scale_set`] — one listener per `source = "scale-set"` pool.
 //! - [`http`] — the HTTP/1 server under the router: accept loop, timers.
 //! - [`tls`] — HTTPS when `[tls]` asks for it: certificate files or ACME.
 //! - [`conns`] — the open connections, and which one goes when room is needed.
@@ -18,6 +21,7 @@ pub mod dedupe;
 pub mod error;
 mod http;
 pub mod limits;
+pub mod scale_set;
 pub mod signals;
 mod tls;
 pub mod webhook;
@@ -57,7 +61,9 @@ pub struct Server<D: Dispatch> {
 
 /// What the handlers share.
 struct App<D: Dispatch> {
-    webhook_secret: Secret,
+    /// `None`: no webhooks configured (every pool has a scale set); every
+    /// delivery is refused.
+    webhook_secret: Option<Secret>,
     /// Where runners register: jobs of other repositories are not queued.
     scope: RunnerScope,
     pools: Vec<Arc<Pool>>,
@@ -170,12 +176,20 @@ pub async fn serve_router(
 pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
     let signals = Signals::install().map_err(ServeError::Signals)?;
     let limits = server_limits();
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    // No webhook secret: every pool has a scale set, and no port is opened.
+    let listener = match &config.webhook_secret {
+        Some(_) => {
+            Some(
+                TcpListener::bind(config.listen)
+                    .await
+                    .map_err(|source| ServeError::Bind {
+                        addr: config.listen,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     let jobs = dispatcher.clone();
     let tls = match &config.tls {
         Some(settings) => Some(tls::Tls::start(settings, acme_state_dir).map_err(ServeError::Tls)?),
@@ -183,7 +197,7 @@ pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
     };
     let server = Server::with_limits(&config, dispatcher, limits);
     let scheduler = server.scheduler().clone();
-    let _admin = Admin::start(&config.admin, jobs, scheduler.clone())
+    let _admin = Admin::start(&config.admin, jobs.clone(), scheduler.clone())
         .await
         .map_err(ServeError::Admin)?;
     for job in scheduler.dispatcher().recovered() {
@@ -195,6 +209,7 @@ pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
     scheduler
         .dispatcher()
         .find_lost(std::sync::Arc::new(move |job| enqueue.enqueue(job).is_ok()));
+    let scale_sets = scale_set::Listeners::start(&config, &jobs, &scheduler);
     for pool in &config.pools {
         tracing::info!(
             pool = %pool.name,
@@ -210,12 +225,18 @@ pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
     }
     tracing::info!(
         event = %events::SERVE_LISTENING,
-        listen = %listener.local_addr().unwrap_or(config.listen),
+        listen = listener.as_ref().map(|l| l.local_addr().unwrap_or(config.listen).to_string()),
         host_vcpus = config.host.vcpus,
         host_memory_mib = config.host.memory_mib,
         scope = %config.github.scope,
         https = tls.is_some(),
-        "kiln serve: listening for webhooks on POST /webhook"
+        scale_sets = scale_sets.len(),
+        "kiln serve: taking jobs ({})",
+        match (&listener, scale_sets.is_empty()) {
+            (Some(_), true) => "webhooks on POST /webhook",
+            (Some(_), false) => "scale-set queues; webhooks on POST /webhook",
+            (None, _) => "scale-set queues; no webhook port",
+        }
     );
 
     let drain_deadline = {
@@ -225,13 +246,40 @@ pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
             tokio::time::sleep(HTTP_DRAIN).await;
         }
     };
+    let served = async {
+        match listener {
+            Some(listener) => {
+                server
+                    .serve_with(
+                        listener,
+                        tls.as_ref().map(tls::Tls::acceptor),
+                        signals.clone().count(1),
+                    )
+                    .await
+            }
+            None => {
+                signals.clone().count(1).await;
+                Ok(())
+            }
+        }
+    };
     tokio::select! {
-        served = server.serve_with(listener, tls.as_ref().map(tls::Tls::acceptor), signals.clone().count(1)) => served.map_err(ServeError::Http)?,
+        served = served => served.map_err(ServeError::Http)?,
         () = drain_deadline => tracing::warn!("connections still open {HTTP_DRAIN:?} after the signal: closing them"),
     }
+    // GitHub assigns the scale sets nothing more once their sessions close.
+    scale_sets.stop(HTTP_DRAIN).await;
 
     let scheduler = server.scheduler();
     let dropped = scheduler.close();
+    for job in dropped
+        .iter()
+        .filter(|j| j.pool.source.scale_set().is_some())
+    {
+        // Assigned to this host's scale set but never started: GitHub
+        // gives it to another runner; a restart must not start it.
+        jobs.not_queued(job.job_id);
+    }
     let running = scheduler.snapshot().running;
     tracing::info!(
         event = %events::SERVE_DRAINING,

@@ -24,6 +24,7 @@ use crate::github::webhook::{
     parse_workflow_job, verify_signature, SignatureError, WorkflowJobAction, WorkflowJobEvent,
     DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER,
 };
+use crate::logs::events;
 use crate::scheduler::dispatch::{JobNews, News};
 use crate::scheduler::{Dispatch, EnqueueError, QueuedJob};
 
@@ -79,7 +80,10 @@ async fn handle_delivery<D: Dispatch>(app: &App<D>, request: Request) -> Respons
         Ok(body) => body,
         Err(e) => return body_refused(&e, delivery, event),
     };
-    if let Err(e) = verify_signature(&app.webhook_secret, &body.bytes, signature) {
+    let Some(secret) = &app.webhook_secret else {
+        return answer(StatusCode::NOT_FOUND, "no webhooks configured");
+    };
+    if let Err(e) = verify_signature(secret, &body.bytes, signature) {
         tracing::warn!(%delivery, %event, reason = %e, "webhook refused: bad signature");
         return answer(StatusCode::UNAUTHORIZED, "bad signature");
     }
@@ -223,6 +227,15 @@ impl<D: Dispatch> App<D> {
             tracing::info!(%delivery, job_id, ?labels, repository = ?ev.repository.full_name, "no pool serves these labels: job ignored");
             return answer(StatusCode::ACCEPTED, "ignored: no pool serves these labels");
         };
+        if let Some(scale_set) = pool.source.scale_set() {
+            // The scale set's queue brings this job (or gives it to another
+            // host's scale set): a second VM for it would be a second runner.
+            tracing::info!(event = %events::WEBHOOK_SCALE_SET_JOB, %delivery, job_id, pool = %pool.name, scale_set, repository = ?ev.repository.full_name, "job queued at GitHub for a scale-set pool: noted, its scale set's queue brings it");
+            return answer(
+                StatusCode::ACCEPTED,
+                "noted: the pool takes its jobs from its scale set",
+            );
+        }
         let Some(installation) = ev.installation else {
             tracing::warn!(
                 %delivery,

@@ -17,6 +17,10 @@
 //!   reason was not the job's own (an infrastructure failure).
 //! - The ids of completed jobs, so that a webhook redelivered after a
 //!   restart is still recognised; only the most recent are kept.
+//! - Scale-set queue messages whose jobs were recorded (in the same
+//!   transaction as the jobs, before the message is deleted at GitHub), so
+//!   that a redelivered message starts nothing twice; and each scale set's
+//!   open session, closed by the next start.
 //!
 //! "Before the action that creates it" is the rule: after a crash the
 //! journal may name something that was never made (harmless, cleanup finds
@@ -251,6 +255,31 @@ pub trait Journal: Send + Sync {
     fn remember_completed(&self, job_id: u64) -> Result<(), StoreError>;
     /// Whether `job_id` is remembered as completed.
     fn is_completed(&self, job_id: u64) -> Result<bool, StoreError>;
+
+    /// Records that message `message_id` of scale set `scale_set_id` was
+    /// read, and its `jobs`, in one transaction: `None` when the message
+    /// was recorded before (a redelivery: nothing is written), else the ids
+    /// of the jobs that were not held already (new, or finished before and
+    /// now queued again: GitHub gave a job back and assigned it anew). Only after this returns
+    /// may the message be deleted at GitHub.
+    fn record_message(
+        &self,
+        scale_set_id: u64,
+        message_id: i64,
+        jobs: &[JobRecord],
+    ) -> Result<Option<Vec<u64>>, StoreError>;
+    /// Records scale set `scale_set`'s open session, so that a restart
+    /// closes it rather than waiting for GitHub to expire it.
+    fn put_session(
+        &self,
+        scale_set: &str,
+        scale_set_id: u64,
+        session_id: &str,
+    ) -> Result<(), StoreError>;
+    /// Forgets scale set `scale_set`'s session.
+    fn remove_session(&self, scale_set: &str) -> Result<(), StoreError>;
+    /// Scale set `scale_set`'s recorded session: its id and the scale set's.
+    fn session(&self, scale_set: &str) -> Result<Option<(u64, String)>, StoreError>;
 }
 
 /// Now, in seconds since the Unix epoch (0 on a clock before it).

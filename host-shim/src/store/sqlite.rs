@@ -106,7 +106,26 @@ pub const MIGRATIONS: &[&str] = &[
         job_id INTEGER NOT NULL UNIQUE,
         completed_unix INTEGER NOT NULL
     ) STRICT;",
+    // 2: scale sets: the queue messages whose jobs are recorded (a
+    // redelivered one is recognised), and each scale set's open session.
+    "CREATE TABLE scale_set_messages (
+        scale_set_id INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        recorded_unix INTEGER NOT NULL,
+        PRIMARY KEY (scale_set_id, message_id)
+    ) STRICT;
+    CREATE TABLE scale_set_sessions (
+        scale_set TEXT PRIMARY KEY NOT NULL,
+        scale_set_id INTEGER NOT NULL,
+        session_id TEXT NOT NULL,
+        created_unix INTEGER NOT NULL
+    ) STRICT;",
 ];
+
+/// Recorded queue messages are remembered this long: a message is deleted
+/// at GitHub right after its jobs are recorded, so only a daemon killed in
+/// between sees it again, at its next session.
+const MESSAGES_KEPT_SECS: u64 = 7 * 24 * 3600;
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -118,6 +137,8 @@ const SCHEMA_CHECK: &[&str] = &[
     "SELECT name, runner_id, scope, job_id, vm_id, created_unix FROM runners LIMIT 0",
     "SELECT job_id, delivery, owner, repo, pool, labels, state, attempts, runner_name, infra_failure, reruns, updated_unix, run_id, installation_id FROM jobs LIMIT 0",
     "SELECT seq, job_id, completed_unix FROM completed LIMIT 0",
+    "SELECT scale_set_id, message_id, recorded_unix FROM scale_set_messages LIMIT 0",
+    "SELECT scale_set, scale_set_id, session_id, created_unix FROM scale_set_sessions LIMIT 0",
 ];
 
 const VM_COLUMNS: &str = "id, pool, job_id, dir, vmm_pid, vmm_start_ticks, cid, uid, netns, links, scratch, jail, cgroup, created_unix";
@@ -457,6 +478,99 @@ impl Journal for SqliteJournal {
         )
         .map_err(|e| self.err(op, e))?;
         tx.commit().map_err(|e| self.err(op, e))
+    }
+
+    fn record_message(
+        &self,
+        scale_set_id: u64,
+        message_id: i64,
+        jobs: &[JobRecord],
+    ) -> Result<Option<Vec<u64>>, StoreError> {
+        let op = "recording a scale-set message";
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(op, e))?;
+        let now = unix_now();
+        let fresh = tx
+            .execute(
+                "INSERT INTO scale_set_messages (scale_set_id, message_id, recorded_unix) \
+                 VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![scale_set_id, message_id, now],
+            )
+            .map_err(|e| self.err(op, e))?;
+        if fresh == 0 {
+            return Ok(None);
+        }
+        let mut new = Vec::new();
+        {
+            let sql = format!(
+                "INSERT INTO jobs ({JOB_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+                 ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, \
+                 delivery = excluded.delivery, updated_unix = excluded.updated_unix \
+                 WHERE jobs.state = 'finished'"
+            );
+            let mut stmt = tx.prepare_cached(&sql).map_err(|e| self.err(op, e))?;
+            for rec in jobs {
+                let added = stmt
+                    .execute(params![
+                        rec.job_id,
+                        rec.delivery,
+                        rec.owner,
+                        rec.repo,
+                        rec.pool,
+                        to_json(&rec.labels),
+                        rec.state.as_str(),
+                        rec.attempts,
+                        rec.runner_name,
+                        rec.infra_failure,
+                        rec.reruns,
+                        rec.updated_unix,
+                        rec.run_id,
+                        rec.installation_id,
+                    ])
+                    .map_err(|e| self.err(op, e))?;
+                if added > 0 {
+                    new.push(rec.job_id);
+                }
+            }
+        }
+        tx.execute(
+            "DELETE FROM scale_set_messages WHERE recorded_unix < ?1",
+            [now.saturating_sub(MESSAGES_KEPT_SECS)],
+        )
+        .map_err(|e| self.err(op, e))?;
+        tx.commit().map_err(|e| self.err(op, e))?;
+        Ok(Some(new))
+    }
+
+    fn put_session(
+        &self,
+        scale_set: &str,
+        scale_set_id: u64,
+        session_id: &str,
+    ) -> Result<(), StoreError> {
+        let sql = "INSERT OR REPLACE INTO scale_set_sessions \
+                   (scale_set, scale_set_id, session_id, created_unix) VALUES (?1, ?2, ?3, ?4)";
+        self.write(
+            "recording a scale-set session",
+            sql,
+            params![scale_set, scale_set_id, session_id, unix_now()],
+        )
+        .map(drop)
+    }
+
+    fn remove_session(&self, scale_set: &str) -> Result<(), StoreError> {
+        let sql = "DELETE FROM scale_set_sessions WHERE scale_set = ?1";
+        self.write("forgetting a scale-set session", sql, [scale_set])
+            .map(drop)
+    }
+
+    fn session(&self, scale_set: &str) -> Result<Option<(u64, String)>, StoreError> {
+        let sql = "SELECT scale_set_id, session_id FROM scale_set_sessions WHERE scale_set = ?1";
+        let found = self.read("reading a scale-set session", sql, [scale_set], |row| {
+            Ok((row.get::<_, u64>(0)?, row.get::<_, String>(1)?))
+        })?;
+        Ok(found.into_iter().next())
     }
 
     fn is_completed(&self, job_id: u64) -> Result<bool, StoreError> {

@@ -223,6 +223,61 @@ fn completed_jobs_are_remembered_and_pruned() {
 }
 
 #[test]
+fn a_scale_set_message_is_recorded_once_with_its_jobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = open(dir.path());
+    let queued = |id| JobRecord {
+        state: JobState::Queued,
+        ..job(id)
+    };
+    let first = journal
+        .record_message(3, 10, &[queued(1), queued(2)])
+        .expect("records");
+    assert_eq!(first, Some(vec![1, 2]));
+    assert_eq!(
+        journal.job(1).expect("job").map(|j| j.state),
+        Some(JobState::Queued)
+    );
+    // The same message again (a redelivery to a new session): nothing.
+    assert_eq!(
+        journal
+            .record_message(3, 10, &[queued(1), queued(9)])
+            .expect("replay"),
+        None
+    );
+    assert_eq!(
+        journal.job(9).expect("job"),
+        None,
+        "a replay writes nothing"
+    );
+    // Another scale set's message 10 is another message.
+    assert_eq!(
+        journal.record_message(4, 10, &[]).expect("other"),
+        Some(vec![])
+    );
+    // A job held already is not new; a finished one assigned anew is.
+    journal.set_job_state(2, JobState::Finished).expect("state");
+    assert_eq!(
+        journal
+            .record_message(3, 11, &[queued(1), queued(2)])
+            .expect("records"),
+        Some(vec![2])
+    );
+    assert_eq!(
+        journal.job(2).expect("job").map(|j| j.state),
+        Some(JobState::Queued)
+    );
+    // Sessions: recorded, read back, forgotten.
+    journal.put_session("kiln-a", 3, "s-1").expect("session");
+    assert_eq!(
+        journal.session("kiln-a").expect("read"),
+        Some((3, "s-1".to_owned()))
+    );
+    journal.remove_session("kiln-a").expect("forget");
+    assert_eq!(journal.session("kiln-a").expect("read"), None);
+}
+
+#[test]
 fn reopening_keeps_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
