@@ -444,6 +444,10 @@ async fn capacity_gates_assignment_one_message_per_poll() {
     assert_eq!(two.json()["statistics"]["totalAssignedJobs"], 2);
     let job = broker.job(&second).unwrap();
     assert_eq!((job.state, job.scale_set), (JobState::Assigned, Some(id)));
+    // github.com has no acquire route.
+    let acquire = format!("_apis/runtime/runnerscalesets/{id}/acquirejobs");
+    let reply = admin("POST", &svc, &acquire, &qt, Some(&json!([1]))).await;
+    assert_eq!(reply.status, 404);
     // The gpu job has no scale set with its label.
     assert_eq!(
         poll(&queue, &qt, "5", Some(message_id(&two))).await.status,

@@ -419,7 +419,13 @@ impl Request<'_> {
         }
     }
 
+    /// GHES only: github.com answers `404 page not found` at this route.
     fn acquire(&self, id: &str) -> Reply {
+        if !self.shared.lock().model.settings.ghes {
+            return Err(Box::new(
+                (StatusCode::NOT_FOUND, "404 page not found").into_response(),
+            ));
+        }
         let (set_id, _) = self.queue_token()?;
         let id = parse_id(id).ok_or_else(|| self.breach("the scale set id is not an integer"))?;
         if set_id != id {
