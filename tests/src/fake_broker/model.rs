@@ -692,3 +692,59 @@ impl State {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(ghes: bool) -> State {
+        let settings = Settings {
+            ghes,
+            ..Settings::default()
+        };
+        State::new(settings, "http://svc".into())
+    }
+
+    fn set(s: &mut State, name: &str, labels: &[&str]) -> u64 {
+        let labels = labels.iter().map(|l| (*l).to_owned()).collect();
+        s.create_scale_set(name, DEFAULT_GROUP, labels, json!({}), 0)
+            .map(|x| x.id)
+            .unwrap()
+    }
+
+    #[test]
+    fn labels_match_case_insensitively_and_a_bare_scale_set_by_its_name() {
+        let mut s = state(false);
+        let a = set(&mut s, "kiln-a", &["Self-Hosted", "kiln"]);
+        let bare = set(&mut s, "bare", &[]);
+        let key = s.queue_job("acme/app", &["self-hosted", "KILN"], 0);
+        let other = s.queue_job("acme/app", &["bare"], 0);
+        assert!(s.poll(bare, 5, 0, Instant::now()));
+        assert!(s.poll(a, 5, 0, Instant::now()));
+        let owner = |k: &JobKey| {
+            s.jobs
+                .iter()
+                .find(|j| &j.info.key == k)
+                .unwrap()
+                .info
+                .scale_set
+        };
+        assert_eq!((owner(&key), owner(&other)), (Some(a), Some(bare)));
+    }
+
+    #[test]
+    fn a_job_acquired_by_one_scale_set_is_no_longer_offered_to_another() {
+        let mut s = state(true);
+        let a = set(&mut s, "a", &["kiln"]);
+        let b = set(&mut s, "b", &["kiln"]);
+        s.queue_job("acme/app", &["kiln"], 0);
+        s.poll(a, 1, 0, Instant::now());
+        s.poll(b, 1, 0, Instant::now());
+        let id = s.jobs[0].info.runner_request_id;
+        assert_eq!(s.jobs[0].offered_to.len(), 2);
+        assert_eq!(s.acquire(b, &[id], 0, Instant::now()), [id]);
+        assert!(s.acquire(a, &[id], 0, Instant::now()).is_empty());
+        assert_eq!(s.held(a), 0);
+        assert_eq!(s.jobs[0].info.scale_set, Some(b));
+    }
+}

@@ -110,13 +110,41 @@ fn unauthorized(message: &str) -> Refused {
     fail(StatusCode::UNAUTHORIZED, "UnauthorizedException", message)
 }
 
-/// The value of query parameter `name`, if given.
-fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+/// The value of query parameter `name`, if given, percent-decoded.
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     query?
         .split('&')
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+        .map(|(_, v)| percent_decode(v))
+}
+
+/// `%XX` and `+` (a space) decoded; anything malformed kept as it is.
+fn percent_decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn parse_id(s: &str) -> Option<u64> {
@@ -227,7 +255,7 @@ impl Request<'_> {
 
     /// The Actions service: `{svc}/_apis/...?api-version=6.0-preview`.
     fn service(&self, rest: &[&str]) -> Reply {
-        if query_value(self.uri.query(), "api-version") != Some(API_VERSION) {
+        if query_value(self.uri.query(), "api-version").as_deref() != Some(API_VERSION) {
             return Err(self.breach(&format!("api-version={API_VERSION} is missing")));
         }
         let m = &self.method;
@@ -270,7 +298,7 @@ impl Request<'_> {
             .model
             .groups
             .iter()
-            .filter(|(_, n)| n.eq_ignore_ascii_case(name))
+            .filter(|(_, n)| n.eq_ignore_ascii_case(&name))
             .map(|(id, n)| json!({"id": id, "name": n, "isDefault": *id == super::DEFAULT_GROUP}))
             .collect();
         ok(&json!({"count": value.len(), "value": value}))
@@ -280,13 +308,14 @@ impl Request<'_> {
         self.admin()?;
         let query = self.uri.query();
         let group = query_value(query, "runnerGroupId")
+            .as_deref()
             .and_then(parse_id)
             .ok_or_else(|| self.breach("runnerGroupId is missing or not an integer"))?;
         let name = query_value(query, "name").ok_or_else(|| self.breach("name is missing"))?;
         let inner = self.shared.lock();
         let value: Vec<Value> = inner
             .model
-            .find_scale_set(group, name)
+            .find_scale_set(group, &name)
             .map(|s| wire::scale_set(&inner.model, s))
             .into_iter()
             .collect();
@@ -698,5 +727,19 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        let q = Some("runnerGroupId=1&name=kiln%20host+1&bad=%zz");
+        assert_eq!(query_value(q, "name").as_deref(), Some("kiln host 1"));
+        assert_eq!(query_value(q, "runnerGroupId").as_deref(), Some("1"));
+        assert_eq!(query_value(q, "bad").as_deref(), Some("%zz"));
+        assert_eq!(query_value(q, "missing"), None);
     }
 }
