@@ -23,6 +23,12 @@
 //! parameters, body) and every answer is checked against GitHub's schemas in
 //! `data/github-reconcile.json`; [`FakeGithub::violations`] lists the
 //! breaches, and a request that breaks them is answered 422.
+//!
+//! For the scale-set listener: registration tokens (checked against
+//! `data/github-registration-token.json`) and `POST
+//! /actions/runner-registration` (`RemoteAuth <registration token>`),
+//! which answers with the Actions service URL and an admin token of the
+//! fake broker attached with [`FakeGithub::attach_broker`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -175,6 +181,10 @@ struct Inner {
     api_calls: Vec<ApiCall>,
     /// Where requests or answers broke GitHub's schemas.
     violations: Vec<String>,
+    /// Registration tokens: token -> (scope, expiry in Unix seconds).
+    registration_tokens: HashMap<String, (String, u64)>,
+    /// The scale-set broker `runner-registration` hands out.
+    broker: Option<crate::fake_broker::BrokerLink>,
 }
 
 /// A workflow job of the fake.
@@ -613,6 +623,97 @@ impl FakeGithub {
         (StatusCode::CREATED, answer.to_string()).into_response()
     }
 
+    /// `runner-registration` answers with this broker's service URL and
+    /// admin tokens (without one it answers 404).
+    pub fn attach_broker(&self, broker: &crate::fake_broker::FakeBroker) {
+        self.lock().broker = Some(broker.link());
+    }
+
+    /// Every registration token handed out so far expires now.
+    pub fn expire_registration_tokens(&self) {
+        for (_, expires) in self.lock().registration_tokens.values_mut() {
+            *expires = 0;
+        }
+    }
+
+    /// `POST /{scope}/actions/runners/registration-token` with an
+    /// installation token: a registration token for that scope, valid for
+    /// an hour, its answer checked against GitHub's schema.
+    fn registration_token(&self, scope: &[&str], headers: &HeaderMap) -> Response {
+        if let Err(m) = self.check_token(headers) {
+            return error(StatusCode::UNAUTHORIZED, &m);
+        }
+        let operation = match scope {
+            ["orgs", ..] => "actions/create-registration-token-for-org",
+            ["repos", ..] => "actions/create-registration-token-for-repo",
+            _ => "enterprise-admin/create-registration-token-for-enterprise",
+        };
+        let mut inner = self.lock();
+        let token = format!("AREG{}", crate::job::random_token(16).to_uppercase());
+        let expires = now_unix() + 3600;
+        inner
+            .registration_tokens
+            .insert(token.clone(), (scope.join("/"), expires));
+        let answer = json!({"token": token, "expires_at": rfc3339(expires)});
+        let schema = &registration_token_operations()[operation]["responses"]["201"];
+        let problems = crate::github_schema::check(schema, &answer);
+        inner.violations.extend(
+            problems
+                .into_iter()
+                .map(|p| format!("{operation} 201: {p}")),
+        );
+        (StatusCode::CREATED, answer.to_string()).into_response()
+    }
+
+    /// `POST /actions/runner-registration` with `RemoteAuth <registration
+    /// token>` and `{url, runner_event: "register"}`, the url naming the
+    /// token's scope: the attached broker's `{url, token}`.
+    fn runner_registration(&self, headers: &HeaderMap, body: &[u8]) -> Response {
+        let Some(token) = bearer(headers, "RemoteAuth ") else {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "Requires RemoteAuth authentication",
+            );
+        };
+        let request = match serde_json::from_slice::<Value>(body) {
+            Ok(v) => v,
+            Err(_) => return self.registration_breach("the body is not JSON"),
+        };
+        let Some(url) = request["url"].as_str() else {
+            return self.registration_breach("url is missing or not a string");
+        };
+        if request["runner_event"] != "register" {
+            return self.registration_breach("runner_event is not \"register\"");
+        }
+        let mut inner = self.lock();
+        let scope = match inner.registration_tokens.get(&token) {
+            Some((scope, expires)) if *expires > now_unix() => scope.clone(),
+            _ => return error(StatusCode::UNAUTHORIZED, "Bad credentials"),
+        };
+        let path = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let path = path.find('/').map_or("", |at| &path[at..]);
+        let wanted = scope_path(&scope);
+        if !path.trim_end_matches('/').ends_with(&wanted) {
+            let problem = format!("runner-registration: url {url} does not name {wanted}");
+            inner.violations.push(problem.clone());
+            return error(StatusCode::BAD_REQUEST, &problem);
+        }
+        let Some(broker) = inner.broker.clone() else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "Not Found (no scale-set broker attached)",
+            );
+        };
+        drop(inner);
+        (StatusCode::OK, broker.register(&scope).to_string()).into_response()
+    }
+
+    fn registration_breach(&self, problem: &str) -> Response {
+        let problem = format!("runner-registration: {problem}");
+        self.lock().violations.push(problem.clone());
+        error(StatusCode::BAD_REQUEST, &problem)
+    }
+
     /// Takes the first injected failure meant for `path`, if any.
     fn take_failure(inner: &mut Inner, path: &str) -> Option<Failure> {
         let at = inner
@@ -689,6 +790,14 @@ async fn handle(
                 "repository_selection": "all",
             });
             (StatusCode::CREATED, body.to_string()).into_response()
+        }
+        (Method::POST, [scope @ .., "actions", "runners", "registration-token"])
+            if valid_scope(scope) =>
+        {
+            fake.registration_token(scope, &headers)
+        }
+        (Method::POST, ["actions", "runner-registration"]) => {
+            fake.runner_registration(&headers, &body)
         }
         (Method::POST, [scope @ .., "actions", "runners", "generate-jitconfig"])
             if valid_scope(scope) =>
@@ -1123,6 +1232,26 @@ pub fn run_body(id: u64, repository: &str, status: &str) -> Value {
     })
 }
 
+/// `data/github-registration-token.json`'s `operations`.
+fn registration_token_operations() -> &'static Value {
+    static OPS: OnceLock<Value> = OnceLock::new();
+    OPS.get_or_init(|| {
+        let all: Value =
+            serde_json::from_str(include_str!("../data/github-registration-token.json"))
+                .expect("data/github-registration-token.json is JSON");
+        all["operations"].clone()
+    })
+}
+
+/// The path a scope's GitHub config URL ends with: `orgs/acme` -> `/acme`,
+/// `repos/o/r` -> `/o/r`, `enterprises/e` -> `/enterprises/e`.
+fn scope_path(scope: &str) -> String {
+    match scope.split_once('/') {
+        Some(("orgs" | "repos", rest)) => format!("/{rest}"),
+        _ => format!("/{scope}"),
+    }
+}
+
 fn valid_scope(scope: &[&str]) -> bool {
     matches!(scope, ["repos", _, _] | ["orgs", _] | ["enterprises", _])
 }
@@ -1189,7 +1318,7 @@ pub fn now_unix() -> u64 {
 }
 
 /// RFC 3339 UTC, written independently of the client's own parser.
-fn rfc3339(unix: u64) -> String {
+pub(crate) fn rfc3339(unix: u64) -> String {
     let secs_of_day = unix % 86_400;
     let mut days = unix / 86_400;
     let mut year = 1970;

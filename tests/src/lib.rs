@@ -10,6 +10,9 @@
 //! - [`disk`] — ext4 base and scratch images, read back without mounting.
 //! - [`fake_github`] — a fake GitHub API for the GitHub App client's tests
 //!   and `kiln serve`'s end-to-end tests.
+//! - [`fake_broker`] — a fake of GitHub's runner scale-set service (scale
+//!   sets, message sessions, the long-polled job queue, JIT runners), for
+//!   the scale-set listener's tests and bench.
 //! - [`github_schema`] — GitHub's schemas, which the fake's requests and
 //!   answers are checked against.
 //! - [`vm`] — [`TestVm::boot`]: one VM, one job, everything it produced.
@@ -25,6 +28,7 @@ pub mod assets;
 pub mod daemon;
 pub mod disk;
 pub mod events;
+pub mod fake_broker;
 pub mod fake_github;
 pub mod github_schema;
 pub mod job;
