@@ -36,6 +36,10 @@ pub struct Setup<'a> {
     pub github: &'a str,
     /// The image's `/opt/actions-runner/run.sh`.
     pub stand_in: &'a str,
+    /// False: no `webhook_secret_file` (every pool has a scale set).
+    pub webhook: bool,
+    /// More keys of the pool, one per line (`source = "scale-set"`, ...).
+    pub pool: &'a str,
 }
 
 /// Writes the secrets (0600), a stand-in image and `config.toml` (QEMU,
@@ -57,7 +61,7 @@ pub fn write_config(root: &Path, s: &Setup<'_>) -> anyhow::Result<PathBuf> {
     let config = format!(
         r#"
 listen = "127.0.0.1:{port}"
-webhook_secret_file = "webhook-secret"
+{webhook}
 backend = "qemu"
 log_format = "json"
 
@@ -85,12 +89,19 @@ scratch_gib = 1
 image = "{image}"
 job_timeout = "5m"
 network = "none"
+{pool}
 "#,
         port = s.port,
         admin = s.admin_listen,
         api_url = s.api_url,
         github = s.github,
         labels = serde_json::to_string(LABELS)?,
+        webhook = if s.webhook {
+            "webhook_secret_file = \"webhook-secret\""
+        } else {
+            ""
+        },
+        pool = s.pool,
         image = image.display(),
     );
     let path = root.join("config.toml");
@@ -102,23 +113,7 @@ network = "none"
 /// directories under `root` and its output appended to `root/kiln.log`;
 /// returns once it listens on `port`.
 pub async fn start(root: &Path, config: &Path, port: u16) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(root.join("kiln.log"))?;
-    let mut child = Command::new(layer::kiln_binary()?)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("KILN_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env("KILN_STATE_DIR", root.join("state"))
-        .env("KILN_RUNTIME_DIR", root.join("run"))
-        .env("KILN_DISK_DIR", root.join("disks"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting kiln serve")?;
+    let mut child = spawn(root, config)?;
     let until = Instant::now() + Duration::from_secs(60);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -132,6 +127,44 @@ pub async fn start(root: &Path, config: &Path, port: u16) -> anyhow::Result<Chil
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(child)
+}
+
+/// Starts `kiln serve` as [`start`] does, but returns once its log has
+/// event `event` (for a daemon without a webhook port).
+pub async fn start_until(root: &Path, config: &Path, event: &str) -> anyhow::Result<Child> {
+    let mut child = spawn(root, config)?;
+    let until = Instant::now() + Duration::from_secs(60);
+    while !crate::events::has(&logs(root), event, &[]) {
+        if Instant::now() > until || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("kiln serve never logged {event}:\n{}", logs(root));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(child)
+}
+
+/// `kiln serve --config CONFIG` with its directories under `root` and
+/// its output appended to `root/kiln.log`.
+fn spawn(root: &Path, config: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("kiln.log"))?;
+    Command::new(layer::kiln_binary()?)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("KILN_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env("KILN_STATE_DIR", root.join("state"))
+        .env("KILN_RUNTIME_DIR", root.join("run"))
+        .env("KILN_DISK_DIR", root.join("disks"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting kiln serve")
 }
 
 /// What `kiln serve` wrote so far.

@@ -70,6 +70,8 @@ fn ps_logs_cancel_and_metrics_follow_a_job() {
             admin_listen: &metrics_at,
             github: "",
             stand_in: STAND_IN,
+            webhook: true,
+            pool: "",
         };
         let config = daemon::write_config(root, &setup).unwrap();
         let daemon = start(root, &config, port).await;

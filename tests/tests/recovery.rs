@@ -289,6 +289,8 @@ fn write_config_with(root: &Path, api_url: &str, port: u16, github: &str) -> Pat
         admin_listen: "off",
         github,
         stand_in: STAND_IN,
+        webhook: true,
+        pool: "",
     };
     daemon::write_config(root, &setup).unwrap()
 }

@@ -332,8 +332,11 @@ impl Listener {
             count(|e| matches!(e, JobEvent::Started { .. })),
             count(|e| matches!(e, JobEvent::Completed { .. })),
         );
-        if available > 0 {
-            self.acquire(id, session, &message.jobs).await;
+        if available > 0 && !self.acquire(id, session, &message.jobs).await {
+            // Not acknowledged: the next poll brings the offer again.
+            let wait = self.backoff.next();
+            self.pause(wait).await;
+            return false;
         }
         let received = Instant::now();
         // Known once the admin token was minted: cached.
@@ -373,8 +376,9 @@ impl Listener {
         true
     }
 
-    /// GHES: acquires the jobs offered, as many as fit.
-    async fn acquire(&mut self, id: u64, session: &Session, jobs: &[JobMessage]) {
+    /// GHES: acquires the jobs offered, as many as fit; false when GitHub
+    /// could not be asked.
+    async fn acquire(&mut self, id: u64, session: &Session, jobs: &[JobMessage]) -> bool {
         let room = self.scheduler.room(&self.set.pool.name).more;
         let offered: Vec<i64> = jobs
             .iter()
@@ -383,16 +387,16 @@ impl Listener {
             .take(usize::try_from(room).unwrap_or(usize::MAX))
             .collect();
         if offered.is_empty() {
-            return;
+            return true;
         }
         match self.client.acquire_jobs(id, session, &offered).await {
-            Ok(got) => tracing::info!(
-                offered = offered.len(),
-                acquired = got.len(),
-                "scale set: acquired jobs"
-            ),
+            Ok(got) => {
+                tracing::info!(offered = offered.len(), acquired = got.len(), "scale set: acquired jobs");
+                true
+            }
             Err(e) => {
-                tracing::warn!(event = %events::SCALE_SET_RECOVERING, problem = "error", error = %e, "scale set: cannot acquire the jobs offered; they are offered again")
+                tracing::warn!(event = %events::SCALE_SET_RECOVERING, problem = "error", error = %e, "scale set: cannot acquire the jobs offered; the message is read again");
+                false
             }
         }
     }
