@@ -61,7 +61,8 @@ impl Host {
             .prefix("kiln-ss-")
             .tempdir_in("/tmp")
             .unwrap();
-        let pool = format!("source = \"scale-set\"\nscale_set = \"{scale_set}\"\nmax_vms = {max_vms}");
+        let pool =
+            format!("source = \"scale-set\"\nscale_set = \"{scale_set}\"\nmax_vms = {max_vms}");
         let setup = Setup {
             api_url,
             port: daemon::free_port().unwrap(),
@@ -128,7 +129,9 @@ impl Host {
 
     /// The journal, opened beside the daemon (WAL: readers do not block it).
     fn journal(&self) -> SqliteJournal {
-        SqliteJournal::open(&self.root().join("state")).unwrap().journal
+        SqliteJournal::open(&self.root().join("state"))
+            .unwrap()
+            .journal
     }
 
     /// What the job logs say, all of them.
@@ -228,7 +231,11 @@ fn a_queued_job_is_recorded_before_its_ack_and_runs_once_within_capacity() {
         // VM GitHub assigned only the first.
         let id = local_job_id(&first.0, 0);
         let rec = host.journal().job(id).unwrap();
-        assert_eq!(rec.map(|r| r.state), Some(StoredState::Queued), "recorded before the ack");
+        assert_eq!(
+            rec.map(|r| r.state),
+            Some(StoredState::Queued),
+            "recorded before the ack"
+        );
         assert_eq!(state(&broker, &first), JobState::Assigned);
         assert_eq!(state(&broker, &second), JobState::Queued);
         assert!(broker.jit_configs().is_empty(), "no runner before the ack");
@@ -264,7 +271,10 @@ fn a_queued_job_is_recorded_before_its_ack_and_runs_once_within_capacity() {
         let logs = host.logs();
         assert_eq!(events::find(&logs, names::JOB_DONE, &[]).len(), 2, "{logs}");
         assert!(events::find(&logs, names::SCALE_SET_ACKED, &[]).len() >= 2);
-        assert!(!logs.contains(&broker.jit_configs()[0]), "no JIT config in the log");
+        assert!(
+            !logs.contains(&broker.jit_configs()[0]),
+            "no JIT config in the log"
+        );
 
         // A clean stop closes the session (GitHub assigns it nothing more).
         host.stop();
@@ -291,15 +301,25 @@ fn ghes_acquire_and_every_failure_recovered_without_losing_a_job() {
         let mut host = Host::new(&github.url, "kiln-tiny-ghes", 2);
         host.start().await;
         let logs = host.logs();
-        assert_eq!(events::find(&logs, names::SCALE_SET_STANDBY, &[]).len(), 2, "{logs}");
+        assert_eq!(
+            events::find(&logs, names::SCALE_SET_STANDBY, &[]).len(),
+            2,
+            "{logs}"
+        );
 
         let mut jobs = Vec::new();
         let run_one = |broker: &FakeBroker| broker.queue_job("acme/widgets", LABELS);
         // GHES: offered, acquired, assigned, run.
         jobs.push(run_one(&broker));
-        wait_broker(&host, "the GHES job to complete", || completed(&broker, &jobs[0])).await;
+        wait_broker(&host, "the GHES job to complete", || {
+            completed(&broker, &jobs[0])
+        })
+        .await;
         assert!(
-            broker.calls().iter().any(|c| c.path.ends_with("/acquirejobs") && c.status == Some(200)),
+            broker
+                .calls()
+                .iter()
+                .any(|c| c.path.ends_with("/acquirejobs") && c.status == Some(200)),
             "the job was acquired"
         );
 
@@ -332,12 +352,18 @@ fn ghes_acquire_and_every_failure_recovered_without_losing_a_job() {
         let logs = host.logs();
         for problem in ["queue_token", "session_gone"] {
             assert!(
-                events::has(&logs, names::SCALE_SET_RECOVERING, &[("problem", json!(problem))]),
+                events::has(
+                    &logs,
+                    names::SCALE_SET_RECOVERING,
+                    &[("problem", json!(problem))]
+                ),
                 "{problem} logged:\n{logs}"
             );
         }
         assert!(
-            broker.scale_set_id("kiln-tiny-ghes").is_some_and(|id| id != set),
+            broker
+                .scale_set_id("kiln-tiny-ghes")
+                .is_some_and(|id| id != set),
             "the deleted scale set was registered again"
         );
         assert_eq!(events::find(&logs, names::JOB_DONE, &[]).len(), jobs.len());
@@ -371,7 +397,11 @@ fn killed_between_recording_and_ack_the_job_runs_once_after_the_restart() {
         wait_broker(&host, "the job to complete", || completed(&broker, &key)).await;
         // The replay may come before or after the job ends: wait for it.
         host.wait_for("the replayed message", |h| {
-            events::has(&h.logs(), names::SCALE_SET_MESSAGE, &[("replayed", json!(true))])
+            events::has(
+                &h.logs(),
+                names::SCALE_SET_MESSAGE,
+                &[("replayed", json!(true))],
+            )
         })
         .await;
         let job = broker.job(&key).unwrap();
@@ -416,13 +446,17 @@ fn two_hosts_share_twenty_jobs_and_one_killed_midway_loses_none() {
         wait_broker(&b, "every job to run", || {
             keys.iter().all(|k| {
                 let j = broker.job(k).unwrap();
-                completed(&broker, k) || (j.state == JobState::Running && j.scale_set == Some(set_a))
+                completed(&broker, k)
+                    || (j.state == JobState::Running && j.scale_set == Some(set_a))
             })
         })
         .await;
         // a's restart cleans up what its SIGKILL left: VMs and runners.
         a.start().await;
-        wait_broker(&a, "a's leftover runners to be deleted", || done(&broker) == keys.len()).await;
+        wait_broker(&a, "a's leftover runners to be deleted", || {
+            done(&broker) == keys.len()
+        })
+        .await;
         let mut ran_on = std::collections::BTreeMap::new();
         for k in &keys {
             let j = broker.job(k).unwrap();
@@ -430,7 +464,10 @@ fn two_hosts_share_twenty_jobs_and_one_killed_midway_loses_none() {
             *ran_on.entry(j.scale_set).or_insert(0) += 1;
         }
         let set_b = broker.scale_set_id("kiln-tiny-b").unwrap();
-        assert!(ran_on.get(&Some(set_b)).copied().unwrap_or(0) > 0, "{ran_on:?}");
+        assert!(
+            ran_on.get(&Some(set_b)).copied().unwrap_or(0) > 0,
+            "{ran_on:?}"
+        );
         // What GitHub took back from the dead host ran on the other.
         for k in &keys {
             let j = broker.job(k).unwrap();

@@ -583,13 +583,21 @@ fn pools_take_jobs_from_webhooks_unless_a_scale_set_is_named() {
     assert_eq!(c.pools[0].source, JobSource::Webhook);
     // The daemon's default, with the scale set named after pool and host.
     let c = dir
-        .load(&format!("source = \"scale-set\"\n{}", Dir::config("org = \"acme\"", POOL)))
+        .load(&format!(
+            "source = \"scale-set\"\n{}",
+            Dir::config("org = \"acme\"", POOL)
+        ))
         .expect("valid");
     let name = c.pools[0].source.scale_set().expect("a scale set");
-    assert!(name.starts_with("kiln-small-") && name.len() > "kiln-small-".len(), "{name}");
+    assert!(
+        name.starts_with("kiln-small-") && name.len() > "kiln-small-".len(),
+        "{name}"
+    );
     // A pool's own source and name win.
     let own = format!("{POOL}source = \"scale-set\"\nscale_set = \"arm-fleet\"\n");
-    let c = dir.load(&Dir::config("org = \"acme\"", &own)).expect("valid");
+    let c = dir
+        .load(&Dir::config("org = \"acme\"", &own))
+        .expect("valid");
     assert_eq!(
         c.pools[0].source,
         JobSource::ScaleSet {
@@ -602,7 +610,9 @@ fn pools_take_jobs_from_webhooks_unless_a_scale_set_is_named() {
 fn a_daemon_of_scale_sets_needs_no_webhook_secret() {
     let dir = Dir::new();
     let without_secret = |rest: &str| {
-        format!("[github]\napp_id = 123\nprivate_key_file = \"app-key.pem\"\norg = \"acme\"\n{rest}")
+        format!(
+            "[github]\napp_id = 123\nprivate_key_file = \"app-key.pem\"\norg = \"acme\"\n{rest}"
+        )
     };
     let scale_set_pool = format!("{POOL}source = \"scale-set\"\n");
     let c = dir
@@ -611,7 +621,10 @@ fn a_daemon_of_scale_sets_needs_no_webhook_secret() {
     assert!(c.webhook_secret.is_none());
     let (kind, msg) = dir.err(&without_secret(POOL));
     assert_eq!(kind.key(), Some("webhook_secret_file"), "{msg}");
-    assert!(msg.contains("source = \"scale-set\""), "says what to do: {msg}");
+    assert!(
+        msg.contains("source = \"scale-set\""),
+        "says what to do: {msg}"
+    );
 }
 
 #[test]
@@ -634,6 +647,9 @@ fn bad_sources_and_scale_set_names_say_what_to_write() {
         &format!("{POOL}source = \"scale-set\"\nscale_set = \"has space\"\n"),
     ));
     assert_eq!(kind.key(), Some("pool[0].scale_set"), "{msg}");
-    let (kind, msg) = dir.err(&format!("source = \"nope\"\n{}", Dir::config("org = \"acme\"", POOL)));
+    let (kind, msg) = dir.err(&format!(
+        "source = \"nope\"\n{}",
+        Dir::config("org = \"acme\"", POOL)
+    ));
     assert_eq!(kind.key(), Some("source"), "{msg}");
 }

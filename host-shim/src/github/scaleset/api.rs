@@ -357,6 +357,10 @@ impl ScaleSetClient {
             .await?;
         match answer.status {
             s if s.is_success() => Ok(()),
+            StatusCode::NOT_FOUND => {
+                tracing::debug!(message_id, "message deleted already");
+                Ok(())
+            }
             _ => Err(answer.into_error(&Method::DELETE, "message queue message")),
         }
     }

@@ -391,7 +391,11 @@ impl Listener {
         }
         match self.client.acquire_jobs(id, session, &offered).await {
             Ok(got) => {
-                tracing::info!(offered = offered.len(), acquired = got.len(), "scale set: acquired jobs");
+                tracing::info!(
+                    offered = offered.len(),
+                    acquired = got.len(),
+                    "scale set: acquired jobs"
+                );
                 true
             }
             Err(e) => {
