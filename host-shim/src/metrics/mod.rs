@@ -33,6 +33,11 @@
 //! | `github_rate_limit_remaining` | gauge | |
 //! | `reconcile_passes_total` | counter | `result` |
 //! | `reconcile_jobs_found_total` | counter | |
+//! | `scale_set_messages_total` | counter | `scale_set`, `kind` (`new`, `replayed`) |
+//! | `scale_set_jobs_total` | counter | `scale_set`, `event` (`assigned`, `available`, `started`, `completed`) |
+//! | `scale_set_recoveries_total` | counter | `scale_set`, `problem` |
+//! | `scale_set_capacity` | gauge | `scale_set` (the last `X-ScaleSetMaxCapacity` sent) |
+//! | `scale_set_session` | gauge | `scale_set` (1 while a session is open) |
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -90,6 +95,29 @@ struct CategoryLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScaleSetLabel {
+    scale_set: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScaleSetKind {
+    scale_set: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScaleSetEvent {
+    scale_set: String,
+    event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScaleSetProblem {
+    scale_set: String,
+    problem: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,6 +181,11 @@ pub struct Metrics {
     rate_limit: Gauge,
     reconcile: Family<ResultLabel, Counter>,
     reconcile_found: Counter,
+    ss_messages: Family<ScaleSetKind, Counter>,
+    ss_jobs: Family<ScaleSetEvent, Counter>,
+    ss_recoveries: Family<ScaleSetProblem, Counter>,
+    ss_capacity: Family<ScaleSetLabel, Gauge>,
+    ss_session: Family<ScaleSetLabel, Gauge>,
 }
 
 fn short_buckets() -> Histogram {
@@ -198,6 +231,11 @@ impl Metrics {
             rate_limit: Gauge::default(),
             reconcile: Family::default(),
             reconcile_found: Counter::default(),
+            ss_messages: Family::default(),
+            ss_jobs: Family::default(),
+            ss_recoveries: Family::default(),
+            ss_capacity: Family::default(),
+            ss_session: Family::default(),
         };
         m.register();
         m
@@ -321,6 +359,31 @@ impl Metrics {
             "Queued jobs the reconciler found that no webhook brought",
             self.reconcile_found.clone(),
         );
+        r.register(
+            "scale_set_messages",
+            "Scale-set queue messages read, by kind (new; replayed: recorded before, a redelivery)",
+            self.ss_messages.clone(),
+        );
+        r.register(
+            "scale_set_jobs",
+            "Job messages from a scale set's queue, by event (assigned, available, started, completed)",
+            self.ss_jobs.clone(),
+        );
+        r.register(
+            "scale_set_recoveries",
+            "Scale-set listener failures mended, by problem (session_gone, scale_set_gone, queue_token, error)",
+            self.ss_recoveries.clone(),
+        );
+        r.register(
+            "scale_set_capacity",
+            "The jobs the scale set's last poll said this host can hold (X-ScaleSetMaxCapacity)",
+            self.ss_capacity.clone(),
+        );
+        r.register(
+            "scale_set_session",
+            "1 while the scale set has an open message session here",
+            self.ss_session.clone(),
+        );
     }
 
     /// The OpenMetrics text of every metric ([`OPENMETRICS`]).
@@ -438,6 +501,59 @@ impl Metrics {
     /// A GitHub request got no answer: `timeout` or `transport`.
     pub fn github_error(&self, kind: &'static str) {
         self.github_errors.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// A message from scale set `scale_set`'s queue; `replayed`: recorded
+    /// before. `events` counts its job messages by event.
+    pub fn scale_set_message(
+        &self,
+        scale_set: &str,
+        replayed: bool,
+        events: &[(&'static str, usize)],
+    ) {
+        let kind = if replayed { "replayed" } else { "new" };
+        self.ss_messages
+            .get_or_create(&ScaleSetKind {
+                scale_set: scale_set.to_owned(),
+                kind,
+            })
+            .inc();
+        for &(event, n) in events {
+            self.ss_jobs
+                .get_or_create(&ScaleSetEvent {
+                    scale_set: scale_set.to_owned(),
+                    event,
+                })
+                .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+        }
+    }
+
+    /// The scale-set listener mends `problem`.
+    pub fn scale_set_recovery(&self, scale_set: &str, problem: &'static str) {
+        self.ss_recoveries
+            .get_or_create(&ScaleSetProblem {
+                scale_set: scale_set.to_owned(),
+                problem,
+            })
+            .inc();
+    }
+
+    /// A poll of scale set `scale_set` announced `capacity`.
+    pub fn scale_set_capacity(&self, scale_set: &str, capacity: u32) {
+        self.ss_capacity
+            .get_or_create(&ScaleSetLabel {
+                scale_set: scale_set.to_owned(),
+            })
+            .set(i64::from(capacity));
+    }
+
+    /// Scale set `scale_set`'s session opened (`true`) or ended.
+    pub fn scale_set_session(&self, scale_set: &str, open: bool) {
+        self.ss_session
+            .get_or_create(&ScaleSetLabel {
+                scale_set: scale_set.to_owned(),
+            })
+            .set(i64::from(open));
     }
 
     /// A reconciler pass: `Some(found)` when it succeeded.

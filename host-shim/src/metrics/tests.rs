@@ -141,3 +141,45 @@ fn known_pools_show_zeros_before_their_first_job() {
         Some(0.0)
     );
 }
+
+#[test]
+fn scale_set_series_follow_the_listener() {
+    let m = Metrics::new();
+    m.scale_set_message("kiln-a", false, &[("assigned", 2), ("completed", 1)]);
+    m.scale_set_message("kiln-a", true, &[("assigned", 1)]);
+    m.scale_set_recovery("kiln-a", "session_gone");
+    m.scale_set_capacity("kiln-a", 3);
+    m.scale_set_session("kiln-a", true);
+    let t = m.encode();
+    for (series, want) in [
+        (
+            "kiln_scale_set_messages_total{scale_set=\"kiln-a\",kind=\"new\"}",
+            1.0,
+        ),
+        (
+            "kiln_scale_set_messages_total{scale_set=\"kiln-a\",kind=\"replayed\"}",
+            1.0,
+        ),
+        (
+            "kiln_scale_set_jobs_total{scale_set=\"kiln-a\",event=\"assigned\"}",
+            3.0,
+        ),
+        (
+            "kiln_scale_set_jobs_total{scale_set=\"kiln-a\",event=\"completed\"}",
+            1.0,
+        ),
+        (
+            "kiln_scale_set_recoveries_total{scale_set=\"kiln-a\",problem=\"session_gone\"}",
+            1.0,
+        ),
+        ("kiln_scale_set_capacity{scale_set=\"kiln-a\"}", 3.0),
+        ("kiln_scale_set_session{scale_set=\"kiln-a\"}", 1.0),
+    ] {
+        assert_eq!(value(&t, series), Some(want), "{series}\n{t}");
+    }
+    m.scale_set_session("kiln-a", false);
+    assert_eq!(
+        value(&m.encode(), "kiln_scale_set_session{scale_set=\"kiln-a\"}"),
+        Some(0.0)
+    );
+}

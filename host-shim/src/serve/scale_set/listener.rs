@@ -145,6 +145,9 @@ impl Listener {
 
     /// Logs a failure and waits before the next attempt.
     async fn recover(&mut self, problem: &'static str, error: &GithubError) {
+        self.jobs
+            .metrics()
+            .scale_set_recovery(&self.set.name, problem);
         let wait = self.backoff.next();
         tracing::warn!(event = %events::SCALE_SET_RECOVERING, problem, error = %error, retry_in = ?wait, "scale set: {problem}; trying again");
         self.pause(wait).await;
@@ -234,6 +237,7 @@ impl Listener {
                     tracing::warn!(error = %e, "cannot record the session: a restart waits for GitHub to expire it");
                 }
                 self.backoff.reset();
+                self.jobs.metrics().scale_set_session(&self.set.name, true);
                 let labels: Vec<&str> = self.set.pool.labels.iter().map(String::as_str).collect();
                 tracing::info!(event = %events::SCALE_SET_READY, scale_set_id = id, session = %session.session_id, ?labels, assigned = session.statistics.as_ref().map(|s| s.total_assigned_jobs), "scale set: listening for jobs");
                 Some(session)
@@ -264,6 +268,9 @@ impl Listener {
                 return End::Stopped;
             }
             let capacity = self.capacity();
+            self.jobs
+                .metrics()
+                .scale_set_capacity(&self.set.name, capacity);
             let polled = {
                 let poll = self.client.get_message(&session, last, capacity);
                 let grew = room_grew(&self.scheduler, &self.set.pool.name, capacity);
@@ -294,6 +301,9 @@ impl Listener {
                     }
                 }
                 Err(e) if status_of(&e) == Some(401) => {
+                    self.jobs
+                        .metrics()
+                        .scale_set_recovery(&self.set.name, "queue_token");
                     tracing::info!(event = %events::SCALE_SET_RECOVERING, problem = "queue_token", session = %session.session_id, "scale set: the queue refused the session's token: refreshing the session");
                     match self.client.refresh_session(id, &session).await {
                         Ok(fresh) => session = fresh,
@@ -307,6 +317,9 @@ impl Listener {
                 }
                 Err(e) if matches!(status_of(&e), Some(404 | 410)) => {
                     self.forget_session();
+                    self.jobs
+                        .metrics()
+                        .scale_set_recovery(&self.set.name, "session_gone");
                     tracing::warn!(event = %events::SCALE_SET_RECOVERING, problem = "session_gone", error = %e, "scale set: the session is gone at GitHub: opening a new one");
                     return End::SessionGone;
                 }
@@ -357,6 +370,16 @@ impl Listener {
             }
         };
         let replayed = recorded.is_none();
+        self.jobs.metrics().scale_set_message(
+            &self.set.name,
+            replayed,
+            &[
+                ("available", available),
+                ("assigned", assigned),
+                ("started", started),
+                ("completed", completed),
+            ],
+        );
         let new = recorded.unwrap_or_default();
         tracing::info!(event = %events::SCALE_SET_MESSAGE, message_id = message.id, session = %session.session_id, available, assigned, started, completed, queued = new.len(), replayed, total_assigned = message.statistics.as_ref().map(|s| s.total_assigned_jobs), "scale set: message");
         match self.client.delete_message(session, message.id).await {
@@ -475,6 +498,7 @@ impl Listener {
     }
 
     fn forget_session(&self) {
+        self.jobs.metrics().scale_set_session(&self.set.name, false);
         let _ = self.jobs.journal().remove_session(&self.set.name);
     }
 }
