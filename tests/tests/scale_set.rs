@@ -51,25 +51,33 @@ struct Host {
     root: TempDir,
     config: PathBuf,
     child: Option<Child>,
+    /// The webhook port, when the daemon has one.
+    port: Option<u16>,
 }
 
 impl Host {
     /// A daemon whose one pool takes its jobs from scale set `scale_set`,
     /// at most `max_vms` VMs at once.
     fn new(api_url: &str, scale_set: &str, max_vms: u32) -> Self {
+        Self::with_webhook(api_url, scale_set, max_vms, false)
+    }
+
+    /// [`Host::new`], with a webhook port when `webhook`.
+    fn with_webhook(api_url: &str, scale_set: &str, max_vms: u32, webhook: bool) -> Self {
         let root = tempfile::Builder::new()
             .prefix("kiln-ss-")
             .tempdir_in("/tmp")
             .unwrap();
         let pool =
             format!("source = \"scale-set\"\nscale_set = \"{scale_set}\"\nmax_vms = {max_vms}");
+        let port = daemon::free_port().unwrap();
         let setup = Setup {
             api_url,
-            port: daemon::free_port().unwrap(),
+            port,
             admin_listen: "off",
             github: "",
             stand_in: STAND_IN,
-            webhook: false,
+            webhook,
             pool: &pool,
         };
         let config = daemon::write_config(root.path(), &setup).unwrap();
@@ -77,6 +85,7 @@ impl Host {
             root,
             config,
             child: None,
+            port: webhook.then_some(port),
         }
     }
 
@@ -213,8 +222,25 @@ fn a_queued_job_is_recorded_before_its_ack_and_runs_once_within_capacity() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let (github, broker) = fakes(quick()).await;
-        let mut host = Host::new(&github.url, "kiln-tiny-a", 1);
+        let mut host = Host::with_webhook(&github.url, "kiln-tiny-a", 1, true);
         host.start().await;
+        // A webhook for the pool's job is noted, never run: the queue brings it.
+        let port = host.port.unwrap();
+        let answer = daemon::deliver(port, &daemon::Delivery::queued(77))
+            .await
+            .unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 202") && answer.contains("noted"),
+            "{answer}"
+        );
+        host.wait_for("the webhook to be noted", |h| {
+            events::has(
+                &h.logs(),
+                names::WEBHOOK_SCALE_SET_JOB,
+                &[("job_id", json!(77))],
+            )
+        })
+        .await;
         let set = broker.scale_sets();
         assert_eq!(set.len(), 1, "one scale set registered");
         assert_eq!(set[0].name, "kiln-tiny-a");
@@ -270,6 +296,10 @@ fn a_queued_job_is_recorded_before_its_ack_and_runs_once_within_capacity() {
         }
         let logs = host.logs();
         assert_eq!(events::find(&logs, names::JOB_DONE, &[]).len(), 2, "{logs}");
+        assert!(
+            !events::has(&logs, names::JOB_QUEUED, &[("job_id", json!(77))]),
+            "the webhook's job never queued"
+        );
         assert!(events::find(&logs, names::SCALE_SET_ACKED, &[]).len() >= 2);
         assert!(
             !logs.contains(&broker.jit_configs()[0]),
