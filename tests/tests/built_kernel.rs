@@ -45,6 +45,7 @@ fn built_kernel_boots_the_image_without_an_initramfs() {
     let (launcher, _dirs) = layer::launcher(root.path()).unwrap();
     let boot = BootImage {
         kernel: built_kernel(),
+        arch: kiln::vmm::Arch::host(),
         initrd: None,
         base_image: Some(base.clone()),
         // Everything is built in: kiln-init is asked to load nothing.

@@ -24,13 +24,26 @@ struct Step {
     /// Run with the guest's own target dir, shared with the VM tests'
     /// nested build of kiln-init so nothing is compiled twice.
     guest_target_dir: bool,
+    env: &'static [(&'static str, &'static str)],
 }
+
+/// The cross toolchain for `kiln` on aarch64: ring and rusqlite's bundled
+/// SQLite compile C, and the binary links with glibc's aarch64 build
+/// (Debian's `gcc-aarch64-linux-gnu`).
+const AARCH64_GNU_ENV: &[(&str, &str)] = &[
+    ("CC_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-gcc"),
+    (
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+        "aarch64-linux-gnu-gcc",
+    ),
+];
 
 fn steps(args: &Args) -> Vec<Step> {
     let step = |name, a: &[&'static str], guest_target_dir| Step {
         name,
         args: a.to_vec(),
         guest_target_dir,
+        env: &[],
     };
     let mut s = vec![
         step("format", &["fmt", "--all", "--", "--check"], false),
@@ -72,6 +85,21 @@ fn steps(args: &Args) -> Vec<Step> {
             ],
             true,
         ),
+        Step {
+            env: AARCH64_GNU_ENV,
+            ..step(
+                "kiln for aarch64 (cross-built with gcc-aarch64-linux-gnu)",
+                &[
+                    "build",
+                    "--package",
+                    "kiln",
+                    "--bins",
+                    "--target",
+                    "aarch64-unknown-linux-gnu",
+                ],
+                false,
+            )
+        },
         step(
             "fuzz targets compile",
             &["check", "--manifest-path", "fuzz/Cargo.toml"],
@@ -118,6 +146,7 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("==> {}: cargo {}", step.name, step.args.join(" "));
         let mut cmd = Command::new(&cargo);
         cmd.args(&step.args).current_dir(&root);
+        cmd.envs(step.env.iter().copied());
         if step.guest_target_dir {
             cmd.env("CARGO_TARGET_DIR", root.join(GUEST_TARGET_DIR));
         }

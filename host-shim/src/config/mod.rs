@@ -495,6 +495,7 @@ fn pool(
         job_timeout: job_timeout?,
         idle_timeout: idle_timeout?,
         max_retries: raw.max_retries,
+        emulate: raw.emulate.unwrap_or(false),
         name,
     })
 }

@@ -573,3 +573,16 @@ fn the_log_format_is_text_unless_json_is_named() {
         "{msg}"
     );
 }
+
+#[test]
+fn emulate_is_off_unless_a_pool_says_so() {
+    let c = Dir::new()
+        .load(&Dir::config("org = \"acme\"", POOL))
+        .expect("valid config");
+    assert!(!c.pools[0].emulate);
+    let pool = format!("{POOL}emulate = true\n");
+    let c = Dir::new()
+        .load(&Dir::config("org = \"acme\"", &pool))
+        .expect("valid config");
+    assert!(c.pools[0].emulate);
+}

@@ -50,14 +50,16 @@ pub async fn probe_kvm(
     if !kernel.is_file() {
         return not_probed(format!("no guest kernel at {}", kernel.display()));
     }
-    let qemu = match tools::find(tools::QEMU, qemu, &[]) {
+    let host = crate::vmm::Arch::host();
+    let (_, tool) = crate::vmm::qemu::QemuConfig::default().program(host);
+    let qemu = match tools::find(tool, qemu, &[]) {
         Ok(q) => q,
         Err(e) => return not_probed(e.to_string()),
     };
     let probe = accel::Probe {
         qemu,
         kernel: kernel.to_owned(),
-        machine: Machine::Microvm,
+        machine: Machine::for_arch(Machine::Microvm, host),
         kvm_device: device.to_owned(),
         timeout: std::time::Duration::from_secs(10),
         cache_file: cache,

@@ -254,7 +254,8 @@ impl Jobs {
                 let kernel = config
                     .pools
                     .iter()
-                    .find_map(|p| pools.get(&p.name))
+                    .filter_map(|p| pools.get(&p.name))
+                    .find(|p| p.image.boot.arch.is_native())
                     .map(|p| p.image.boot.kernel.clone())
                     .unwrap_or_default();
                 let mut opts = BackendOptions::from_env(config.backend, kernel)?;
