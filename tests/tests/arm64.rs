@@ -21,6 +21,7 @@ use kiln::vmm::qemu::Accel;
 use kiln::vmm::Arch;
 use kiln_protocol::{ExitStatus, StopCause, JIT_CONFIG_ENV};
 use kiln_vm_tests::job::{random_token, with_env};
+use kiln_vm_tests::payload;
 use kiln_vm_tests::{shell_job, BakedImage, BootOptions, Outcome, TestVm};
 use nix::fcntl::{Flock, FlockArg};
 
@@ -225,4 +226,83 @@ true
         !o.console.contains(&secret),
         "the secret reached the console"
     );
+}
+
+/// buildah builds an image from scratch around a static aarch64 payload
+/// and rootless podman runs it, as the x86 image's test does.
+#[tokio::test]
+async fn a6_buildah_from_scratch_and_rootless_podman_run() {
+    let message = format!("kiln arm64 payload {}\n", random_token(8));
+    let payload = payload::static_hello(Arch::Aarch64, &message);
+    let script = format!(
+        r#"
+cd "$HOME" || exit 90
+printf '{payload}' > kiln-hello && chmod 0755 kiln-hello || exit 91
+./kiln-hello || exit 92
+c=$(buildah from scratch) &&
+buildah copy "$c" kiln-hello /kiln-hello >/dev/null &&
+buildah config --entrypoint '["/kiln-hello"]' "$c" &&
+buildah commit -q "$c" localhost/kiln-hello:test >/dev/null || exit 93
+echo "== podman"
+podman run --rm localhost/kiln-hello:test
+"#,
+        payload = payload::printf_octal(&payload),
+    );
+    let mut job = shell_job(&script);
+    job.deadline_ms = 900_000;
+    let mut opts = options();
+    opts.memory_mib = 1536;
+    opts.exit_timeout = Duration::from_secs(120);
+    if let Some(img) = &mut opts.image {
+        // slirp4netns (podman's rootless network) needs /dev/net/tun.
+        img.extra_modules = vec!["tun".into()];
+        img.scratch_bytes = 8 << 30;
+    }
+    let o = TestVm::run(job, opts).await;
+    eprintln!(
+        "arm64: buildah + podman VM ran {:.1} s",
+        o.wall.as_secs_f64()
+    );
+    assert_nothing_left(o.dir.path());
+    o.assert_clean();
+    assert_eq!(o.status(), ExitStatus::Code(0), "{o}");
+    assert_eq!(
+        o.stdout_str(),
+        format!("{message}== podman\n{message}"),
+        "{o}"
+    );
+}
+
+/// `kiln run`, the binary, with the arm64 image: the job's output and exit
+/// code come back, the log says the VM is emulated, and nothing is left.
+#[tokio::test]
+async fn a7_kiln_run_says_the_vm_is_emulated() {
+    let root = tempfile::Builder::new()
+        .prefix("kiln-run-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let kiln = kiln_vm_tests::layer::kiln_binary().unwrap();
+    let run = tokio::process::Command::new(kiln)
+        .arg("run")
+        .arg("--image")
+        .arg(&image().dir)
+        .args(["--backend", "qemu", "--network", "none"])
+        .args(["--cpus", "1", "--memory", "1024", "--disk", "1"])
+        .args(["--", "sh", "-c", "uname -m; exit 3"])
+        .env("KILN_RUNTIME_DIR", root.path().join("run"))
+        .env("KILN_DISK_DIR", root.path().join("disks"))
+        .env_remove("KILN_IMAGE")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(600), run)
+        .await
+        .expect("kiln run took over 10 minutes")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert_eq!(out.stdout, b"aarch64\n", "{stderr}");
+    if !Arch::Aarch64.is_native() {
+        assert!(stderr.contains("VM emulated"), "{stderr}");
+    }
+    kiln_vm_tests::layer::assert_no_vm_left(root.path());
 }

@@ -2,6 +2,12 @@
 //! run and what `.ci/run` calls after installing prerequisites. Without
 //! `--no-vm` (as root, like the VM tests) it also installs the .deb
 //! (`cargo xtask deb --install-check`) and purges it again.
+//!
+//! arm64: `kiln` is cross-built for `aarch64-unknown-linux-gnu`, and the VM
+//! tests include `tests/tests/arm64.rs`, which bakes the arm64 image once
+//! (`target/kiln-image-arm64`, rebuilt only when its inputs change, like the
+//! x86 one) and runs its jobs under TCG; `xtask/tests/image_build.rs`
+//! builds arm64 images too.
 
 use std::process::Command;
 
