@@ -38,6 +38,11 @@ pub enum SetupError {
         image_arch: crate::vmm::Arch,
         host_arch: crate::vmm::Arch,
     },
+    #[error("pool {pool:?}: its image is {image_arch}, which only QEMU emulates, and the backend is Firecracker: set backend = \"qemu\" or remove the pool")]
+    EmulatedOnFirecracker {
+        pool: String,
+        image_arch: crate::vmm::Arch,
+    },
     #[error("pool {pool:?}: memory_mib = {memory_mib} is more than a VM can have")]
     Memory { pool: String, memory_mib: u64 },
     #[error("GitHub App client: {0}")]

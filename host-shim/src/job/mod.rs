@@ -268,6 +268,7 @@ impl Jobs {
         };
         let backend = confined(backend, &settings.dirs);
         if let Backend::Firecracker(fc) = &backend {
+            pools::only_native(&pools)?;
             check_jail_filesystem(fc, &pools, &settings.dirs.disks)?;
         }
         let network = start_network(config, &pools, &settings.dirs.runtime).await?;

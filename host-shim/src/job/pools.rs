@@ -65,6 +65,23 @@ impl PoolImage {
     }
 }
 
+/// Under Firecracker, which runs only the host's architecture: every
+/// pool's image is of the host's (checked at start-up, not at each job).
+pub fn only_native(pools: &std::collections::HashMap<String, PoolImage>) -> Result<(), SetupError> {
+    let mut names: Vec<&String> = pools.keys().collect();
+    names.sort();
+    for name in names {
+        let arch = pools[name].image.boot.arch;
+        if !arch.is_native() {
+            return Err(SetupError::EmulatedOnFirecracker {
+                pool: name.clone(),
+                image_arch: arch,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A foreign image only with `emulate = true`, and then with a warning.
 fn check_arch(pool: &Pool, image: &Image) -> Result<(), SetupError> {
     let arch = image.boot.arch;
@@ -185,6 +202,14 @@ mod tests {
         };
         let p = PoolImage::open(&emulated, cfg).expect("emulate = true");
         assert_eq!(p.image.boot.arch, other);
+        // Firecracker runs none of it.
+        let pools = std::collections::HashMap::from([("small".to_owned(), p)]);
+        let err = only_native(&pools).expect_err("firecracker");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("pool \"small\"") && msg.contains("backend = \"qemu\""),
+            "{msg}"
+        );
         // The host's own arch needs nothing.
         let native = image_dir(
             d.path(),
