@@ -214,6 +214,13 @@ impl TestVm {
 
     pub async fn boot(job: Job, opts: BootOptions) -> anyhow::Result<Outcome> {
         init_tracing();
+        if opts.image.is_none() && opts.arch != kiln::vmm::Arch::host() {
+            anyhow::bail!(
+                "the test assets are {}: an {} VM needs a baked image of its own (BootOptions::image)",
+                kiln::vmm::Arch::host(),
+                opts.arch
+            );
+        }
         let assets = assets::get()?;
         let n = NEXT_VM.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
