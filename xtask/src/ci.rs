@@ -166,3 +166,31 @@ pub fn run(args: Args) -> Result<()> {
     eprintln!("==> all CI steps passed");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kiln_is_cross_built_for_aarch64_with_the_cross_gcc() {
+        let all = steps(&Args { no_vm: true });
+        let cross: Vec<&Step> = all
+            .iter()
+            .filter(|s| s.args.contains(&"aarch64-unknown-linux-gnu"))
+            .collect();
+        assert_eq!(cross.len(), 1);
+        let s = cross[0];
+        assert_eq!(s.args[..3], ["build", "--package", "kiln"]);
+        for var in [
+            "CC_aarch64_unknown_linux_gnu",
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+        ] {
+            assert!(
+                s.env
+                    .iter()
+                    .any(|(k, v)| *k == var && *v == "aarch64-linux-gnu-gcc"),
+                "{var} missing"
+            );
+        }
+    }
+}
