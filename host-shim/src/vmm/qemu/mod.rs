@@ -367,24 +367,7 @@ impl QemuVm {
             &tools::cargo_bin_dirs(),
         )?;
 
-        let accel = if spec.arch.is_native() {
-            accel::decide(
-                cfg.accel,
-                &accel::Probe {
-                    qemu: qemu_bin.clone(),
-                    kernel: spec.kernel.clone(),
-                    machine,
-                    kvm_device: cfg.kvm_device.clone(),
-                    timeout: cfg.probe_timeout,
-                    cache_file: cfg.accel_cache.clone(),
-                },
-            )
-            .await?
-        } else {
-            let d = accel::foreign(cfg.accel, spec.arch)?;
-            tracing::warn!(vm = %spec.id, arch = spec.arch.name(), why = %d.reason, "VM emulated: slow");
-            d
-        };
+        let accel = choose_accel(spec, cfg, &qemu_bin, machine).await?;
         tracing::info!(
             vm = %spec.id,
             accel = accel.accel.as_str(),
@@ -626,6 +609,33 @@ impl QemuVm {
     }
 }
 
+/// KVM or TCG for the host's own architecture (probed); TCG, logged as
+/// emulated, for another one's.
+async fn choose_accel(
+    spec: &VmSpec,
+    cfg: &QemuConfig,
+    qemu_bin: &Path,
+    machine: Machine,
+) -> Result<AccelDecision, QemuError> {
+    if !spec.arch.is_native() {
+        let d = accel::foreign(cfg.accel, spec.arch)?;
+        tracing::warn!(vm = %spec.id, arch = spec.arch.name(), why = %d.reason, "VM emulated: slow");
+        return Ok(d);
+    }
+    accel::decide(
+        cfg.accel,
+        &accel::Probe {
+            qemu: qemu_bin.to_owned(),
+            kernel: spec.kernel.clone(),
+            machine,
+            kvm_device: cfg.kvm_device.clone(),
+            timeout: cfg.probe_timeout,
+            cache_file: cfg.accel_cache.clone(),
+        },
+    )
+    .await
+}
+
 fn require_file(what: &'static str, p: &Path) -> Result<(), QemuError> {
     if p.exists() {
         Ok(())
@@ -705,6 +715,21 @@ mod tests {
         assert!(
             err.to_string().contains("apt-get install qemu-system-x86"),
             "{err}"
+        );
+        // An aarch64 guest needs the aarch64 QEMU, whatever the x86 one is.
+        let arm = VmSpec {
+            arch: crate::vmm::Arch::Aarch64,
+            ..spec_in(dir.path(), dir.path().join("vmlinuz"))
+        };
+        let cfg = QemuConfig {
+            qemu_aarch64: dir.path().join("qemu-system-aarch64"),
+            ..QemuConfig::default()
+        };
+        let err = QemuVm::start(&arm, &cfg).await.err().expect("must fail");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("qemu-system-aarch64") && msg.contains("apt-get install qemu-system-arm"),
+            "{msg}"
         );
     }
 }
