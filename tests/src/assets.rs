@@ -44,6 +44,7 @@ pub fn module_names() -> Vec<&'static str> {
         id: "x".into(),
         dir: PathBuf::new(),
         kernel: PathBuf::new(),
+        arch: kiln::vmm::Arch::host(),
         initrd: None,
         base_image: Some(PathBuf::new()),
         scratch_disk: Some(PathBuf::new()),

@@ -18,6 +18,7 @@ use crate::job::RUNNER_UID;
 pub fn boot_image(assets: &Assets) -> BootImage {
     BootImage {
         kernel: assets.kernel.vmlinuz.clone(),
+        arch: kiln::vmm::Arch::host(),
         initrd: Some(assets.initrd.clone()),
         base_image: None,
         modules: ModuleSet::Listed(module_names()),

@@ -16,6 +16,7 @@
 //! - [`github_schema`] — GitHub's schemas, which the fake's requests and
 //!   answers are checked against.
 //! - [`vm`] — [`TestVm::boot`]: one VM, one job, everything it produced.
+//! - [`payload`] — a static hello-world ELF per architecture, for containers.
 //! - [`netlab`] — throwaway network namespaces standing in for the host,
 //!   the internet, a private LAN and the metadata service, for the network
 //!   tests.
@@ -34,6 +35,7 @@ pub mod github_schema;
 pub mod job;
 pub mod layer;
 pub mod netlab;
+pub mod payload;
 pub mod prereq;
 pub mod vm;
 

@@ -53,6 +53,9 @@ pub struct BootOptions {
     /// Files added to the test base image (with `scratch`): path, mode,
     /// content.
     pub base_files: Vec<(String, u32, String)>,
+    /// The guest's architecture: another one than the host's needs a baked
+    /// `image` of it, and runs emulated (`virt` under TCG).
+    pub arch: kiln::vmm::Arch,
 }
 
 /// A baked image (`cargo xtask image`): its kernel and initramfs, its root
@@ -85,6 +88,7 @@ impl Default for BootOptions {
             image: None,
             disk_order: DiskOrder::BaseFirst,
             base_files: Vec::new(),
+            arch: kiln::vmm::Arch::host(),
         }
     }
 }
@@ -210,6 +214,13 @@ impl TestVm {
 
     pub async fn boot(job: Job, opts: BootOptions) -> anyhow::Result<Outcome> {
         init_tracing();
+        if opts.image.is_none() && opts.arch != kiln::vmm::Arch::host() {
+            anyhow::bail!(
+                "the test assets are {}: an {} VM needs a baked image of its own (BootOptions::image)",
+                kiln::vmm::Arch::host(),
+                opts.arch
+            );
+        }
         let assets = assets::get()?;
         let n = NEXT_VM.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -248,6 +259,7 @@ impl TestVm {
             id: format!("t{pid}-{n}"),
             dir: dir.path().to_owned(),
             kernel,
+            arch: opts.arch,
             initrd: Some(initrd),
             base_image: base_image.clone(),
             scratch_disk: scratch_disk.clone(),
@@ -260,7 +272,8 @@ impl TestVm {
             net: None,
             console_limit_bytes: 1 << 20,
         };
-        let mut modules = assets::modules_arg(opts.machine, &spec);
+        let machine = Machine::for_arch(opts.machine, opts.arch);
+        let mut modules = assets::modules_arg(machine, &spec);
         for m in opts.image.iter().flat_map(|i| &i.extra_modules) {
             modules.push(',');
             modules.push_str(m);

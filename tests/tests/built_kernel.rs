@@ -10,22 +10,34 @@
 //!     cargo xtask kernel
 //!     cargo xtask image --no-runner
 //!     cargo test -p kiln-vm-tests --test built_kernel -- --ignored
+//!
+//! The arm64 kernel (`cargo xtask kernel --arch arm64`: the `Image`
+//! Firecracker boots on aarch64) boots the arm64 image the same way, in
+//! `qemu-system-aarch64 -M virt` (emulated on an x86 host):
+//!
+//!     cargo xtask kernel --arch arm64
+//!     cargo xtask image --arch arm64 --no-runner --out target/kiln-image-arm64
+#![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
+use std::path::Path;
+
 use kiln::vm::{stop_channel, BootImage, CollectSink, JobEnd, ModuleSet, VmRequest};
+use kiln::vmm::Arch;
 use kiln_protocol::ExitStatus;
 use kiln_vm_tests::{layer, shell_job};
 
-fn built_kernel() -> PathBuf {
-    let path = std::env::var_os("KILN_TEST_VMLINUX")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/kiln-kernel/x86_64/vmlinux")
-        });
+/// `$var`, or `target/<default>` in the workspace; it must exist.
+fn input(var: &str, default: &str, make: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(default)
+    });
     assert!(
-        path.is_file(),
-        "{} is missing: run `cargo xtask kernel` first (or set KILN_TEST_VMLINUX)",
+        path.exists(),
+        "{} is missing: run `{make}` first (or set {var})",
         path.display()
     );
     path
@@ -37,6 +49,31 @@ fn built_kernel_boots_the_image_without_an_initramfs() {
     let image = layer::baked_image_dir().expect(
         "no baked image: run `cargo xtask image --no-runner` first (or set KILN_TEST_IMAGE)",
     );
+    let kernel = input(
+        "KILN_TEST_VMLINUX",
+        "kiln-kernel/x86_64/vmlinux",
+        "cargo xtask kernel",
+    );
+    boots_without_an_initramfs(&image, kernel, Arch::host());
+}
+
+#[test]
+#[ignore = "slow suite: needs `cargo xtask kernel --arch arm64` and the arm64 image; run with --ignored"]
+fn built_arm64_kernel_boots_the_arm64_image_without_an_initramfs() {
+    let image = input(
+        "KILN_TEST_IMAGE_ARM64",
+        "kiln-image-arm64",
+        "cargo xtask image --arch arm64 --no-runner --out target/kiln-image-arm64",
+    );
+    let kernel = input(
+        "KILN_TEST_ARM64_KERNEL",
+        "kiln-kernel/aarch64/Image",
+        "cargo xtask kernel --arch arm64",
+    );
+    boots_without_an_initramfs(&image, kernel, Arch::Aarch64);
+}
+
+fn boots_without_an_initramfs(image: &Path, kernel: PathBuf, arch: Arch) {
     let base = image.join("rootfs.ext4");
     let before = std::fs::read(&base).unwrap();
 
@@ -44,7 +81,8 @@ fn built_kernel_boots_the_image_without_an_initramfs() {
     let root = tempfile::tempdir().unwrap();
     let (launcher, _dirs) = layer::launcher(root.path()).unwrap();
     let boot = BootImage {
-        kernel: built_kernel(),
+        kernel,
+        arch,
         initrd: None,
         base_image: Some(base.clone()),
         // Everything is built in: kiln-init is asked to load nothing.

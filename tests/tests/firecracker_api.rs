@@ -28,6 +28,7 @@ fn base_spec() -> VmSpec {
         id: "vm-1".into(),
         dir: "/tmp/kiln/vm-1".into(),
         kernel: "/img/vmlinux".into(),
+        arch: kiln::vmm::Arch::host(),
         initrd: None,
         base_image: None,
         scratch_disk: None,

@@ -124,6 +124,7 @@ impl Rig {
             id: id.to_owned(),
             dir: vm_dir,
             kernel: self.dir.path().join("images/vmlinux"),
+            arch: kiln::vmm::Arch::host(),
             initrd: None,
             base_image: Some(self.dir.path().join("images/rootfs.ext4")),
             scratch_disk: Some(scratch),

@@ -108,75 +108,13 @@ fn read_manifest(dir: &Path) -> anyhow::Result<Manifest> {
 }
 
 // ---------------------------------------------------------------------------
-// The payload: a static x86_64 ELF, made here, that writes one line and
-// exits 0. No libc, no loader: it runs alone in a `FROM scratch` image.
+// The payload: a static ELF for this host (kiln_vm_tests::payload).
 
 fn static_hello(message: &str) -> Vec<u8> {
-    const BASE: u64 = 0x40_0000;
-    const HEADERS: usize = 64 + 56;
-    let msg = message.as_bytes();
-    let len = u32::try_from(msg.len()).unwrap();
-    let mut code = Vec::new();
-    code.extend([0xb8, 1, 0, 0, 0]); // mov eax, 1 (write)
-    code.extend([0xbf, 1, 0, 0, 0]); // mov edi, 1 (stdout)
-    code.extend([0x48, 0x8d, 0x35]); // lea rsi, [rip + 16] (the message,
-    code.extend(16u32.to_le_bytes()); //  right after the code)
-    code.push(0xba); // mov edx, len
-    code.extend(len.to_le_bytes());
-    code.extend([0x0f, 0x05]); // syscall
-    code.extend([0xb8, 60, 0, 0, 0]); // mov eax, 60 (exit)
-    code.extend([0x31, 0xff]); // xor edi, edi
-    code.extend([0x0f, 0x05]); // syscall
-    assert_eq!(code.len(), 17 + 16, "the lea's offset assumes this length");
-    let total = (HEADERS + code.len() + msg.len()) as u64;
-
-    let mut elf = Vec::new();
-    elf.extend([0x7f, b'E', b'L', b'F', 2, 1, 1, 0]); // 64-bit, LE, v1, SysV
-    elf.extend([0u8; 8]);
-    elf.extend(2u16.to_le_bytes()); // ET_EXEC
-    elf.extend(0x3eu16.to_le_bytes()); // x86-64
-    elf.extend(1u32.to_le_bytes());
-    elf.extend((BASE + HEADERS as u64).to_le_bytes()); // entry
-    elf.extend(64u64.to_le_bytes()); // phoff
-    elf.extend(0u64.to_le_bytes()); // shoff
-    elf.extend(0u32.to_le_bytes()); // flags
-    elf.extend(64u16.to_le_bytes()); // ehsize
-    elf.extend(56u16.to_le_bytes()); // phentsize
-    elf.extend(1u16.to_le_bytes()); // phnum
-    elf.extend([0u8; 6]); // shentsize, shnum, shstrndx
-    elf.extend(1u32.to_le_bytes()); // PT_LOAD
-    elf.extend(5u32.to_le_bytes()); // R + X
-    elf.extend(0u64.to_le_bytes()); // offset
-    elf.extend(BASE.to_le_bytes()); // vaddr
-    elf.extend(BASE.to_le_bytes()); // paddr
-    elf.extend(total.to_le_bytes()); // filesz
-    elf.extend(total.to_le_bytes()); // memsz
-    elf.extend(0x1000u64.to_le_bytes()); // align
-    assert_eq!(elf.len(), HEADERS);
-    elf.extend(code);
-    elf.extend(msg);
-    elf
+    kiln_vm_tests::payload::static_hello(kiln::vmm::Arch::host(), message)
 }
 
-/// A `printf` format that writes `bytes` exactly (every byte as octal, so
-/// no `%` or `\` of the data means anything to printf).
-fn printf_octal(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("\\{b:03o}")).collect()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn payload_runs_on_this_host() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hello");
-    std::fs::write(&path, static_hello("kiln payload works\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = std::process::Command::new(&path).output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(out.stdout, b"kiln payload works\n");
-    assert!(out.stderr.is_empty());
-}
+use kiln_vm_tests::payload::printf_octal;
 
 // ---------------------------------------------------------------------------
 // Helpers.

@@ -628,6 +628,7 @@ async fn firecracker_case(on_start: &str) {
 
     let boot = kiln::vm::BootImage {
         kernel: d.join("images/vmlinux"),
+        arch: kiln::vmm::Arch::host(),
         initrd: None,
         base_image: Some(d.join("images/rootfs.ext4")),
         modules: kiln::vm::ModuleSet::Listed(Vec::new()),

@@ -2,6 +2,12 @@
 //! run and what `.ci/run` calls after installing prerequisites. Without
 //! `--no-vm` (as root, like the VM tests) it also installs the .deb
 //! (`cargo xtask deb --install-check`) and purges it again.
+//!
+//! arm64: `kiln` is cross-built for `aarch64-unknown-linux-gnu`, and the VM
+//! tests include `tests/tests/arm64.rs`, which bakes the arm64 image once
+//! (`target/kiln-image-arm64`, rebuilt only when its inputs change, like the
+//! x86 one) and runs its jobs under TCG; `xtask/tests/image_build.rs`
+//! builds arm64 images too.
 
 use std::process::Command;
 
@@ -24,13 +30,26 @@ struct Step {
     /// Run with the guest's own target dir, shared with the VM tests'
     /// nested build of kiln-init so nothing is compiled twice.
     guest_target_dir: bool,
+    env: &'static [(&'static str, &'static str)],
 }
+
+/// The cross toolchain for `kiln` on aarch64: ring and rusqlite's bundled
+/// SQLite compile C, and the binary links with glibc's aarch64 build
+/// (Debian's `gcc-aarch64-linux-gnu`).
+const AARCH64_GNU_ENV: &[(&str, &str)] = &[
+    ("CC_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-gcc"),
+    (
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+        "aarch64-linux-gnu-gcc",
+    ),
+];
 
 fn steps(args: &Args) -> Vec<Step> {
     let step = |name, a: &[&'static str], guest_target_dir| Step {
         name,
         args: a.to_vec(),
         guest_target_dir,
+        env: &[],
     };
     let mut s = vec![
         step("format", &["fmt", "--all", "--", "--check"], false),
@@ -72,6 +91,21 @@ fn steps(args: &Args) -> Vec<Step> {
             ],
             true,
         ),
+        Step {
+            env: AARCH64_GNU_ENV,
+            ..step(
+                "kiln for aarch64 (cross-built with gcc-aarch64-linux-gnu)",
+                &[
+                    "build",
+                    "--package",
+                    "kiln",
+                    "--bins",
+                    "--target",
+                    "aarch64-unknown-linux-gnu",
+                ],
+                false,
+            )
+        },
         step(
             "fuzz targets compile",
             &["check", "--manifest-path", "fuzz/Cargo.toml"],
@@ -118,6 +152,7 @@ pub fn run(args: Args) -> Result<()> {
         eprintln!("==> {}: cargo {}", step.name, step.args.join(" "));
         let mut cmd = Command::new(&cargo);
         cmd.args(&step.args).current_dir(&root);
+        cmd.envs(step.env.iter().copied());
         if step.guest_target_dir {
             cmd.env("CARGO_TARGET_DIR", root.join(GUEST_TARGET_DIR));
         }
@@ -130,4 +165,32 @@ pub fn run(args: Args) -> Result<()> {
     }
     eprintln!("==> all CI steps passed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kiln_is_cross_built_for_aarch64_with_the_cross_gcc() {
+        let all = steps(&Args { no_vm: true });
+        let cross: Vec<&Step> = all
+            .iter()
+            .filter(|s| s.args.contains(&"aarch64-unknown-linux-gnu"))
+            .collect();
+        assert_eq!(cross.len(), 1);
+        let s = cross[0];
+        assert_eq!(s.args[..3], ["build", "--package", "kiln"]);
+        for var in [
+            "CC_aarch64_unknown_linux_gnu",
+            "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+        ] {
+            assert!(
+                s.env
+                    .iter()
+                    .any(|(k, v)| *k == var && *v == "aarch64-linux-gnu-gcc"),
+                "{var} missing"
+            );
+        }
+    }
 }

@@ -1,14 +1,29 @@
 //! Debian's cloud kernel for test VMs, fetched without installing anything:
-//! the versioned package is resolved from the `linux-image-cloud-amd64`
+//! the versioned package is resolved from the `linux-image-cloud-<arch>`
 //! metapackage, `apt-get download`ed into a cache directory and unpacked
 //! there with `dpkg -x`. A second call finds the unpacked tree and returns
 //! at once (one `apt-cache` call to learn the current version).
+//!
+//! Another architecture's kernel (`arm64` on an x86 host) is the same
+//! package with `:arm64` appended, which apt finds once the host has
+//! `dpkg --add-architecture arm64` and an `apt-get update`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The metapackage that always depends on the current cloud kernel.
-pub const METAPACKAGE: &str = "linux-image-cloud-amd64";
+/// The metapackage that always depends on the current cloud kernel for Debian architecture `arch`, qualified with `:arch`
+/// when that is not the host's (apt's name for a foreign package).
+pub fn metapackage(arch: &str) -> String {
+    qualified(&format!("linux-image-cloud-{arch}"), arch)
+}
+
+fn qualified(package: &str, arch: &str) -> String {
+    if arch == crate::image::host_debian_arch() {
+        package.to_owned()
+    } else {
+        format!("{package}:{arch}")
+    }
+}
 
 /// Overrides where downloads and unpacked trees are kept.
 pub const CACHE_ENV: &str = "KILN_CACHE";
@@ -32,7 +47,7 @@ pub enum GuestKernelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("apt knows no package {package}: run `apt-get update` first ({detail})")]
+    #[error("apt knows no package {package}: run `apt-get update` first, and for another architecture's kernel `dpkg --add-architecture <arch>` before it ({detail})")]
     UnknownPackage { package: String, detail: String },
     #[error("`{command}` failed: {detail}")]
     Command { command: String, detail: String },
@@ -58,9 +73,14 @@ pub fn default_cache_dir(workspace: &Path) -> PathBuf {
     }
 }
 
-/// The current cloud kernel, downloaded and unpacked under `cache` if not already.
+/// The host's current cloud kernel, downloaded and unpacked under `cache` if not already.
 pub fn fetch(cache: &Path) -> Result<GuestKernel, GuestKernelError> {
-    let package = resolve_package()?;
+    fetch_for(cache, crate::image::host_debian_arch())
+}
+
+/// The current cloud kernel for Debian architecture `arch` (`amd64`, `arm64`).
+pub fn fetch_for(cache: &Path, arch: &str) -> Result<GuestKernel, GuestKernelError> {
+    let package = resolve_package(&metapackage(arch))?;
     let release = package
         .strip_prefix("linux-image-")
         .unwrap_or(&package)
@@ -76,7 +96,7 @@ pub fn fetch(cache: &Path) -> Result<GuestKernel, GuestKernelError> {
     let work = kernels.join(format!(".tmp-{package}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io(&work))?;
-    let result = download_and_unpack(&package, &work);
+    let result = download_and_unpack(&qualified(&package, arch), &work);
     let result = result.and_then(|()| {
         match std::fs::rename(work.join("root"), &root) {
             Ok(()) => Ok(()),
@@ -93,9 +113,9 @@ pub fn fetch(cache: &Path) -> Result<GuestKernel, GuestKernelError> {
     locate(&package, &release, &root)
 }
 
-fn resolve_package() -> Result<String, GuestKernelError> {
+fn resolve_package(metapackage: &str) -> Result<String, GuestKernelError> {
     let out = Command::new("apt-cache")
-        .args(["depends", METAPACKAGE])
+        .args(["depends", metapackage])
         .output()
         .map_err(|source| GuestKernelError::NoApt {
             program: "apt-cache",
@@ -105,23 +125,24 @@ fn resolve_package() -> Result<String, GuestKernelError> {
     match parse_depends(&stdout) {
         Some(p) if out.status.success() => Ok(p),
         _ => Err(GuestKernelError::UnknownPackage {
-            package: METAPACKAGE.to_owned(),
+            package: metapackage.to_owned(),
             detail: format!(
-                "apt-cache depends {METAPACKAGE}: {}",
+                "apt-cache depends {metapackage}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         }),
     }
 }
 
-/// The versioned image package in `apt-cache depends` output.
+/// The versioned image package in `apt-cache depends` output, without the
+/// `:arch` apt adds for a foreign architecture's.
 fn parse_depends(out: &str) -> Option<String> {
     out.lines()
         .map(|l| l.trim().trim_start_matches('|'))
         .filter_map(|l| l.strip_prefix("Depends:"))
         .map(str::trim)
         .find(|p| p.starts_with("linux-image-") && !p.contains(['<', '>', ' ']))
-        .map(str::to_owned)
+        .map(|p| p.split(':').next().unwrap_or(p).to_owned())
 }
 
 fn download_and_unpack(package: &str, work: &Path) -> Result<(), GuestKernelError> {
@@ -222,6 +243,23 @@ mod tests {
             Some("linux-image-6.1.0-9-cloud-amd64")
         );
         assert_eq!(parse_depends("E: No packages found\n"), None);
+        let foreign =
+            "linux-image-cloud-arm64:arm64\n  Depends: linux-image-6.1.0-57-cloud-arm64:arm64\n";
+        assert_eq!(
+            parse_depends(foreign).as_deref(),
+            Some("linux-image-6.1.0-57-cloud-arm64")
+        );
+    }
+
+    #[test]
+    fn a_foreign_metapackage_is_qualified() {
+        let host = crate::image::host_debian_arch();
+        assert_eq!(metapackage(host), format!("linux-image-cloud-{host}"));
+        let other = if host == "arm64" { "amd64" } else { "arm64" };
+        assert_eq!(
+            metapackage(other),
+            format!("linux-image-cloud-{other}:{other}")
+        );
     }
 
     #[test]

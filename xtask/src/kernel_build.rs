@@ -24,9 +24,12 @@ const SOURCE_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Arch {
-    #[value(name = "x86_64")]
+    /// Also `amd64`, Debian's name (as `cargo xtask image --arch` takes).
+    #[value(name = "x86_64", alias = "amd64")]
     X86_64,
-    #[value(name = "aarch64")]
+    /// Also `arm64`. The output is the uncompressed `Image`, the format
+    /// Firecracker boots on aarch64 (it takes no vmlinux or bzImage there).
+    #[value(name = "aarch64", alias = "arm64")]
     Aarch64,
 }
 
@@ -350,4 +353,29 @@ fn debian_source(dir: &Path, progress: &Progress) -> Result<PathBuf> {
         .with_context(|| format!("{SOURCE_TARBALL} did not hold {SOURCE_PACKAGE}/"))?;
     step.done(&tree.display().to_string());
     Ok(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    #[test]
+    fn debian_names_pick_the_same_arch_and_arm64_builds_an_image() {
+        assert_eq!(Arch::from_str("arm64", false), Ok(Arch::Aarch64));
+        assert_eq!(Arch::from_str("aarch64", false), Ok(Arch::Aarch64));
+        assert_eq!(Arch::from_str("amd64", false), Ok(Arch::X86_64));
+        assert!(Arch::from_str("riscv64", false).is_err());
+        assert_eq!(Arch::Aarch64.image(), ("Image", "arch/arm64/boot/Image"));
+        assert_eq!(Arch::Aarch64.make_arch(), "arm64");
+        if Arch::host() == Arch::X86_64 {
+            assert_eq!(Arch::Aarch64.cross_compile(), Some("aarch64-linux-gnu-"));
+            assert_eq!(Arch::Aarch64.cross_package(), "gcc-aarch64-linux-gnu");
+        }
+        let ws = Path::new("/ws");
+        assert_eq!(
+            image_path(ws, Arch::Aarch64),
+            Path::new("/ws/target/kiln-kernel/aarch64/Image")
+        );
+    }
 }

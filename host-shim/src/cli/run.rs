@@ -212,6 +212,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut opts = BackendOptions::from_env(args.backend, image.boot.kernel.clone())?;
     opts.qemu.accel_cache = Some(dirs.runtime.join("accel-probe"));
     opts.firecracker.uid_lease_dir = dirs.uids();
+    opts.arch = image.boot.arch;
     let selected = select_backend(&opts).await?;
     tracing::info!(backend = selected.backend.name(), why = %selected.reason, "backend chosen");
     let network = match args.network.as_str() {

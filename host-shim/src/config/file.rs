@@ -81,6 +81,7 @@ pub(crate) struct RawPool {
     pub job_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_retries: Option<u32>,
+    pub emulate: Option<bool>,
     pub network: Option<String>,
     #[serde(default)]
     pub allow: Vec<RawAllow>,

@@ -526,6 +526,7 @@ fn pool(
         idle_timeout: idle_timeout?,
         max_retries: raw.max_retries,
         source: source?,
+        emulate: raw.emulate.unwrap_or(false),
         name,
     })
 }

@@ -26,6 +26,10 @@ pub struct Pool {
     /// Re-runs per workflow run after infrastructure failures for this
     /// pool's jobs; `None`: `github.max_retries`.
     pub max_retries: Option<u32>,
+    /// Whether the pool may run an image of another architecture than the
+    /// host's, emulated (QEMU's TCG: many times slower; for testing images).
+    /// Without it such a pool is refused at start-up.
+    pub emulate: bool,
     /// Whether the pool's VMs have a network.
     pub network: super::PoolNetwork,
     /// Extra destinations, the proxy's among them.
@@ -90,6 +94,7 @@ mod tests {
             job_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             max_retries: None,
+            emulate: false,
             network: Default::default(),
             allow: Vec::new(),
             proxy: None,

@@ -653,3 +653,16 @@ fn bad_sources_and_scale_set_names_say_what_to_write() {
     ));
     assert_eq!(kind.key(), Some("source"), "{msg}");
 }
+
+#[test]
+fn emulate_is_off_unless_a_pool_says_so() {
+    let c = Dir::new()
+        .load(&Dir::config("org = \"acme\"", POOL))
+        .expect("valid config");
+    assert!(!c.pools[0].emulate);
+    let pool = format!("{POOL}emulate = true\n");
+    let c = Dir::new()
+        .load(&Dir::config("org = \"acme\"", &pool))
+        .expect("valid config");
+    assert!(c.pools[0].emulate);
+}

@@ -50,14 +50,27 @@ pub async fn probe_kvm(
     if !kernel.is_file() {
         return not_probed(format!("no guest kernel at {}", kernel.display()));
     }
-    let qemu = match tools::find(tools::QEMU, qemu, &[]) {
+    // Another architecture's kernel says nothing about this host's KVM.
+    let image_arch = kernel
+        .parent()
+        .and_then(|dir| crate::vm::Image::open(dir).ok())
+        .map(|img| img.boot.arch);
+    if let Some(arch) = image_arch.filter(|a| !a.is_native()) {
+        return not_probed(format!(
+            "the image is {arch}, which KVM on this {} host cannot run",
+            crate::vmm::Arch::host()
+        ));
+    }
+    let host = crate::vmm::Arch::host();
+    let (_, tool) = crate::vmm::qemu::QemuConfig::default().program(host);
+    let qemu = match tools::find(tool, qemu, &[]) {
         Ok(q) => q,
         Err(e) => return not_probed(e.to_string()),
     };
     let probe = accel::Probe {
         qemu,
         kernel: kernel.to_owned(),
-        machine: Machine::Microvm,
+        machine: Machine::for_arch(Machine::Microvm, host),
         kvm_device: device.to_owned(),
         timeout: std::time::Duration::from_secs(10),
         cache_file: cache,

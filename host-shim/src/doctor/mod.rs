@@ -1,6 +1,7 @@
 //! `kiln doctor`: checks the host for everything Kiln needs and says what
 //! to do about each missing piece.
 //!
+//! - [`arch`] — the host's architecture: what runs natively, what only emulated;
 //! - [`checks`] — KVM, the VMMs, the image, cgroups;
 //! - [`net`] — what VMs' networks need (nftables, tun, an uplink, resolvers,
 //!   a free address pool) and what would defeat them (another firewall's
@@ -9,6 +10,7 @@
 //! - [`config`] — with `--config`: the config file loads;
 //! - [`github_app`] — with `--config`: GitHub takes the App's key.
 
+pub mod arch;
 mod checks;
 pub mod config;
 pub mod github_app;
@@ -17,6 +19,7 @@ pub mod state;
 
 use std::path::PathBuf;
 
+pub use arch::check_arch;
 pub use checks::{check_cgroup, check_image, check_kvm, check_tool, probe_kvm};
 pub use config::check_config;
 pub use github_app::check_app;
@@ -151,7 +154,14 @@ pub fn diagnose_with_kvm(cfg: &DoctorConfig, kvm: Finding) -> Report {
     } else {
         Finding::ok("backend", format!("usable: {}", backends.join(", ")))
     };
+    let host = crate::vmm::Arch::host();
+    let arch = check_arch(
+        host,
+        kvm.level == Level::Ok,
+        arch::find_emulator(host).as_deref(),
+    );
     let mut findings = vec![
+        arch,
         kvm,
         qemu,
         vhost,

@@ -31,6 +31,18 @@ pub enum SetupError {
         image: PathBuf,
         manifest: PathBuf,
     },
+    #[error("pool {pool:?}: its image {} is {image_arch} and this host {host_arch}, so its VMs would be emulated (many times slower): set emulate = true on the pool to allow that (for testing images), or bake the image for this host (`cargo xtask image --arch {}`)", image.display(), host_arch.debian())]
+    ForeignArch {
+        pool: String,
+        image: PathBuf,
+        image_arch: crate::vmm::Arch,
+        host_arch: crate::vmm::Arch,
+    },
+    #[error("pool {pool:?}: its image is {image_arch}, which only QEMU emulates, and the backend is Firecracker: set backend = \"qemu\" or remove the pool")]
+    EmulatedOnFirecracker {
+        pool: String,
+        image_arch: crate::vmm::Arch,
+    },
     #[error("pool {pool:?}: memory_mib = {memory_mib} is more than a VM can have")]
     Memory { pool: String, memory_mib: u64 },
     #[error("GitHub App client: {0}")]

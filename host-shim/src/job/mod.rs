@@ -260,7 +260,8 @@ impl Jobs {
                 let kernel = config
                     .pools
                     .iter()
-                    .find_map(|p| pools.get(&p.name))
+                    .filter_map(|p| pools.get(&p.name))
+                    .find(|p| p.image.boot.arch.is_native())
                     .map(|p| p.image.boot.kernel.clone())
                     .unwrap_or_default();
                 let mut opts = BackendOptions::from_env(config.backend, kernel)?;
@@ -273,6 +274,7 @@ impl Jobs {
         };
         let backend = confined(backend, &settings.dirs);
         if let Backend::Firecracker(fc) = &backend {
+            pools::only_native(&pools)?;
             check_jail_filesystem(fc, &pools, &settings.dirs.disks)?;
         }
         let network = start_network(config, &pools, &settings.dirs.runtime).await?;

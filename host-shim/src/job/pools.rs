@@ -2,7 +2,9 @@
 //! stops `kiln serve` at once instead of failing every job. A pool's `sudo`
 //! must be one its image can keep: `sudo = true` needs the image's sudo
 //! group, and `sudo = false` refuses an image built with `--sudo` (where
-//! every job has sudo, whatever the pool says).
+//! every job has sudo, whatever the pool says). An image of another
+//! architecture than the host's runs only emulated: the pool must say
+//! `emulate = true`, and then its VMs are logged as emulated.
 
 use std::path::Path;
 
@@ -30,6 +32,7 @@ impl PoolImage {
             config: config.to_owned(),
             source,
         })?;
+        check_arch(pool, &image)?;
         if pool.sudo && image.sudo_gid.is_none() {
             return Err(SetupError::NoSudoGroup {
                 pool: pool.name.clone(),
@@ -62,6 +65,46 @@ impl PoolImage {
     }
 }
 
+/// Under Firecracker, which runs only the host's architecture: every
+/// pool's image is of the host's (checked at start-up, not at each job).
+pub fn only_native(pools: &std::collections::HashMap<String, PoolImage>) -> Result<(), SetupError> {
+    let mut names: Vec<&String> = pools.keys().collect();
+    names.sort();
+    for name in names {
+        let arch = pools[name].image.boot.arch;
+        if !arch.is_native() {
+            return Err(SetupError::EmulatedOnFirecracker {
+                pool: name.clone(),
+                image_arch: arch,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A foreign image only with `emulate = true`, and then with a warning.
+fn check_arch(pool: &Pool, image: &Image) -> Result<(), SetupError> {
+    let arch = image.boot.arch;
+    if arch.is_native() {
+        return Ok(());
+    }
+    if !pool.emulate {
+        return Err(SetupError::ForeignArch {
+            pool: pool.name.clone(),
+            image: image.dir.clone(),
+            image_arch: arch,
+            host_arch: crate::vmm::Arch::host(),
+        });
+    }
+    tracing::warn!(
+        pool = %pool.name,
+        image_arch = arch.name(),
+        host_arch = crate::vmm::Arch::host().name(),
+        "the pool's VMs are emulated (emulate = true): many times slower than native"
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +124,7 @@ mod tests {
             job_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             max_retries: None,
+            emulate: false,
             network: Default::default(),
             allow: Vec::new(),
             proxy: None,
@@ -130,6 +174,49 @@ mod tests {
         assert!(PoolImage::open(&pool(&without, false), cfg).is_ok());
         let err = PoolImage::open(&pool(&without, true), cfg).expect_err("no sudo gid");
         assert!(err.to_string().contains("sudo_gid"), "{err}");
+    }
+
+    #[test]
+    fn a_foreign_image_needs_emulate_and_the_error_names_both_arches() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let host = crate::vmm::Arch::host();
+        let other = match host {
+            crate::vmm::Arch::X86_64 => crate::vmm::Arch::Aarch64,
+            crate::vmm::Arch::Aarch64 => crate::vmm::Arch::X86_64,
+        };
+        let img = image_dir(
+            d.path(),
+            &format!(r#"{{"format":1,"arch":"{}"}}"#, other.debian()),
+        );
+        let cfg = Path::new("c.toml");
+        let err = PoolImage::open(&pool(&img, false), cfg).expect_err("foreign");
+        let msg = err.to_string();
+        assert!(msg.contains("pool \"small\""), "{msg}");
+        assert!(
+            msg.contains(other.name()) && msg.contains(host.name()),
+            "{msg}"
+        );
+        assert!(msg.contains("emulate = true"), "{msg}");
+        let emulated = Pool {
+            emulate: true,
+            ..pool(&img, false)
+        };
+        let p = PoolImage::open(&emulated, cfg).expect("emulate = true");
+        assert_eq!(p.image.boot.arch, other);
+        // Firecracker runs none of it.
+        let pools = std::collections::HashMap::from([("small".to_owned(), p)]);
+        let err = only_native(&pools).expect_err("firecracker");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("pool \"small\"") && msg.contains("backend = \"qemu\""),
+            "{msg}"
+        );
+        // The host's own arch needs nothing.
+        let native = image_dir(
+            d.path(),
+            &format!(r#"{{"format":1,"arch":"{}"}}"#, host.debian()),
+        );
+        assert!(PoolImage::open(&pool(&native, false), cfg).is_ok());
     }
 
     #[test]

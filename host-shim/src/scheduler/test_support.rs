@@ -21,6 +21,7 @@ pub(crate) fn pool(name: &str, vcpus: u32, memory_mib: u64, max_vms: Option<u32>
         job_timeout: Duration::from_secs(60),
         idle_timeout: Duration::from_secs(60),
         max_retries: None,
+        emulate: false,
         network: Default::default(),
         allow: Vec::new(),
         proxy: None,

@@ -68,6 +68,11 @@ pub enum BackendError {
     Listener(#[from] ListenerError),
     #[error("the Firecracker backend bound no guest listener")]
     NoListener,
+    #[error("the image is {guest} and this host {host}: Firecracker runs only the host's architecture; use backend = \"qemu\" (kiln run --backend qemu) to emulate it")]
+    ForeignArch {
+        guest: crate::vmm::Arch,
+        host: crate::vmm::Arch,
+    },
 }
 
 /// A configured VMM, shared by every VM it starts.
@@ -95,7 +100,7 @@ impl Backend {
     /// backend attaches for `spec`, dependencies first.
     pub fn guest_modules(&self, spec: &VmSpec) -> Vec<&'static str> {
         match self {
-            Backend::Qemu(cfg) => cfg.machine.guest_modules(spec),
+            Backend::Qemu(cfg) => Machine::for_arch(cfg.machine, spec.arch).guest_modules(spec),
             // Firecracker's devices are virtio-mmio, like QEMU's microvm.
             Backend::Firecracker(_) => Machine::Microvm.guest_modules(spec),
         }
@@ -130,6 +135,10 @@ impl Backend {
                     listener,
                 })
             }
+            Backend::Firecracker(_) if !spec.arch.is_native() => Err(BackendError::ForeignArch {
+                guest: spec.arch,
+                host: crate::vmm::Arch::host(),
+            }),
             Backend::Firecracker(fc) => {
                 let mut vm = fc.start(spec).await?;
                 match vm.take_guest_listener() {

@@ -1,8 +1,9 @@
 //! The image directory `cargo xtask image` writes: `rootfs.ext4` (the
 //! shared, read-only base), `vmlinuz`, `initrd`, and `manifest.json`
 //! (written last, so a directory without it is incomplete). Only what the
-//! host needs is read from the manifest: the guest kernel's module list and
-//! the runner account.
+//! host needs is read from the manifest: the guest kernel's module list,
+//! the runner account, and the architecture (`amd64` or `arm64`; an older
+//! manifest without one is the host's).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,12 @@ pub enum ImageError {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("{path}: {source}: rebuild the image with `cargo xtask image --arch amd64|arm64`")]
+    Arch {
+        path: PathBuf,
+        #[source]
+        source: crate::vmm::arch::ArchError,
     },
     #[error("{path} has manifest format {found}; this kiln reads format {MANIFEST_FORMAT}: rebuild the image with this checkout's `cargo xtask image`")]
     Format { path: PathBuf, found: u32 },
@@ -91,6 +98,8 @@ pub struct Image {
 #[derive(Deserialize)]
 struct ManifestView {
     format: u32,
+    #[serde(default)]
+    arch: Option<String>,
     #[serde(default)]
     kernel: Option<KernelView>,
     #[serde(default)]
@@ -169,6 +178,13 @@ impl Image {
                 found: m.format,
             });
         }
+        let arch = match &m.arch {
+            Some(a) => a.parse().map_err(|source| ImageError::Arch {
+                path: path.clone(),
+                source,
+            })?,
+            None => crate::vmm::Arch::host(),
+        };
         let sudo_gid = m.accounts.as_ref().and_then(|a| a.sudo_gid);
         let user = m
             .accounts
@@ -187,6 +203,7 @@ impl Image {
             dir: dir.to_owned(),
             boot: BootImage {
                 kernel: dir.join(KERNEL),
+                arch,
                 initrd: Some(dir.join(INITRD)),
                 base_image: Some(dir.join(ROOTFS)),
                 modules,
@@ -277,12 +294,19 @@ mod tests {
         write_all(d.path(), r#"{"format":1}"#);
         let img = Image::open(d.path()).expect("open");
         assert_eq!(img.user, ImageUser::default());
+        assert_eq!(img.boot.arch, crate::vmm::Arch::host());
         assert_eq!(img.boot.modules, ModuleSet::Unknown);
         write_all(d.path(), r#"{"format":7}"#);
         assert!(matches!(
             Image::open(d.path()),
             Err(ImageError::Format { found: 7, .. })
         ));
+        write_all(d.path(), r#"{"format":1,"arch":"arm64"}"#);
+        let img = Image::open(d.path()).expect("open");
+        assert_eq!(img.boot.arch, crate::vmm::Arch::Aarch64);
+        write_all(d.path(), r#"{"format":1,"arch":"mips"}"#);
+        let err = Image::open(d.path()).expect_err("unknown arch");
+        assert!(err.to_string().contains("\"mips\""), "{err}");
         write_all(d.path(), "not json");
         let err = Image::open(d.path()).expect_err("bad");
         assert!(err.to_string().contains("manifest.json"), "{err}");

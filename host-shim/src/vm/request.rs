@@ -35,6 +35,8 @@ impl ModuleSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootImage {
     pub kernel: PathBuf,
+    /// The guest's architecture (from the image's manifest).
+    pub arch: crate::vmm::Arch,
     pub initrd: Option<PathBuf>,
     /// Shared read-only by every VM; kiln-init's lower layer.
     pub base_image: Option<PathBuf>,
@@ -153,6 +155,7 @@ impl VmRequest {
             id: "check".into(),
             dir: PathBuf::new(),
             kernel: self.boot.kernel.clone(),
+            arch: self.boot.arch,
             initrd: None,
             base_image: None,
             scratch_disk: None,
@@ -192,6 +195,7 @@ mod tests {
         std::fs::write(&kernel, b"k").expect("kernel");
         let boot = BootImage {
             kernel,
+            arch: crate::vmm::Arch::host(),
             initrd: None,
             base_image: None,
             modules: ModuleSet::Unknown,

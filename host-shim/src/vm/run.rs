@@ -340,6 +340,7 @@ impl<'a> VmLife<'a> {
             id: id.clone(),
             dir: dir.clone(),
             kernel: req.boot.kernel.clone(),
+            arch: req.boot.arch,
             initrd: req.boot.initrd.clone(),
             base_image: req.boot.base_image.clone(),
             scratch_disk: scratch,

@@ -6,12 +6,17 @@
 //! installed its probe boot answers that (cached per host boot, see
 //! [`crate::vmm::qemu::accel`]); without QEMU, `/dev/kvm` answering the KVM
 //! API is taken as enough.
+//!
+//! An image of another architecture than the host's runs only under QEMU's
+//! emulation: `auto` then picks QEMU and says why, and Firecracker, asked
+//! for by name, is refused.
 
 use std::path::{Path, PathBuf};
 
 use super::backend::{Backend, BackendChoice, BackendError};
 use crate::vmm::firecracker::{Firecracker, FirecrackerSettings};
-use crate::vmm::qemu::{accel, tools, Accel, AccelChoice, QemuConfig};
+use crate::vmm::qemu::{accel, Accel, AccelChoice, Machine, QemuConfig};
+use crate::vmm::Arch;
 
 /// What the choice is made from.
 #[derive(Debug, Clone)]
@@ -22,6 +27,8 @@ pub struct BackendOptions {
     pub firecracker: FirecrackerSettings,
     /// The guest kernel, for QEMU's KVM probe.
     pub kernel: PathBuf,
+    /// The guest's architecture (the image's); the host's by default.
+    pub arch: Arch,
 }
 
 impl BackendOptions {
@@ -34,6 +41,7 @@ impl BackendOptions {
             qemu: QemuConfig::from_env()?,
             firecracker: FirecrackerSettings::new(find("jailer"), find("firecracker")),
             kernel,
+            arch: Arch::host(),
         })
     }
 }
@@ -46,6 +54,9 @@ pub struct Selected {
 }
 
 pub async fn select_backend(opts: &BackendOptions) -> Result<Selected, BackendError> {
+    if !opts.arch.is_native() {
+        return foreign(opts);
+    }
     match opts.choice {
         BackendChoice::Qemu => Ok(Selected {
             backend: Backend::Qemu(opts.qemu.clone()),
@@ -75,15 +86,35 @@ pub async fn select_backend(opts: &BackendOptions) -> Result<Selected, BackendEr
     }
 }
 
+/// An image of another architecture: QEMU emulates it; Firecracker cannot.
+fn foreign(opts: &BackendOptions) -> Result<Selected, BackendError> {
+    let why = format!(
+        "the image is {}, this host {}: only QEMU emulates another architecture",
+        opts.arch,
+        Arch::host()
+    );
+    match opts.choice {
+        BackendChoice::Firecracker => Err(BackendError::ForeignArch {
+            guest: opts.arch,
+            host: Arch::host(),
+        }),
+        BackendChoice::Qemu | BackendChoice::Auto => Ok(Selected {
+            backend: Backend::Qemu(opts.qemu.clone()),
+            reason: why,
+        }),
+    }
+}
+
 async fn kvm_runs_guests(opts: &BackendOptions) -> Result<String, String> {
-    match tools::find(tools::QEMU, &opts.qemu.qemu, &[]) {
+    let (program, tool) = opts.qemu.program(Arch::host());
+    match crate::vmm::qemu::tools::find(tool, program, &[]) {
         Ok(qemu) => {
             let d = accel::decide(
                 AccelChoice::Auto,
                 &accel::Probe {
                     qemu,
                     kernel: opts.kernel.clone(),
-                    machine: opts.qemu.machine,
+                    machine: Machine::for_arch(opts.qemu.machine, Arch::host()),
                     kvm_device: opts.qemu.kvm_device.clone(),
                     timeout: opts.qemu.probe_timeout,
                     cache_file: opts.qemu.accel_cache.clone(),
@@ -133,6 +164,7 @@ mod tests {
                 dir.path().join("firecracker"),
             ),
             kernel: dir.path().join("vmlinuz"),
+            arch: Arch::host(),
         };
         let s = select_backend(&opts).await.expect("select");
         assert_eq!(s.backend.name(), "qemu");
@@ -143,5 +175,37 @@ mod tests {
         };
         let err = select_backend(&explicit).await.expect_err("no firecracker");
         assert!(err.to_string().contains("jailer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_foreign_image_is_qemu_or_refused_by_firecracker() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let other = match Arch::host() {
+            Arch::X86_64 => Arch::Aarch64,
+            Arch::Aarch64 => Arch::X86_64,
+        };
+        let opts = BackendOptions {
+            choice: BackendChoice::Auto,
+            qemu: QemuConfig::default(),
+            firecracker: FirecrackerSettings::new(
+                dir.path().join("jailer"),
+                dir.path().join("firecracker"),
+            ),
+            kernel: dir.path().join("vmlinuz"),
+            arch: other,
+        };
+        let s = select_backend(&opts).await.expect("auto");
+        assert_eq!(s.backend.name(), "qemu");
+        assert!(s.reason.contains(other.name()), "{}", s.reason);
+        let fc = BackendOptions {
+            choice: BackendChoice::Firecracker,
+            ..opts
+        };
+        let err = select_backend(&fc).await.expect_err("firecracker");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(other.name()) && msg.contains("backend = \"qemu\""),
+            "{msg}"
+        );
     }
 }

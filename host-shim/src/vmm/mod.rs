@@ -5,7 +5,9 @@
 //! - `firecracker`: production, always through the jailer.
 //! - [`uid_pool`]: the unprivileged uid each VM's VMM runs as.
 //! - [`cgroup`]: a confined QEMU's own cgroup with the VM's limits.
+//! - [`arch`]: the host's and a guest's CPU architecture.
 
+pub mod arch;
 pub mod cgroup;
 pub mod firecracker;
 pub mod kvm;
@@ -22,5 +24,6 @@ pub(crate) fn bare_environment(command: &mut tokio::process::Command) {
     command.env_clear().env("PATH", VMM_PATH);
 }
 
+pub use arch::Arch;
 pub use spec::{NetAttach, VmSpec, VmSpecError};
 pub use uid_pool::{UidError, UidLease, UidPool};

@@ -15,6 +15,8 @@ pub struct VmSpec {
     pub dir: PathBuf,
     /// The guest kernel (bzImage or vmlinux on x86_64, Image on aarch64).
     pub kernel: PathBuf,
+    /// The guest's architecture: the host's, or another one QEMU emulates.
+    pub arch: super::Arch,
     /// An initramfs, for kernels that need modules before the root mounts.
     pub initrd: Option<PathBuf>,
     /// The shared base root filesystem, attached read-only.

@@ -171,6 +171,7 @@ impl BootKernel {
             modular: false,
             kiln: BootImage {
                 kernel: vmlinux.clone(),
+                arch: kiln::vmm::Arch::host(),
                 initrd: None,
                 modules: ModuleSet::Listed(Vec::new()),
                 ..kit.image.boot.clone()
@@ -389,6 +390,7 @@ fn spec_shape(
         id: id.to_owned(),
         dir: dir.to_owned(),
         kernel: kernel.to_owned(),
+        arch: kiln::vmm::Arch::host(),
         initrd,
         base_image: kit.image.boot.base_image.clone(),
         scratch_disk: Some(dir.join("scratch")),

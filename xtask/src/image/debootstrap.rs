@@ -1,5 +1,10 @@
 //! Installs the Debian root with `mmdebstrap`, and turns its failures into
 //! messages that name the cause.
+//!
+//! Another architecture's root (arm64 on an x86 host) needs the host to run
+//! its binaries (maintainer scripts run in the root): qemu-user-static
+//! registered with binfmt_misc. `arch-test` says whether it can, before
+//! mmdebstrap starts.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -36,6 +41,10 @@ pub enum BootstrapError {
         log: PathBuf,
         tail: String,
     },
+    #[error("this host cannot run {arch} binaries, which installing an {arch} root needs ({detail}): \
+             `apt-get install qemu-user-static binfmt-support arch-test`, and if binfmt_misc is not \
+             mounted, `mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc && update-binfmts --enable`")]
+    ForeignArch { arch: String, detail: String },
     #[error("cannot write the mmdebstrap log {path}: {source}")]
     Log {
         path: PathBuf,
@@ -47,6 +56,9 @@ impl Bootstrap<'_> {
     /// Installs into `root`, which must not exist or be empty. The full log
     /// goes to `log`.
     pub fn run(&self, root: &Path, log: &Path, step: &Step) -> Result<(), BootstrapError> {
+        if self.arch != super::host_debian_arch() {
+            can_run(self.arch)?;
+        }
         let log_err = |source| BootstrapError::Log {
             path: log.to_owned(),
             source,
@@ -114,6 +126,24 @@ impl Bootstrap<'_> {
             tail,
         }
     }
+}
+
+/// Whether this host runs `arch`'s binaries (`arch-test ARCH`).
+pub fn can_run(arch: &str) -> Result<(), BootstrapError> {
+    let fail = |detail: String| BootstrapError::ForeignArch {
+        arch: arch.to_owned(),
+        detail,
+    };
+    let out = Command::new("arch-test")
+        .arg(arch)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| fail(format!("arch-test: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stdout);
+    Err(fail(format!("arch-test: {}", said.trim())))
 }
 
 /// Names apt could not find: `E: Unable to locate package X` and

@@ -46,6 +46,11 @@ pub const INITRD: &str = "initrd";
         .args(["runner_tarball", "runner_version", "no_runner"])
 ))]
 pub struct Args {
+    /// The guest's architecture: amd64 (x86_64) or arm64 (aarch64); default:
+    /// the host's. Another architecture's root is installed through
+    /// qemu-user-static (binfmt_misc), and its VMs run emulated here.
+    #[arg(long, value_name = "ARCH", value_parser = parse_arch)]
+    pub arch: Option<String>,
     /// Output directory (default: <workspace>/target/kiln-image).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -96,6 +101,7 @@ impl Args {
     /// demo boot (no actions runner, everything else as in production).
     pub fn test_image(out: PathBuf) -> Args {
         Args {
+            arch: None,
             out: Some(out),
             runner_tarball: None,
             runner_version: None,
@@ -221,6 +227,25 @@ pub fn host_debian_arch() -> &'static str {
     }
 }
 
+/// `--arch`: Debian's names, or the kernel's for the same thing.
+pub fn parse_arch(s: &str) -> Result<String, String> {
+    match s {
+        "amd64" | "x86_64" => Ok("amd64".into()),
+        "arm64" | "aarch64" => Ok("arm64".into()),
+        _ => Err(format!(
+            "{s:?} is not an architecture Kiln bakes: use amd64 (x86_64) or arm64 (aarch64)"
+        )),
+    }
+}
+
+/// kiln-init's Rust target for Debian architecture `arch`.
+pub fn init_target(arch: &str) -> &'static str {
+    match arch {
+        "arm64" => "aarch64-unknown-linux-musl",
+        _ => crate::guest_init::X86_64_TARGET,
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = workspace_root();
     let out = args
@@ -231,7 +256,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(url) => mirror::Mirrors::from_url(url)?,
         None => mirror::Mirrors::from_host(Path::new("/etc/apt"))?,
     };
-    let arch = host_debian_arch().to_owned();
+    let arch = args
+        .arch
+        .clone()
+        .unwrap_or_else(|| host_debian_arch().to_owned());
     let runner = match (&args.runner_tarball, &args.runner_version) {
         (Some(t), given) => Some(RunnerInput {
             version: runner::tarball_version(t, given.as_deref())?,
@@ -253,11 +281,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => p,
         None => {
             let step = Progress::new().step("build kiln-init");
-            let target = match arch.as_str() {
-                "arm64" => "aarch64-unknown-linux-musl",
-                _ => crate::guest_init::X86_64_TARGET,
-            };
-            let p = crate::guest_init::build(&root, target)?;
+            let p = crate::guest_init::build(&root, init_target(&arch))?;
             step.done(&p.display().to_string());
             p
         }
@@ -265,8 +289,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let kernel = match args.kernel.clone().zip(args.initrd.clone()) {
         Some((kernel, initrd)) => KernelInput::Given { kernel, initrd },
         None => {
-            let step = Progress::new().step("fetch Debian's cloud kernel");
-            let k = crate::guest_kernel::fetch(&crate::guest_kernel::default_cache_dir(&root))?;
+            let step = Progress::new().step(&format!("fetch Debian's {arch} cloud kernel"));
+            let cache = crate::guest_kernel::default_cache_dir(&root);
+            let k = crate::guest_kernel::fetch_for(&cache, &arch)?;
             step.done(&k.package);
             KernelInput::DebianCloud(k)
         }

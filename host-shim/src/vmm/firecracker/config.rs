@@ -157,6 +157,7 @@ mod tests {
             id: "vm-1".into(),
             dir: "/tmp/vm-1".into(),
             kernel: "/img/vmlinux".into(),
+            arch: crate::vmm::Arch::host(),
             initrd: None,
             base_image: Some("/img/rootfs.ext4".into()),
             scratch_disk: Some("/tmp/vm-1/scratch.ext4".into()),

@@ -136,6 +136,7 @@ mod tests {
             id: "job-42".into(),
             dir: "/var/lib/kiln/vms/job-42".into(),
             kernel: "/var/lib/kiln/image/vmlinux".into(),
+            arch: crate::vmm::Arch::host(),
             initrd: None,
             base_image: Some("/var/lib/kiln/image/rootfs.ext4".into()),
             scratch_disk: Some("/var/lib/kiln/vms/job-42/scratch.ext4".into()),

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use super::{tail, Machine, QemuError};
+use crate::vmm::Arch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -40,11 +41,15 @@ impl Accel {
         }
     }
 
-    /// The `-cpu` model: the host's own under KVM, everything TCG emulates otherwise.
-    pub fn cpu_model(self) -> &'static str {
-        match self {
-            Accel::Kvm => "host",
-            Accel::Tcg => "max",
+    /// The `-cpu` model: the host's own under KVM, everything TCG emulates
+    /// otherwise. On aarch64, TCG's pointer authentication uses QEMU's own
+    /// cheap hash instead of emulating the QARMA cipher, which otherwise
+    /// costs a large share of every emulated function call.
+    pub fn cpu_model(self, machine: Machine) -> &'static str {
+        match (self, machine) {
+            (Accel::Kvm, _) => "host",
+            (Accel::Tcg, Machine::Virt) => "max,pauth-impdef=on",
+            (Accel::Tcg, _) => "max",
         }
     }
 }
@@ -101,6 +106,23 @@ pub struct Probe {
     pub timeout: Duration,
     /// Remembers the answer across processes until the host reboots.
     pub cache_file: Option<PathBuf>,
+}
+
+/// The accelerator for a guest of `guest`'s architecture when that is not
+/// the host's: TCG, the only one that emulates another CPU; asking for KVM
+/// is an error.
+pub fn foreign(choice: AccelChoice, guest: Arch) -> Result<AccelDecision, QemuError> {
+    let host = Arch::host();
+    match choice {
+        AccelChoice::Kvm => Err(QemuError::KvmForeign { guest, host }),
+        AccelChoice::Auto | AccelChoice::Tcg => Ok(AccelDecision {
+            accel: Accel::Tcg,
+            reason: format!(
+                "emulated: an {guest} guest on an {host} host runs under TCG, many times slower \
+                 than under KVM (for testing images; run {guest} jobs on an {guest} host)"
+            ),
+        }),
+    }
 }
 
 pub async fn decide(choice: AccelChoice, probe: &Probe) -> Result<AccelDecision, QemuError> {
@@ -271,10 +293,20 @@ async fn run_probe(p: &Probe) -> AccelDecision {
     let mut cmd = Command::new(&p.qemu);
     cmd.args(["-no-user-config", "-nodefaults", "-nographic", "-no-reboot"])
         .args(["-accel", "kvm", "-cpu", "host", "-smp", "1", "-m", "256M"])
-        .args(["-M", p.machine.name(), "-serial", "stdio", "-kernel"])
+        .args([
+            "-M",
+            p.machine.qemu_machine(),
+            "-serial",
+            "stdio",
+            "-kernel",
+        ])
         .arg(&p.kernel)
         .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 {}", p.machine.reboot_arg()))
+        .arg(format!(
+            "{} panic=-1 {}",
+            p.machine.console(),
+            p.machine.reboot_arg()
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -388,6 +420,34 @@ mod tests {
         assert_eq!("kvm".parse::<AccelChoice>().expect("kvm"), AccelChoice::Kvm);
         let err = "hvf".parse::<AccelChoice>().expect_err("bad");
         assert!(err.to_string().contains("KILN_ACCEL") && err.to_string().contains("hvf"));
+    }
+
+    #[test]
+    fn a_foreign_guest_is_emulated_and_never_kvm() {
+        let other = match Arch::host() {
+            Arch::X86_64 => Arch::Aarch64,
+            Arch::Aarch64 => Arch::X86_64,
+        };
+        let d = foreign(AccelChoice::Auto, other).expect("auto");
+        assert_eq!(d.accel, Accel::Tcg);
+        assert!(
+            d.reason.contains("emulated") && d.reason.contains(other.name()),
+            "{}",
+            d.reason
+        );
+        assert_eq!(
+            foreign(AccelChoice::Tcg, other).expect("tcg").accel,
+            Accel::Tcg
+        );
+        let err = foreign(AccelChoice::Kvm, other).expect_err("kvm");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(other.name()) && msg.contains(Arch::host().name()),
+            "{msg}"
+        );
+        assert_eq!(Accel::Tcg.cpu_model(Machine::Virt), "max,pauth-impdef=on");
+        assert_eq!(Accel::Tcg.cpu_model(Machine::Microvm), "max");
+        assert_eq!(Accel::Kvm.cpu_model(Machine::Virt), "host");
     }
 
     #[tokio::test]

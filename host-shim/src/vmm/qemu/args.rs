@@ -8,15 +8,18 @@ use std::str::FromStr;
 
 use super::accel::Accel;
 use super::QemuError;
-use crate::vmm::VmSpec;
+use crate::vmm::{Arch, VmSpec};
 
 /// The QEMU machine type. `microvm` boots faster and has only virtio-mmio
-/// devices; `q35` is a PC with PCI, for kernels without virtio-mmio.
+/// devices; `q35` is a PC with PCI, for kernels without virtio-mmio. `virt`
+/// is the aarch64 one (PCI devices, a PL011 console): chosen by the guest's
+/// architecture, never by the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Machine {
     #[default]
     Microvm,
     Q35,
+    Virt,
 }
 
 impl Machine {
@@ -24,6 +27,35 @@ impl Machine {
         match self {
             Machine::Microvm => "microvm",
             Machine::Q35 => "q35",
+            Machine::Virt => "virt",
+        }
+    }
+
+    /// The machine for a guest of `arch` when the config asks for
+    /// `configured` (an x86 machine type): aarch64 has only `virt`.
+    pub fn for_arch(configured: Machine, arch: Arch) -> Machine {
+        match arch {
+            Arch::Aarch64 => Machine::Virt,
+            Arch::X86_64 => configured,
+        }
+    }
+
+    /// QEMU's `-machine` value, without the memory backend. `virt` takes the
+    /// newest interrupt controller the accelerator offers (a KVM host's own
+    /// GIC version, GICv3 under TCG): the default GICv2 is missing on many
+    /// arm64 servers.
+    pub fn qemu_machine(self) -> &'static str {
+        match self {
+            Machine::Virt => "virt,gic-version=max",
+            other => other.name(),
+        }
+    }
+
+    /// The guest kernel's serial console: the 8250 UART on x86, the PL011 on `virt`.
+    pub fn console(self) -> &'static str {
+        match self {
+            Machine::Virt => "console=ttyAMA0",
+            _ => "console=ttyS0",
         }
     }
 
@@ -35,14 +67,15 @@ impl Machine {
     pub fn reboot_arg(self) -> &'static str {
         match self {
             Machine::Microvm => "reboot=a",
-            Machine::Q35 => "reboot=k",
+            // On aarch64 the reset is PSCI's whatever this says.
+            Machine::Q35 | Machine::Virt => "reboot=k",
         }
     }
 
     fn device(self, kind: &str) -> String {
         match self {
             Machine::Microvm => format!("{kind}-device"),
-            Machine::Q35 => format!("{kind}-pci"),
+            Machine::Q35 | Machine::Virt => format!("{kind}-pci"),
         }
     }
 
@@ -52,7 +85,7 @@ impl Machine {
         let mut m = vec!["virtio_ring", "virtio"];
         match self {
             Machine::Microvm => m.push("virtio_mmio"),
-            Machine::Q35 => m.extend([
+            Machine::Q35 | Machine::Virt => m.extend([
                 "virtio_pci_legacy_dev",
                 "virtio_pci_modern_dev",
                 "virtio_pci",
@@ -177,7 +210,7 @@ pub fn kernel_cmdline(
     tsc_khz: Option<u64>,
     order: DiskOrder,
 ) -> String {
-    let mut args: Vec<String> = ["console=ttyS0", machine.reboot_arg(), "panic=1"]
+    let mut args: Vec<String> = [machine.console(), machine.reboot_arg(), "panic=1"]
         .map(String::from)
         .to_vec();
     if let (Accel::Tcg, Some(khz)) = (accel, tsc_khz) {
@@ -222,9 +255,12 @@ pub fn qemu_args(
         .flag("-nographic")
         .flag("-no-reboot")
         .opt("-name", &spec.id)
-        .opt("-machine", format!("{},memory-backend=mem", machine.name()))
+        .opt(
+            "-machine",
+            format!("{},memory-backend=mem", machine.qemu_machine()),
+        )
         .opt("-accel", accel.as_str())
-        .opt("-cpu", accel.cpu_model())
+        .opt("-cpu", accel.cpu_model(machine))
         .opt("-smp", spec.vcpus.to_string())
         .opt("-m", &mem)
         // vhost-user needs guest memory the daemon can map: a shared memfd.
@@ -390,6 +426,7 @@ mod tests {
             id: "t-1".into(),
             dir: "/run/kiln/t-1".into(),
             kernel: "/k/vmlinuz".into(),
+            arch: Arch::X86_64,
             initrd: Some("/k/initrd.cpio".into()),
             base_image: None,
             scratch_disk: None,
@@ -454,6 +491,46 @@ mod tests {
             value_of(&args, "-append"),
             ["console=ttyS0 reboot=a panic=1 tsc_early_khz=2600000 kiln.modules=virtio,vsock"]
         );
+    }
+
+    #[test]
+    fn an_aarch64_guest_gets_virt_with_pci_devices_and_the_pl011() {
+        let mut s = spec();
+        s.arch = Arch::Aarch64;
+        s.base_image = Some("/img/rootfs.ext4".into());
+        // The config's x86 machine type does not apply to aarch64.
+        let machine = Machine::for_arch(Machine::Microvm, s.arch);
+        assert_eq!(machine, Machine::Virt);
+        let args = strings(
+            &qemu_args(
+                &s,
+                machine,
+                Accel::Tcg,
+                None,
+                &Layout::of(&s.dir),
+                DiskOrder::BaseFirst,
+            )
+            .expect("args"),
+        );
+        assert_eq!(
+            value_of(&args, "-machine"),
+            ["virt,gic-version=max,memory-backend=mem"]
+        );
+        assert_eq!(value_of(&args, "-cpu"), ["max,pauth-impdef=on"]);
+        assert_eq!(
+            value_of(&args, "-device"),
+            [
+                "vhost-user-vsock-pci,chardev=vsock",
+                "virtio-blk-pci,drive=base"
+            ]
+        );
+        let append = value_of(&args, "-append");
+        assert!(append[0].starts_with("console=ttyAMA0 "), "{append:?}");
+        assert!(!append[0].contains("tsc_early_khz"), "{append:?}");
+        let modules = machine.guest_modules(&s);
+        assert!(modules.contains(&"virtio_pci"), "{modules:?}");
+        assert!(!modules.contains(&"virtio_mmio"), "{modules:?}");
+        assert_eq!(Machine::for_arch(Machine::Q35, Arch::X86_64), Machine::Q35);
     }
 
     #[test]

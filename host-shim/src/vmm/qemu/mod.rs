@@ -4,6 +4,14 @@
 //! daemon that gives it a vsock device with Firecracker's hybrid-vsock Unix
 //! socket on the host side, so [`crate::vsock`] serves both backends.
 //!
+//! An aarch64 guest (an image baked with `--arch arm64`) runs in
+//! `qemu-system-aarch64 -M virt`: under KVM on an arm64 host that can, and
+//! under TCG (`-cpu max`, logged as emulated) on an x86 host. Its vsock is
+//! the same vhost-user device on PCI: it works under TCG too (the guest's
+//! memory is a shared memfd either way), where the kernel's
+//! `vhost-vsock-pci` would need `/dev/vhost-vsock` on the host and speaks
+//! no hybrid-vsock, so the shim's vsock code would differ per backend.
+//!
 //! Start order: the caller binds the vsock listener at
 //! `<Layout::vsock_uds>_<port>` first; then [`QemuVm::start`] picks the
 //! accelerator ([`accel`]), starts vhost-device-vsock and waits for its
@@ -61,6 +69,11 @@ pub enum QemuError {
     BadMachine { value: String },
     #[error("KVM was asked for (KILN_ACCEL=kvm) but {reason}")]
     KvmUnavailable { reason: String },
+    #[error("KVM was asked for (KILN_ACCEL=kvm) but the image is {guest} and this host {host}: KVM runs only the host's architecture (unset KILN_ACCEL to emulate it)")]
+    KvmForeign {
+        guest: crate::vmm::Arch,
+        host: crate::vmm::Arch,
+    },
     #[error("tap device name {name:?} must be 1 to 15 letters, digits, '-' or '_'")]
     BadTap { name: String },
     #[error("{path}: {why}")]
@@ -144,6 +157,8 @@ pub enum TscHint {
 pub struct QemuConfig {
     /// A name searched in `PATH`, or a path.
     pub qemu: PathBuf,
+    /// The same for aarch64 guests.
+    pub qemu_aarch64: PathBuf,
     /// A name searched in `PATH` and cargo's bin directories, or a path.
     pub vhost_vsock: PathBuf,
     pub machine: Machine,
@@ -179,6 +194,7 @@ impl Default for QemuConfig {
     fn default() -> Self {
         QemuConfig {
             qemu: tools::QEMU.name.into(),
+            qemu_aarch64: tools::QEMU_AARCH64.name.into(),
             vhost_vsock: tools::VHOST_VSOCK.name.into(),
             machine: Machine::Microvm,
             accel: AccelChoice::Auto,
@@ -203,12 +219,20 @@ impl QemuConfig {
         })
     }
 
-    fn tsc_khz(&self, accel: Accel) -> Option<u64> {
-        match (self.tsc, accel, self.machine) {
-            (TscHint::Off, _, _) | (_, Accel::Kvm, _) => None,
+    fn tsc_khz(&self, accel: Accel, machine: Machine) -> Option<u64> {
+        match (self.tsc, accel, machine) {
+            (TscHint::Off, _, _) | (_, Accel::Kvm, _) | (_, _, Machine::Virt) => None,
             (TscHint::Khz(k), Accel::Tcg, _) => Some(k),
             (TscHint::Auto, Accel::Tcg, Machine::Microvm) => host_tsc_khz(),
             (TscHint::Auto, Accel::Tcg, Machine::Q35) => None,
+        }
+    }
+
+    /// The QEMU program for a guest of `arch`, and how to install it.
+    pub fn program(&self, arch: crate::vmm::Arch) -> (&Path, tools::Tool) {
+        match arch {
+            crate::vmm::Arch::X86_64 => (&self.qemu, tools::QEMU),
+            crate::vmm::Arch::Aarch64 => (&self.qemu_aarch64, tools::QEMU_AARCH64),
         }
     }
 }
@@ -334,30 +358,22 @@ impl QemuVm {
             Some(_) => tools::find_for_everyone,
             None => tools::find,
         };
-        let qemu_bin = find(tools::QEMU, &cfg.qemu, &[])?;
+        let machine = Machine::for_arch(cfg.machine, spec.arch);
+        let (program, tool) = cfg.program(spec.arch);
+        let qemu_bin = find(tool, program, &[])?;
         let vhost_bin = find(
             tools::VHOST_VSOCK,
             &cfg.vhost_vsock,
             &tools::cargo_bin_dirs(),
         )?;
 
-        let accel = accel::decide(
-            cfg.accel,
-            &accel::Probe {
-                qemu: qemu_bin.clone(),
-                kernel: spec.kernel.clone(),
-                machine: cfg.machine,
-                kvm_device: cfg.kvm_device.clone(),
-                timeout: cfg.probe_timeout,
-                cache_file: cfg.accel_cache.clone(),
-            },
-        )
-        .await?;
+        let accel = choose_accel(spec, cfg, &qemu_bin, machine).await?;
         tracing::info!(
             vm = %spec.id,
             accel = accel.accel.as_str(),
             why = %accel.reason,
-            machine = cfg.machine.name(),
+            machine = machine.name(),
+            arch = spec.arch.name(),
             "QEMU accelerator chosen"
         );
 
@@ -380,9 +396,9 @@ impl QemuVm {
 
         let mut argv = args::qemu_args(
             &seen,
-            cfg.machine,
+            machine,
             accel.accel,
-            cfg.tsc_khz(accel.accel),
+            cfg.tsc_khz(accel.accel, machine),
             &Layout::of(&seen.dir),
             cfg.disk_order,
         )?;
@@ -593,6 +609,33 @@ impl QemuVm {
     }
 }
 
+/// KVM or TCG for the host's own architecture (probed); TCG, logged as
+/// emulated, for another one's.
+async fn choose_accel(
+    spec: &VmSpec,
+    cfg: &QemuConfig,
+    qemu_bin: &Path,
+    machine: Machine,
+) -> Result<AccelDecision, QemuError> {
+    if !spec.arch.is_native() {
+        let d = accel::foreign(cfg.accel, spec.arch)?;
+        tracing::warn!(vm = %spec.id, arch = spec.arch.name(), why = %d.reason, "VM emulated: slow");
+        return Ok(d);
+    }
+    accel::decide(
+        cfg.accel,
+        &accel::Probe {
+            qemu: qemu_bin.to_owned(),
+            kernel: spec.kernel.clone(),
+            machine,
+            kvm_device: cfg.kvm_device.clone(),
+            timeout: cfg.probe_timeout,
+            cache_file: cfg.accel_cache.clone(),
+        },
+    )
+    .await
+}
+
 fn require_file(what: &'static str, p: &Path) -> Result<(), QemuError> {
     if p.exists() {
         Ok(())
@@ -621,13 +664,11 @@ mod tests {
             tsc: TscHint::Khz(1000),
             ..QemuConfig::default()
         };
-        assert_eq!(cfg.tsc_khz(Accel::Tcg), Some(1000));
-        assert_eq!(cfg.tsc_khz(Accel::Kvm), None);
-        let q35 = QemuConfig {
-            machine: Machine::Q35,
-            ..QemuConfig::default()
-        };
-        assert_eq!(q35.tsc_khz(Accel::Tcg), None);
+        assert_eq!(cfg.tsc_khz(Accel::Tcg, Machine::Microvm), Some(1000));
+        assert_eq!(cfg.tsc_khz(Accel::Kvm, Machine::Microvm), None);
+        assert_eq!(cfg.tsc_khz(Accel::Tcg, Machine::Virt), None);
+        let q35 = QemuConfig::default();
+        assert_eq!(q35.tsc_khz(Accel::Tcg, Machine::Q35), None);
     }
 
     /// A one-vCPU VM in `dir` booting `kernel`, nothing else attached.
@@ -636,6 +677,7 @@ mod tests {
             id: "k".into(),
             dir: dir.to_owned(),
             kernel,
+            arch: crate::vmm::Arch::host(),
             initrd: None,
             base_image: None,
             scratch_disk: None,
@@ -673,6 +715,21 @@ mod tests {
         assert!(
             err.to_string().contains("apt-get install qemu-system-x86"),
             "{err}"
+        );
+        // An aarch64 guest needs the aarch64 QEMU, whatever the x86 one is.
+        let arm = VmSpec {
+            arch: crate::vmm::Arch::Aarch64,
+            ..spec_in(dir.path(), dir.path().join("vmlinuz"))
+        };
+        let cfg = QemuConfig {
+            qemu_aarch64: dir.path().join("qemu-system-aarch64"),
+            ..QemuConfig::default()
+        };
+        let err = QemuVm::start(&arm, &cfg).await.err().expect("must fail");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("qemu-system-aarch64") && msg.contains("apt-get install qemu-system-arm"),
+            "{msg}"
         );
     }
 }

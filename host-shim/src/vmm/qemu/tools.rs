@@ -18,6 +18,12 @@ pub const QEMU: Tool = Tool {
     install: "apt-get install qemu-system-x86",
 };
 
+/// The aarch64 QEMU: `virt` machines, under KVM on an arm64 host, emulated elsewhere.
+pub const QEMU_AARCH64: Tool = Tool {
+    name: "qemu-system-aarch64",
+    install: "apt-get install qemu-system-arm",
+};
+
 pub const VHOST_VSOCK: Tool = Tool {
     name: "vhost-device-vsock",
     install: "cargo install --root /usr/local vhost-device-vsock",
