@@ -720,10 +720,10 @@ fn scale_set_section(o: &mut String, s: &ScaleSetResults, label: &str) {
          (tests/src/bin/fake-github `--broker`, a debug build on 127.0.0.1: the GitHub REST API \
          and the scale-set broker), each with one pool with room for one VM ({} vCPU, {} MiB, \
          no network) of the same image: the bench image with the memory benchmark's stand-in \
-         `run.sh`, which reports whether its JIT config arrived and exits after a second. Jobs \
-         alternate between the paths run by run (which goes first alternates too), after one \
-         discarded warm-up job each; one VM runs at a time.\n",
-        s.vcpus, s.memory_mib
+         `run.sh`, which reports whether its JIT config arrived and exits after a second. {} \
+         job(s) per path, alternating between the paths run by run (which goes first \
+         alternates too), after one discarded warm-up job each; one VM runs at a time.\n",
+        s.vcpus, s.memory_mib, s.runs
     );
     for p in [&s.webhook, &s.scale_set] {
         let _ = writeln!(o, "**{}** path:\n", p.name);
@@ -1970,6 +1970,7 @@ mod tests {
             ratios: super::super::scaleset::ratios(&webhook, &scale_set),
             webhook,
             scale_set,
+            runs: 3,
             vcpus: 1,
             memory_mib: 1024,
             check: ScaleSetCheck {
@@ -1991,6 +1992,7 @@ mod tests {
             "| Job handed over → VM starting, scale-set queue (fake broker on loopback; webhook as baseline) | 20.0 ms | webhook 40.0 ms | 2.00x |",
             "| Job handed over → runner exec, scale-set queue (QEMU TCG) | 4020 ms | webhook 4040 ms | 1.00x |",
             "- scale set does this",
+            "3 job(s) per path, alternating",
             "Verified: **yes**",
         ] {
             assert!(md.contains(want), "{want} missing:\n{md}");

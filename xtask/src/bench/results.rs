@@ -473,6 +473,8 @@ pub struct ScaleSetResults {
     pub scale_set: SourcePath,
     /// Scale set over webhook, medians.
     pub ratios: Vec<SourceRatio>,
+    /// Measured jobs per path (after one warm-up job each).
+    pub runs: usize,
     /// Each VM's size (one runs at a time).
     pub vcpus: u32,
     pub memory_mib: u32,

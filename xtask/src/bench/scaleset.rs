@@ -1069,6 +1069,7 @@ pub async fn run(
         ratios: ratios(&webhook, &scale_set),
         webhook,
         scale_set,
+        runs,
         vcpus: VCPUS,
         memory_mib: kit.memory_mib,
         check,
