@@ -713,6 +713,9 @@ fn scale_set_section(o: &mut String, s: &ScaleSetResults, label: &str) {
         o,
         "## 7. Job sources: scale-set queue beside webhooks ({label})\n"
     );
+    if let Some(run) = &s.separate_run {
+        let _ = writeln!(o, "Measured in a run of its own: {run}.\n");
+    }
     let _ = writeln!(
         o,
         "A job handed over to `kiln serve` until its runner execs in the VM, through each job \
@@ -1981,6 +1984,7 @@ mod tests {
                 left_behind: vec![],
                 verified: true,
             },
+            separate_run: None,
         });
         let md = render(&r);
         for want in [
@@ -2009,6 +2013,9 @@ mod tests {
         }
         let old: Results = serde_json::from_value(v).expect("an older file parses");
         assert!(!render(&old).contains("## 7."));
+        assert!(!md.contains("Measured in a run of its own"), "{md}");
+        r.scale_set.as_mut().expect("set").separate_run = Some("`x` on a date".into());
+        assert!(render(&r).contains("Measured in a run of its own: `x` on a date."));
         // A failed check shows.
         let c = &mut r.scale_set.as_mut().expect("set").check;
         c.verified = false;

@@ -479,6 +479,10 @@ pub struct ScaleSetResults {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub check: ScaleSetCheck,
+    /// Set when these figures come from a run of their own (`--only
+    /// scale-set`) merged into another run's results: which run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub separate_run: Option<String>,
 }
 
 /// One job source, over the runs.

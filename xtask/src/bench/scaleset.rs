@@ -1073,6 +1073,7 @@ pub async fn run(
         vcpus: VCPUS,
         memory_mib: kit.memory_mib,
         check,
+        separate_run: None,
     })
 }
 
