@@ -46,8 +46,10 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use super::churn::descendants;
-use super::memory::serve::{stand_in_image, stand_in_ready, Binaries};
+use super::memory::serve::{
+    entries_below, kill_tree, processes_mentioning, signal, stand_in_image, stand_in_ready,
+    Binaries,
+};
 use super::results::{Figure, ScaleSetCheck, ScaleSetResults, SourcePath, SourceRatio};
 use super::stats::Series;
 use super::vmkit::Kit;
@@ -396,21 +398,6 @@ struct Proc {
     pid: u32,
 }
 
-fn signal(pid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
-/// SIGKILL for `pid` and everything below it, children first.
-fn kill_tree(pid: u32) {
-    for d in descendants(pid) {
-        signal(d, "KILL");
-    }
-    signal(pid, "KILL");
-}
-
 /// The fake GitHub with its broker.
 struct Fake {
     proc: Proc,
@@ -726,39 +713,16 @@ fn left_behind(daemons: &[&Daemon]) -> Vec<String> {
     left
 }
 
-fn processes_mentioning(path: &Path) -> Vec<(u32, String)> {
-    let needle = path.to_string_lossy().into_owned();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let raw = std::fs::read(e.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
-            cmdline
-                .contains(&needle)
-                .then(|| (pid, cmdline.trim_end().to_owned()))
-        })
-        .collect()
-}
+/// A run's secret files (the App key and its copies, the webhook
+/// secret): removed when it goes, on every path, errors included.
+struct Secrets(Vec<PathBuf>);
 
-fn entries_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(d) = pending.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                pending.push(e.path());
-            }
-            out.push(e.path());
+impl Drop for Secrets {
+    fn drop(&mut self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
         }
     }
-    out
 }
 
 /// Both daemons, the fake, and what the runs found.
@@ -978,14 +942,16 @@ pub async fn run(
     let (accel, _) = kit.accel().await?;
     let accel = accel.as_str().to_owned();
     let key = work.join("app-key.pem");
+    let mut secrets = Secrets(vec![key.clone()]);
     let fake = Fake::start(&bins.fake_github, &key, &work.join("fake-github.log")).await?;
-    let daemon = |source: Source| -> anyhow::Result<Daemon> {
+    let mut daemon = |source: Source| -> anyhow::Result<Daemon> {
         let dir = work.join(source.dir());
         make_dir(&dir)?;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], webhook::free_port()?));
         let config = config_toml(source, addr.port(), &fake.hello, &image, kit.memory_mib);
         std::fs::write(dir.join("config.toml"), config)
             .with_context(|| format!("writing {}", dir.join("config.toml").display()))?;
+        secrets.0.push(dir.join("app-key.pem"));
         std::fs::copy(&key, dir.join("app-key.pem")).context("copying the App key")?;
         Ok(Daemon {
             source,
@@ -997,6 +963,7 @@ pub async fn run(
     };
     let (webhook_d, scale_set_d) = (daemon(Source::Webhook)?, daemon(Source::ScaleSet)?);
     let secret = webhook::random_hex(32)?;
+    secrets.0.push(webhook_d.dir.join("webhook-secret"));
     webhook::write_private(&webhook_d.dir.join("webhook-secret"), secret.as_bytes())?;
     let mut bench = Bench {
         bins,
@@ -1033,16 +1000,7 @@ pub async fn run(
     } = bench;
     fake.close().await;
     // The logs and configs stay for reading; the secrets go.
-    for f in [
-        key.clone(),
-        w.dir.join("app-key.pem"),
-        s.dir.join("app-key.pem"),
-        w.dir.join("webhook-secret"),
-    ] {
-        if f.exists() {
-            std::fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
-        }
-    }
+    drop(secrets);
     for d in [&w.runtime, &s.runtime] {
         let _ = std::fs::remove_dir_all(d);
     }
@@ -1081,6 +1039,22 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::bench::stats::Stat;
+
+    #[test]
+    fn secret_files_go_with_their_guard() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (
+            d.path().join("app-key.pem"),
+            d.path().join("webhook-secret"),
+        );
+        std::fs::write(&a, "key").expect("write");
+        let guard = Secrets(vec![a.clone(), b.clone()]);
+        std::fs::write(&b, "secret").expect("write");
+        drop(guard);
+        assert!(!a.exists() && !b.exists());
+        // One never written is no error.
+        drop(Secrets(vec![d.path().join("never")]));
+    }
 
     #[test]
     fn log_timestamps_are_unix_microseconds() {
