@@ -58,6 +58,9 @@ pub struct ScaleSetInfo {
     pub messages: Vec<i64>,
     /// The capacity its last poll reported.
     pub capacity: u32,
+    /// Polls of its session held open now (0 without a session): with one
+    /// held, a job queued now is assigned at once, up to `capacity`.
+    pub polls_held: u32,
     /// Its runners' ids.
     pub runners: Vec<u64>,
 }
@@ -288,6 +291,7 @@ impl FakeBroker {
                 session: s.session.as_ref().map(|x| (x.id.clone(), x.owner.clone())),
                 messages: s.messages.keys().copied().collect(),
                 capacity: s.capacity,
+                polls_held: s.session.as_ref().map_or(0, |x| x.in_flight),
                 runners: m
                     .runners
                     .iter()

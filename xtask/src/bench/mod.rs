@@ -9,6 +9,8 @@
 //! - [`memory`] — 5. kiln-init's and the host side's memory.
 //! - [`network`] — 6. the VM network: set-up and teardown per VM, and boots
 //!   with the network on and off, in a throwaway network namespace.
+//! - [`scaleset`] — 7. job sources: a job handed over to runner exec
+//!   through the scale-set queue, beside the webhook path.
 //!
 //! Support: [`images`] (the bench image and the systemd path's initramfs),
 //! [`probe`] (the stand-in runner), [`vmkit`] (VM set-up shared by the
@@ -28,6 +30,7 @@ pub mod network;
 pub mod probe;
 pub mod render;
 pub mod results;
+pub mod scaleset;
 pub mod stats;
 pub mod vmkit;
 pub mod webhook;
@@ -48,6 +51,7 @@ pub enum Which {
     Memory,
     Webhook,
     Network,
+    ScaleSet,
 }
 
 #[derive(clap::Args, Debug)]
@@ -73,6 +77,9 @@ pub struct Args {
     /// --quick: 2].
     #[arg(long, value_name = "S")]
     pub webhook_seconds: Option<u32>,
+    /// Jobs per path in the scale-set benchmark [default: --runs, --quick: 2].
+    #[arg(long, value_name = "N")]
+    pub scale_set_runs: Option<usize>,
     /// Only these benchmarks (comma-separated); writes under
     /// target/kiln-bench/ unless --md/--json say otherwise.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
@@ -140,6 +147,7 @@ impl Args {
             Which::Churn,
             Which::Memory,
             Which::Network,
+            Which::ScaleSet,
         ]
         .into_iter()
         .any(|w| self.wants(w))
@@ -199,8 +207,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Built before anything is measured, so the compile does not overlap.
     let kiln_run = args.wants(Which::Memory) && !args.no_kiln_run;
     let webhook_bins = args.wants(Which::Webhook);
+    let scale_set = args.wants(Which::ScaleSet);
+    let scale_set_runs = args
+        .scale_set_runs
+        .unwrap_or(if args.quick { 2 } else { runs });
+    if scale_set && scale_set_runs == 0 {
+        bail!("--scale-set-runs must be at least 1");
+    }
     let mut release = Vec::new();
-    if kiln_run || webhook_bins {
+    if kiln_run || webhook_bins || scale_set {
         release.push(("kiln", "kiln"));
     }
     if webhook_bins {
@@ -218,12 +233,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .as_ref()
         .filter(|_| kiln_run)
         .map(|d| d.join("kiln"));
-    let serve_bins = match &kiln_binary {
-        Some(kiln) => Some(memory::serve::Binaries {
+    let fake_github = if kiln_binary.is_some() || scale_set {
+        Some(memory::build_fake_github(&root)?)
+    } else {
+        None
+    };
+    let serve_bins = match (&kiln_binary, &fake_github) {
+        (Some(kiln), Some(fake)) => Some(memory::serve::Binaries {
             kiln: kiln.clone(),
-            fake_github: memory::build_fake_github(&root)?,
+            fake_github: fake.clone(),
         }),
-        None => None,
+        _ => None,
+    };
+    let scale_set_bins = match (&release_dir, &fake_github) {
+        (Some(dir), Some(fake)) if scale_set => Some(memory::serve::Binaries {
+            kiln: dir.join("kiln"),
+            fake_github: fake.clone(),
+        }),
+        _ => None,
     };
     let webhook_settings = webhook::Settings {
         runs,
@@ -355,6 +382,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             _ => None,
         };
+        let scale_set = match (&vms, &scale_set_bins) {
+            (Some(v), Some(bins)) => {
+                let meter = machine::Meter::start("scale set");
+                let r = scaleset::run(&v.kit, bins, &work, scale_set_runs).await?;
+                load.push(meter.finish());
+                Some(r)
+            }
+            _ => None,
+        };
         anyhow::Ok(Results {
             schema: SCHEMA,
             generated_unix: std::time::SystemTime::now()
@@ -380,6 +416,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             memory,
             webhook,
             network,
+            scale_set,
         })
     };
     // On Ctrl-C or SIGTERM the benchmark's future is dropped, which kills

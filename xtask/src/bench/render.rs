@@ -4,8 +4,8 @@
 use std::fmt::Write;
 
 use super::results::{
-    BootPath, Counts, Figure, NetBoot, NetworkResults, Ratio, Results, ServeVmMemory, Target,
-    Webhook, WebhookResults,
+    BootPath, Counts, Figure, NetBoot, NetworkResults, Ratio, Results, ScaleSetResults,
+    ServeVmMemory, SourcePath, Target, Webhook, WebhookResults,
 };
 use super::stats::Stat;
 
@@ -298,6 +298,9 @@ fn summary(o: &mut String, r: &Results) {
     }
     if let Some(n) = &r.network {
         network_summary(o, n, label);
+    }
+    if let Some(s) = &r.scale_set {
+        scale_set_summary(o, s, label);
     }
     o.push('\n');
     let measured = match &r.webhook {
@@ -659,7 +662,125 @@ pub fn render(r: &Results) -> String {
     if let Some(n) = &r.network {
         network_section(&mut o, n, label);
     }
+    if let Some(s) = &r.scale_set {
+        scale_set_section(&mut o, s, label);
+    }
     o
+}
+
+fn scale_set_summary(o: &mut String, s: &ScaleSetResults, label: &str) {
+    let (w, ss) = (&s.webhook, &s.scale_set);
+    let _ = writeln!(
+        o,
+        "| Job handed over → VM starting, scale-set queue (fake broker on loopback; webhook as baseline) | {} ms | webhook {} ms | {:.2}x |",
+        ms(ss.before_vm.median),
+        ms(w.before_vm.median),
+        w.before_vm.median / ss.before_vm.median
+    );
+    let _ = writeln!(
+        o,
+        "| Job handed over → runner exec, scale-set queue ({label}) | {} ms | webhook {} ms | {:.2}x |",
+        ms(ss.total.median),
+        ms(w.total.median),
+        w.total.median / ss.total.median
+    );
+}
+
+fn source_table(o: &mut String, p: &SourcePath, label: &str) {
+    let _ = writeln!(
+        o,
+        "| {} path ({label}) | covers | min ms | median ms | max ms |",
+        p.name
+    );
+    let _ = writeln!(o, "|---|---|---:|---:|---:|");
+    for Figure { name, what, stat } in &p.phases {
+        let _ = writeln!(o, "| {name} | {what} | {} |", ms_row(stat));
+    }
+    let _ = writeln!(
+        o,
+        "| **handed over → VM starting** | Kiln's share before the VM, per run | {} |",
+        ms_row(&p.before_vm)
+    );
+    let _ = writeln!(
+        o,
+        "| **handed over → runner exec** | the whole, per run | {} |\n",
+        ms_row(&p.total)
+    );
+}
+
+fn scale_set_section(o: &mut String, s: &ScaleSetResults, label: &str) {
+    let _ = writeln!(
+        o,
+        "## 7. Job sources: scale-set queue beside webhooks ({label})\n"
+    );
+    if let Some(run) = &s.separate_run {
+        let _ = writeln!(o, "Measured in a run of its own: {run}.\n");
+    }
+    let _ = writeln!(
+        o,
+        "A job handed over to `kiln serve` until its runner execs in the VM, through each job \
+         source. Two release `kiln serve` processes run side by side against one fake GitHub \
+         (tests/src/bin/fake-github `--broker`, a debug build on 127.0.0.1: the GitHub REST API \
+         and the scale-set broker), each with one pool with room for one VM ({} vCPU, {} MiB, \
+         no network) of the same image: the bench image with the memory benchmark's stand-in \
+         `run.sh`, which reports whether its JIT config arrived and exits after a second. {} \
+         job(s) per path, alternating between the paths run by run (which goes first \
+         alternates too), after one discarded warm-up job each; one VM runs at a time.\n",
+        s.vcpus, s.memory_mib, s.runs
+    );
+    for p in [&s.webhook, &s.scale_set] {
+        let _ = writeln!(o, "**{}** path:\n", p.name);
+        for l in &p.includes {
+            let _ = writeln!(o, "- {l}");
+        }
+        o.push('\n');
+    }
+    let _ = writeln!(
+        o,
+        "Timing: the bench's wall clock when it handed the job over (just before the delivery's \
+         request is written, or `queue` to the fake's stdin, once the fake reports the scale \
+         set's poll held open with room), against the daemon's own JSON log events' timestamps \
+         (µs; `kiln::logs::events`); from `vm_starting` to the runner's exec, the board's \
+         `prepared` to `runner_started` milestones (ms, over the admin socket, as `kiln ps` \
+         shows them): the guest reported the runner spawned. Kiln's own events rather than the \
+         stand-in's output: no guest clock, no log polling, and the same instants on both paths. \
+         The fake GitHub's answers (a debug build) are in both paths' figures.\n"
+    );
+    source_table(o, &s.webhook, label);
+    source_table(o, &s.scale_set, label);
+    let _ = writeln!(
+        o,
+        "| Comparison (medians) | webhook ms | scale set ms | scale set / webhook |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|---:|");
+    for r in &s.ratios {
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | **{:.2}x** |",
+            r.what,
+            ms(r.webhook_ms),
+            ms(r.scale_set_ms),
+            r.ratio
+        );
+    }
+    let c = &s.check;
+    let left = if c.left_behind.is_empty() {
+        "nothing".to_owned()
+    } else {
+        c.left_behind.join("; ")
+    };
+    let _ = writeln!(
+        o,
+        "\nCheck that the runs were real (warm-up included): {} jobs handed over; {} ended \
+         `job done`; {} stand-ins reported a JIT config in their environment; the broker saw \
+         each scale-set job started by one runner: {}; left behind once both daemons stopped \
+         (VMM processes, VM directories, CID leases, scratch disks): {left}. Verified: **{}**.\n",
+        c.jobs,
+        c.jobs_done,
+        c.ready_with_jit,
+        if c.broker_ran_each_once { "yes" } else { "NO" },
+        if c.verified { "yes" } else { "NO" }
+    );
 }
 
 fn network_summary(o: &mut String, n: &NetworkResults, label: &str) {
@@ -1317,6 +1438,7 @@ mod tests {
                 reason: "no server".into(),
             })),
             network: None,
+            scale_set: None,
         }
     }
 
@@ -1825,5 +1947,81 @@ mod tests {
         let text = serde_json::to_string_pretty(&r).expect("json");
         let back: Results = serde_json::from_str(&text).expect("parse");
         assert_eq!(render(&back), render(&r));
+    }
+    fn source(name: &str, before: &[f64], total: &[f64]) -> SourcePath {
+        SourcePath {
+            name: name.into(),
+            includes: vec![format!("{name} does this")],
+            phases: vec![Figure {
+                name: "queued → VM starting".into(),
+                what: "JIT config, VM directory".into(),
+                stat: stat(before),
+            }],
+            before_vm: stat(before),
+            boot: stat(&[4000.0]),
+            total: stat(total),
+        }
+    }
+
+    #[test]
+    fn scale_set_section_renders_both_paths_ratios_and_check() {
+        use super::super::results::ScaleSetCheck;
+        let mut r = results();
+        let webhook = source("webhook", &[30.0, 40.0, 50.0], &[4040.0]);
+        let scale_set = source("scale set", &[10.0, 20.0, 90.0], &[4020.0]);
+        r.scale_set = Some(ScaleSetResults {
+            ratios: super::super::scaleset::ratios(&webhook, &scale_set),
+            webhook,
+            scale_set,
+            runs: 3,
+            vcpus: 1,
+            memory_mib: 1024,
+            check: ScaleSetCheck {
+                jobs: 6,
+                jobs_done: 6,
+                ready_with_jit: 6,
+                broker_ran_each_once: true,
+                left_behind: vec![],
+                verified: true,
+            },
+            separate_run: None,
+        });
+        let md = render(&r);
+        for want in [
+            "## 7. Job sources: scale-set queue beside webhooks (QEMU TCG)",
+            "| webhook path (QEMU TCG) | covers | min ms | median ms | max ms |",
+            "| queued → VM starting | JIT config, VM directory | 10.0 | 20.0 | 90.0 |",
+            "| **handed over → VM starting** | Kiln's share before the VM, per run | 30.0 | 40.0 | 50.0 |",
+            "| handed over → VM starting | 40.0 | 20.0 | **0.50x** |",
+            "| Job handed over → VM starting, scale-set queue (fake broker on loopback; webhook as baseline) | 20.0 ms | webhook 40.0 ms | 2.00x |",
+            "| Job handed over → runner exec, scale-set queue (QEMU TCG) | 4020 ms | webhook 4040 ms | 1.00x |",
+            "- scale set does this",
+            "3 job(s) per path, alternating",
+            "Verified: **yes**",
+        ] {
+            assert!(md.contains(want), "{want} missing:\n{md}");
+        }
+        let at = |h: &str| md.find(h).unwrap_or(usize::MAX);
+        assert!(at("## 4. VM churn") < at("## 7. Job sources"), "{md}");
+        let text = serde_json::to_string(&r).expect("json");
+        let back: Results = serde_json::from_str(&text).expect("parse");
+        assert_eq!(render(&back), md);
+        // Files from before it: no section.
+        let mut v = serde_json::to_value(&r).expect("json");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("scale_set");
+        }
+        let old: Results = serde_json::from_value(v).expect("an older file parses");
+        assert!(!render(&old).contains("## 7."));
+        assert!(!md.contains("Measured in a run of its own"), "{md}");
+        r.scale_set.as_mut().expect("set").separate_run = Some("`x` on a date".into());
+        assert!(render(&r).contains("Measured in a run of its own: `x` on a date."));
+        // A failed check shows.
+        let c = &mut r.scale_set.as_mut().expect("set").check;
+        c.verified = false;
+        c.left_behind = vec!["file: /tmp/x/disks/a.ext4".into()];
+        let md = render(&r);
+        assert!(md.contains("Verified: **NO**"), "{md}");
+        assert!(md.contains("file: /tmp/x/disks/a.ext4"), "{md}");
     }
 }

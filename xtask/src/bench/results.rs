@@ -13,8 +13,11 @@ use super::stats::Stat;
 /// there were none), and is absent when it did not run. 3: `boot` names
 /// its kernel and may hold the production kernel's comparison too. 4:
 /// `network`, the VM network's set-up and teardown and boots with it on
-/// and off (absent when it did not run, and in older files).
-pub const SCHEMA: u32 = 4;
+/// and off (absent when it did not run, and in older files). 5:
+/// `scale_set`, a job handed over to runner exec through the scale-set
+/// queue and through a webhook (absent when it did not run, and in older
+/// files).
+pub const SCHEMA: u32 = 5;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
@@ -42,6 +45,8 @@ pub struct Results {
     pub webhook: Option<Webhook>,
     #[serde(default)]
     pub network: Option<NetworkResults>,
+    #[serde(default)]
+    pub scale_set: Option<ScaleSetResults>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -458,4 +463,67 @@ pub struct NetBoot {
     pub on_teardown: Stat,
     /// Runs that failed and were retried.
     pub incidents: Vec<String>,
+}
+
+/// Benchmark 7, job sources: a job handed over to `kiln serve` until its
+/// runner execs, through the scale-set queue and through a webhook.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleSetResults {
+    pub webhook: SourcePath,
+    pub scale_set: SourcePath,
+    /// Scale set over webhook, medians.
+    pub ratios: Vec<SourceRatio>,
+    /// Measured jobs per path (after one warm-up job each).
+    pub runs: usize,
+    /// Each VM's size (one runs at a time).
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub check: ScaleSetCheck,
+    /// Set when these figures come from a run of their own (`--only
+    /// scale-set`) merged into another run's results: which run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub separate_run: Option<String>,
+}
+
+/// One job source, over the runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourcePath {
+    pub name: String,
+    /// What it does, one line each.
+    pub includes: Vec<String>,
+    /// In order; `jit_ms (beside)` is part of `queued → VM starting`.
+    pub phases: Vec<Figure>,
+    /// Handed over to `vm_starting`: Kiln's handling before the VM.
+    pub before_vm: Stat,
+    /// `vm_starting` to the runner's exec.
+    pub boot: Stat,
+    /// Handed over to the runner's exec.
+    pub total: Stat,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceRatio {
+    pub what: String,
+    /// Medians.
+    pub webhook_ms: f64,
+    pub scale_set_ms: f64,
+    /// `scale_set_ms / webhook_ms`.
+    pub ratio: f64,
+}
+
+/// Whether the runs were real (warm-up jobs included).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleSetCheck {
+    /// Jobs handed over, both paths.
+    pub jobs: usize,
+    /// Ended `job_done` (the stand-in runner exited 0).
+    pub jobs_done: usize,
+    /// Stand-ins that reported a JIT config in their environment.
+    pub ready_with_jit: usize,
+    /// The broker saw every scale-set job started by exactly one runner.
+    pub broker_ran_each_once: bool,
+    /// VM processes and files left once the daemons stopped.
+    pub left_behind: Vec<String>,
+    /// All of the above agree.
+    pub verified: bool,
 }

@@ -17,7 +17,8 @@
 //!   `{"url": ..., "app_id": ...}`.
 //! - For each `state` line on stdin, prints one JSON line of what it has
 //!   seen ([`State`]): counts, runner ids and the broker's jobs only, never
-//!   a token or a JIT config.
+//!   a token or a JIT config; with `--broker` also its scale sets, their
+//!   last reported capacity and the polls they hold open now.
 //! - Exits when stdin closes, so it never outlives the bench that started it.
 
 use std::io::Write;
@@ -50,6 +51,31 @@ struct State {
     /// The broker's jobs, in the order they were queued (with `--broker`).
     #[serde(skip_serializing_if = "Option::is_none")]
     broker: Option<Vec<BrokerJob>>,
+    /// The broker's scale sets (with `--broker`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale_sets: Option<Vec<BrokerScaleSet>>,
+}
+
+/// A scale set of the fake broker: whether its session polls now.
+#[derive(Debug, Serialize)]
+struct BrokerScaleSet {
+    name: String,
+    /// The capacity its last poll reported.
+    capacity: u32,
+    /// Polls held open now: a job queued now is assigned at once.
+    polls_held: u32,
+}
+
+fn broker_scale_sets(broker: &FakeBroker) -> Vec<BrokerScaleSet> {
+    broker
+        .scale_sets()
+        .into_iter()
+        .map(|s| BrokerScaleSet {
+            name: s.name,
+            capacity: s.capacity,
+            polls_held: s.polls_held,
+        })
+        .collect()
 }
 
 /// A job of the fake broker.
@@ -97,6 +123,7 @@ fn state(fake: &FakeGithub, broker: Option<&FakeBroker>) -> State {
         deleted: fake.deleted(),
         live: fake.live_runners(),
         broker: broker.map(broker_jobs),
+        scale_sets: broker.map(broker_scale_sets),
     }
 }
 

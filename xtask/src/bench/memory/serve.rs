@@ -329,7 +329,7 @@ impl Fake {
     }
 }
 
-fn signal(pid: u32, sig: &str) {
+pub(in crate::bench) fn signal(pid: u32, sig: &str) {
     let _ = std::process::Command::new("kill")
         .args([&format!("-{sig}"), &pid.to_string()])
         .stderr(Stdio::null())
@@ -338,7 +338,7 @@ fn signal(pid: u32, sig: &str) {
 
 /// SIGKILL for `pid` and everything below it, children first, so no VMM
 /// outlives a `kiln serve` that could not tear its VMs down.
-fn kill_tree(pid: u32) {
+pub(in crate::bench) fn kill_tree(pid: u32) {
     for d in descendants(pid) {
         signal(d, "KILL");
     }
@@ -403,7 +403,7 @@ impl Drop for Procs {
 
 /// Processes whose command line mentions `path` (a VM's QEMU and
 /// vhost-device-vsock name its directory): pid and command line.
-fn processes_mentioning(path: &Path) -> Vec<(u32, String)> {
+pub(in crate::bench) fn processes_mentioning(path: &Path) -> Vec<(u32, String)> {
     let needle = path.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -425,7 +425,7 @@ fn processes_mentioning(path: &Path) -> Vec<(u32, String)> {
 }
 
 /// Everything below `dir` (not `dir` itself); a missing `dir` has nothing.
-fn entries_below(dir: &Path) -> Vec<PathBuf> {
+pub(in crate::bench) fn entries_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut pending = vec![dir.to_owned()];
     while let Some(d) = pending.pop() {
