@@ -11,8 +11,9 @@
 //! The daemon:
 //! - [`SERVE_LIMITS`] `serve_limits`: `fd_limit`, `max_connections`,
 //!   `header_timeout`, `idle_timeout`, `body_budget_bytes`.
-//! - [`SERVE_LISTENING`] `serve_listening`: `listen` (the address, port
-//!   included), `host_vcpus`, `host_memory_mib`, `scope`.
+//! - [`SERVE_LISTENING`] `serve_listening`: `listen` (the webhook address, port
+//!   included; absent without a webhook port), `host_vcpus`,
+//!   `host_memory_mib`, `scope`, `https`, `scale_sets` (how many).
 //! - [`SERVE_DRAINING`] `serve_draining`: the first signal; `dropped_from_queue`
 //!   (jobs that never ran), `running`.
 //! - [`SERVE_STOPPED`] `serve_stopped`: the last line of a clean stop.

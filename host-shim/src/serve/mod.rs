@@ -223,19 +223,22 @@ pub async fn run(config: Config, dispatcher: Jobs) -> Result<(), ServeError> {
             tracing::warn!(pool = %pool.name, "max_vms = 0: this pool's jobs are queued but never run");
         }
     }
+    let listen = listener
+        .as_ref()
+        .map(|l| tracing::field::display(l.local_addr().unwrap_or(config.listen)));
     tracing::info!(
         event = %events::SERVE_LISTENING,
-        listen = listener.as_ref().map(|l| l.local_addr().unwrap_or(config.listen).to_string()),
+        listen,
         host_vcpus = config.host.vcpus,
         host_memory_mib = config.host.memory_mib,
         scope = %config.github.scope,
         https = tls.is_some(),
         scale_sets = scale_sets.len(),
-        "kiln serve: taking jobs ({})",
-        match (&listener, scale_sets.is_empty()) {
-            (Some(_), true) => "webhooks on POST /webhook",
-            (Some(_), false) => "scale-set queues; webhooks on POST /webhook",
-            (None, _) => "scale-set queues; no webhook port",
+        "{}",
+        if listener.is_some() {
+            "kiln serve: listening for webhooks on POST /webhook"
+        } else {
+            "kiln serve: taking jobs from scale-set queues only; no webhook port"
         }
     );
 
