@@ -144,6 +144,8 @@ const SCHEMA_CHECK: &[&str] = &[
 const VM_COLUMNS: &str = "id, pool, job_id, dir, vmm_pid, vmm_start_ticks, cid, uid, netns, links, scratch, jail, cgroup, created_unix";
 const RUNNER_COLUMNS: &str = "name, runner_id, scope, job_id, vm_id, created_unix";
 const JOB_COLUMNS: &str = "job_id, delivery, owner, repo, pool, labels, state, attempts, runner_name, infra_failure, reruns, updated_unix, run_id, installation_id";
+/// One placeholder per [`JOB_COLUMNS`] column.
+const JOB_VALUES: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14";
 
 /// The journal in `<state dir>/journal.db`.
 #[derive(Debug)]
@@ -389,31 +391,8 @@ impl Journal for SqliteJournal {
     }
 
     fn put_job(&self, rec: &JobRecord) -> Result<(), StoreError> {
-        let sql = format!(
-            "INSERT OR REPLACE INTO jobs ({JOB_COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-        );
-        self.write(
-            "recording a job",
-            &sql,
-            params![
-                rec.job_id,
-                rec.delivery,
-                rec.owner,
-                rec.repo,
-                rec.pool,
-                to_json(&rec.labels),
-                rec.state.as_str(),
-                rec.attempts,
-                rec.runner_name,
-                rec.infra_failure,
-                rec.reruns,
-                rec.updated_unix,
-                rec.run_id,
-                rec.installation_id,
-            ],
-        )
-        .map(drop)
+        let sql = format!("INSERT OR REPLACE INTO jobs ({JOB_COLUMNS}) VALUES ({JOB_VALUES})");
+        with_job_params(rec, |p| self.write("recording a job", &sql, p)).map(drop)
     }
 
     fn job(&self, job_id: u64) -> Result<Option<JobRecord>, StoreError> {
@@ -503,32 +482,15 @@ impl Journal for SqliteJournal {
         let mut new = Vec::new();
         {
             let sql = format!(
-                "INSERT INTO jobs ({JOB_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+                "INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({JOB_VALUES}) \
                  ON CONFLICT (job_id) DO UPDATE SET state = excluded.state, \
                  delivery = excluded.delivery, updated_unix = excluded.updated_unix \
                  WHERE jobs.state = 'finished'"
             );
             let mut stmt = tx.prepare_cached(&sql).map_err(|e| self.err(op, e))?;
             for rec in jobs {
-                let added = stmt
-                    .execute(params![
-                        rec.job_id,
-                        rec.delivery,
-                        rec.owner,
-                        rec.repo,
-                        rec.pool,
-                        to_json(&rec.labels),
-                        rec.state.as_str(),
-                        rec.attempts,
-                        rec.runner_name,
-                        rec.infra_failure,
-                        rec.reruns,
-                        rec.updated_unix,
-                        rec.run_id,
-                        rec.installation_id,
-                    ])
-                    .map_err(|e| self.err(op, e))?;
+                let added =
+                    with_job_params(rec, |p| stmt.execute(p)).map_err(|e| self.err(op, e))?;
                 if added > 0 {
                     new.push(rec.job_id);
                 }
@@ -913,6 +875,28 @@ fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
 }
 
 /// A list as JSON text. Serialising strings cannot fail; "[]" if it did.
+/// Calls `f` with `rec` as the parameters of an insert into `jobs`
+/// ([`JOB_COLUMNS`], in order).
+fn with_job_params<T>(rec: &JobRecord, f: impl FnOnce(&[&dyn rusqlite::ToSql]) -> T) -> T {
+    let labels = to_json(&rec.labels);
+    f(params![
+        rec.job_id,
+        rec.delivery,
+        rec.owner,
+        rec.repo,
+        rec.pool,
+        labels,
+        rec.state.as_str(),
+        rec.attempts,
+        rec.runner_name,
+        rec.infra_failure,
+        rec.reruns,
+        rec.updated_unix,
+        rec.run_id,
+        rec.installation_id,
+    ])
+}
+
 fn to_json<T: serde::Serialize>(items: &[T]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
 }
