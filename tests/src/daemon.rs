@@ -167,6 +167,22 @@ fn spawn(root: &Path, config: &Path) -> anyhow::Result<Child> {
         .context("starting kiln serve")
 }
 
+/// Stops `kiln serve` as an operator does: SIGTERM, then waits for the
+/// clean stop at most `within`, then SIGKILL.
+pub fn stop(child: &mut Child, within: Duration) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// What `kiln serve` wrote so far.
 pub fn logs(root: &Path) -> String {
     std::fs::read_to_string(root.join("kiln.log")).unwrap_or_default()

@@ -120,20 +120,9 @@ impl Host {
 
     /// SIGTERM, waiting for the clean stop.
     fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let until = Instant::now() + Duration::from_secs(90);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if let Some(mut c) = self.child.take() {
+            daemon::stop(&mut c, Duration::from_secs(90));
         }
-        let _ = c.kill();
-        let _ = c.wait();
     }
 
     /// The journal, opened beside the daemon (WAL: readers do not block it).
