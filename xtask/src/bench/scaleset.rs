@@ -582,20 +582,7 @@ impl Daemon {
             });
             return Ok(());
         }
-        let mut cmd = cmd;
-        let log = std::fs::File::create(self.log())
-            .with_context(|| format!("creating {}", self.log().display()))?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .env("NO_COLOR", "1")
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {what}"))?;
-        let pid = child
-            .id()
-            .with_context(|| format!("{what} exited at once"))?;
+        let (child, pid) = webhook::spawn_logged(cmd, &self.log(), &what)?;
         self.proc = Some(Proc { child, pid });
         let deadline = Instant::now() + READY_WITHIN;
         loop {

@@ -176,15 +176,15 @@ pub(super) fn log_tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
-pub(super) async fn start(
+/// Spawns `cmd` (a server: killed when its `Child` is dropped) with its
+/// stderr in `log`; returns it and its pid.
+pub(super) fn spawn_logged(
     mut cmd: Command,
-    addr: SocketAddr,
-    log: PathBuf,
+    log: &Path,
     what: &str,
-) -> anyhow::Result<Server> {
-    let file =
-        std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-    let mut child = cmd
+) -> anyhow::Result<(Child, u32)> {
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(file)
@@ -195,6 +195,16 @@ pub(super) async fn start(
     let pid = child
         .id()
         .with_context(|| format!("{what} exited at once"))?;
+    Ok((child, pid))
+}
+
+pub(super) async fn start(
+    cmd: Command,
+    addr: SocketAddr,
+    log: PathBuf,
+    what: &str,
+) -> anyhow::Result<Server> {
+    let (mut child, pid) = spawn_logged(cmd, &log, what)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait()? {
